@@ -1,0 +1,111 @@
+#pragma once
+// The allocation of one host's memory among its VMs. Pure: plain structs
+// in, targets out; no protobuf, no gRPC, no clock reads, no I/O.
+//
+// Per host, capacity = host memory - host reserve - active reservations.
+//   1. Floors first: floor = clamp(max(min, protect), 0, max). A VM whose
+//      balloon is unhealthy (stuck, no driver) or pinned cannot give memory:
+//      its floor is its current size (pinned: its max).
+//   2. Desired = clamp(demand * (1 + buffer), floor, max).
+//   3. If the desired sizes fit in capacity - free margin, every VM gets its
+//      desired size; what is left goes back to VMs by weight up to max,
+//      still keeping the host's free margin.
+//   4. If not, capacity - free margin - sum(floors) is shared by weighted
+//      water-filling between floor and desired. Weights are adjusted by the
+//      idle memory tax (ESX): a VM whose memory is mostly idle gets fewer
+//      shares: w_eff = w / (f + k (1 - f)), f = active fraction,
+//      k = 1 / (1 - tax).
+//   5. If even the floors do not fit, the host is overcommitted: every VM
+//      is kept at its floor and the host is flagged.
+//   6. Smooth against the previous target: give memory at once; take it
+//      back at most reclaim_step per decision; ignore a change smaller than
+//      the hysteresis band (unless it moves to a floor or max).
+// Smoothing never takes a VM below its floor and never above its max, and
+// never makes the host's sum exceed capacity (growth is cut to what the
+// smoothed reclaims leave room for, taken first from the largest grants).
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace membroker::policy {
+
+// Why a VM got its target; mirrors membroker.v1.ReasonCode.
+enum class Reason {
+  kUnspecified = 0,
+  kDemand = 1,
+  kFloor = 2,
+  kShare = 3,
+  kStepLimit = 4,
+  kHysteresis = 5,
+  kMax = 6,
+  kOvercommitted = 7,
+  kPinned = 8,
+  kBalloonUnhealthy = 9,
+  kSurplus = 10,
+};
+
+// Returns "demand", "floor", ... for logs and explanations.
+const char* ReasonName(Reason reason);
+
+// Cluster-wide tunables (a validated membroker.v1.ClusterPolicy).
+struct PolicyParams {
+  double buffer_percent = 20.0;
+  uint64_t host_free_margin_bytes = uint64_t{128} << 20;
+  uint64_t reclaim_step_bytes = uint64_t{256} << 20;
+  uint64_t hysteresis_bytes = uint64_t{8} << 20;
+  double idle_tax_percent = 75.0;
+  uint64_t default_min_bytes = uint64_t{256} << 20;
+  uint32_t default_weight = 100;
+  double protect_margin_percent = 10.0;
+};
+
+// One VM's inputs to the decision.
+struct VmInput {
+  std::string vm_id;
+  uint64_t max_bytes = 0;         // effective max: min(configured, policy max)
+  uint64_t min_bytes = 0;         // effective min (policy or default)
+  uint32_t weight = 100;          // >= 1
+  bool pinned = false;            // keeps max, never reclaimed
+  bool balloon_healthy = true;    // false: cannot reclaim (stuck / no driver)
+  uint64_t demand_bytes = 0;      // demand estimate
+  uint64_t protect_bytes = 0;     // actively used + margin: never below this
+  uint64_t actual_bytes = 0;      // balloon actual now
+  uint64_t previous_target_bytes = 0;  // 0: no previous decision
+  double active_fraction = 1.0;   // 0..1, share of its memory in active use
+};
+
+// One host's inputs.
+struct HostInput {
+  uint64_t capacity_bytes = 0;  // already net of reserve and reservations
+  std::vector<VmInput> vms;
+};
+
+// One VM's decision, with every intermediate number for `explain`.
+struct VmDecision {
+  std::string vm_id;
+  uint64_t floor_bytes = 0;
+  uint64_t desired_bytes = 0;
+  uint64_t share_bytes = 0;   // steps 3-5, before smoothing
+  uint64_t target_bytes = 0;  // after smoothing
+  double effective_weight = 0;
+  Reason reason = Reason::kUnspecified;
+};
+
+// One host's decision. `vms` is in the order of HostInput::vms.
+struct HostDecision {
+  std::vector<VmDecision> vms;
+  bool overcommitted = false;
+  uint64_t floor_bytes = 0;    // sum of floors
+  uint64_t desired_bytes = 0;  // sum of desired
+  uint64_t target_bytes = 0;   // sum of targets
+};
+
+// Decides every VM's target on one host. Deterministic: the same input
+// gives the same output. Invariants (see allocator_test.cc):
+//   floor <= target <= max for every VM;
+//   sum(targets) <= capacity unless `overcommitted`;
+//   target >= protect (clamped to max) for every VM.
+HostDecision DecideHost(const HostInput& input, const PolicyParams& params);
+
+}  // namespace membroker::policy

@@ -1,0 +1,62 @@
+#pragma once
+// Demand estimation from guest statistics. Pure: elapsed time is an input.
+//
+//   1. used = total - available (what the guest cannot give up cheaply).
+//   2. The estimate follows used with a fast-up / slow-down filter: it jumps
+//      to a higher value at once and decays toward a lower one with a
+//      half-life (default 30 s), so a brief dip does not trigger reclaim.
+//   3. Pressure bumps demand at once: swap-in or major faults since the last
+//      sample mean the guest is short; demand becomes at least
+//      actual + the swapped-in bytes (rate x interval) + a pressure step.
+//   4. protect = used * (1 + protect margin), never more than max.
+//   5. Untrusted or missing statistics keep the previous estimate (or, for
+//      a VM never seen with valid stats, its current size: no reclaim).
+
+#include <cstdint>
+
+namespace membroker::policy {
+
+// Tunables of the estimator.
+struct DemandParams {
+  double decay_half_life_seconds = 30.0;
+  double protect_margin_percent = 10.0;
+  // Extra demand per pressure event, on top of the swapped-in bytes.
+  uint64_t pressure_step_bytes = uint64_t{128} << 20;
+  // Swap-in below this rate (bytes/s) is noise, not pressure.
+  double swap_in_noise_bytes_per_second = 64.0 * 1024;
+  // Major faults below this rate (1/s) are noise.
+  double major_fault_noise_per_second = 50.0;
+};
+
+// One guest observation.
+struct GuestObservation {
+  bool stats_valid = false;        // false: missing, stale or impossible
+  uint64_t total_bytes = 0;
+  uint64_t available_bytes = 0;
+  uint64_t swap_in_bytes_total = 0;
+  uint64_t major_faults_total = 0;
+  uint64_t actual_bytes = 0;
+  uint64_t max_bytes = 0;
+  double elapsed_seconds = 0;      // since the previous observation
+};
+
+// Per-VM estimator state, owned by the caller.
+struct DemandState {
+  bool initialized = false;
+  double estimate_bytes = 0;
+  uint64_t last_swap_in_bytes_total = 0;
+  uint64_t last_major_faults_total = 0;
+  // Outputs of the last update.
+  uint64_t demand_bytes = 0;
+  uint64_t protect_bytes = 0;
+  uint64_t used_bytes = 0;
+  double swap_in_bytes_per_second = 0;
+  double major_faults_per_second = 0;
+  bool pressure = false;
+  double active_fraction = 1.0;
+};
+
+// Folds `obs` into `state` and updates its outputs.
+void UpdateDemand(const GuestObservation& obs, const DemandParams& params, DemandState& state);
+
+}  // namespace membroker::policy

@@ -1,0 +1,94 @@
+#pragma once
+// A simulated hypervisor host: guests driven by workload models, advanced in
+// simulated time. Shared by the agent's sim backend, the scenario tests and
+// the benchmarks.
+//
+// Guest model, per VM and per Advance(dt):
+//   1. working set ws(t) from the workload model (plus seeded noise);
+//   2. the guest wants kernel + ws + page cache; the balloon leaves it
+//      `actual` bytes (the balloon moves toward its target at a bounded rate,
+//      never if the guest has no balloon driver);
+//   3. page cache shrinks first when actual < kernel + ws + cache;
+//   4. if actual < kernel + ws, the deficit is swapped out: swap-in and
+//      major-fault counters grow with the deficit, stall accrues
+//      (deficit bytes x seconds);
+//   5. if the deficit exceeds the guest's swap, the guest OOM-kills: the
+//      working set drops back and the OOM counter increments.
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "membroker/v1/config.pb.h"
+
+namespace membroker::sim {
+
+// What a virtio balloon reports for one guest, plus the simulator's truth.
+struct SimVmState {
+  std::string vm_id;
+  std::string name;
+  bool running = false;            // false before start_after
+  bool balloon_driver = true;
+  uint64_t max_bytes = 0;
+  uint64_t actual_bytes = 0;       // memory the guest has now
+  uint64_t target_bytes = 0;       // last balloon target set
+  // Guest statistics (as the balloon driver reports them).
+  uint64_t total_bytes = 0;
+  uint64_t available_bytes = 0;
+  uint64_t free_bytes = 0;
+  uint64_t disk_caches_bytes = 0;
+  uint64_t swap_in_bytes_total = 0;
+  uint64_t swap_out_bytes_total = 0;
+  uint64_t major_faults_total = 0;
+  uint64_t minor_faults_total = 0;
+  // Truth the guest does not report (for quality figures).
+  uint64_t working_set_bytes = 0;  // kernel + workload working set now
+  uint64_t deficit_bytes = 0;      // max(0, working set - actual)
+  double stall_byte_seconds = 0;   // integral of deficit over time
+  uint64_t oom_kills_total = 0;
+};
+
+// A set of simulated guests on one host. Not thread-safe: callers serialize
+// (the agent's sim backend wraps it in a mutex).
+class SimHost {
+ public:
+  // Builds the host from `config`. INVALID_ARGUMENT naming the field for a
+  // bad config (zero max, working set above max, duplicate names, ...).
+  static absl::StatusOr<std::unique_ptr<SimHost>> Create(const membroker::v1::SimConfig& config);
+
+  // Moves simulated time forward by `dt` (any size; internally stepped).
+  void Advance(absl::Duration dt);
+
+  // Simulated time since the start.
+  absl::Duration elapsed() const;
+
+  // The host's physical memory.
+  uint64_t host_total_bytes() const;
+
+  // Every VM (running or not yet started), in config order.
+  const std::vector<SimVmState>& vms() const;
+
+  // Sets the balloon target of `vm_id` (clamped to [1 MiB, max]).
+  // NOT_FOUND for an unknown VM.
+  absl::Status SetTarget(const std::string& vm_id, uint64_t target_bytes);
+
+  // The working set of `vm_id` at simulated time `at` (the oracle's view).
+  absl::StatusOr<uint64_t> WorkingSetAt(const std::string& vm_id, absl::Duration at) const;
+
+  ~SimHost();
+
+ private:
+  SimHost();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Checks a SimConfig without building it.
+absl::Status ValidateSimConfig(const membroker::v1::SimConfig& config);
+
+}  // namespace membroker::sim
