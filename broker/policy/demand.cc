@@ -1,0 +1,72 @@
+#include "broker/policy/demand.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace membroker::policy {
+
+void UpdateDemand(const GuestObservation& obs, const DemandParams& params, DemandState& state) {
+  const double max = static_cast<double>(obs.max_bytes);
+  const double actual = static_cast<double>(obs.actual_bytes);
+  if (!obs.stats_valid || obs.total_bytes == 0) {
+    // Nothing trustworthy: keep the previous estimate; a VM never seen with
+    // valid statistics is assumed to need what it has (no reclaim).
+    if (!state.initialized) {
+      state.estimate_bytes = actual;
+      state.demand_bytes = obs.actual_bytes;
+      state.protect_bytes = obs.actual_bytes;
+      state.used_bytes = 0;
+      state.active_fraction = 1.0;
+    }
+    state.pressure = false;
+    state.swap_in_bytes_per_second = 0;
+    state.major_faults_per_second = 0;
+    return;
+  }
+  const uint64_t used_u =
+      obs.total_bytes > obs.available_bytes ? obs.total_bytes - obs.available_bytes : 0;
+  const double used = static_cast<double>(used_u);
+
+  // Rates since the previous observation; a counter that went backwards
+  // (guest reboot) restarts the baseline.
+  double swap_in_rate = 0, fault_rate = 0, swapped_in = 0;
+  if (state.initialized && obs.elapsed_seconds > 0) {
+    if (obs.swap_in_bytes_total >= state.last_swap_in_bytes_total) {
+      swapped_in = static_cast<double>(obs.swap_in_bytes_total - state.last_swap_in_bytes_total);
+      swap_in_rate = swapped_in / obs.elapsed_seconds;
+    }
+    if (obs.major_faults_total >= state.last_major_faults_total) {
+      fault_rate = static_cast<double>(obs.major_faults_total - state.last_major_faults_total) /
+                   obs.elapsed_seconds;
+    }
+  }
+  state.last_swap_in_bytes_total = obs.swap_in_bytes_total;
+  state.last_major_faults_total = obs.major_faults_total;
+  state.swap_in_bytes_per_second = swap_in_rate;
+  state.major_faults_per_second = fault_rate;
+  state.pressure = swap_in_rate > params.swap_in_noise_bytes_per_second ||
+                   fault_rate > params.major_fault_noise_per_second;
+
+  double raw = used;
+  if (state.pressure) {
+    // The guest is short: it needs at least what it has, plus what it had
+    // to read back from swap, plus a step.
+    raw = std::max(raw, actual + swapped_in + static_cast<double>(params.pressure_step_bytes));
+  }
+  if (!state.initialized || raw >= state.estimate_bytes) {
+    state.estimate_bytes = raw;  // fast up
+  } else {
+    const double half_life = std::max(params.decay_half_life_seconds, 1e-3);
+    const double keep = std::pow(0.5, std::max(obs.elapsed_seconds, 0.0) / half_life);
+    state.estimate_bytes = raw + (state.estimate_bytes - raw) * keep;  // slow down
+  }
+  state.initialized = true;
+  state.estimate_bytes = std::min(state.estimate_bytes, max > 0 ? max : state.estimate_bytes);
+  state.used_bytes = used_u;
+  state.demand_bytes = static_cast<uint64_t>(std::llround(state.estimate_bytes));
+  const double protect = used * (1.0 + params.protect_margin_percent / 100.0);
+  state.protect_bytes = static_cast<uint64_t>(std::llround(max > 0 ? std::min(protect, max) : protect));
+  state.active_fraction = actual > 0 ? std::clamp(used / actual, 0.0, 1.0) : 1.0;
+}
+
+}  // namespace membroker::policy

@@ -1,0 +1,119 @@
+#include "broker/policy/demand.h"
+
+#include <gtest/gtest.h>
+
+namespace membroker::policy {
+namespace {
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+GuestObservation Obs(uint64_t total, uint64_t available, double elapsed = 1.0) {
+  GuestObservation o;
+  o.stats_valid = true;
+  o.total_bytes = total;
+  o.available_bytes = available;
+  o.actual_bytes = total;
+  o.max_bytes = 8 * kGiB;
+  o.elapsed_seconds = elapsed;
+  return o;
+}
+
+TEST(DemandTest, FirstValidSampleSetsUsedAndProtect) {
+  // used = 4 - 3 = 1 GiB; protect = 1 GiB * 1.10.
+  DemandParams p;
+  DemandState s;
+  UpdateDemand(Obs(4 * kGiB, 3 * kGiB), p, s);
+  EXPECT_EQ(s.used_bytes, kGiB);
+  EXPECT_EQ(s.demand_bytes, kGiB);
+  EXPECT_NEAR(static_cast<double>(s.protect_bytes), 1.1 * kGiB, 1.0);
+  EXPECT_DOUBLE_EQ(s.active_fraction, 0.25);
+}
+
+TEST(DemandTest, RisesAtOnceFallsWithHalfLife) {
+  DemandParams p;
+  p.decay_half_life_seconds = 10;
+  DemandState s;
+  UpdateDemand(Obs(4 * kGiB, 3 * kGiB), p, s);  // used 1 GiB
+  UpdateDemand(Obs(4 * kGiB, 1 * kGiB), p, s);  // used 3 GiB: at once
+  EXPECT_EQ(s.demand_bytes, 3 * kGiB);
+  // used drops to 1 GiB; after one half-life (10 s) the estimate is halfway:
+  // 1 + (3 - 1) * 0.5 = 2 GiB.
+  UpdateDemand(Obs(4 * kGiB, 3 * kGiB, 10.0), p, s);
+  EXPECT_EQ(s.demand_bytes, 2 * kGiB);
+}
+
+TEST(DemandTest, SwapInRaisesDemandAboveActual) {
+  // Guest full (used == actual = 2 GiB) and swapping in 64 MiB/s: demand =
+  // actual + swapped-in (64 MiB) + pressure step (128 MiB).
+  DemandParams p;
+  DemandState s;
+  GuestObservation o = Obs(2 * kGiB, 0);
+  UpdateDemand(o, p, s);
+  o.swap_in_bytes_total = 64 * kMiB;
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.pressure);
+  EXPECT_EQ(s.demand_bytes, 2 * kGiB + 64 * kMiB + 128 * kMiB);
+  EXPECT_DOUBLE_EQ(s.swap_in_bytes_per_second, 64.0 * kMiB);
+}
+
+TEST(DemandTest, MajorFaultsAloneAreAPressureSignal) {
+  DemandParams p;
+  DemandState s;
+  GuestObservation o = Obs(2 * kGiB, kGiB);
+  UpdateDemand(o, p, s);
+  o.major_faults_total = 1000;  // 1000/s > 50/s
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.pressure);
+  EXPECT_GT(s.demand_bytes, 2 * kGiB);
+}
+
+TEST(DemandTest, CountersGoingBackwardsAreNotPressure) {
+  DemandParams p;
+  DemandState s;
+  GuestObservation o = Obs(2 * kGiB, kGiB);
+  o.swap_in_bytes_total = 10 * kGiB;
+  UpdateDemand(o, p, s);
+  o.swap_in_bytes_total = 0;  // guest rebooted
+  UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.pressure);
+  EXPECT_EQ(s.demand_bytes, kGiB);
+}
+
+TEST(DemandTest, InvalidStatsNeverSeenMeansNoReclaim) {
+  DemandParams p;
+  DemandState s;
+  GuestObservation o;
+  o.stats_valid = false;
+  o.actual_bytes = 3 * kGiB;
+  o.max_bytes = 4 * kGiB;
+  UpdateDemand(o, p, s);
+  EXPECT_EQ(s.demand_bytes, 3 * kGiB);
+  EXPECT_EQ(s.protect_bytes, 3 * kGiB);
+}
+
+TEST(DemandTest, InvalidStatsKeepThePreviousEstimate) {
+  DemandParams p;
+  DemandState s;
+  UpdateDemand(Obs(4 * kGiB, 3 * kGiB), p, s);
+  GuestObservation bad;
+  bad.stats_valid = false;
+  bad.actual_bytes = 4 * kGiB;
+  bad.max_bytes = 8 * kGiB;
+  UpdateDemand(bad, p, s);
+  EXPECT_EQ(s.demand_bytes, kGiB);
+}
+
+TEST(DemandTest, DemandNeverExceedsMax) {
+  DemandParams p;
+  DemandState s;
+  GuestObservation o = Obs(8 * kGiB, 0);
+  UpdateDemand(o, p, s);
+  o.swap_in_bytes_total = 4 * kGiB;
+  UpdateDemand(o, p, s);
+  EXPECT_EQ(s.demand_bytes, 8 * kGiB);
+  EXPECT_LE(s.protect_bytes, 8 * kGiB);
+}
+
+}  // namespace
+}  // namespace membroker::policy
