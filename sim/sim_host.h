@@ -28,7 +28,27 @@
 
 namespace membroker::sim {
 
+// Defaults and constants of the guest model.
+inline constexpr uint64_t kDefaultKernelBytes = uint64_t{64} << 20;
+inline constexpr uint64_t kDefaultBalloonRateBytesPerSecond = uint64_t{512} << 20;
+// The fastest a thrashing guest pages in from swap (random 4 KiB reads).
+inline constexpr uint64_t kSwapInRateBytesPerSecond = uint64_t{64} << 20;
+// How fast a guest with room fills its page cache.
+inline constexpr uint64_t kCacheFillBytesPerSecond = uint64_t{64} << 20;
+// After an OOM kill the workload is gone this long, then starts again.
+inline constexpr double kOomRestartSeconds = 30.0;
+// Page size for fault counters.
+inline constexpr uint64_t kPageBytes = 4096;
+// Advance() moves time in steps of at most this much.
+inline constexpr double kMaxStepSeconds = 0.25;
+
+// A stable UUID-shaped id derived from a VM's name (the same name always
+// gives the same id).
+std::string DeriveVmId(const std::string& name);
+
 // What a virtio balloon reports for one guest, plus the simulator's truth.
+// A guest without a balloon driver reports no statistics: its guest
+// statistics stay 0 and `balloon_driver` is false.
 struct SimVmState {
   std::string vm_id;
   std::string name;
@@ -51,6 +71,7 @@ struct SimVmState {
   uint64_t deficit_bytes = 0;      // max(0, working set - actual)
   double stall_byte_seconds = 0;   // integral of deficit over time
   uint64_t oom_kills_total = 0;
+  uint64_t swapped_bytes = 0;      // anonymous memory now in the guest's swap
 };
 
 // A set of simulated guests on one host. Not thread-safe: callers serialize
@@ -69,6 +90,9 @@ class SimHost {
 
   // The host's physical memory.
   uint64_t host_total_bytes() const;
+
+  // Memory the running guests hold now (sum of actual).
+  uint64_t host_used_bytes() const;
 
   // Every VM (running or not yet started), in config order.
   const std::vector<SimVmState>& vms() const;
