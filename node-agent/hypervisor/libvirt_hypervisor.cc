@@ -1,0 +1,366 @@
+#include "node-agent/hypervisor/libvirt_hypervisor.h"
+
+#include <libvirt/virterror.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <mutex>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status.h"
+
+namespace membroker::agent {
+namespace {
+
+// libvirt prints every error to stderr unless a handler is set; ours stays
+// silent because each error is returned as a status.
+void SilentErrorHandler(void* /*user_data*/, virErrorPtr /*error*/) {}
+
+void InstallSilentErrorHandler() {
+  static std::once_flag once;
+  std::call_once(once, [] { virSetErrorFunc(nullptr, SilentErrorHandler); });
+}
+
+// Error codes after which the connection is useless.
+bool IsConnectionLost(int code) {
+  switch (code) {
+    case VIR_ERR_SYSTEM_ERROR:
+    case VIR_ERR_RPC:
+    case VIR_ERR_NO_CONNECT:
+    case VIR_ERR_INVALID_CONN:
+    case VIR_ERR_AUTH_FAILED:
+    case VIR_ERR_AUTH_CANCELLED:
+      return true;
+    default:
+      return false;
+  }
+}
+
+absl::StatusCode CodeFor(int code) {
+  switch (code) {
+    case VIR_ERR_NO_DOMAIN:
+    case VIR_ERR_OPERATION_INVALID:  // e.g. "domain is not running"
+      return absl::StatusCode::kNotFound;
+    case VIR_ERR_INVALID_ARG:
+      return absl::StatusCode::kInvalidArgument;
+    case VIR_ERR_NO_SUPPORT:
+    case VIR_ERR_OPERATION_UNSUPPORTED:
+      return absl::StatusCode::kUnimplemented;
+    case VIR_ERR_AUTH_FAILED:
+    case VIR_ERR_AUTH_CANCELLED:
+    case VIR_ERR_ACCESS_DENIED:
+      return absl::StatusCode::kPermissionDenied;
+    default:
+      return absl::StatusCode::kUnavailable;
+  }
+}
+
+// Frees a domain handle on scope exit.
+struct DomainDeleter {
+  void operator()(virDomain* dom) const {
+    if (dom != nullptr) virDomainFree(dom);
+  }
+};
+using DomainHandle = std::unique_ptr<virDomain, DomainDeleter>;
+
+// KiB -> bytes, empty on overflow or libvirt's "unset".
+std::optional<uint64_t> KibToBytes(unsigned long long kib) {
+  if (kib == std::numeric_limits<unsigned long long>::max()) return std::nullopt;
+  if (kib > std::numeric_limits<uint64_t>::max() / 1024) return std::nullopt;
+  return static_cast<uint64_t>(kib) * 1024;
+}
+
+std::optional<uint64_t> Count(unsigned long long n) {
+  if (n == std::numeric_limits<unsigned long long>::max()) return std::nullopt;
+  return static_cast<uint64_t>(n);
+}
+
+}  // namespace
+
+GuestMemoryStats LibvirtGuestStats(const virDomainMemoryStatStruct* stats, int count,
+                                   std::optional<uint64_t>* actual_bytes) {
+  GuestMemoryStats out;
+  if (actual_bytes != nullptr) actual_bytes->reset();
+  if (stats == nullptr || count <= 0) return out;
+  for (int i = 0; i < count; ++i) {
+    const unsigned long long v = stats[i].val;
+    switch (stats[i].tag) {
+      case VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON:
+        if (actual_bytes != nullptr) *actual_bytes = KibToBytes(v);
+        break;
+      case VIR_DOMAIN_MEMORY_STAT_AVAILABLE:
+        out.total_bytes = KibToBytes(v);
+        break;
+      case VIR_DOMAIN_MEMORY_STAT_USABLE:
+        out.usable_bytes = KibToBytes(v);
+        out.available_bytes = out.usable_bytes;
+        break;
+      case VIR_DOMAIN_MEMORY_STAT_UNUSED:
+        out.free_bytes = KibToBytes(v);
+        break;
+      case VIR_DOMAIN_MEMORY_STAT_DISK_CACHES:
+        out.disk_caches_bytes = KibToBytes(v);
+        break;
+      case VIR_DOMAIN_MEMORY_STAT_SWAP_IN:
+        out.swap_in_bytes_total = KibToBytes(v);
+        break;
+      case VIR_DOMAIN_MEMORY_STAT_SWAP_OUT:
+        out.swap_out_bytes_total = KibToBytes(v);
+        break;
+      case VIR_DOMAIN_MEMORY_STAT_MAJOR_FAULT:
+        out.major_faults_total = Count(v);
+        break;
+      case VIR_DOMAIN_MEMORY_STAT_MINOR_FAULT:
+        out.minor_faults_total = Count(v);
+        break;
+      case VIR_DOMAIN_MEMORY_STAT_LAST_UPDATE:
+        if (v > 0 && v <= static_cast<unsigned long long>(std::numeric_limits<int64_t>::max())) {
+          out.last_update = absl::FromUnixSeconds(static_cast<int64_t>(v));
+        }
+        break;
+      default:
+        break;  // RSS, hugetlb counters and tags newer than this code
+    }
+  }
+  return out;
+}
+
+LibvirtHypervisor::LibvirtHypervisor(LibvirtHypervisorOptions options, Clock* clock)
+    : options_(std::move(options)), clock_(clock) {}
+
+LibvirtHypervisor::~LibvirtHypervisor() { Disconnect(); }
+
+absl::StatusOr<std::unique_ptr<LibvirtHypervisor>> LibvirtHypervisor::Create(
+    LibvirtHypervisorOptions options, Clock* clock) {
+  if (clock == nullptr) return absl::InvalidArgumentError("libvirt backend needs a clock");
+  if (options.uri.empty()) return absl::InvalidArgumentError("--libvirt-uri: empty");
+  if (options.min_backoff <= absl::ZeroDuration() || options.max_backoff < options.min_backoff) {
+    return absl::InvalidArgumentError(
+        "libvirt backoff: min_backoff must be positive and at most max_backoff");
+  }
+  InstallSilentErrorHandler();
+  return std::unique_ptr<LibvirtHypervisor>(new LibvirtHypervisor(std::move(options), clock));
+}
+
+void LibvirtHypervisor::Disconnect() {
+  if (conn_ != nullptr) virConnectClose(conn_);
+  conn_ = nullptr;
+}
+
+absl::Status LibvirtHypervisor::LastError(const std::string& what) {
+  virErrorPtr err = virGetLastError();
+  int code = err != nullptr ? err->code : VIR_ERR_INTERNAL_ERROR;
+  std::string message =
+      err != nullptr && err->message != nullptr ? err->message : "unknown libvirt error";
+  virResetLastError();
+  bool lost = IsConnectionLost(code) || (conn_ != nullptr && virConnectIsAlive(conn_) == 0);
+  if (lost) {
+    spdlog::warn("libvirt {}: connection lost ({}); reconnecting", options_.uri, message);
+    Disconnect();
+    return absl::UnavailableError(absl::StrCat(what, ": ", message));
+  }
+  return absl::Status(CodeFor(code), absl::StrCat(what, ": ", message));
+}
+
+absl::Status LibvirtHypervisor::EnsureConnected() {
+  if (conn_ != nullptr) {
+    if (virConnectIsAlive(conn_) == 1) return absl::OkStatus();
+    spdlog::warn("libvirt {}: connection is dead; reconnecting", options_.uri);
+    Disconnect();
+  }
+  absl::Time now = clock_->Now();
+  if (now < next_attempt_) {
+    return absl::UnavailableError(absl::StrCat("libvirt ", options_.uri, " unreachable (",
+                                               last_error_, "); next attempt in ",
+                                               absl::FormatDuration(next_attempt_ - now)));
+  }
+  conn_ = virConnectOpen(options_.uri.c_str());
+  if (conn_ == nullptr) {
+    virErrorPtr err = virGetLastError();
+    std::string message =
+        err != nullptr && err->message != nullptr ? err->message : "unknown libvirt error";
+    virResetLastError();
+    failures_ = std::min(failures_ + 1, 30);
+    absl::Duration wait = options_.min_backoff;
+    for (int i = 1; i < failures_ && wait < options_.max_backoff; ++i) wait *= 2;
+    wait = std::min(wait, options_.max_backoff);
+    next_attempt_ = now + wait;
+    if (message != last_error_) {
+      spdlog::warn("libvirt {}: cannot connect: {} (retrying in {})", options_.uri, message,
+                   absl::FormatDuration(wait));
+    }
+    last_error_ = message;
+    return absl::UnavailableError(
+        absl::StrCat("cannot connect to libvirt ", options_.uri, ": ", message));
+  }
+  if (failures_ > 0) spdlog::info("libvirt {}: connected", options_.uri);
+  failures_ = 0;
+  next_attempt_ = absl::InfinitePast();
+  last_error_.clear();
+  known_.clear();  // a new connection: re-apply stats periods
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
+  RETURN_IF_ERROR(EnsureConnected());
+  virDomainPtr* domains = nullptr;
+  int n = virConnectListAllDomains(conn_, &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+  if (n < 0) return LastError(absl::StrCat("libvirt ", options_.uri, ": listing domains"));
+  std::vector<DomainHandle> handles;
+  handles.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) handles.emplace_back(domains[i]);
+  free(domains);
+
+  std::vector<VmStatus> out;
+  out.reserve(handles.size());
+  std::map<std::string, std::optional<absl::Duration>> seen;
+  for (const DomainHandle& dom : handles) {
+    char uuid[VIR_UUID_STRING_BUFLEN] = {};
+    if (virDomainGetUUIDString(dom.get(), uuid) != 0) {
+      virResetLastError();
+      continue;  // gone meanwhile
+    }
+    const char* name = virDomainGetName(dom.get());
+    int state = 0;
+    int reason = 0;
+    if (virDomainGetState(dom.get(), &state, &reason, 0) != 0) {
+      absl::Status st = LastError(absl::StrCat("domain ", uuid, ": state"));
+      if (absl::IsUnavailable(st) && conn_ == nullptr) return st;
+      continue;
+    }
+    if (state == VIR_DOMAIN_PAUSED &&
+        (reason == VIR_DOMAIN_PAUSED_MIGRATION || reason == VIR_DOMAIN_PAUSED_POSTCOPY ||
+         reason == VIR_DOMAIN_PAUSED_POSTCOPY_FAILED)) {
+      spdlog::debug("libvirt: domain {} is migrating; leaving it out", uuid);
+      continue;
+    }
+    if (state == VIR_DOMAIN_SHUTOFF || state == VIR_DOMAIN_CRASHED) continue;
+    virDomainInfo info{};
+    if (virDomainGetInfo(dom.get(), &info) != 0) {
+      absl::Status st = LastError(absl::StrCat("domain ", uuid, ": info"));
+      if (absl::IsUnavailable(st) && conn_ == nullptr) return st;
+      continue;
+    }
+    VmStatus vm;
+    vm.vm_id = uuid;
+    vm.name = name != nullptr ? name : uuid;
+    vm.max_bytes = KibToBytes(info.maxMem).value_or(0);
+    vm.actual_bytes = KibToBytes(info.memory).value_or(0);
+
+    virDomainMemoryStatStruct stats[VIR_DOMAIN_MEMORY_STAT_NR];
+    int count = virDomainMemoryStats(dom.get(), stats, VIR_DOMAIN_MEMORY_STAT_NR, 0);
+    if (count < 0) {
+      absl::Status st = LastError(absl::StrCat("domain ", vm.name, ": memory stats"));
+      if (absl::IsUnavailable(st) && conn_ == nullptr) return st;
+      spdlog::debug("libvirt: {}", std::string(st.message()));
+    } else {
+      std::optional<uint64_t> actual;
+      vm.stats = LibvirtGuestStats(stats, std::min(count, int{VIR_DOMAIN_MEMORY_STAT_NR}),
+                                   &actual);
+      if (actual.has_value()) vm.actual_bytes = *actual;
+    }
+
+    // A domain seen for the first time gets the stats period asked for.
+    std::optional<absl::Duration> applied;
+    auto known = known_.find(vm.vm_id);
+    if (known != known_.end()) applied = known->second;
+    if (stats_period_.has_value() && applied != stats_period_) {
+      absl::Status st = ApplyStatsPeriod(dom.get(), vm.vm_id, *stats_period_);
+      if (!st.ok()) {
+        if (absl::IsUnavailable(st) && conn_ == nullptr) return st;
+        spdlog::warn("libvirt: {}", std::string(st.message()));
+      }
+      applied = stats_period_;  // do not retry a refused period every round
+    }
+    seen[vm.vm_id] = applied;
+    out.push_back(std::move(vm));
+  }
+  known_ = std::move(seen);
+  return out;
+}
+
+absl::StatusOr<virDomainPtr> LibvirtHypervisor::LookupDomain(const std::string& vm_id) {
+  RETURN_IF_ERROR(EnsureConnected());
+  virDomainPtr dom = virDomainLookupByUUIDString(conn_, vm_id.c_str());
+  if (dom == nullptr) {
+    absl::Status st = LastError(absl::StrCat("domain ", vm_id));
+    if (absl::IsInvalidArgument(st)) {
+      return absl::NotFoundError(absl::StrCat("domain ", vm_id, ": not a valid UUID"));
+    }
+    return st;
+  }
+  int active = virDomainIsActive(dom);
+  if (active != 1) {
+    absl::Status st = active < 0 ? LastError(absl::StrCat("domain ", vm_id))
+                                 : absl::NotFoundError(absl::StrCat("domain ", vm_id,
+                                                                    " is not running"));
+    virDomainFree(dom);
+    return st;
+  }
+  return dom;
+}
+
+absl::Status LibvirtHypervisor::SetBalloonTarget(const std::string& vm_id,
+                                                 uint64_t target_bytes) {
+  uint64_t target_kib = target_bytes / 1024;
+  if (target_kib == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "target_bytes: ", target_bytes, " for domain ", vm_id, " is below 1 KiB"));
+  }
+  ASSIGN_OR_RETURN(virDomainPtr raw, LookupDomain(vm_id));
+  DomainHandle dom(raw);
+  virDomainInfo info{};
+  if (virDomainGetInfo(dom.get(), &info) != 0) {
+    return LastError(absl::StrCat("domain ", vm_id, ": info"));
+  }
+  if (target_kib > info.maxMem) {
+    return absl::InvalidArgumentError(absl::StrCat("target_bytes: ", target_bytes,
+                                                   " is above domain ", vm_id, "'s max of ",
+                                                   KibToBytes(info.maxMem).value_or(0)));
+  }
+  if (virDomainSetMemoryFlags(dom.get(), static_cast<unsigned long>(target_kib),
+                              VIR_DOMAIN_AFFECT_LIVE) != 0) {
+    return LastError(absl::StrCat("domain ", vm_id, ": setting the balloon to ", target_kib,
+                                  " KiB"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LibvirtHypervisor::ApplyStatsPeriod(virDomainPtr dom, const std::string& vm_id,
+                                                 absl::Duration period) {
+  int seconds = static_cast<int>(absl::ToInt64Seconds(period));
+  if (virDomainSetMemoryStatsPeriod(dom, seconds, VIR_DOMAIN_AFFECT_LIVE) != 0) {
+    return LastError(absl::StrCat("domain ", vm_id, ": setting the stats period to ", seconds,
+                                  " s"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LibvirtHypervisor::SetStatsPeriod(const std::string& vm_id, absl::Duration period) {
+  if (period < absl::ZeroDuration() || period > absl::Hours(24)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stats period: ", absl::FormatDuration(period), " is not within [0, 24h]"));
+  }
+  absl::Duration rounded = absl::Ceil(period, absl::Seconds(1));
+  ASSIGN_OR_RETURN(virDomainPtr raw, LookupDomain(vm_id));
+  DomainHandle dom(raw);
+  RETURN_IF_ERROR(ApplyStatsPeriod(dom.get(), vm_id, rounded));
+  known_[vm_id] = rounded;
+  stats_period_ = rounded;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Hypervisor>> MakeLibvirtHypervisor(const std::string& uri,
+                                                                  Clock* clock) {
+  LibvirtHypervisorOptions options;
+  if (!uri.empty()) options.uri = uri;
+  ASSIGN_OR_RETURN(std::unique_ptr<LibvirtHypervisor> libvirt,
+                   LibvirtHypervisor::Create(std::move(options), clock));
+  return std::unique_ptr<Hypervisor>(std::move(libvirt));
+}
+
+}  // namespace membroker::agent

@@ -1,0 +1,114 @@
+#pragma once
+// The libvirt backend: production KVM/QEMU hosts (qemu:///system).
+//
+// Every ListVms:
+//   1. (re)connects when there is no live connection, at most once per
+//      backoff step (1 s doubling up to 30 s on the injected clock);
+//   2. lists the active domains (so domains that start, stop or migrate
+//      away are followed without events; a domain paused for an incoming or
+//      outgoing migration is left out);
+//   3. reads each domain's max and current memory (virDomainGetInfo) and
+//      balloon statistics (virDomainMemoryStats). libvirt counts memory in
+//      KiB; this backend speaks bytes.
+// A domain that fails alone (gone meanwhile, no balloon) is left out or
+// reported without statistics; a lost connection makes the call UNAVAILABLE
+// and the next one reconnects. libvirt's default error printer is replaced
+// by a silent one: errors reach the log through this backend's statuses.
+
+#include <libvirt/libvirt.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "node-agent/hypervisor/hypervisor.h"
+
+namespace membroker::agent {
+
+// Settings of the libvirt backend.
+struct LibvirtHypervisorOptions {
+  // The libvirt connection URI, e.g. qemu:///system or test:///default.
+  std::string uri = "qemu:///system";
+  // Backoff between reconnection attempts.
+  absl::Duration min_backoff = absl::Seconds(1);
+  absl::Duration max_backoff = absl::Seconds(30);
+};
+
+// Drives domains through libvirt. Thread-compatible (one caller at a time).
+class LibvirtHypervisor : public Hypervisor {
+ public:
+  // Validates `options` (INVALID_ARGUMENT naming the field) and installs the
+  // silent error handler. Does not connect yet: ListVms does, so an agent
+  // started before libvirtd keeps retrying.
+  static absl::StatusOr<std::unique_ptr<LibvirtHypervisor>> Create(
+      LibvirtHypervisorOptions options, Clock* clock);
+  ~LibvirtHypervisor() override;
+
+  // "libvirt".
+  std::string backend() const override { return "libvirt"; }
+
+  // Every active domain. UNAVAILABLE when libvirt cannot be reached or the
+  // connection broke (retried after the backoff).
+  absl::StatusOr<std::vector<VmStatus>> ListVms() override;
+
+  // virDomainSetMemoryFlags(LIVE) with the target in KiB (rounded down).
+  // NOT_FOUND when the domain is gone or not running, INVALID_ARGUMENT for
+  // zero (or under 1 KiB) or above max, UNAVAILABLE on a lost connection.
+  absl::Status SetBalloonTarget(const std::string& vm_id, uint64_t target_bytes) override;
+
+  // virDomainSetMemoryStatsPeriod(LIVE) in whole seconds (rounded up; zero
+  // turns polling off). The period is also applied to domains found later.
+  // INVALID_ARGUMENT for a negative period or over a day; NOT_FOUND or
+  // UNAVAILABLE as SetBalloonTarget.
+  absl::Status SetStatsPeriod(const std::string& vm_id, absl::Duration period) override;
+
+  // True while a connection is open (for tests and metrics).
+  bool connected() const { return conn_ != nullptr; }
+
+ private:
+  LibvirtHypervisor(LibvirtHypervisorOptions options, Clock* clock);
+
+  // Opens the connection if needed and allowed by the backoff.
+  absl::Status EnsureConnected();
+  // Turns libvirt's last error into a status (closing a dead connection).
+  absl::Status LastError(const std::string& what);
+  // Closes the connection.
+  void Disconnect();
+  // Looks a running domain up by UUID. The caller frees it.
+  absl::StatusOr<virDomainPtr> LookupDomain(const std::string& vm_id);
+  // Applies `period` to `dom`.
+  absl::Status ApplyStatsPeriod(virDomainPtr dom, const std::string& vm_id,
+                                absl::Duration period);
+
+  LibvirtHypervisorOptions options_;
+  Clock* clock_;
+  virConnectPtr conn_ = nullptr;
+  int failures_ = 0;
+  absl::Time next_attempt_ = absl::InfinitePast();
+  std::string last_error_;
+  // The period last asked for with SetStatsPeriod, applied to new domains.
+  std::optional<absl::Duration> stats_period_;
+  // Domains seen in the last ListVms, with the stats period applied to each.
+  std::map<std::string, std::optional<absl::Duration>> known_;
+};
+
+// Maps virDomainMemoryStats output into GuestMemoryStats (bytes). Sets
+// `*actual_bytes` from ACTUAL_BALLOON when present. Untrusted: a value of
+// all ones (-1), one that overflows when scaled from KiB, or an unknown tag
+// is ignored; LAST_UPDATE 0 means never. libvirt's AVAILABLE is the
+// guest's total memory and USABLE its MemAvailable.
+GuestMemoryStats LibvirtGuestStats(const virDomainMemoryStatStruct* stats, int count,
+                                   std::optional<uint64_t>* actual_bytes);
+
+// Builds the libvirt backend for the agent's --backend=libvirt.
+absl::StatusOr<std::unique_ptr<Hypervisor>> MakeLibvirtHypervisor(const std::string& uri,
+                                                                  Clock* clock);
+
+}  // namespace membroker::agent

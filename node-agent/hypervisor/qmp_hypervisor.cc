@@ -1,0 +1,524 @@
+#include "node-agent/hypervisor/qmp_hypervisor.h"
+
+#include <dirent.h>
+#include <glob.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
+#include "common/status.h"
+
+namespace membroker::agent {
+namespace {
+
+using google::protobuf::Struct;
+using google::protobuf::Value;
+
+constexpr char kDefaultBalloonPath[] = "/machine/peripheral/balloon0";
+constexpr double kMaxExactDouble = 9007199254740992.0;  // 2^53
+
+bool IsGlob(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
+
+bool IsSocket(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::string Basename(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// True for errors after which the connection is gone.
+bool IsConnectionError(const absl::Status& status) {
+  return absl::IsUnavailable(status) || absl::IsDataLoss(status);
+}
+
+Struct Args(std::initializer_list<std::pair<const char*, Value>> fields) {
+  Struct s;
+  for (const auto& [k, v] : fields) (*s.mutable_fields())[k] = v;
+  return s;
+}
+
+Value StringValue(const std::string& s) {
+  Value v;
+  v.set_string_value(s);
+  return v;
+}
+
+Value NumberValue(double d) {
+  Value v;
+  v.set_number_value(d);
+  return v;
+}
+
+uint64_t Fnv1a64(const std::string& s, uint64_t basis) {
+  uint64_t h = basis;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+}  // namespace
+
+std::optional<uint64_t> QmpUint(const Struct& object, const std::string& key) {
+  auto it = object.fields().find(key);
+  if (it == object.fields().end() || it->second.kind_case() != Value::kNumberValue) {
+    return std::nullopt;
+  }
+  double d = it->second.number_value();
+  if (!std::isfinite(d) || d < 0 || d > kMaxExactDouble || std::floor(d) != d) {
+    return std::nullopt;
+  }
+  return static_cast<uint64_t>(d);
+}
+
+absl::StatusOr<GuestMemoryStats> ParseQmpGuestStats(const Value& value) {
+  if (value.kind_case() != Value::kStructValue) {
+    return absl::InvalidArgumentError("guest-stats is not a JSON object");
+  }
+  const Struct& top = value.struct_value();
+  GuestMemoryStats out;
+  std::optional<uint64_t> last_update = QmpUint(top, "last-update");
+  if (last_update.has_value() && *last_update > 0) {
+    out.last_update = absl::FromUnixSeconds(static_cast<int64_t>(*last_update));
+  }
+  auto stats_it = top.fields().find("stats");
+  if (stats_it == top.fields().end() || stats_it->second.kind_case() != Value::kStructValue) {
+    return out;
+  }
+  const Struct& stats = stats_it->second.struct_value();
+  out.total_bytes = QmpUint(stats, "stat-total-memory");
+  out.available_bytes = QmpUint(stats, "stat-available-memory");
+  // The guest's MemAvailable is what libvirt calls "usable".
+  out.usable_bytes = out.available_bytes;
+  out.free_bytes = QmpUint(stats, "stat-free-memory");
+  out.disk_caches_bytes = QmpUint(stats, "stat-disk-caches");
+  out.swap_in_bytes_total = QmpUint(stats, "stat-swap-in");
+  out.swap_out_bytes_total = QmpUint(stats, "stat-swap-out");
+  out.major_faults_total = QmpUint(stats, "stat-major-faults");
+  out.minor_faults_total = QmpUint(stats, "stat-minor-faults");
+  return out;
+}
+
+std::string QmpIdFromPath(const std::string& path) {
+  uint64_t hi = Fnv1a64(path, 14695981039346656037ULL);
+  uint64_t lo = Fnv1a64(absl::StrCat("membroker-qmp:", path), 0x6c62272e07bb0142ULL);
+  // Mark it as a version 8 (custom) UUID of the RFC 4122 variant.
+  hi = (hi & ~0xF000ULL) | 0x8000ULL;
+  lo = (lo & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL;
+  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32, (hi >> 16) & 0xFFFF, hi & 0xFFFF,
+                         lo >> 48, lo & 0xFFFFFFFFFFFFULL);
+}
+
+// One QEMU process behind one socket.
+struct QmpHypervisor::Vm {
+  std::string path;
+  std::unique_ptr<QmpClient> client;
+  // Identity, learned once per connection.
+  bool identified = false;
+  std::string vm_id;
+  std::string name;
+  uint64_t max_bytes = 0;
+  std::string balloon_path;  // empty: no balloon device
+  // Balloon actual from the last query-balloon or BALLOON_CHANGE event.
+  std::optional<uint64_t> actual_bytes;
+  // Stats period asked for this VM, and the one applied on this connection.
+  std::optional<absl::Duration> wanted_period;
+  std::optional<absl::Duration> applied_period;
+  // Backoff.
+  int failures = 0;
+  absl::Time next_attempt = absl::InfinitePast();
+  std::string last_error;
+};
+
+QmpHypervisor::QmpHypervisor(QmpHypervisorOptions options, Clock* clock)
+    : options_(std::move(options)), clock_(clock) {}
+
+QmpHypervisor::~QmpHypervisor() = default;
+
+absl::StatusOr<std::unique_ptr<QmpHypervisor>> QmpHypervisor::Create(QmpHypervisorOptions options,
+                                                                      Clock* clock) {
+  if (clock == nullptr) return absl::InvalidArgumentError("qmp backend needs a clock");
+  if (options.sockets_or_globs.empty()) {
+    return absl::InvalidArgumentError("--qmp-socket: at least one socket, directory or glob");
+  }
+  for (const std::string& entry : options.sockets_or_globs) {
+    if (entry.empty()) return absl::InvalidArgumentError("--qmp-socket: empty entry");
+  }
+  if (options.min_backoff <= absl::ZeroDuration() || options.max_backoff < options.min_backoff) {
+    return absl::InvalidArgumentError(
+        "qmp backoff: min_backoff must be positive and at most max_backoff");
+  }
+  if (options.client.max_message_bytes < 1024 ||
+      options.client.io_timeout <= absl::ZeroDuration() ||
+      options.client.max_events_per_reply < 1) {
+    return absl::InvalidArgumentError(
+        "qmp client limits: max_message_bytes >= 1024, io_timeout > 0, "
+        "max_events_per_reply >= 1");
+  }
+  return std::unique_ptr<QmpHypervisor>(new QmpHypervisor(std::move(options), clock));
+}
+
+std::vector<std::string> QmpHypervisor::ScanSockets() const {
+  std::set<std::string> found;
+  for (const std::string& entry : options_.sockets_or_globs) {
+    if (IsGlob(entry)) {
+      glob_t g{};
+      if (::glob(entry.c_str(), 0, nullptr, &g) == 0) {
+        for (size_t i = 0; i < g.gl_pathc; ++i) {
+          if (IsSocket(g.gl_pathv[i])) found.insert(g.gl_pathv[i]);
+        }
+      }
+      ::globfree(&g);
+    } else if (IsDirectory(entry)) {
+      DIR* dir = ::opendir(entry.c_str());
+      if (dir == nullptr) continue;
+      // Bounded: a directory has finitely many entries; cap it anyway.
+      for (int i = 0; i < 100000; ++i) {
+        dirent* de = ::readdir(dir);
+        if (de == nullptr) break;
+        std::string p = absl::StrCat(entry, entry.back() == '/' ? "" : "/", de->d_name);
+        if (IsSocket(p)) found.insert(p);
+      }
+      ::closedir(dir);
+    } else {
+      // A named socket is kept even while it is missing: it is retried.
+      found.insert(entry);
+    }
+  }
+  return {found.begin(), found.end()};
+}
+
+void QmpHypervisor::Backoff(Vm& vm, const absl::Status& status) {
+  vm.failures = std::min(vm.failures + 1, 30);
+  absl::Duration wait = options_.min_backoff;
+  for (int i = 1; i < vm.failures && wait < options_.max_backoff; ++i) wait *= 2;
+  wait = std::min(wait, options_.max_backoff);
+  vm.next_attempt = clock_->Now() + wait;
+  std::string error(status.message());
+  if (error != vm.last_error) {
+    spdlog::warn("qmp {}: {} (retrying in {})", vm.path, error, absl::FormatDuration(wait));
+    vm.last_error = error;
+  }
+  if (vm.client != nullptr && IsConnectionError(status)) vm.client->Close();
+}
+
+absl::Status QmpHypervisor::EnsureConnected(Vm& vm) {
+  if (vm.client != nullptr && vm.client->connected() && vm.identified) return absl::OkStatus();
+  if (clock_->Now() < vm.next_attempt) {
+    return absl::UnavailableError(absl::StrCat("qmp ", vm.path, ": waiting to retry (",
+                                               vm.last_error, ")"));
+  }
+  if (vm.client == nullptr) vm.client = std::make_unique<QmpClient>(clock_, options_.client);
+  vm.identified = false;
+  vm.applied_period.reset();
+  vm.actual_bytes.reset();
+  Vm* self = &vm;
+  vm.client->set_event_handler([self](const Struct& event) {
+    auto name = event.fields().find("event");
+    if (name == event.fields().end() || name->second.string_value() != "BALLOON_CHANGE") return;
+    auto data = event.fields().find("data");
+    if (data == event.fields().end() || data->second.kind_case() != Value::kStructValue) return;
+    std::optional<uint64_t> actual = QmpUint(data->second.struct_value(), "actual");
+    if (actual.has_value()) self->actual_bytes = actual;
+  });
+  RETURN_IF_ERROR(vm.client->Connect(vm.path));
+
+  // query-uuid: an all-zero UUID means QEMU was started without -uuid.
+  ASSIGN_OR_RETURN(Value uuid, vm.client->Execute("query-uuid"));
+  std::string id;
+  if (uuid.kind_case() == Value::kStructValue) {
+    auto it = uuid.struct_value().fields().find("UUID");
+    if (it != uuid.struct_value().fields().end() &&
+        it->second.kind_case() == Value::kStringValue) {
+      id = it->second.string_value();
+    }
+  }
+  bool valid_uuid = id.size() == 36 && id.find_first_not_of("0123456789abcdefABCDEF-") ==
+                                           std::string::npos;
+  if (!valid_uuid || id == "00000000-0000-0000-0000-000000000000") id = QmpIdFromPath(vm.path);
+
+  // query-name: optional (absent without -name).
+  std::string name;
+  auto name_reply = vm.client->Execute("query-name");
+  if (!name_reply.ok() && IsConnectionError(name_reply.status())) return name_reply.status();
+  if (name_reply.ok() && name_reply->kind_case() == Value::kStructValue) {
+    auto it = name_reply->struct_value().fields().find("name");
+    if (it != name_reply->struct_value().fields().end() &&
+        it->second.kind_case() == Value::kStringValue && !it->second.string_value().empty() &&
+        it->second.string_value().size() <= 256) {
+      name = it->second.string_value();
+    }
+  }
+  if (name.empty()) name = Basename(vm.path);
+
+  ASSIGN_OR_RETURN(Value summary, vm.client->Execute("query-memory-size-summary"));
+  std::optional<uint64_t> base;
+  std::optional<uint64_t> plugged;
+  if (summary.kind_case() == Value::kStructValue) {
+    base = QmpUint(summary.struct_value(), "base-memory");
+    plugged = QmpUint(summary.struct_value(), "plugged-memory");
+  }
+  if (!base.has_value() || *base == 0) {
+    return absl::DataLossError(absl::StrCat(
+        "qmp ", vm.path, ": query-memory-size-summary has no valid base-memory"));
+  }
+  // Hot-plugged DIMMs count toward the memory the balloon works against.
+  uint64_t max_bytes = *base + plugged.value_or(0);
+
+  // The balloon device: the conventional id first, then a scan.
+  std::string balloon;
+  Struct probe = Args({{"path", StringValue(kDefaultBalloonPath)},
+                       {"property", StringValue("guest-stats-polling-interval")}});
+  auto probed = vm.client->Execute("qom-get", &probe);
+  if (probed.ok()) {
+    balloon = kDefaultBalloonPath;
+  } else if (IsConnectionError(probed.status())) {
+    return probed.status();
+  } else {
+    for (const char* parent : {"/machine/peripheral", "/machine/peripheral-anon"}) {
+      Struct list_args = Args({{"path", StringValue(parent)}});
+      auto children = vm.client->Execute("qom-list", &list_args);
+      if (!children.ok()) {
+        if (IsConnectionError(children.status())) return children.status();
+        continue;
+      }
+      if (children->kind_case() != Value::kListValue) continue;
+      for (const Value& child : children->list_value().values()) {
+        if (child.kind_case() != Value::kStructValue) continue;
+        const auto& f = child.struct_value().fields();
+        auto n = f.find("name");
+        auto t = f.find("type");
+        if (n == f.end() || t == f.end() || n->second.kind_case() != Value::kStringValue ||
+            t->second.kind_case() != Value::kStringValue) {
+          continue;
+        }
+        if (absl::StartsWith(t->second.string_value(), "child<virtio-balloon")) {
+          balloon = absl::StrCat(parent, "/", n->second.string_value());
+          break;
+        }
+      }
+      if (!balloon.empty()) break;
+    }
+  }
+  if (balloon.empty()) {
+    spdlog::warn("qmp {}: no virtio-balloon device found; its memory cannot be moved", vm.path);
+  }
+
+  vm.vm_id = id;
+  vm.name = name;
+  vm.max_bytes = max_bytes;
+  vm.balloon_path = balloon;
+  vm.identified = true;
+  if (vm.failures > 0 || !vm.last_error.empty()) {
+    spdlog::info("qmp {}: connected to VM {} ({})", vm.path, name, id);
+  }
+  vm.failures = 0;
+  vm.last_error.clear();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VmStatus> QmpHypervisor::ReadVm(Vm& vm) {
+  RETURN_IF_ERROR(vm.client->PollEvents());
+  VmStatus status;
+  status.vm_id = vm.vm_id;
+  status.name = vm.name;
+  status.max_bytes = vm.max_bytes;
+
+  auto balloon = vm.client->Execute("query-balloon");
+  if (balloon.ok()) {
+    std::optional<uint64_t> actual;
+    if (balloon->kind_case() == Value::kStructValue) {
+      actual = QmpUint(balloon->struct_value(), "actual");
+    }
+    if (!actual.has_value()) {
+      return absl::DataLossError(
+          absl::StrCat("qmp ", vm.path, ": query-balloon reply has no valid 'actual'"));
+    }
+    vm.actual_bytes = actual;
+  } else if (IsConnectionError(balloon.status())) {
+    return balloon.status();
+  } else if (absl::IsFailedPrecondition(balloon.status()) || vm.balloon_path.empty()) {
+    // No balloon device: the guest keeps all its memory.
+    vm.actual_bytes = vm.max_bytes;
+  } else if (!vm.actual_bytes.has_value()) {
+    return balloon.status();
+  }
+  status.actual_bytes = *vm.actual_bytes;
+
+  if (!vm.balloon_path.empty()) {
+    if (vm.wanted_period.has_value() && vm.applied_period != vm.wanted_period) {
+      int64_t seconds = absl::ToInt64Seconds(*vm.wanted_period);
+      Struct args = Args({{"path", StringValue(vm.balloon_path)},
+                          {"property", StringValue("guest-stats-polling-interval")},
+                          {"value", NumberValue(static_cast<double>(seconds))}});
+      auto set = vm.client->Execute("qom-set", &args);
+      if (set.ok()) {
+        vm.applied_period = vm.wanted_period;
+      } else if (IsConnectionError(set.status())) {
+        return set.status();
+      } else {
+        spdlog::warn("qmp {}: cannot set the stats period: {}", vm.path, std::string(set.status().message()));
+        vm.applied_period = vm.wanted_period;  // do not retry every round
+      }
+    }
+    Struct args = Args({{"path", StringValue(vm.balloon_path)},
+                        {"property", StringValue("guest-stats")}});
+    auto stats = vm.client->Execute("qom-get", &args);
+    if (stats.ok()) {
+      auto parsed = ParseQmpGuestStats(*stats);
+      if (parsed.ok()) {
+        status.stats = *parsed;
+      } else {
+        spdlog::debug("qmp {}: {}", vm.path, std::string(parsed.status().message()));
+      }
+    } else if (IsConnectionError(stats.status())) {
+      return stats.status();
+    } else {
+      // QEMU refuses guest-stats until the guest has sent some.
+      spdlog::debug("qmp {}: no guest stats: {}", vm.path, std::string(stats.status().message()));
+    }
+  }
+  return status;
+}
+
+absl::StatusOr<std::vector<VmStatus>> QmpHypervisor::ListVms() {
+  std::vector<std::string> paths = ScanSockets();
+  std::set<std::string> present(paths.begin(), paths.end());
+  for (auto it = vms_.begin(); it != vms_.end();) {
+    if (present.count(it->first) == 0) {
+      spdlog::info("qmp {}: socket gone, forgetting it", it->first);
+      it = vms_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const std::string& p : paths) {
+    auto& slot = vms_[p];
+    if (slot == nullptr) {
+      slot = std::make_unique<Vm>();
+      slot->path = p;
+    }
+  }
+
+  std::vector<VmStatus> out;
+  std::set<std::string> seen_ids;
+  for (auto& [path, vm] : vms_) {
+    absl::Status connected = EnsureConnected(*vm);
+    if (!connected.ok()) {
+      if (clock_->Now() >= vm->next_attempt) Backoff(*vm, connected);
+      if (vm->client != nullptr) vm->client->Close();
+      continue;
+    }
+    if (!vm->wanted_period.has_value() && stats_period_.has_value()) {
+      vm->wanted_period = stats_period_;
+    }
+    auto status = ReadVm(*vm);
+    if (!status.ok()) {
+      Backoff(*vm, status.status());
+      if (!vm->client->connected()) vm->identified = false;
+      continue;
+    }
+    if (!seen_ids.insert(status->vm_id).second) {
+      spdlog::warn("qmp {}: VM id {} is also behind another socket; leaving this one out", path,
+                   status->vm_id);
+      continue;
+    }
+    out.push_back(std::move(*status));
+  }
+  return out;
+}
+
+QmpHypervisor::Vm* QmpHypervisor::FindVm(const std::string& vm_id) {
+  for (auto& [path, vm] : vms_) {
+    if (vm->identified && vm->vm_id == vm_id) return vm.get();
+  }
+  return nullptr;
+}
+
+absl::Status QmpHypervisor::SetBalloonTarget(const std::string& vm_id, uint64_t target_bytes) {
+  Vm* vm = FindVm(vm_id);
+  if (vm == nullptr) return absl::NotFoundError(absl::StrCat("no QMP VM with id ", vm_id));
+  if (target_bytes == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("target_bytes: 0 for VM ", vm_id));
+  }
+  if (target_bytes > vm->max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("target_bytes: ", target_bytes,
+                                                   " is above VM ", vm_id, "'s max of ",
+                                                   vm->max_bytes));
+  }
+  if (vm->balloon_path.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("VM ", vm_id, " has no balloon device"));
+  }
+  if (vm->client == nullptr || !vm->client->connected()) {
+    return absl::UnavailableError(absl::StrCat("qmp connection to VM ", vm_id, " is down"));
+  }
+  Struct args = Args({{"value", NumberValue(static_cast<double>(target_bytes))}});
+  auto reply = vm->client->Execute("balloon", &args);
+  if (!reply.ok()) {
+    if (IsConnectionError(reply.status())) {
+      Backoff(*vm, reply.status());
+      vm->identified = false;
+    }
+    return reply.status();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status QmpHypervisor::SetStatsPeriod(const std::string& vm_id, absl::Duration period) {
+  if (period < absl::ZeroDuration() || period > absl::Hours(24)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stats period: ", absl::FormatDuration(period), " is not within [0, 24h]"));
+  }
+  // Whole seconds, at least one unless polling is turned off.
+  absl::Duration rounded = absl::Seconds(absl::ToInt64Seconds(absl::Ceil(period, absl::Seconds(1))));
+  Vm* vm = FindVm(vm_id);
+  if (vm == nullptr) return absl::NotFoundError(absl::StrCat("no QMP VM with id ", vm_id));
+  if (vm->balloon_path.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("VM ", vm_id, " has no balloon device"));
+  }
+  if (vm->client == nullptr || !vm->client->connected()) {
+    return absl::UnavailableError(absl::StrCat("qmp connection to VM ", vm_id, " is down"));
+  }
+  Struct args = Args({{"path", StringValue(vm->balloon_path)},
+                      {"property", StringValue("guest-stats-polling-interval")},
+                      {"value", NumberValue(static_cast<double>(absl::ToInt64Seconds(rounded)))}});
+  auto reply = vm->client->Execute("qom-set", &args);
+  if (!reply.ok()) {
+    if (IsConnectionError(reply.status())) {
+      Backoff(*vm, reply.status());
+      vm->identified = false;
+    }
+    return reply.status();
+  }
+  vm->wanted_period = rounded;
+  vm->applied_period = rounded;
+  stats_period_ = rounded;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Hypervisor>> MakeQmpHypervisor(
+    const std::vector<std::string>& sockets_or_globs, Clock* clock) {
+  QmpHypervisorOptions options;
+  options.sockets_or_globs = sockets_or_globs;
+  ASSIGN_OR_RETURN(std::unique_ptr<QmpHypervisor> qmp,
+                   QmpHypervisor::Create(std::move(options), clock));
+  return std::unique_ptr<Hypervisor>(std::move(qmp));
+}
+
+}  // namespace membroker::agent
