@@ -1,0 +1,455 @@
+#include "client/ctl.h"
+
+#include <chrono>
+#include <memory>
+#include <utility>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "client/output.h"
+#include "common/proto_time.h"
+#include "common/units.h"
+#include "membroker/v1/admin.grpc.pb.h"
+
+#ifndef MB_VERSION
+#define MB_VERSION "unknown"
+#endif
+
+namespace membroker::client {
+namespace {
+
+// Everything one command needs while it runs.
+struct Run {
+  const Invocation& inv;
+  std::ostream& out;
+  std::ostream& err;
+  const CtlEnvironment& env;
+  std::unique_ptr<v1::AdminService::Stub> stub;
+};
+
+int Usage(std::ostream& err, const absl::Status& status) {
+  err << "error: " << status.message() << "\n";
+  return kExitUsage;
+}
+
+bool Machine(const Run& r) {
+  return r.inv.global.output == OutputFormat::kJson || r.inv.global.output == OutputFormat::kYaml;
+}
+
+bool Wide(const Run& r) { return r.inv.global.output == OutputFormat::kWide; }
+
+// Formats a failed call for people.
+std::string CallError(const Run& r, const grpc::Status& status) {
+  std::string msg = absl::StrCat(StatusCodeName(status.error_code()), ": ",
+                                 status.error_message().empty() ? "(no message)"
+                                                                : status.error_message());
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    absl::StrAppend(&msg, " (server ", r.inv.global.server, ")");
+  } else if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    absl::StrAppend(&msg, " (--timeout=", absl::FormatDuration(r.inv.global.timeout), ")");
+  }
+  return msg;
+}
+
+// Runs one unary call with the global deadline plus `extra`.
+template <typename Fn>
+grpc::Status Call(const Run& r, Fn fn, absl::Duration extra = absl::ZeroDuration()) {
+  grpc::ClientContext context;
+  // gRPC deadlines are wall-clock points by definition.
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(r.inv.global.timeout + extra));
+  return fn(&context);
+}
+
+int Failed(const Run& r, const grpc::Status& status) {
+  r.err << "error: " << CallError(r, status) << "\n";
+  return kExitRpcBase + static_cast<int>(status.error_code());
+}
+
+// Prints `reply` in the machine format, or `human` for table/wide.
+int Print(const Run& r, const google::protobuf::Message& reply, const std::string& human) {
+  if (Machine(r)) {
+    r.out << RenderMessage(reply, r.inv.global.output);
+  } else {
+    r.out << human;
+  }
+  r.out.flush();
+  return kExitOk;
+}
+
+int GetHosts(Run& r) {
+  v1::ListHostsResponse reply;
+  grpc::Status s = Call(r, [&](grpc::ClientContext* c) {
+    return r.stub->ListHosts(c, v1::ListHostsRequest(), &reply);
+  });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, RenderHostsTable(reply, Wide(r)));
+}
+
+int GetVms(Run& r) {
+  auto request = BuildListVmsRequest(r.inv);
+  if (!request.ok()) return Usage(r.err, request.status());
+  v1::ListVmsResponse reply;
+  grpc::Status s =
+      Call(r, [&](grpc::ClientContext* c) { return r.stub->ListVms(c, *request, &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, RenderVmsTable(reply, Wide(r)));
+}
+
+int DescribeHostCmd(Run& r) {
+  if (absl::Status v = ValidateHostId(r.inv.operands[0]); !v.ok()) {
+    return Usage(r.err, absl::InvalidArgumentError(absl::StrCat("HOST: ", v.message())));
+  }
+  v1::GetHostRequest request;
+  request.set_host_id(r.inv.operands[0]);
+  v1::Host reply;
+  grpc::Status s =
+      Call(r, [&](grpc::ClientContext* c) { return r.stub->GetHost(c, request, &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, DescribeHost(reply));
+}
+
+int DescribeVmCmd(Run& r) {
+  v1::GetVmRequest request;
+  request.set_vm(r.inv.operands[0]);
+  v1::Vm reply;
+  grpc::Status s =
+      Call(r, [&](grpc::ClientContext* c) { return r.stub->GetVm(c, request, &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, DescribeVm(reply));
+}
+
+int ExplainVmCmd(Run& r) {
+  v1::ExplainVmRequest request;
+  request.set_vm(r.inv.operands[0]);
+  v1::Explanation reply;
+  grpc::Status s =
+      Call(r, [&](grpc::ClientContext* c) { return r.stub->ExplainVm(c, request, &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, DescribeExplanation(reply));
+}
+
+int SetVmCmd(Run& r) {
+  auto request = BuildSetVmPolicyRequest(r.inv);
+  if (!request.ok()) return Usage(r.err, request.status());
+  v1::VmPolicy reply;
+  grpc::Status s =
+      Call(r, [&](grpc::ClientContext* c) { return r.stub->SetVmPolicy(c, *request, &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, DescribeVmPolicy(request->vm(), reply));
+}
+
+int UnsetVmCmd(Run& r) {
+  v1::ClearVmPolicyRequest request;
+  request.set_vm(r.inv.operands[0]);
+  v1::ClearVmPolicyResponse reply;
+  grpc::Status s =
+      Call(r, [&](grpc::ClientContext* c) { return r.stub->ClearVmPolicy(c, request, &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, absl::StrCat("policy of vm ", request.vm(), " cleared\n"));
+}
+
+int PolicyGetCmd(Run& r) {
+  v1::ClusterPolicy reply;
+  grpc::Status s = Call(r, [&](grpc::ClientContext* c) {
+    return r.stub->GetClusterPolicy(c, v1::GetClusterPolicyRequest(), &reply);
+  });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, DescribeClusterPolicy(reply));
+}
+
+int PolicySetCmd(Run& r) {
+  auto request = BuildSetClusterPolicyRequest(r.inv);
+  if (!request.ok()) return Usage(r.err, request.status());
+  v1::ClusterPolicy reply;
+  grpc::Status s = Call(
+      r, [&](grpc::ClientContext* c) { return r.stub->SetClusterPolicy(c, *request, &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, DescribeClusterPolicy(reply));
+}
+
+int ReserveCmd(Run& r) {
+  auto request = BuildReserveRequest(r.inv);
+  if (!request.ok()) return Usage(r.err, request.status());
+  const absl::Duration wait =
+      request->has_wait() ? FromProto(request->wait()) : absl::ZeroDuration();
+  v1::Reservation reply;
+  grpc::Status s = Call(
+      r, [&](grpc::ClientContext* c) { return r.stub->Reserve(c, *request, &reply); }, wait);
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, DescribeReservation(reply));
+}
+
+int ReleaseCmd(Run& r) {
+  v1::ReleaseRequest request;
+  request.set_id(r.inv.operands[0]);
+  v1::ReleaseResponse reply;
+  grpc::Status s =
+      Call(r, [&](grpc::ClientContext* c) { return r.stub->Release(c, request, &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, absl::StrCat("reservation ", request.id(), " released\n"));
+}
+
+int PlanCmd(Run& r) {
+  v1::Plan reply;
+  grpc::Status s = Call(
+      r, [&](grpc::ClientContext* c) { return r.stub->GetPlan(c, v1::GetPlanRequest(), &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, RenderPlanTable(reply));
+}
+
+int TopCmd(Run& r) {
+  bool has_host = false, has_interval = false, has_iterations = false;
+  auto host = FlagHostId(r.inv, "host", &has_host);
+  if (!host.ok()) return Usage(r.err, host.status());
+  auto interval = FlagDuration(r.inv, "interval", /*allow_zero=*/false, &has_interval);
+  if (!interval.ok()) return Usage(r.err, interval.status());
+  auto iterations = FlagInt(r.inv, "iterations", 1, int64_t{1} << 40, &has_iterations);
+  if (!iterations.ok()) return Usage(r.err, iterations.status());
+  if (Machine(r)) {
+    return Usage(r.err, absl::InvalidArgumentError("-o: top prints only table or wide"));
+  }
+  const absl::Duration period = has_interval ? *interval : absl::Seconds(1);
+  std::function<bool(absl::Duration)> wait = r.env.wait;
+  if (!wait) {
+    wait = [](absl::Duration d) {
+      absl::SleepFor(d);
+      return true;
+    };
+  }
+  v1::ListVmsRequest vms_request;
+  vms_request.set_host_id(*host);
+  if (r.env.enter_live_view) r.env.enter_live_view();
+  int last = kExitOk;
+  for (int64_t i = 0;; ++i) {
+    v1::ListHostsResponse hosts;
+    v1::ListVmsResponse vms;
+    grpc::Status s = Call(r, [&](grpc::ClientContext* c) {
+      return r.stub->ListHosts(c, v1::ListHostsRequest(), &hosts);
+    });
+    if (s.ok()) {
+      s = Call(r, [&](grpc::ClientContext* c) { return r.stub->ListVms(c, vms_request, &vms); });
+    }
+    const std::string when = FormatUtc(r.env.clock->Now());
+    std::string frame;
+    if (r.env.out_is_terminal) {
+      frame = absl::StrCat("\x1b[H\x1b[2J", "membrokerctl top  server ", r.inv.global.server,
+                           "  ", when, "  every ", absl::FormatDuration(period),
+                           " (Ctrl-C to stop)\n\n");
+    } else {
+      frame = absl::StrCat("--- ", when, " ---\n");
+    }
+    if (s.ok()) {
+      if (has_host) {
+        v1::ListHostsResponse filtered;
+        for (const v1::Host& h : hosts.hosts()) {
+          if (h.host_id() == *host) *filtered.add_hosts() = h;
+        }
+        hosts = std::move(filtered);
+      }
+      absl::StrAppend(&frame, RenderHostsTable(hosts, Wide(r)), "\n", RenderVmsTable(vms, Wide(r)));
+      last = kExitOk;
+    } else {
+      const std::string msg = CallError(r, s);
+      if (r.env.out_is_terminal) absl::StrAppend(&frame, "error: ", msg, "\n");
+      r.err << "error: " << msg << "\n";
+      last = kExitRpcBase + static_cast<int>(s.error_code());
+    }
+    r.out << frame;
+    r.out.flush();
+    if (has_iterations && i + 1 >= *iterations) break;
+    if (!wait(period)) break;
+  }
+  return last;
+}
+
+int Dispatch(Run& r) {
+  const std::string name = absl::StrJoin(r.inv.command->path, " ");
+  if (name == "get hosts") return GetHosts(r);
+  if (name == "get vms") return GetVms(r);
+  if (name == "describe host") return DescribeHostCmd(r);
+  if (name == "describe vm") return DescribeVmCmd(r);
+  if (name == "explain vm") return ExplainVmCmd(r);
+  if (name == "set vm") return SetVmCmd(r);
+  if (name == "unset vm") return UnsetVmCmd(r);
+  if (name == "policy get") return PolicyGetCmd(r);
+  if (name == "policy set") return PolicySetCmd(r);
+  if (name == "reserve") return ReserveCmd(r);
+  if (name == "release") return ReleaseCmd(r);
+  if (name == "plan") return PlanCmd(r);
+  if (name == "top") return TopCmd(r);
+  r.err << "error: command '" << name << "' has no implementation\n";
+  return kExitError;
+}
+
+}  // namespace
+
+std::string StatusCodeName(int code) {
+  if (code < 0 || code > 16) return absl::StrCat("CODE_", code);
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+}
+
+absl::StatusOr<v1::ListVmsRequest> BuildListVmsRequest(const Invocation& inv) {
+  bool present = false;
+  auto host = FlagHostId(inv, "host", &present);
+  if (!host.ok()) return host.status();
+  v1::ListVmsRequest request;
+  request.set_host_id(*host);
+  return request;
+}
+
+absl::StatusOr<v1::SetVmPolicyRequest> BuildSetVmPolicyRequest(const Invocation& inv) {
+  v1::SetVmPolicyRequest request;
+  request.set_vm(inv.operands.at(0));
+  request.set_merge(true);
+  v1::VmPolicy* policy = request.mutable_policy();
+  bool has_min = false, has_max = false, has_weight = false, has_pinned = false;
+  auto min = FlagBytes(inv, "min", &has_min);
+  if (!min.ok()) return min.status();
+  auto max = FlagBytes(inv, "max", &has_max);
+  if (!max.ok()) return max.status();
+  auto weight = FlagInt(inv, "weight", 1, 10000, &has_weight);
+  if (!weight.ok()) return weight.status();
+  auto pinned = FlagBool(inv, "pinned", &has_pinned);
+  if (!pinned.ok()) return pinned.status();
+  if (!has_min && !has_max && !has_weight && !has_pinned) {
+    return absl::InvalidArgumentError(
+        "'set vm' needs at least one of --min, --max, --weight, --pinned");
+  }
+  if (has_max && *max == 0) return absl::InvalidArgumentError("--max must be greater than 0");
+  if (has_min && has_max && *min > *max) {
+    return absl::InvalidArgumentError(absl::StrCat("--min (", FormatBytes(*min),
+                                                   ") is greater than --max (",
+                                                   FormatBytes(*max), ")"));
+  }
+  if (has_min) policy->set_min_bytes(*min);
+  if (has_max) policy->set_max_bytes(*max);
+  if (has_weight) policy->set_weight(static_cast<uint32_t>(*weight));
+  if (has_pinned) policy->set_pinned(*pinned);
+  return request;
+}
+
+absl::StatusOr<v1::SetClusterPolicyRequest> BuildSetClusterPolicyRequest(const Invocation& inv) {
+  v1::SetClusterPolicyRequest request;
+  v1::ClusterPolicy* p = request.mutable_policy();
+  bool present = false, any = false;
+  {
+    auto v = FlagDouble(inv, "buffer-percent", 0, 1000, &present);
+    if (!v.ok()) return v.status();
+    if (present) p->set_buffer_percent(*v);
+    any |= present;
+  }
+  struct SizeFlag {
+    const char* name;
+    void (v1::ClusterPolicy::*set)(uint64_t);
+  };
+  for (const SizeFlag& f : {SizeFlag{"host-free-margin", &v1::ClusterPolicy::set_host_free_margin_bytes},
+                            SizeFlag{"reclaim-step", &v1::ClusterPolicy::set_reclaim_step_bytes},
+                            SizeFlag{"hysteresis", &v1::ClusterPolicy::set_hysteresis_bytes},
+                            SizeFlag{"default-min", &v1::ClusterPolicy::set_default_min_bytes}}) {
+    auto v = FlagBytes(inv, f.name, &present);
+    if (!v.ok()) return v.status();
+    if (present) (p->*f.set)(*v);
+    any |= present;
+  }
+  {
+    auto v = FlagDouble(inv, "idle-tax-percent", 0, 99, &present);
+    if (!v.ok()) return v.status();
+    if (present) p->set_idle_tax_percent(*v);
+    any |= present;
+  }
+  {
+    auto v = FlagInt(inv, "default-weight", 1, 10000, &present);
+    if (!v.ok()) return v.status();
+    if (present) p->set_default_weight(static_cast<uint32_t>(*v));
+    any |= present;
+  }
+  {
+    auto v = FlagDouble(inv, "protect-margin-percent", 0, 1000, &present);
+    if (!v.ok()) return v.status();
+    if (present) p->set_protect_margin_percent(*v);
+    any |= present;
+  }
+  {
+    auto v = FlagDuration(inv, "report-interval", /*allow_zero=*/false, &present);
+    if (!v.ok()) return v.status();
+    if (present) *p->mutable_report_interval() = ToProtoDuration(*v);
+    any |= present;
+  }
+  if (!any) {
+    return absl::InvalidArgumentError(
+        "'policy set' needs at least one flag (see 'membrokerctl policy set --help')");
+  }
+  return request;
+}
+
+absl::StatusOr<v1::ReserveRequest> BuildReserveRequest(const Invocation& inv) {
+  v1::ReserveRequest request;
+  bool has_host = false, has_bytes = false, has_wait = false;
+  auto host = FlagHostId(inv, "host", &has_host);
+  if (!host.ok()) return host.status();
+  if (!has_host) return absl::InvalidArgumentError("'reserve' needs --host");
+  auto bytes = FlagBytes(inv, "bytes", &has_bytes);
+  if (!bytes.ok()) return bytes.status();
+  if (!has_bytes) return absl::InvalidArgumentError("'reserve' needs --bytes");
+  if (*bytes == 0) return absl::InvalidArgumentError("--bytes must be greater than 0");
+  auto wait = FlagDuration(inv, "wait", /*allow_zero=*/true, &has_wait);
+  if (!wait.ok()) return wait.status();
+  request.set_host_id(*host);
+  request.set_bytes(*bytes);
+  if (has_wait) *request.mutable_wait() = ToProtoDuration(*wait);
+  return request;
+}
+
+std::function<bool(absl::Duration)> InterruptibleWait(const std::atomic<bool>* stop) {
+  return [stop](absl::Duration d) {
+    const absl::Duration kSlice = absl::Milliseconds(50);
+    // Bounded by count: ceil(d / slice) slices at most.
+    absl::Duration remainder;
+    const int64_t slices =
+        absl::IDivDuration(d + kSlice - absl::Nanoseconds(1), kSlice, &remainder);
+    for (int64_t i = 0; i < slices; ++i) {
+      if (stop->load()) return false;
+      absl::SleepFor(kSlice);
+    }
+    return !stop->load();
+  };
+}
+
+int RunCtl(const std::vector<std::string>& args, std::ostream& out, std::ostream& err,
+           const CtlEnvironment& env) {
+  absl::StatusOr<Invocation> inv = ParseArgs(args, env.vars);
+  if (!inv.ok()) return Usage(err, inv.status());
+  if (inv->help) {
+    out << HelpText(inv->help_path);
+    return kExitOk;
+  }
+  const std::string name = absl::StrJoin(inv->command->path, " ");
+  if (name == "version") {
+    out << "membrokerctl " << MB_VERSION << "\n";
+    return kExitOk;
+  }
+  const GlobalOptions& g = inv->global;
+  if (!g.insecure) {
+    if (!g.tls_ca.empty() || !g.tls_cert.empty() || !g.tls_key.empty()) {
+      return Usage(err, absl::InvalidArgumentError(
+                            "--tls-ca/--tls-cert/--tls-key: TLS is not supported yet; use "
+                            "--insecure"));
+    }
+    return Usage(err, absl::InvalidArgumentError(
+                          "--insecure is required (TLS is not supported yet)"));
+  }
+  Run run{*inv, out, err, env, nullptr};
+  grpc::ChannelArguments channel_args;
+  channel_args.SetString(GRPC_ARG_PRIMARY_USER_AGENT_STRING,
+                         absl::StrCat("membrokerctl/", MB_VERSION));
+  run.stub = v1::AdminService::NewStub(
+      grpc::CreateCustomChannel(g.server, grpc::InsecureChannelCredentials(), channel_args));
+  return Dispatch(run);
+}
+
+}  // namespace membroker::client

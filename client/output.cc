@@ -1,0 +1,632 @@
+#include "client/output.h"
+
+#include <algorithm>
+#include <cctype>
+#include <memory>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/proto_time.h"
+#include "common/textproto.h"
+#include "common/units.h"
+
+namespace membroker::client {
+namespace {
+
+// ---- A small JSON reader that keeps object keys in document order. ----
+
+struct JsonNode {
+  enum Kind { kScalar, kString, kArray, kObject } kind = kScalar;
+  // kScalar: the literal as written (number, true, false, null).
+  // kString: the decoded string.
+  std::string text;
+  std::vector<JsonNode> items;                             // kArray
+  std::vector<std::pair<std::string, JsonNode>> members;  // kObject
+};
+
+class JsonReader {
+ public:
+  explicit JsonReader(absl::string_view in) : in_(in) {}
+
+  absl::StatusOr<JsonNode> ReadDocument() {
+    JsonNode node;
+    if (!ReadValue(&node, 0)) return Error();
+    SkipSpace();
+    if (pos_ != in_.size()) {
+      error_ = "trailing characters";
+      return Error();
+    }
+    return node;
+  }
+
+ private:
+  static constexpr int kMaxDepth = 100;
+
+  absl::Status Error() const {
+    return absl::InvalidArgumentError(absl::StrCat("invalid JSON at offset ", pos_, ": ", error_));
+  }
+
+  void SkipSpace() {
+    while (pos_ < in_.size() && (in_[pos_] == ' ' || in_[pos_] == '\n' || in_[pos_] == '\r' ||
+                                 in_[pos_] == '\t')) {
+      ++pos_;
+    }
+  }
+
+  bool ReadValue(JsonNode* node, int depth) {
+    if (depth > kMaxDepth) {
+      error_ = "nested too deeply";
+      return false;
+    }
+    SkipSpace();
+    if (pos_ >= in_.size()) {
+      error_ = "unexpected end";
+      return false;
+    }
+    char c = in_[pos_];
+    if (c == '{') return ReadObject(node, depth);
+    if (c == '[') return ReadArray(node, depth);
+    if (c == '"') {
+      node->kind = JsonNode::kString;
+      return ReadString(&node->text);
+    }
+    size_t start = pos_;
+    while (pos_ < in_.size() && (std::isalnum(static_cast<unsigned char>(in_[pos_])) ||
+                                 in_[pos_] == '-' || in_[pos_] == '+' || in_[pos_] == '.')) {
+      ++pos_;
+    }
+    if (start == pos_) {
+      error_ = "unexpected character";
+      return false;
+    }
+    node->kind = JsonNode::kScalar;
+    node->text = std::string(in_.substr(start, pos_ - start));
+    return true;
+  }
+
+  bool ReadObject(JsonNode* node, int depth) {
+    node->kind = JsonNode::kObject;
+    ++pos_;  // '{'
+    SkipSpace();
+    if (pos_ < in_.size() && in_[pos_] == '}') {
+      ++pos_;
+      return true;
+    }
+    while (true) {
+      SkipSpace();
+      std::string key;
+      if (pos_ >= in_.size() || in_[pos_] != '"' || !ReadString(&key)) {
+        if (error_.empty()) error_ = "expected a key";
+        return false;
+      }
+      SkipSpace();
+      if (pos_ >= in_.size() || in_[pos_] != ':') {
+        error_ = "expected ':'";
+        return false;
+      }
+      ++pos_;
+      JsonNode value;
+      if (!ReadValue(&value, depth + 1)) return false;
+      node->members.emplace_back(std::move(key), std::move(value));
+      SkipSpace();
+      if (pos_ < in_.size() && in_[pos_] == ',') {
+        ++pos_;
+        continue;
+      }
+      if (pos_ < in_.size() && in_[pos_] == '}') {
+        ++pos_;
+        return true;
+      }
+      error_ = "expected ',' or '}'";
+      return false;
+    }
+  }
+
+  bool ReadArray(JsonNode* node, int depth) {
+    node->kind = JsonNode::kArray;
+    ++pos_;  // '['
+    SkipSpace();
+    if (pos_ < in_.size() && in_[pos_] == ']') {
+      ++pos_;
+      return true;
+    }
+    while (true) {
+      JsonNode item;
+      if (!ReadValue(&item, depth + 1)) return false;
+      node->items.push_back(std::move(item));
+      SkipSpace();
+      if (pos_ < in_.size() && in_[pos_] == ',') {
+        ++pos_;
+        continue;
+      }
+      if (pos_ < in_.size() && in_[pos_] == ']') {
+        ++pos_;
+        return true;
+      }
+      error_ = "expected ',' or ']'";
+      return false;
+    }
+  }
+
+  // Reads a string literal; keeps \u escapes as UTF-8.
+  bool ReadString(std::string* out) {
+    ++pos_;  // '"'
+    while (pos_ < in_.size()) {
+      char c = in_[pos_++];
+      if (c == '"') return true;
+      if (c != '\\') {
+        out->push_back(c);
+        continue;
+      }
+      if (pos_ >= in_.size()) break;
+      char e = in_[pos_++];
+      switch (e) {
+        case '"': out->push_back('"'); break;
+        case '\\': out->push_back('\\'); break;
+        case '/': out->push_back('/'); break;
+        case 'b': out->push_back('\b'); break;
+        case 'f': out->push_back('\f'); break;
+        case 'n': out->push_back('\n'); break;
+        case 'r': out->push_back('\r'); break;
+        case 't': out->push_back('\t'); break;
+        case 'u': {
+          if (pos_ + 4 > in_.size()) {
+            error_ = "short \\u escape";
+            return false;
+          }
+          unsigned code = 0;
+          for (int i = 0; i < 4; ++i) {
+            char h = in_[pos_++];
+            code <<= 4;
+            if (h >= '0' && h <= '9') code |= h - '0';
+            else if (h >= 'a' && h <= 'f') code |= h - 'a' + 10;
+            else if (h >= 'A' && h <= 'F') code |= h - 'A' + 10;
+            else {
+              error_ = "bad \\u escape";
+              return false;
+            }
+          }
+          // Surrogate halves are kept as-is (encoded individually).
+          if (code < 0x80) {
+            out->push_back(static_cast<char>(code));
+          } else if (code < 0x800) {
+            out->push_back(static_cast<char>(0xC0 | (code >> 6)));
+            out->push_back(static_cast<char>(0x80 | (code & 0x3F)));
+          } else {
+            out->push_back(static_cast<char>(0xE0 | (code >> 12)));
+            out->push_back(static_cast<char>(0x80 | ((code >> 6) & 0x3F)));
+            out->push_back(static_cast<char>(0x80 | (code & 0x3F)));
+          }
+          break;
+        }
+        default:
+          error_ = "bad escape";
+          return false;
+      }
+    }
+    error_ = "unterminated string";
+    return false;
+  }
+
+  absl::string_view in_;
+  size_t pos_ = 0;
+  std::string error_;
+};
+
+// ---- YAML writer. ----
+
+bool NeedsQuotes(const std::string& s) {
+  if (s.empty()) return true;
+  static const char* kReserved[] = {"true", "false", "yes", "no", "on", "off", "null", "~", "y",
+                                    "n"};
+  std::string lower = absl::AsciiStrToLower(s);
+  for (const char* r : kReserved) {
+    if (lower == r) return true;
+  }
+  // Anything that starts like a number would be read as one.
+  char f = s.front();
+  if (std::isdigit(static_cast<unsigned char>(f)) || f == '-' || f == '+' || f == '.') return true;
+  if (s.front() == ' ' || s.back() == ' ') return true;
+  for (char c : s) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.' ||
+          c == '/' || c == ' ' || c == '(' || c == ')' || c == '=' || c == '+' || c == ',')) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string QuoteYaml(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += absl::StrFormat("\\x%02x", static_cast<unsigned char>(c));
+        } else {
+          out.push_back(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string ScalarYaml(const JsonNode& node) {
+  if (node.kind == JsonNode::kString) return NeedsQuotes(node.text) ? QuoteYaml(node.text) : node.text;
+  if (node.kind == JsonNode::kArray) return "[]";
+  if (node.kind == JsonNode::kObject) return "{}";
+  return node.text;
+}
+
+bool IsEmptyOrScalar(const JsonNode& node) {
+  return (node.kind == JsonNode::kArray && node.items.empty()) ||
+         (node.kind == JsonNode::kObject && node.members.empty()) ||
+         node.kind == JsonNode::kScalar || node.kind == JsonNode::kString;
+}
+
+void WriteYaml(const JsonNode& node, int indent, std::string* out);
+
+// Writes the members of an object; the first line continues the current
+// line when `first_inline` (a list item "- ").
+void WriteMembers(const JsonNode& node, int indent, bool first_inline, std::string* out) {
+  bool first = true;
+  for (const auto& [key, value] : node.members) {
+    if (!(first && first_inline)) out->append(indent, ' ');
+    first = false;
+    absl::StrAppend(out, NeedsQuotes(key) ? QuoteYaml(key) : key, ":");
+    if (IsEmptyOrScalar(value)) {
+      absl::StrAppend(out, " ", ScalarYaml(value), "\n");
+    } else {
+      out->push_back('\n');
+      WriteYaml(value, value.kind == JsonNode::kArray ? indent : indent + 2, out);
+    }
+  }
+}
+
+void WriteYaml(const JsonNode& node, int indent, std::string* out) {
+  if (IsEmptyOrScalar(node)) {
+    out->append(indent, ' ');
+    absl::StrAppend(out, ScalarYaml(node), "\n");
+    return;
+  }
+  if (node.kind == JsonNode::kObject) {
+    WriteMembers(node, indent, false, out);
+    return;
+  }
+  for (const JsonNode& item : node.items) {
+    out->append(indent, ' ');
+    out->append("- ");
+    if (IsEmptyOrScalar(item)) {
+      absl::StrAppend(out, ScalarYaml(item), "\n");
+    } else if (item.kind == JsonNode::kObject) {
+      WriteMembers(item, indent + 2, true, out);
+    } else {
+      out->push_back('\n');
+      WriteYaml(item, indent + 2, out);
+    }
+  }
+}
+
+// ---- Helpers for tables and descriptions. ----
+
+std::string YesNo(bool b) { return b ? "true" : "false"; }
+
+std::string Bytes(uint64_t b) { return FormatBytes(b); }
+
+// Bytes with the exact figure, for explanations.
+std::string BytesExact(uint64_t b) {
+  if (b < 1024) return FormatBytes(b);
+  return absl::StrCat(FormatBytes(b), " (", b, ")");
+}
+
+std::string Percent(double p) { return absl::StrFormat("%.1f%%", p); }
+
+// Key/value lines with aligned values.
+class Description {
+ public:
+  void Add(std::string key, std::string value) {
+    lines_.emplace_back(std::move(key), std::move(value));
+  }
+  void Section(std::string title) { lines_.emplace_back(std::move(title), std::string("\x01")); }
+  std::string Render() const {
+    size_t width = 0;
+    for (const auto& [k, v] : lines_) {
+      if (v != "\x01") width = std::max(width, k.size());
+    }
+    std::string out;
+    for (const auto& [k, v] : lines_) {
+      if (v == "\x01") {
+        absl::StrAppend(&out, k, ":\n");
+        continue;
+      }
+      absl::StrAppend(&out, k, ":", std::string(width - k.size() + 2, ' '), v, "\n");
+    }
+    return out;
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> lines_;
+};
+
+std::string OptBytes(bool has, uint64_t v) { return has ? Bytes(v) : "-"; }
+
+}  // namespace
+
+Table::Table(std::vector<std::string> header) : header_(std::move(header)) {}
+
+void Table::AddRow(std::vector<std::string> row) {
+  row.resize(header_.size());
+  rows_.push_back(std::move(row));
+}
+
+std::string Table::Render() const {
+  std::vector<size_t> width(header_.size(), 0);
+  for (size_t i = 0; i < header_.size(); ++i) width[i] = header_[i].size();
+  for (const auto& row : rows_) {
+    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  }
+  std::string out;
+  auto line = [&](const std::vector<std::string>& cells) {
+    std::string l;
+    for (size_t i = 0; i < cells.size(); ++i) {
+      l += cells[i];
+      if (i + 1 < cells.size()) l.append(width[i] - cells[i].size() + 2, ' ');
+    }
+    absl::StrAppend(&out, l, "\n");
+  };
+  line(header_);
+  for (const auto& row : rows_) line(row);
+  return out;
+}
+
+absl::StatusOr<std::string> JsonToYaml(absl::string_view json) {
+  JsonReader reader(json);
+  absl::StatusOr<JsonNode> root = reader.ReadDocument();
+  if (!root.ok()) return root.status();
+  std::string out;
+  WriteYaml(*root, 0, &out);
+  return out;
+}
+
+std::string RenderMessage(const google::protobuf::Message& message, OutputFormat format) {
+  std::string json = ToJson(message, /*pretty=*/true);
+  if (format == OutputFormat::kJson) return json.empty() || json.back() != '\n' ? json + "\n" : json;
+  absl::StatusOr<std::string> yaml = JsonToYaml(json);
+  // The JSON comes from protobuf's own printer; a failure here would be a
+  // printer bug, so fall back to JSON (which is valid YAML) rather than lose it.
+  return yaml.ok() ? *yaml : json + "\n";
+}
+
+std::string HealthName(v1::BalloonHealth health) {
+  switch (health) {
+    case v1::BALLOON_HEALTH_OK: return "ok";
+    case v1::BALLOON_HEALTH_STUCK: return "stuck";
+    case v1::BALLOON_HEALTH_NO_DRIVER: return "no-driver";
+    case v1::BALLOON_HEALTH_STATS_UNAVAILABLE: return "stats-unavailable";
+    default: return "unknown";
+  }
+}
+
+std::string ReasonName(v1::ReasonCode reason) {
+  if (reason == v1::REASON_UNSPECIFIED) return "-";
+  std::string name = v1::ReasonCode_Name(reason);
+  if (name.empty()) return absl::StrCat("reason-", static_cast<int>(reason));
+  if (name.rfind("REASON_", 0) == 0) name = name.substr(7);
+  name = absl::AsciiStrToLower(name);
+  std::replace(name.begin(), name.end(), '_', '-');
+  return name;
+}
+
+std::string FormatUtc(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
+}
+
+std::string RenderHostsTable(const v1::ListHostsResponse& reply, bool wide) {
+  std::vector<std::string> header = {"HOST",   "CONNECTED", "VMS",    "CAPACITY", "TARGET",
+                                     "ACTUAL", "FLOOR",     "DEMAND", "PRESSURE", "OVERCOMMITTED"};
+  if (wide) {
+    for (const char* h : {"BACKEND", "VERSION", "RESERVED", "MEM_AVAILABLE", "GENERATION", "ACKED"}) {
+      header.push_back(h);
+    }
+  }
+  Table table(header);
+  for (const v1::Host& h : reply.hosts()) {
+    std::vector<std::string> row = {h.host_id(),
+                                    YesNo(h.connected()),
+                                    absl::StrCat(h.vm_count()),
+                                    Bytes(h.capacity_bytes()),
+                                    Bytes(h.target_bytes()),
+                                    Bytes(h.actual_bytes()),
+                                    Bytes(h.floor_bytes()),
+                                    Bytes(h.demand_bytes()),
+                                    Percent(h.sample().psi_some_avg10_percent()),
+                                    YesNo(h.overcommitted())};
+    if (wide) {
+      row.push_back(h.backend().empty() ? "-" : h.backend());
+      row.push_back(h.agent_version().empty() ? "-" : h.agent_version());
+      row.push_back(Bytes(h.reserved_bytes()));
+      row.push_back(Bytes(h.sample().mem_available_bytes()));
+      row.push_back(absl::StrCat(h.generation()));
+      row.push_back(absl::StrCat(h.acked_generation()));
+    }
+    table.AddRow(std::move(row));
+  }
+  return table.Render();
+}
+
+std::string RenderVmsTable(const v1::ListVmsResponse& reply, bool wide) {
+  std::vector<std::string> header = {"HOST",   "NAME",  "MAX",    "ACTUAL", "TARGET",
+                                     "DEMAND", "FLOOR", "HEALTH", "REASON"};
+  if (wide) {
+    for (const char* h : {"VM_ID", "WEIGHT", "GUEST_USED", "SWAP_IN/s"}) header.push_back(h);
+  }
+  Table table(header);
+  for (const v1::Vm& vm : reply.vms()) {
+    std::vector<std::string> row = {vm.host_id(),
+                                    vm.name().empty() ? "-" : vm.name(),
+                                    Bytes(vm.max_bytes()),
+                                    Bytes(vm.actual_bytes()),
+                                    Bytes(vm.target_bytes()),
+                                    Bytes(vm.demand_bytes()),
+                                    Bytes(vm.floor_bytes()),
+                                    HealthName(vm.health()),
+                                    ReasonName(vm.reason())};
+    if (wide) {
+      row.push_back(vm.vm_id());
+      row.push_back(vm.policy().has_weight() ? absl::StrCat(vm.policy().weight()) : "default");
+      row.push_back(Bytes(vm.guest_used_bytes()));
+      row.push_back(absl::StrCat(
+          Bytes(static_cast<uint64_t>(std::max(0.0, vm.swap_in_bytes_per_second()))), "/s"));
+    }
+    table.AddRow(std::move(row));
+  }
+  return table.Render();
+}
+
+std::string RenderPlanTable(const v1::Plan& plan) {
+  if (plan.moves().empty()) return "No moves planned.\n";
+  Table table({"VM_ID", "FROM", "TO", "SIZE", "REASON"});
+  for (const v1::PlannedMove& m : plan.moves()) {
+    table.AddRow({m.vm_id(), m.from_host_id(), m.to_host_id(), Bytes(m.bytes()),
+                  m.reason().empty() ? "-" : m.reason()});
+  }
+  return table.Render();
+}
+
+std::string DescribeHost(const v1::Host& h) {
+  Description d;
+  d.Add("Host", h.host_id());
+  d.Add("Connected", YesNo(h.connected()));
+  d.Add("Backend", h.backend().empty() ? "-" : h.backend());
+  d.Add("Agent version", h.agent_version().empty() ? "-" : h.agent_version());
+  d.Add("VMs", absl::StrCat(h.vm_count()));
+  d.Add("Capacity", Bytes(h.capacity_bytes()));
+  d.Add("Reserved", Bytes(h.reserved_bytes()));
+  d.Add("Target (sum)", Bytes(h.target_bytes()));
+  d.Add("Actual (sum)", Bytes(h.actual_bytes()));
+  d.Add("Floor (sum)", Bytes(h.floor_bytes()));
+  d.Add("Demand (sum)", Bytes(h.demand_bytes()));
+  d.Add("Overcommitted", YesNo(h.overcommitted()));
+  const v1::HostSample& s = h.sample();
+  d.Add("Memory total", Bytes(s.mem_total_bytes()));
+  d.Add("Memory available", Bytes(s.mem_available_bytes()));
+  d.Add("Swap free/total",
+        absl::StrCat(Bytes(s.swap_free_bytes()), " / ", Bytes(s.swap_total_bytes())));
+  d.Add("Pressure some/full",
+        absl::StrCat(Percent(s.psi_some_avg10_percent()), " / ",
+                     Percent(s.psi_full_avg10_percent()), " (avg10)"));
+  d.Add("Report sequence", absl::StrCat(h.report_sequence()));
+  d.Add("Last report",
+        h.has_last_report_time() ? FormatUtc(FromProto(h.last_report_time())) : "never");
+  d.Add("Generation", absl::StrCat(h.generation(), " (acked ", h.acked_generation(), ")"));
+  return d.Render();
+}
+
+std::string DescribeVm(const v1::Vm& vm) {
+  Description d;
+  d.Add("VM", vm.name().empty() ? "-" : vm.name());
+  d.Add("ID", vm.vm_id());
+  d.Add("Host", vm.host_id());
+  d.Add("Max", Bytes(vm.max_bytes()));
+  d.Add("Actual", Bytes(vm.actual_bytes()));
+  d.Add("Target", absl::StrCat(Bytes(vm.target_bytes()), " (", ReasonName(vm.reason()), ")"));
+  d.Add("Demand", Bytes(vm.demand_bytes()));
+  d.Add("Floor", Bytes(vm.floor_bytes()));
+  d.Add("Protect", Bytes(vm.protect_bytes()));
+  d.Add("Guest used", Bytes(vm.guest_used_bytes()));
+  d.Add("Swap-in rate",
+        absl::StrCat(Bytes(static_cast<uint64_t>(std::max(0.0, vm.swap_in_bytes_per_second()))),
+                     "/s"));
+  d.Add("Major faults", absl::StrFormat("%.1f/s", vm.major_faults_per_second()));
+  d.Add("Balloon health", HealthName(vm.health()));
+  const v1::VmPolicy& p = vm.policy();
+  d.Add("Policy",
+        absl::StrCat("min=", OptBytes(p.has_min_bytes(), p.min_bytes()),
+                     " max=", OptBytes(p.has_max_bytes(), p.max_bytes()),
+                     " weight=", p.has_weight() ? absl::StrCat(p.weight()) : "-",
+                     " pinned=", p.has_pinned() ? YesNo(p.pinned()) : "-",
+                     " (- = cluster default)"));
+  const v1::GuestStats& s = vm.stats();
+  d.Section("Guest stats");
+  d.Add("  Total", OptBytes(s.has_total_bytes(), s.total_bytes()));
+  d.Add("  Available", OptBytes(s.has_available_bytes(), s.available_bytes()));
+  d.Add("  Free", OptBytes(s.has_free_bytes(), s.free_bytes()));
+  d.Add("  Disk caches", OptBytes(s.has_disk_caches_bytes(), s.disk_caches_bytes()));
+  d.Add("  Swap in/out (total)",
+        absl::StrCat(OptBytes(s.has_swap_in_bytes_total(), s.swap_in_bytes_total()), " / ",
+                     OptBytes(s.has_swap_out_bytes_total(), s.swap_out_bytes_total())));
+  d.Add("  Faults major/minor",
+        absl::StrCat(s.has_major_faults_total() ? absl::StrCat(s.major_faults_total()) : "-",
+                     " / ",
+                     s.has_minor_faults_total() ? absl::StrCat(s.minor_faults_total()) : "-"));
+  d.Add("  OOM kills", s.has_oom_kills_total() ? absl::StrCat(s.oom_kills_total()) : "-");
+  d.Add("  Age", s.has_age_seconds() ? absl::StrFormat("%.1fs", s.age_seconds()) : "-");
+  d.Add("  Trusted", s.untrusted() ? absl::StrCat("false (", s.untrusted_reason(), ")") : "true");
+  return d.Render();
+}
+
+std::string DescribeExplanation(const v1::Explanation& e) {
+  const v1::Vm& vm = e.vm();
+  std::string out = absl::StrCat("VM ", vm.name().empty() ? vm.vm_id() : vm.name(), " (",
+                                 vm.vm_id(), ") on host ", vm.host_id(), "\n");
+  Description d;
+  d.Add("Target", absl::StrCat(BytesExact(e.target_bytes()), "  reason: ", ReasonName(e.reason())));
+  d.Add("Share (before smoothing)", BytesExact(e.share_bytes()));
+  d.Add("Desired", BytesExact(e.desired_bytes()));
+  d.Add("Demand", BytesExact(e.demand_bytes()));
+  d.Add("Floor", BytesExact(e.floor_bytes()));
+  d.Add("Protect", BytesExact(e.protect_bytes()));
+  d.Add("Min (effective)", BytesExact(e.min_bytes()));
+  d.Add("Max (effective)", BytesExact(e.max_bytes()));
+  d.Add("Weight", absl::StrFormat("%u (%.2f after idle tax)", e.weight(), e.effective_weight()));
+  d.Add("Host capacity", BytesExact(e.capacity_bytes()));
+  d.Add("Host floors (sum)", BytesExact(e.host_floor_bytes()));
+  d.Add("Host desired (sum)", BytesExact(e.host_desired_bytes()));
+  absl::StrAppend(&out, d.Render());
+  absl::StrAppend(&out, "Steps:\n");
+  if (e.steps().empty()) absl::StrAppend(&out, "  (none)\n");
+  int i = 0;
+  for (const std::string& step : e.steps()) absl::StrAppend(&out, "  ", ++i, ". ", step, "\n");
+  return out;
+}
+
+std::string DescribeClusterPolicy(const v1::ClusterPolicy& p) {
+  Description d;
+  d.Add("buffer-percent", p.has_buffer_percent() ? absl::StrCat(p.buffer_percent()) : "-");
+  d.Add("host-free-margin", OptBytes(p.has_host_free_margin_bytes(), p.host_free_margin_bytes()));
+  d.Add("reclaim-step", OptBytes(p.has_reclaim_step_bytes(), p.reclaim_step_bytes()));
+  d.Add("hysteresis", OptBytes(p.has_hysteresis_bytes(), p.hysteresis_bytes()));
+  d.Add("idle-tax-percent", p.has_idle_tax_percent() ? absl::StrCat(p.idle_tax_percent()) : "-");
+  d.Add("default-min", OptBytes(p.has_default_min_bytes(), p.default_min_bytes()));
+  d.Add("default-weight", p.has_default_weight() ? absl::StrCat(p.default_weight()) : "-");
+  d.Add("protect-margin-percent",
+        p.has_protect_margin_percent() ? absl::StrCat(p.protect_margin_percent()) : "-");
+  d.Add("report-interval", p.has_report_interval()
+                               ? absl::FormatDuration(FromProto(p.report_interval()))
+                               : "-");
+  return d.Render();
+}
+
+std::string DescribeVmPolicy(absl::string_view vm, const v1::VmPolicy& p) {
+  return absl::StrCat("vm ", vm, " policy: min=", OptBytes(p.has_min_bytes(), p.min_bytes()),
+                      " max=", OptBytes(p.has_max_bytes(), p.max_bytes()),
+                      " weight=", p.has_weight() ? absl::StrCat(p.weight()) : "-",
+                      " pinned=", p.has_pinned() ? YesNo(p.pinned()) : "-", "\n");
+}
+
+std::string DescribeReservation(const v1::Reservation& r) {
+  return absl::StrCat("reservation ", r.id(), ": ", Bytes(r.bytes()), " on host ", r.host_id(),
+                      r.has_created_at() ? absl::StrCat(" since ", FormatUtc(FromProto(r.created_at())))
+                                         : "",
+                      "\n");
+}
+
+}  // namespace membroker::client
