@@ -1,0 +1,58 @@
+#pragma once
+// The gRPC binding of AdminService (callback API). Each handler is thin:
+// validate, one Fleet call, convert, map the status.
+
+#include "broker/fleet.h"
+#include "broker/metrics.h"
+#include "membroker/v1/admin.grpc.pb.h"
+
+namespace membroker::broker {
+
+class AdminServiceImpl final : public v1::AdminService::CallbackService {
+ public:
+  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics) : fleet_(fleet), metrics_(metrics) {}
+
+  grpc::ServerUnaryReactor* ListHosts(grpc::CallbackServerContext* ctx,
+                                      const v1::ListHostsRequest* req,
+                                      v1::ListHostsResponse* resp) override;
+  grpc::ServerUnaryReactor* GetHost(grpc::CallbackServerContext* ctx,
+                                    const v1::GetHostRequest* req, v1::Host* resp) override;
+  grpc::ServerUnaryReactor* ListVms(grpc::CallbackServerContext* ctx,
+                                    const v1::ListVmsRequest* req,
+                                    v1::ListVmsResponse* resp) override;
+  grpc::ServerUnaryReactor* GetVm(grpc::CallbackServerContext* ctx, const v1::GetVmRequest* req,
+                                  v1::Vm* resp) override;
+  grpc::ServerUnaryReactor* SetVmPolicy(grpc::CallbackServerContext* ctx,
+                                        const v1::SetVmPolicyRequest* req,
+                                        v1::VmPolicy* resp) override;
+  grpc::ServerUnaryReactor* ClearVmPolicy(grpc::CallbackServerContext* ctx,
+                                          const v1::ClearVmPolicyRequest* req,
+                                          v1::ClearVmPolicyResponse* resp) override;
+  grpc::ServerUnaryReactor* GetClusterPolicy(grpc::CallbackServerContext* ctx,
+                                             const v1::GetClusterPolicyRequest* req,
+                                             v1::ClusterPolicy* resp) override;
+  grpc::ServerUnaryReactor* SetClusterPolicy(grpc::CallbackServerContext* ctx,
+                                             const v1::SetClusterPolicyRequest* req,
+                                             v1::ClusterPolicy* resp) override;
+  grpc::ServerUnaryReactor* ExplainVm(grpc::CallbackServerContext* ctx,
+                                      const v1::ExplainVmRequest* req,
+                                      v1::Explanation* resp) override;
+  grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* ctx,
+                                    const v1::ReserveRequest* req,
+                                    v1::Reservation* resp) override;
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* ctx,
+                                    const v1::ReleaseRequest* req,
+                                    v1::ReleaseResponse* resp) override;
+  grpc::ServerUnaryReactor* GetPlan(grpc::CallbackServerContext* ctx,
+                                    const v1::GetPlanRequest* req, v1::Plan* resp) override;
+  grpc::ServerWriteReactor<v1::Decision>* WatchDecisions(
+      grpc::CallbackServerContext* ctx, const v1::WatchDecisionsRequest* req) override;
+
+ private:
+  grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const char* method,
+                                 const absl::Status& status);
+  Fleet* const fleet_;
+  BrokerMetrics* const metrics_;
+};
+
+}  // namespace membroker::broker

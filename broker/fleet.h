@@ -1,0 +1,156 @@
+#pragma once
+// The broker's view of the fleet: one state per host, each with its own
+// lock, fed by that host's agent stream (one writer path per host). A
+// report triggers its own host's decision and nothing else; admin calls read
+// per-host snapshots and never block other hosts' reports.
+//
+// Lock order: a host's mutex, then policy_mu_ (read). Admin writes take
+// admin_mu_ (serializes store + memory updates), then policy_mu_, and never
+// hold either while taking a host's mutex.
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "broker/metrics.h"
+#include "broker/policy/allocator.h"
+#include "broker/policy/demand.h"
+#include "broker/store.h"
+#include "common/clock.h"
+#include "membroker/v1/admin.pb.h"
+#include "membroker/v1/agent.pb.h"
+
+namespace membroker::broker {
+
+// Delivers a message to a host's agent stream. Called with the host's lock
+// held: it must only enqueue, never block or call back into the Fleet.
+using BrokerMessageSink = std::function<void(const v1::BrokerMessage&)>;
+
+// Receives every decision (WatchDecisions). Same rules as the sink.
+using DecisionSink = std::function<void(const v1::Decision&)>;
+
+// Checks a Hello. INVALID_ARGUMENT naming the field.
+absl::Status ValidateHello(const v1::Hello& hello);
+
+// Checks a HostReport's structure (ids, sizes, duplicates). Guest
+// statistics are not checked here: they are untrusted input that is
+// flagged, not rejected. INVALID_ARGUMENT naming the field.
+absl::Status ValidateReport(const v1::HostReport& report);
+
+// Thread-safe.
+class Fleet {
+ public:
+  Fleet(Clock* clock, Store* store, BrokerMetrics* metrics, v1::SafetyParams safety);
+
+  // Loads hard state. The stored cluster policy wins over `initial`, which
+  // is merged over the defaults and stored when the store has none.
+  absl::Status Load(const v1::ClusterPolicy& initial);
+
+  // --- Agent streams ---
+
+  // Registers a host's stream. Returns the connection id and fills the
+  // Welcome to send. A newer connection of the same host replaces an older
+  // one, whose later calls fail with FAILED_PRECONDITION.
+  absl::StatusOr<uint64_t> Connect(const v1::Hello& hello, BrokerMessageSink sink,
+                                   v1::Welcome* welcome);
+  // Forgets the stream `conn` of `host_id` (no-op if it was replaced).
+  void Disconnect(const std::string& host_id, uint64_t conn);
+  // Folds a report into the host's state, decides, and pushes new targets
+  // through the sink when they changed. INVALID_ARGUMENT for a malformed
+  // report (state unchanged); a report whose sequence is not above the last
+  // one is ignored (OK).
+  absl::Status Report(const std::string& host_id, uint64_t conn, const v1::HostReport& report);
+  // Records that the agent applied a generation.
+  absl::Status Ack(const std::string& host_id, uint64_t conn, const v1::TargetAck& ack);
+
+  // --- Admin ---
+
+  std::vector<v1::Host> ListHosts() const;
+  // NOT_FOUND for an unknown host.
+  absl::StatusOr<v1::Host> GetHost(const std::string& host_id) const;
+  // Every VM, or those of one host (NOT_FOUND for an unknown host).
+  absl::StatusOr<std::vector<v1::Vm>> ListVms(const std::string& host_id) const;
+  // By id or name. NOT_FOUND; FAILED_PRECONDITION when a name is ambiguous.
+  absl::StatusOr<v1::Vm> GetVm(const std::string& vm) const;
+  absl::StatusOr<v1::Explanation> ExplainVm(const std::string& vm) const;
+  // Stores the policy durably, then re-decides the VM's host. A policy may
+  // be set by id for a VM not seen yet (ids look like UUIDs).
+  absl::StatusOr<v1::VmPolicy> SetVmPolicy(const std::string& vm, const v1::VmPolicy& policy,
+                                           bool merge);
+  absl::Status ClearVmPolicy(const std::string& vm);
+  v1::ClusterPolicy GetClusterPolicy() const;
+  // Merges `update` (set fields only), stores it, re-decides every host.
+  absl::StatusOr<v1::ClusterPolicy> SetClusterPolicy(const v1::ClusterPolicy& update);
+
+  // Decision watchers.
+  uint64_t Watch(const std::string& host_filter, DecisionSink sink);
+  void Unwatch(uint64_t id);
+
+ private:
+  struct VmState {
+    v1::VmSample sample;
+    absl::Time sample_time;
+    policy::DemandState demand;
+    policy::VmInput input;        // last decision's input
+    policy::VmDecision decision;  // last decision
+    bool decided = false;
+    std::string metric_name;
+  };
+  struct HostState {
+    mutable absl::Mutex mu;
+    std::string host_id;
+    bool connected ABSL_GUARDED_BY(mu) = false;
+    uint64_t conn ABSL_GUARDED_BY(mu) = 0;
+    v1::Hello hello ABSL_GUARDED_BY(mu);
+    uint64_t capacity_bytes ABSL_GUARDED_BY(mu) = 0;
+    v1::HostSample sample ABSL_GUARDED_BY(mu);
+    uint64_t sequence ABSL_GUARDED_BY(mu) = 0;
+    absl::Time last_report ABSL_GUARDED_BY(mu) = absl::InfinitePast();
+    std::map<std::string, VmState> vms ABSL_GUARDED_BY(mu);
+    uint64_t generation ABSL_GUARDED_BY(mu) = 0;
+    uint64_t acked_generation ABSL_GUARDED_BY(mu) = 0;
+    policy::HostDecision decision ABSL_GUARDED_BY(mu);
+    policy::PolicyParams params ABSL_GUARDED_BY(mu);  // of the last decision
+    BrokerMessageSink sink ABSL_GUARDED_BY(mu);
+  };
+
+  std::shared_ptr<HostState> FindHost(const std::string& host_id) const;
+  std::vector<std::shared_ptr<HostState>> AllHosts() const;
+  // Finds a VM by id or name: its host and id.
+  absl::StatusOr<std::pair<std::shared_ptr<HostState>, std::string>> ResolveVm(
+      const std::string& vm) const;
+  // Runs the allocation for `host` and pushes when targets changed.
+  void DecideLocked(HostState& host, absl::Time started) ABSL_EXCLUSIVE_LOCKS_REQUIRED(host.mu);
+  void Redecide(const std::shared_ptr<HostState>& host);
+  v1::Host HostProtoLocked(const HostState& host) const ABSL_SHARED_LOCKS_REQUIRED(host.mu);
+  v1::Vm VmProtoLocked(const HostState& host, const VmState& vm) const
+      ABSL_SHARED_LOCKS_REQUIRED(host.mu);
+  void UpdateConnectedGauge();
+
+  Clock* const clock_;
+  Store* const store_;
+  BrokerMetrics* const metrics_;
+  const v1::SafetyParams safety_;
+
+  mutable absl::Mutex hosts_mu_;
+  std::map<std::string, std::shared_ptr<HostState>> hosts_ ABSL_GUARDED_BY(hosts_mu_);
+  uint64_t next_conn_ ABSL_GUARDED_BY(hosts_mu_) = 1;
+
+  absl::Mutex admin_mu_;  // serializes policy writes (store, then memory)
+  mutable absl::Mutex policy_mu_;
+  v1::ClusterPolicy cluster_policy_ ABSL_GUARDED_BY(policy_mu_);
+  std::map<std::string, v1::VmPolicy> vm_policies_ ABSL_GUARDED_BY(policy_mu_);
+
+  mutable absl::Mutex watch_mu_;
+  std::map<uint64_t, std::pair<std::string, DecisionSink>> watchers_ ABSL_GUARDED_BY(watch_mu_);
+  uint64_t next_watch_ ABSL_GUARDED_BY(watch_mu_) = 1;
+};
+
+}  // namespace membroker::broker

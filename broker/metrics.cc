@@ -1,0 +1,126 @@
+#include "broker/metrics.h"
+
+#include "common/metrics_server.h"
+
+namespace membroker::broker {
+
+BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
+    : registry_(registry),
+      reports_received_(prometheus::BuildCounter()
+                            .Name("membroker_reports_received_total")
+                            .Help("Host reports accepted from agents.")
+                            .Register(*registry)),
+      reports_rejected_(prometheus::BuildCounter()
+                            .Name("membroker_reports_rejected_total")
+                            .Help("Agent messages rejected, by reason.")
+                            .Register(*registry)),
+      targets_pushed_(prometheus::BuildCounter()
+                          .Name("membroker_targets_pushed_total")
+                          .Help("Target sets pushed to agents.")
+                          .Register(*registry)),
+      admin_requests_(prometheus::BuildCounter()
+                          .Name("membroker_admin_requests_total")
+                          .Help("Admin API calls by method and status code.")
+                          .Register(*registry)),
+      vm_target_(prometheus::BuildGauge()
+                     .Name("membroker_vm_target_bytes")
+                     .Help("Balloon target the broker set for the VM.")
+                     .Register(*registry)),
+      vm_actual_(prometheus::BuildGauge()
+                     .Name("membroker_vm_actual_bytes")
+                     .Help("Memory the VM has now (balloon actual).")
+                     .Register(*registry)),
+      vm_demand_(prometheus::BuildGauge()
+                     .Name("membroker_vm_demand_bytes")
+                     .Help("The broker's demand estimate for the VM.")
+                     .Register(*registry)),
+      vm_floor_(prometheus::BuildGauge()
+                    .Name("membroker_vm_floor_bytes")
+                    .Help("The VM's floor (max of min and protect).")
+                    .Register(*registry)),
+      vm_healthy_(prometheus::BuildGauge()
+                      .Name("membroker_vm_balloon_healthy")
+                      .Help("1 when the VM's balloon follows targets, 0 when stuck or no driver.")
+                      .Register(*registry)),
+      host_capacity_(prometheus::BuildGauge()
+                         .Name("membroker_host_capacity_bytes")
+                         .Help("Memory VMs on the host may have in total.")
+                         .Register(*registry)),
+      host_target_(prometheus::BuildGauge()
+                       .Name("membroker_host_target_bytes")
+                       .Help("Sum of the host's VM targets.")
+                       .Register(*registry)),
+      host_overcommitted_(prometheus::BuildGauge()
+                              .Name("membroker_host_overcommitted")
+                              .Help("1 when even the floors of the host's VMs do not fit.")
+                              .Register(*registry)),
+      host_pressure_(prometheus::BuildGauge()
+                         .Name("membroker_host_memory_pressure_some_ratio")
+                         .Help("Host memory PSI 'some' avg10 as a ratio (0..1).")
+                         .Register(*registry)) {
+  connected_agents_ = &prometheus::BuildGauge()
+                           .Name("membroker_connected_agents")
+                           .Help("Agents with an open stream.")
+                           .Register(*registry)
+                           .Add({});
+  decision_latency_ =
+      &prometheus::BuildHistogram()
+           .Name("membroker_decision_latency_seconds")
+           .Help("Time from receiving a report to pushing its targets.")
+           .Register(*registry)
+           .Add({}, prometheus::Histogram::BucketBoundaries{0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                            0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                            0.5, 1});
+  AddBuildInfo(*registry, "broker");
+}
+
+void BrokerMetrics::ReportReceived(const std::string& host) {
+  absl::MutexLock lock(&mu_);
+  reports_received_.Add({{"host", host}}).Increment();
+}
+
+void BrokerMetrics::ReportRejected(const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  reports_rejected_.Add({{"reason", reason}}).Increment();
+}
+
+void BrokerMetrics::TargetsPushed(const std::string& host) {
+  absl::MutexLock lock(&mu_);
+  targets_pushed_.Add({{"host", host}}).Increment();
+}
+
+void BrokerMetrics::AdminRequest(const std::string& method, const std::string& code) {
+  absl::MutexLock lock(&mu_);
+  admin_requests_.Add({{"method", method}, {"code", code}}).Increment();
+}
+
+void BrokerMetrics::SetVm(const std::string& host, const std::string& vm, double target,
+                          double actual, double demand, double floor, bool healthy) {
+  absl::MutexLock lock(&mu_);
+  const std::map<std::string, std::string> labels{{"host", host}, {"vm", vm}};
+  vm_target_.Add(labels).Set(target);
+  vm_actual_.Add(labels).Set(actual);
+  vm_demand_.Add(labels).Set(demand);
+  vm_floor_.Add(labels).Set(floor);
+  vm_healthy_.Add(labels).Set(healthy ? 1 : 0);
+}
+
+void BrokerMetrics::RemoveVm(const std::string& host, const std::string& vm) {
+  absl::MutexLock lock(&mu_);
+  const std::map<std::string, std::string> labels{{"host", host}, {"vm", vm}};
+  for (auto* family : {&vm_target_, &vm_actual_, &vm_demand_, &vm_floor_, &vm_healthy_}) {
+    if (family->Has(labels)) family->Remove(&family->Add(labels));
+  }
+}
+
+void BrokerMetrics::SetHost(const std::string& host, double capacity, double target,
+                            bool overcommitted, double pressure_some_ratio) {
+  absl::MutexLock lock(&mu_);
+  const std::map<std::string, std::string> labels{{"host", host}};
+  host_capacity_.Add(labels).Set(capacity);
+  host_target_.Add(labels).Set(target);
+  host_overcommitted_.Add(labels).Set(overcommitted ? 1 : 0);
+  host_pressure_.Add(labels).Set(pressure_some_ratio);
+}
+
+}  // namespace membroker::broker

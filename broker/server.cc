@@ -1,0 +1,94 @@
+#include "broker/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+#include "broker/policy_config.h"
+#include "common/proto_time.h"
+#include "common/status.h"
+#include "common/units.h"
+
+namespace membroker::broker {
+namespace {
+
+v1::SafetyParams WithDefaults(v1::SafetyParams s) {
+  if (s.max_inflate_step_bytes() == 0) s.set_max_inflate_step_bytes(uint64_t{256} << 20);
+  if (!s.has_stuck_timeout()) *s.mutable_stuck_timeout() = ToProtoDuration(absl::Seconds(10));
+  if (!s.has_fail_static_grace()) {
+    *s.mutable_fail_static_grace() = ToProtoDuration(absl::Seconds(60));
+  }
+  return s;
+}
+
+}  // namespace
+
+absl::Status ValidateBrokerOptions(const BrokerOptions& o) {
+  absl::Status s = ValidateHostPort(o.listen);
+  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("--listen: ", s.message()));
+  s = ValidateHostPort(o.metrics_listen);
+  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("--metrics-listen: ", s.message()));
+  if (o.state_dir.empty()) return absl::InvalidArgumentError("--state-dir: required");
+  RETURN_IF_ERROR(ValidateClusterPolicy(o.cluster_policy));
+  const auto& safety = o.safety;
+  for (const auto* d : {&safety.stuck_timeout(), &safety.fail_static_grace()}) {
+    if (d->seconds() < 0 || d->nanos() < 0) {
+      return absl::InvalidArgumentError("safety: durations must not be negative");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& options,
+                                                      Clock* clock) {
+  RETURN_IF_ERROR(ValidateBrokerOptions(options));
+  std::unique_ptr<Broker> b(new Broker());
+  ASSIGN_OR_RETURN(b->store_, Store::Open(options.state_dir));
+  auto registry = std::make_shared<prometheus::Registry>();
+  b->metrics_ = std::make_unique<BrokerMetrics>(registry);
+  b->fleet_ = std::make_unique<Fleet>(clock, b->store_.get(), b->metrics_.get(),
+                                      WithDefaults(options.safety));
+  RETURN_IF_ERROR(b->fleet_->Load(options.cluster_policy));
+  ASSIGN_OR_RETURN(b->metrics_server_, MetricsServer::Start(options.metrics_listen, registry));
+  b->agent_service_ = std::make_unique<AgentServiceImpl>(b->fleet_.get(), b->metrics_.get());
+  b->admin_service_ = std::make_unique<AdminServiceImpl>(b->fleet_.get(), b->metrics_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &b->grpc_port_);
+  builder.RegisterService(b->agent_service_.get());
+  builder.RegisterService(b->admin_service_.get());
+  // Notice dead agents: ping idle streams, allow the agents' own pings.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  b->server_ = builder.BuildAndStart();
+  if (!b->server_ || b->grpc_port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("--listen=", options.listen, ": cannot listen"));
+  }
+  b->server_->GetHealthCheckService()->SetServingStatus(true);
+  spdlog::info("broker serving gRPC on port {} and /metrics on port {}", b->grpc_port_,
+               b->metrics_server_->port());
+  return b;
+}
+
+void Broker::Shutdown() {
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+}
+
+void Broker::Wait() {
+  if (server_) server_->Wait();
+}
+
+Broker::~Broker() {
+  Shutdown();
+  Wait();
+}
+
+}  // namespace membroker::broker

@@ -1,0 +1,64 @@
+#pragma once
+// The broker process minus main(): store, fleet, gRPC server (AgentService,
+// AdminService, health, reflection) and /metrics. Tests start it in-process
+// on port 0.
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/server.h>
+
+#include "absl/status/statusor.h"
+#include "broker/admin_service.h"
+#include "broker/agent_service.h"
+#include "broker/fleet.h"
+#include "broker/metrics.h"
+#include "broker/store.h"
+#include "common/clock.h"
+#include "common/metrics_server.h"
+#include "membroker/v1/config.pb.h"
+
+namespace membroker::broker {
+
+// Validated broker settings (from flags and --config).
+struct BrokerOptions {
+  std::string listen = "127.0.0.1:7070";
+  std::string metrics_listen = "127.0.0.1:9470";
+  std::string state_dir;
+  v1::ClusterPolicy cluster_policy;  // initial, set fields only
+  v1::SafetyParams safety;           // unset fields get defaults
+};
+
+// Checks options: addresses, state dir, policy. INVALID_ARGUMENT naming the
+// flag or field.
+absl::Status ValidateBrokerOptions(const BrokerOptions& options);
+
+// Thread-safe after Start.
+class Broker {
+ public:
+  // Opens the store, loads hard state, starts serving. Errors name the flag.
+  static absl::StatusOr<std::unique_ptr<Broker>> Start(const BrokerOptions& options,
+                                                       Clock* clock);
+  ~Broker();
+
+  int grpc_port() const { return grpc_port_; }
+  int metrics_port() const { return metrics_server_ ? metrics_server_->port() : 0; }
+  Fleet& fleet() { return *fleet_; }
+  // Stops accepting calls and ends open streams (deadline 2 s).
+  void Shutdown();
+  // Blocks until Shutdown.
+  void Wait();
+
+ private:
+  Broker() = default;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<BrokerMetrics> metrics_;
+  std::unique_ptr<MetricsServer> metrics_server_;
+  std::unique_ptr<Fleet> fleet_;
+  std::unique_ptr<AgentServiceImpl> agent_service_;
+  std::unique_ptr<AdminServiceImpl> admin_service_;
+  std::unique_ptr<grpc::Server> server_;
+  int grpc_port_ = 0;
+};
+
+}  // namespace membroker::broker

@@ -1,0 +1,153 @@
+#include "broker/store.h"
+
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace membroker::broker {
+namespace {
+
+absl::Status SqlError(sqlite3* db, absl::string_view what) {
+  return absl::InternalError(absl::StrCat("state store: ", what, ": ", sqlite3_errmsg(db)));
+}
+
+// Finalizes a statement on every path.
+struct Stmt {
+  sqlite3_stmt* s = nullptr;
+  ~Stmt() { sqlite3_finalize(s); }
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("--state-dir: must not be empty");
+  struct stat st;
+  if (stat(dir.c_str(), &st) != 0) {
+    if (mkdir(dir.c_str(), 0750) != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--state-dir=", dir, ": cannot create directory"));
+    }
+  } else if (!S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat("--state-dir=", dir, ": not a directory"));
+  }
+  if (access(dir.c_str(), W_OK) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("--state-dir=", dir, ": not writable"));
+  }
+  const std::string path = dir + "/membroker.db";
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK) {
+    absl::Status s = absl::FailedPreconditionError(
+        absl::StrCat("--state-dir: cannot open ", path, ": ", db ? sqlite3_errmsg(db) : "out of memory"));
+    sqlite3_close(db);
+    return s;
+  }
+  sqlite3_busy_timeout(db, 5000);
+  std::unique_ptr<Store> store(new Store(db));
+  absl::MutexLock lock(&store->mu_);
+  for (const char* sql : {
+           "PRAGMA journal_mode=WAL",
+           "PRAGMA synchronous=FULL",
+           "CREATE TABLE IF NOT EXISTS cluster_policy (id INTEGER PRIMARY KEY CHECK (id = 1), "
+           "policy BLOB NOT NULL)",
+           "CREATE TABLE IF NOT EXISTS vm_policy (vm_id TEXT PRIMARY KEY, policy BLOB NOT NULL)",
+       }) {
+    absl::Status s = store->Exec(sql);
+    if (!s.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--state-dir: ", path, " is not a usable state store: ", s.message()));
+    }
+  }
+  return store;
+}
+
+Store::~Store() {
+  absl::MutexLock lock(&mu_);
+  sqlite3_close(db_);
+}
+
+absl::Status Store::Exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    absl::Status s = absl::InternalError(absl::StrCat("state store: ", err ? err : "error"));
+    sqlite3_free(err);
+    return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Store::PutBlob(const char* sql, const std::string& key, const std::string& blob) {
+  absl::MutexLock lock(&mu_);
+  Stmt st;
+  if (sqlite3_prepare_v2(db_, sql, -1, &st.s, nullptr) != SQLITE_OK) return SqlError(db_, "prepare");
+  int idx = 1;
+  if (!key.empty()) sqlite3_bind_text(st.s, idx++, key.data(), static_cast<int>(key.size()), SQLITE_TRANSIENT);
+  sqlite3_bind_blob(st.s, idx, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
+  if (sqlite3_step(st.s) != SQLITE_DONE) return SqlError(db_, "write");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<v1::ClusterPolicy>> Store::LoadClusterPolicy() {
+  absl::MutexLock lock(&mu_);
+  Stmt st;
+  if (sqlite3_prepare_v2(db_, "SELECT policy FROM cluster_policy WHERE id = 1", -1, &st.s,
+                         nullptr) != SQLITE_OK) {
+    return SqlError(db_, "prepare");
+  }
+  const int rc = sqlite3_step(st.s);
+  if (rc == SQLITE_DONE) return std::optional<v1::ClusterPolicy>();
+  if (rc != SQLITE_ROW) return SqlError(db_, "read cluster policy");
+  v1::ClusterPolicy p;
+  if (!p.ParseFromArray(sqlite3_column_blob(st.s, 0), sqlite3_column_bytes(st.s, 0))) {
+    return absl::DataLossError("state store: stored cluster policy does not parse");
+  }
+  return std::optional<v1::ClusterPolicy>(p);
+}
+
+absl::Status Store::SaveClusterPolicy(const v1::ClusterPolicy& policy) {
+  return PutBlob("INSERT OR REPLACE INTO cluster_policy (id, policy) VALUES (1, ?1)", "",
+                 policy.SerializeAsString());
+}
+
+absl::StatusOr<std::map<std::string, v1::VmPolicy>> Store::LoadVmPolicies() {
+  absl::MutexLock lock(&mu_);
+  Stmt st;
+  if (sqlite3_prepare_v2(db_, "SELECT vm_id, policy FROM vm_policy ORDER BY vm_id", -1, &st.s,
+                         nullptr) != SQLITE_OK) {
+    return SqlError(db_, "prepare");
+  }
+  std::map<std::string, v1::VmPolicy> out;
+  int rc;
+  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) {
+    const char* id = reinterpret_cast<const char*>(sqlite3_column_text(st.s, 0));
+    v1::VmPolicy p;
+    if (id == nullptr ||
+        !p.ParseFromArray(sqlite3_column_blob(st.s, 1), sqlite3_column_bytes(st.s, 1))) {
+      return absl::DataLossError("state store: a stored VM policy does not parse");
+    }
+    out[id] = p;
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "read VM policies");
+  return out;
+}
+
+absl::Status Store::PutVmPolicy(const std::string& vm_id, const v1::VmPolicy& policy) {
+  return PutBlob("INSERT OR REPLACE INTO vm_policy (vm_id, policy) VALUES (?1, ?2)", vm_id,
+                 policy.SerializeAsString());
+}
+
+absl::Status Store::DeleteVmPolicy(const std::string& vm_id) {
+  absl::MutexLock lock(&mu_);
+  Stmt st;
+  if (sqlite3_prepare_v2(db_, "DELETE FROM vm_policy WHERE vm_id = ?1", -1, &st.s, nullptr) !=
+      SQLITE_OK) {
+    return SqlError(db_, "prepare");
+  }
+  sqlite3_bind_text(st.s, 1, vm_id.data(), static_cast<int>(vm_id.size()), SQLITE_TRANSIENT);
+  if (sqlite3_step(st.s) != SQLITE_DONE) return SqlError(db_, "delete");
+  return absl::OkStatus();
+}
+
+}  // namespace membroker::broker

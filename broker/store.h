@@ -1,0 +1,48 @@
+#pragma once
+// Hard state (per-VM policies, the cluster policy) in an embedded SQLite
+// database under --state-dir. Every write is durable (synchronous=FULL,
+// committed) before it returns OK, so a kill -9 loses nothing acknowledged.
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "membroker/v1/types.pb.h"
+
+struct sqlite3;
+
+namespace membroker::broker {
+
+// Thread-safe: one connection, serialized by a mutex.
+class Store {
+ public:
+  // Opens (creating if needed) DIR/membroker.db. INVALID_ARGUMENT when `dir`
+  // is empty, FAILED_PRECONDITION when it is not a writable directory or the
+  // database is not ours / corrupt.
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& dir);
+  ~Store();
+
+  // The stored cluster policy, or nullopt when none was ever stored.
+  absl::StatusOr<std::optional<v1::ClusterPolicy>> LoadClusterPolicy();
+  absl::Status SaveClusterPolicy(const v1::ClusterPolicy& policy);
+
+  // Every stored VM policy by VM id.
+  absl::StatusOr<std::map<std::string, v1::VmPolicy>> LoadVmPolicies();
+  absl::Status PutVmPolicy(const std::string& vm_id, const v1::VmPolicy& policy);
+  // OK also when there was none.
+  absl::Status DeleteVmPolicy(const std::string& vm_id);
+
+ private:
+  explicit Store(sqlite3* db) : db_(db) {}
+  absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status PutBlob(const char* sql, const std::string& key, const std::string& blob);
+
+  absl::Mutex mu_;
+  sqlite3* db_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace membroker::broker
