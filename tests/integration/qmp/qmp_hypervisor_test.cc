@@ -1,0 +1,399 @@
+// The QMP backend against fake QMP peers on unix sockets in a temp dir.
+
+#include "node-agent/hypervisor/qmp_hypervisor.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/integration/qmp/fake_qmp_server.h"
+
+namespace membroker::agent {
+namespace {
+
+using ::membroker::agent::testing::FakeQmpServer;
+using ::membroker::agent::testing::FakeVmState;
+using ::testing::HasSubstr;
+
+constexpr uint64_t kMiB = 1ULL << 20;
+
+constexpr char kStats[] = R"({"stats": {
+    "stat-swap-out": 4096, "stat-available-memory": 300000000,
+    "stat-free-memory": 200000000, "stat-minor-faults": 1234,
+    "stat-major-faults": 56, "stat-total-memory": 480000000,
+    "stat-swap-in": 8192, "stat-disk-caches": 50000000,
+    "stat-htlb-pgalloc": 0, "stat-htlb-pgfail": 0},
+  "last-update": 1700000000})";
+
+class QmpHypervisorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/mb-qmp-hv-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    servers_.clear();
+    ::rmdir(dir_.c_str());
+  }
+
+  FakeQmpServer* AddServer(const std::string& file, FakeVmState state) {
+    auto server = std::make_unique<FakeQmpServer>(dir_ + "/" + file);
+    server->set_state(std::move(state));
+    EXPECT_TRUE(server->Start());
+    servers_.push_back(std::move(server));
+    return servers_.back().get();
+  }
+
+  std::unique_ptr<QmpHypervisor> Make(std::vector<std::string> entries) {
+    QmpHypervisorOptions options;
+    options.sockets_or_globs = std::move(entries);
+    options.client.io_timeout = absl::Seconds(2);
+    auto hv = QmpHypervisor::Create(std::move(options), &clock_);
+    EXPECT_TRUE(hv.ok()) << hv.status();
+    return hv.ok() ? std::move(hv).value() : nullptr;
+  }
+
+  ManualClock clock_;
+  std::string dir_;
+  std::vector<std::unique_ptr<FakeQmpServer>> servers_;
+};
+
+TEST_F(QmpHypervisorTest, ReadsIdentityBalloonAndGuestStats) {
+  FakeVmState state;
+  state.guest_stats_json = kStats;
+  state.actual = 400 * kMiB;
+  FakeQmpServer* server = AddServer("a.sock", state);
+  auto hv = Make({server->path()});
+  ASSERT_NE(hv, nullptr);
+  EXPECT_EQ(hv->backend(), "qmp");
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok()) << vms.status();
+  ASSERT_EQ(vms->size(), 1u);
+  const VmStatus& vm = (*vms)[0];
+  EXPECT_EQ(vm.vm_id, state.uuid);
+  EXPECT_EQ(vm.name, "guest-a");
+  EXPECT_EQ(vm.max_bytes, 512 * kMiB);
+  EXPECT_EQ(vm.actual_bytes, 400 * kMiB);
+  EXPECT_EQ(vm.stats.total_bytes, 480000000u);
+  EXPECT_EQ(vm.stats.available_bytes, 300000000u);
+  EXPECT_EQ(vm.stats.free_bytes, 200000000u);
+  EXPECT_EQ(vm.stats.disk_caches_bytes, 50000000u);
+  EXPECT_EQ(vm.stats.swap_in_bytes_total, 8192u);
+  EXPECT_EQ(vm.stats.swap_out_bytes_total, 4096u);
+  EXPECT_EQ(vm.stats.major_faults_total, 56u);
+  EXPECT_EQ(vm.stats.minor_faults_total, 1234u);
+  EXPECT_EQ(vm.stats.last_update, absl::FromUnixSeconds(1700000000));
+  EXPECT_FALSE(vm.stats.oom_kills_total.has_value());
+}
+
+TEST_F(QmpHypervisorTest, SetsTheBalloonInBytesAndValidatesTheTarget) {
+  FakeQmpServer* server = AddServer("a.sock", FakeVmState{});
+  auto hv = Make({server->path()});
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  const std::string id = (*vms)[0].vm_id;
+
+  ASSERT_TRUE(hv->SetBalloonTarget(id, 256 * kMiB).ok());
+  EXPECT_EQ(server->state().actual, 256 * kMiB);
+  auto again = hv->ListVms();
+  ASSERT_TRUE(again.ok());
+  ASSERT_EQ(again->size(), 1u);
+  EXPECT_EQ((*again)[0].actual_bytes, 256 * kMiB);
+
+  EXPECT_EQ(hv->SetBalloonTarget(id, 0).code(), absl::StatusCode::kInvalidArgument);
+  absl::Status above = hv->SetBalloonTarget(id, 513 * kMiB);
+  EXPECT_EQ(above.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(above.message()), HasSubstr("target_bytes"));
+  EXPECT_EQ(hv->SetBalloonTarget("no-such-vm", kMiB).code(), absl::StatusCode::kNotFound);
+  // Refused targets changed nothing.
+  EXPECT_EQ(server->state().actual, 256 * kMiB);
+}
+
+TEST_F(QmpHypervisorTest, ZeroUuidAndNoNameGiveStableFallbacks) {
+  FakeVmState state;
+  state.uuid = "00000000-0000-0000-0000-000000000000";
+  state.name.reset();
+  FakeQmpServer* server = AddServer("vm7.sock", state);
+  auto hv = Make({server->path()});
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].vm_id, QmpIdFromPath(server->path()));
+  EXPECT_EQ((*vms)[0].name, "vm7.sock");
+  // Stable across backends (an agent restart) and distinct per path.
+  hv.reset();  // the fake serves one connection at a time
+  auto hv2 = Make({server->path()});
+  auto vms2 = hv2->ListVms();
+  ASSERT_TRUE(vms2.ok());
+  ASSERT_EQ(vms2->size(), 1u);
+  EXPECT_EQ((*vms2)[0].vm_id, (*vms)[0].vm_id);
+  EXPECT_NE(QmpIdFromPath("/a"), QmpIdFromPath("/b"));
+  EXPECT_EQ(QmpIdFromPath("/a").size(), 36u);
+}
+
+TEST_F(QmpHypervisorTest, FindsABalloonOutsideTheDefaultPath) {
+  FakeVmState state;
+  state.balloon_path = "/machine/peripheral-anon/device[3]";
+  state.guest_stats_json = kStats;
+  FakeQmpServer* server = AddServer("a.sock", state);
+  auto hv = Make({server->path()});
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].stats.total_bytes, 480000000u);
+  ASSERT_TRUE(hv->SetStatsPeriod((*vms)[0].vm_id, absl::Seconds(2)).ok());
+  EXPECT_EQ(server->state().polling_interval, 2);
+}
+
+TEST_F(QmpHypervisorTest, VmWithoutBalloonReportsFullMemoryAndRefusesTargets) {
+  FakeVmState state;
+  state.balloon_path.clear();
+  FakeQmpServer* server = AddServer("a.sock", state);
+  auto hv = Make({server->path()});
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].actual_bytes, (*vms)[0].max_bytes);
+  EXPECT_FALSE((*vms)[0].stats.last_update.has_value());
+  EXPECT_EQ(hv->SetBalloonTarget((*vms)[0].vm_id, 100 * kMiB).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(QmpHypervisorTest, GuestThatSentNoStatsYetHasEmptyStats) {
+  FakeQmpServer* server = AddServer("a.sock", FakeVmState{});
+  auto hv = Make({server->path()});
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_FALSE((*vms)[0].stats.total_bytes.has_value());
+  EXPECT_FALSE((*vms)[0].stats.last_update.has_value());
+}
+
+TEST_F(QmpHypervisorTest, StatsPeriodIsSetAndAppliedToVmsFoundLater) {
+  FakeQmpServer* a = AddServer("a.sock", FakeVmState{});
+  auto hv = Make({dir_ + "/*.sock"});
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ(hv->SetStatsPeriod((*vms)[0].vm_id, absl::Seconds(-1)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(hv->SetStatsPeriod("nope", absl::Seconds(1)).code(), absl::StatusCode::kNotFound);
+  // 1.5 s rounds up to whole seconds.
+  ASSERT_TRUE(hv->SetStatsPeriod((*vms)[0].vm_id, absl::Milliseconds(1500)).ok());
+  EXPECT_EQ(a->state().polling_interval, 2);
+
+  FakeVmState other;
+  other.uuid = "11111111-2222-3333-4444-555555555555";
+  FakeQmpServer* b = AddServer("b.sock", other);
+  auto both = hv->ListVms();
+  ASSERT_TRUE(both.ok());
+  EXPECT_EQ(both->size(), 2u);
+  EXPECT_EQ(b->state().polling_interval, 2);
+}
+
+TEST_F(QmpHypervisorTest, GlobAndDirectoryFollowSocketsThatComeAndGo) {
+  FakeQmpServer* a = AddServer("a.sock", FakeVmState{});
+  for (const std::string& entry : {dir_ + "/*.sock", dir_}) {
+    auto hv = Make({entry});
+    auto vms = hv->ListVms();
+    ASSERT_TRUE(vms.ok());
+    EXPECT_EQ(vms->size(), 1u) << entry;
+
+    FakeVmState other;
+    other.uuid = "11111111-2222-3333-4444-555555555555";
+    other.name = "guest-b";
+    FakeQmpServer* b = AddServer("b.sock", other);
+    vms = hv->ListVms();
+    ASSERT_TRUE(vms.ok());
+    ASSERT_EQ(vms->size(), 2u) << entry;
+
+    b->Stop();  // the VM exits: its socket file goes away
+    vms = hv->ListVms();
+    ASSERT_TRUE(vms.ok());
+    ASSERT_EQ(vms->size(), 1u) << entry;
+    EXPECT_EQ((*vms)[0].name, "guest-a");
+    EXPECT_EQ(hv->SetBalloonTarget(other.uuid, kMiB).code(), absl::StatusCode::kNotFound);
+    servers_.pop_back();
+  }
+  EXPECT_GE(a->connections(), 2);
+}
+
+TEST_F(QmpHypervisorTest, MissingSocketIsRetriedWithBackoff) {
+  const std::string path = dir_ + "/late.sock";
+  auto hv = Make({path});
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_TRUE(vms->empty());
+
+  FakeQmpServer* server = AddServer("late.sock", FakeVmState{});
+  // The first retry waits the minimum backoff (1 s on the injected clock).
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_TRUE(vms->empty());
+  EXPECT_EQ(server->connections(), 0);
+  clock_.Advance(absl::Seconds(1));
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_EQ(vms->size(), 1u);
+  EXPECT_EQ(server->connections(), 1);
+}
+
+TEST_F(QmpHypervisorTest, BackoffDoublesUpToTheMaximum) {
+  auto hv = Make({dir_ + "/never.sock"});
+  // Failed attempts at t=0, 1, 3, 7, 15, 31, 61 (waits 1, 2, 4, 8, 16, 30,
+  // 30 s): the next one is at t=91.
+  FakeQmpServer* server = nullptr;
+  for (int second = 0; second <= 91; ++second) {
+    ASSERT_TRUE(hv->ListVms().ok());
+    if (second == 61) server = AddServer("never.sock", FakeVmState{});
+    if (second == 90) {
+      ASSERT_NE(server, nullptr);
+      EXPECT_EQ(server->connections(), 0) << "retried before the backoff elapsed";
+    }
+    if (second < 91) clock_.Advance(absl::Seconds(1));
+  }
+  ASSERT_NE(server, nullptr);
+  EXPECT_EQ(server->connections(), 1);
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_EQ(vms->size(), 1u);
+}
+
+TEST_F(QmpHypervisorTest, ABrokenVmDoesNotHideTheOthers) {
+  FakeQmpServer* good = AddServer("a.sock", FakeVmState{});
+  FakeVmState bad_state;
+  bad_state.uuid = "11111111-2222-3333-4444-555555555555";
+  FakeQmpServer* bad = AddServer("b.sock", bad_state);
+  bad->set_override([](const std::string& cmd, const google::protobuf::Struct&)
+                        -> std::optional<std::vector<std::string>> {
+    if (cmd == "query-balloon") return std::vector<std::string>{"{not json"};
+    return std::nullopt;
+  });
+  auto hv = Make({dir_});
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].vm_id, good->state().uuid);
+
+  // A reply of the right JSON but the wrong type is as bad.
+  bad->set_override([](const std::string& cmd, const google::protobuf::Struct&)
+                        -> std::optional<std::vector<std::string>> {
+    if (cmd == "query-balloon") {
+      return std::vector<std::string>{R"({"return": {"actual": "lots"}, "id": "$ID"})"};
+    }
+    return std::nullopt;
+  });
+  clock_.Advance(absl::Seconds(5));
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_EQ(vms->size(), 1u);
+
+  // Healed: listed again after the backoff.
+  bad->set_override(nullptr);
+  clock_.Advance(absl::Seconds(30));
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_EQ(vms->size(), 2u);
+}
+
+TEST_F(QmpHypervisorTest, DuplicateUuidIsListedOnce) {
+  AddServer("a.sock", FakeVmState{});
+  AddServer("b.sock", FakeVmState{});  // same UUID: a second monitor of one VM
+  auto hv = Make({dir_});
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_EQ(vms->size(), 1u);
+}
+
+TEST_F(QmpHypervisorTest, BalloonChangeEventsKeepActualWhenQueryBalloonFails) {
+  FakeQmpServer* server = AddServer("a.sock", FakeVmState{});
+  auto hv = Make({server->path()});
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  // query-balloon now fails softly; the BALLOON_CHANGE event sent with the
+  // balloon command carries the new actual.
+  server->set_override([](const std::string& cmd, const google::protobuf::Struct&)
+                           -> std::optional<std::vector<std::string>> {
+    if (cmd == "query-balloon") {
+      return std::vector<std::string>{
+          R"({"error": {"class": "GenericError", "desc": "busy"}, "id": "$ID"})"};
+    }
+    return std::nullopt;
+  });
+  ASSERT_TRUE(hv->SetBalloonTarget((*vms)[0].vm_id, 300 * kMiB).ok());
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].actual_bytes, 300 * kMiB);
+}
+
+TEST_F(QmpHypervisorTest, CreateRejectsBadOptions) {
+  QmpHypervisorOptions empty;
+  EXPECT_EQ(QmpHypervisor::Create(empty, &clock_).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  QmpHypervisorOptions blank;
+  blank.sockets_or_globs = {""};
+  EXPECT_EQ(QmpHypervisor::Create(blank, &clock_).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  QmpHypervisorOptions backoff;
+  backoff.sockets_or_globs = {"/x"};
+  backoff.min_backoff = absl::ZeroDuration();
+  EXPECT_EQ(QmpHypervisor::Create(backoff, &clock_).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  backoff.min_backoff = absl::Seconds(1);
+  EXPECT_EQ(QmpHypervisor::Create(backoff, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(MakeQmpHypervisor({"/x"}, &clock_).ok());
+  EXPECT_FALSE(MakeQmpHypervisor({}, &clock_).ok());
+}
+
+// Guest statistics are untrusted input.
+google::protobuf::Value Parse(const std::string& json) {
+  auto s = ParseQmpJson(absl::StrCat("{\"v\": ", json, "}"));
+  EXPECT_TRUE(s.ok()) << json;
+  return s.ok() ? s->fields().at("v") : google::protobuf::Value();
+}
+
+TEST(ParseQmpGuestStatsTest, UnsetAndHostileFieldsAreEmpty) {
+  auto stats = ParseQmpGuestStats(Parse(R"({"stats": {
+      "stat-total-memory": -1, "stat-available-memory": "12",
+      "stat-free-memory": 1.5, "stat-disk-caches": -2,
+      "stat-swap-in": 1e300, "stat-swap-out": null,
+      "stat-major-faults": [1], "stat-minor-faults": 9007199254740992},
+    "last-update": 0})"));
+  ASSERT_TRUE(stats.ok());
+  EXPECT_FALSE(stats->total_bytes.has_value());
+  EXPECT_FALSE(stats->available_bytes.has_value());
+  EXPECT_FALSE(stats->free_bytes.has_value());
+  EXPECT_FALSE(stats->disk_caches_bytes.has_value());
+  EXPECT_FALSE(stats->swap_in_bytes_total.has_value());
+  EXPECT_FALSE(stats->swap_out_bytes_total.has_value());
+  EXPECT_FALSE(stats->major_faults_total.has_value());
+  EXPECT_EQ(stats->minor_faults_total, 9007199254740992u);  // 2^53 is exact
+  EXPECT_FALSE(stats->last_update.has_value());
+}
+
+TEST(ParseQmpGuestStatsTest, MissingOrMistypedPartsAreNotACrash) {
+  EXPECT_FALSE(ParseQmpGuestStats(Parse("[]")).ok());
+  EXPECT_FALSE(ParseQmpGuestStats(Parse("3")).ok());
+  for (const char* json : {"{}", R"({"stats": 5})", R"({"stats": [], "last-update": "x"})",
+                           R"({"last-update": -1})", R"({"stats": {}, "last-update": 1.25})"}) {
+    auto stats = ParseQmpGuestStats(Parse(json));
+    ASSERT_TRUE(stats.ok()) << json;
+    EXPECT_FALSE(stats->total_bytes.has_value()) << json;
+    EXPECT_FALSE(stats->last_update.has_value()) << json;
+  }
+}
+
+}  // namespace
+}  // namespace membroker::agent
