@@ -1,0 +1,104 @@
+#include "node-agent/agent_metrics.h"
+
+#include <vector>
+
+#include "common/metrics_server.h"
+
+namespace membroker::agent {
+namespace {
+
+prometheus::Gauge& NewGauge(prometheus::Registry& registry, const std::string& name,
+                            const std::string& help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add({});
+}
+
+prometheus::Counter& NewCounter(prometheus::Registry& registry, const std::string& name,
+                                const std::string& help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add({});
+}
+
+}  // namespace
+
+AgentMetrics::AgentMetrics(prometheus::Registry& registry)
+    : broker_connected_(NewGauge(registry, "membroker_agent_broker_connected",
+                                 "1 while the agent has a welcomed stream to the broker.")),
+      reports_sent_(NewCounter(registry, "membroker_agent_reports_sent_total",
+                               "Host reports sent to the broker.")),
+      reconnects_(NewCounter(registry, "membroker_agent_reconnects_total",
+                             "Attempts to re-establish the broker stream.")),
+      targets_applied_(NewCounter(registry, "membroker_agent_targets_applied_total",
+                                  "Balloon targets set on the hypervisor.")),
+      target_errors_(NewCounter(registry, "membroker_agent_target_errors_total",
+                                "Targets refused or failed to apply.")),
+      host_capacity_(NewGauge(registry, "membroker_agent_host_capacity_bytes",
+                              "Memory the operator allows VMs on this host in total.")),
+      host_available_(NewGauge(registry, "membroker_agent_host_memory_available_bytes",
+                               "Host MemAvailable.")),
+      host_pressure_some_(NewGauge(registry, "membroker_agent_host_memory_pressure_some_ratio",
+                                   "Host memory PSI some avg10 as a ratio (0..1).")),
+      report_duration_(prometheus::BuildHistogram()
+                           .Name("membroker_agent_report_duration_seconds")
+                           .Help("Time to build and send one host report.")
+                           .Register(registry)
+                           .Add({}, prometheus::Histogram::BucketBoundaries{
+                                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                        0.25, 0.5, 1})),
+      vm_actual_(prometheus::BuildGauge()
+                     .Name("membroker_agent_vm_actual_bytes")
+                     .Help("Balloon actual: memory the VM has now.")
+                     .Register(registry)),
+      vm_target_(prometheus::BuildGauge()
+                     .Name("membroker_agent_vm_target_bytes")
+                     .Help("Last balloon target applied (0: none yet).")
+                     .Register(registry)),
+      vm_stuck_(prometheus::BuildGauge()
+                    .Name("membroker_agent_vm_stuck")
+                    .Help("1 when the VM's balloon is stuck or has no driver.")
+                    .Register(registry)) {
+  AddBuildInfo(registry, "agent");
+}
+
+void AgentMetrics::SetBrokerConnected(bool connected) { broker_connected_.Set(connected ? 1 : 0); }
+void AgentMetrics::AddReportsSent(uint64_t n) { reports_sent_.Increment(static_cast<double>(n)); }
+void AgentMetrics::AddReconnects(uint64_t n) { reconnects_.Increment(static_cast<double>(n)); }
+void AgentMetrics::AddTargetsApplied(uint64_t n) {
+  targets_applied_.Increment(static_cast<double>(n));
+}
+void AgentMetrics::AddTargetErrors(uint64_t n) { target_errors_.Increment(static_cast<double>(n)); }
+void AgentMetrics::SetHostCapacity(uint64_t bytes) {
+  host_capacity_.Set(static_cast<double>(bytes));
+}
+void AgentMetrics::SetHostMemory(uint64_t available_bytes, double pressure_some_ratio) {
+  host_available_.Set(static_cast<double>(available_bytes));
+  host_pressure_some_.Set(pressure_some_ratio);
+}
+void AgentMetrics::ObserveReportDuration(double seconds) { report_duration_.Observe(seconds); }
+
+void AgentMetrics::SetVms(const std::map<std::string, VmValues>& vms) {
+  absl::MutexLock lock(&mu_);
+  for (auto it = vm_series_.begin(); it != vm_series_.end();) {
+    if (vms.count(it->first) == 0) {
+      vm_actual_.Remove(it->second.actual);
+      vm_target_.Remove(it->second.target);
+      vm_stuck_.Remove(it->second.stuck);
+      it = vm_series_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const auto& [key, values] : vms) {
+    auto it = vm_series_.find(key);
+    if (it == vm_series_.end()) {
+      const prometheus::Labels labels{{"vm", values.vm}};
+      it = vm_series_
+               .emplace(key, VmSeries{&vm_actual_.Add(labels), &vm_target_.Add(labels),
+                                      &vm_stuck_.Add(labels)})
+               .first;
+    }
+    it->second.actual->Set(static_cast<double>(values.actual_bytes));
+    it->second.target->Set(static_cast<double>(values.target_bytes.value_or(0)));
+    it->second.stuck->Set(values.stuck ? 1 : 0);
+  }
+}
+
+}  // namespace membroker::agent

@@ -1,0 +1,217 @@
+#include "node-agent/agent_options.h"
+
+#include <dirent.h>
+#include <glob.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <set>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+#include "common/textproto.h"
+#include "common/units.h"
+
+namespace membroker::agent {
+namespace {
+
+// A value taken from a flag or, when the flag is empty, from the config
+// file; `source` names where it came from, for errors.
+struct Picked {
+  std::string value;
+  std::string source;
+};
+
+Picked Pick(const std::string& flag_value, const std::string& config_value,
+            const std::string& flag_name, const std::string& field_name) {
+  if (!flag_value.empty()) return {flag_value, flag_name};
+  if (!config_value.empty()) return {config_value, absl::StrCat("--config field ", field_name)};
+  return {"", flag_name};
+}
+
+absl::Status Prefix(const std::string& source, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(source, ": ", status.message()));
+}
+
+bool HasGlobChars(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> ExpandQmpSockets(const std::vector<std::string>& sockets,
+                                                          const std::string& dir) {
+  std::set<std::string> out;
+  for (const std::string& entry : sockets) {
+    if (entry.empty()) return absl::InvalidArgumentError("--qmp-socket: empty path");
+    if (!HasGlobChars(entry)) {
+      out.insert(entry);
+      continue;
+    }
+    glob_t g{};
+    const int rc = glob(entry.c_str(), 0, nullptr, &g);
+    if (rc != 0) {
+      globfree(&g);
+      return absl::InvalidArgumentError(
+          absl::StrCat("--qmp-socket: pattern \"", entry, "\" matches nothing"));
+    }
+    for (size_t i = 0; i < g.gl_pathc; ++i) out.insert(g.gl_pathv[i]);
+    globfree(&g);
+  }
+  if (!dir.empty()) {
+    DIR* d = opendir(dir.c_str());
+    if (d == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--qmp-socket-dir: cannot read directory \"", dir, "\""));
+    }
+    while (struct dirent* e = readdir(d)) {
+      const std::string path = absl::StrCat(dir, "/", e->d_name);
+      struct stat st {};
+      if (stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) out.insert(path);
+    }
+    closedir(d);
+  }
+  return std::vector<std::string>(out.begin(), out.end());
+}
+
+absl::StatusOr<uint64_t> ComputeCapacity(uint64_t host_total_bytes,
+                                         std::optional<uint64_t> capacity_bytes,
+                                         std::optional<uint64_t> reserve_bytes) {
+  if (host_total_bytes == 0) {
+    return absl::InvalidArgumentError("host memory is unknown (0 bytes)");
+  }
+  if (capacity_bytes.has_value() && reserve_bytes.has_value()) {
+    return absl::InvalidArgumentError(
+        "--host-capacity-bytes and --host-reserve-bytes are mutually exclusive");
+  }
+  if (capacity_bytes.has_value()) {
+    if (*capacity_bytes == 0) {
+      return absl::InvalidArgumentError("--host-capacity-bytes must be > 0");
+    }
+    if (*capacity_bytes > host_total_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--host-capacity-bytes ", FormatBytes(*capacity_bytes),
+                       " is above the host's memory ", FormatBytes(host_total_bytes)));
+    }
+    return *capacity_bytes;
+  }
+  if (reserve_bytes.has_value()) {
+    if (*reserve_bytes >= host_total_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--host-reserve-bytes ", FormatBytes(*reserve_bytes),
+                       " leaves nothing of the host's memory ", FormatBytes(host_total_bytes)));
+    }
+    return host_total_bytes - *reserve_bytes;
+  }
+  return host_total_bytes;
+}
+
+absl::StatusOr<AgentOptions> BuildAgentOptions(const AgentFlags& flags) {
+  membroker::v1::AgentConfig config;
+  if (!flags.config.empty()) {
+    RETURN_IF_ERROR(Prefix("--config", LoadTextProto(flags.config, &config)));
+  }
+  AgentOptions options;
+
+  const Picked broker = Pick(flags.broker, config.broker(), "--broker", "broker");
+  if (broker.value.empty()) return absl::InvalidArgumentError("--broker is required (HOST:PORT)");
+  RETURN_IF_ERROR(Prefix(broker.source, ValidateHostPort(broker.value)));
+  options.broker = broker.value;
+
+  const Picked host_id = Pick(flags.host_id, config.host_id(), "--host-id", "host_id");
+  if (host_id.value.empty()) return absl::InvalidArgumentError("--host-id is required");
+  RETURN_IF_ERROR(Prefix(host_id.source, ValidateHostId(host_id.value)));
+  options.host_id = host_id.value;
+
+  const Picked backend = Pick(flags.backend, config.backend(), "--backend", "backend");
+  if (backend.value.empty()) {
+    return absl::InvalidArgumentError("--backend is required (libvirt, qmp or sim)");
+  }
+  if (backend.value != "libvirt" && backend.value != "qmp" && backend.value != "sim") {
+    return absl::InvalidArgumentError(absl::StrCat(backend.source, ": unknown backend \"",
+                                                   backend.value, "\" (want libvirt, qmp or sim)"));
+  }
+  options.backend = backend.value;
+
+  const Picked uri = Pick(flags.libvirt_uri, config.libvirt_uri(), "--libvirt-uri", "libvirt_uri");
+  if (!uri.value.empty()) options.libvirt_uri = uri.value;
+
+  std::vector<std::string> sockets = flags.qmp_sockets;
+  if (sockets.empty() && flags.qmp_socket_dir.empty()) {
+    sockets.assign(config.qmp_sockets().begin(), config.qmp_sockets().end());
+  }
+  ASSIGN_OR_RETURN(options.qmp_sockets, ExpandQmpSockets(sockets, flags.qmp_socket_dir));
+  if (options.backend == "qmp" && options.qmp_sockets.empty()) {
+    return absl::InvalidArgumentError(
+        "--backend=qmp needs --qmp-socket (comma-separated, globs allowed) or --qmp-socket-dir");
+  }
+
+  const Picked sim = Pick(flags.sim_config, config.sim_config(), "--sim-config", "sim_config");
+  if (options.backend == "sim") {
+    if (sim.value.empty()) {
+      return absl::InvalidArgumentError("--backend=sim needs --sim-config=FILE.textproto");
+    }
+    RETURN_IF_ERROR(Prefix(sim.source, LoadTextProto(sim.value, &options.sim_config)));
+    if (options.sim_config.host_total_bytes() == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(sim.source, ": host_total_bytes must be > 0"));
+    }
+  }
+
+  // Capacity: flags as a pair override the config's pair.
+  if (!flags.host_capacity_bytes.empty() || !flags.host_reserve_bytes.empty()) {
+    if (!flags.host_capacity_bytes.empty() && !flags.host_reserve_bytes.empty()) {
+      return absl::InvalidArgumentError(
+          "--host-capacity-bytes and --host-reserve-bytes are mutually exclusive");
+    }
+    if (!flags.host_capacity_bytes.empty()) {
+      auto bytes = ParseBytes(flags.host_capacity_bytes);
+      if (!bytes.ok()) return Prefix("--host-capacity-bytes", bytes.status());
+      if (*bytes == 0) return absl::InvalidArgumentError("--host-capacity-bytes must be > 0");
+      options.host_capacity_bytes = *bytes;
+    } else {
+      auto bytes = ParseBytes(flags.host_reserve_bytes);
+      if (!bytes.ok()) return Prefix("--host-reserve-bytes", bytes.status());
+      options.host_reserve_bytes = *bytes;
+    }
+  } else {
+    if (config.host_capacity_bytes() != 0 && config.host_reserve_bytes() != 0) {
+      return absl::InvalidArgumentError(
+          "--config: host_capacity_bytes and host_reserve_bytes are mutually exclusive");
+    }
+    if (config.host_capacity_bytes() != 0) options.host_capacity_bytes = config.host_capacity_bytes();
+    if (config.host_reserve_bytes() != 0) options.host_reserve_bytes = config.host_reserve_bytes();
+  }
+
+  const Picked metrics =
+      Pick(flags.metrics_listen, config.metrics_listen(), "--metrics-listen", "metrics_listen");
+  if (metrics.value.empty()) {
+    return absl::InvalidArgumentError("--metrics-listen is required (HOST:PORT)");
+  }
+  RETURN_IF_ERROR(Prefix(metrics.source, ValidateHostPort(metrics.value)));
+  options.metrics_listen = metrics.value;
+
+  const bool any_tls = !flags.tls_cert.empty() || !flags.tls_key.empty() || !flags.tls_ca.empty();
+  if (any_tls) {
+    return absl::InvalidArgumentError(
+        "--tls-cert/--tls-key/--tls-ca: TLS is not available yet; use --insecure");
+  }
+  if (!flags.insecure) {
+    return absl::InvalidArgumentError(
+        "--insecure is required (TLS is not available yet): the broker stream is plaintext");
+  }
+  options.insecure = true;
+
+  if (!flags.report_interval.empty()) {
+    auto interval = ParseDurationArg(flags.report_interval);
+    if (!interval.ok()) return Prefix("--report-interval", interval.status());
+    if (*interval < absl::Milliseconds(100) || *interval > absl::Hours(1)) {
+      return absl::InvalidArgumentError("--report-interval must be between 100ms and 1h");
+    }
+    options.report_interval = *interval;
+  }
+  return options;
+}
+
+}  // namespace membroker::agent

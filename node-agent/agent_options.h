@@ -1,0 +1,75 @@
+#pragma once
+// The agent's command line and config file, merged and validated. main.cc
+// fills AgentFlags from its flags; everything else lives here so that it
+// is tested.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "membroker/v1/config.pb.h"
+
+namespace membroker::agent {
+
+// The raw flag values; an empty string (or list) means "not given".
+struct AgentFlags {
+  std::string broker;
+  std::string host_id;
+  std::string backend;
+  std::string libvirt_uri;
+  std::vector<std::string> qmp_sockets;
+  std::string qmp_socket_dir;
+  std::string sim_config;
+  std::string host_capacity_bytes;
+  std::string host_reserve_bytes;
+  std::string metrics_listen;
+  bool insecure = false;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_ca;
+  std::string config;
+  std::string report_interval;
+};
+
+// Validated agent settings.
+struct AgentOptions {
+  std::string broker;
+  std::string host_id;
+  std::string backend;
+  std::string libvirt_uri = "qemu:///system";
+  // Expanded QMP socket paths (globs resolved, directory scanned), sorted.
+  std::vector<std::string> qmp_sockets;
+  // Loaded from --sim-config (backend "sim").
+  membroker::v1::SimConfig sim_config;
+  std::optional<uint64_t> host_capacity_bytes;
+  std::optional<uint64_t> host_reserve_bytes;
+  std::string metrics_listen;
+  bool insecure = false;
+  // Until the broker's Welcome says otherwise.
+  absl::Duration report_interval = absl::Seconds(1);
+};
+
+// Merges `flags` over the --config file (flags win) and validates every
+// value. INVALID_ARGUMENT naming the flag (or config field) for anything
+// wrong; NOT_FOUND when a named file cannot be read.
+absl::StatusOr<AgentOptions> BuildAgentOptions(const AgentFlags& flags);
+
+// The capacity for VMs on a host of `host_total_bytes`: the operator's
+// budget, or total minus the reserve, or the total when neither is given.
+// INVALID_ARGUMENT naming the flag when the budget is zero or above the
+// host's memory, or the reserve leaves nothing.
+absl::StatusOr<uint64_t> ComputeCapacity(uint64_t host_total_bytes,
+                                         std::optional<uint64_t> capacity_bytes,
+                                         std::optional<uint64_t> reserve_bytes);
+
+// Expands QMP socket arguments: entries with glob characters are globbed
+// (no match is an error), plain paths are kept; every socket in `dir` (if
+// not empty) is added. Sorted, without duplicates. INVALID_ARGUMENT naming
+// the flag for a glob without match or an unreadable directory.
+absl::StatusOr<std::vector<std::string>> ExpandQmpSockets(const std::vector<std::string>& sockets,
+                                                          const std::string& dir);
+
+}  // namespace membroker::agent

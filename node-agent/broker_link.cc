@@ -1,0 +1,178 @@
+#include "node-agent/broker_link.h"
+
+#include <algorithm>
+#include <utility>
+
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace membroker::agent {
+
+using membroker::v1::AgentMessage;
+using membroker::v1::BrokerMessage;
+
+Backoff::Backoff(BackoffParams params, uint64_t seed)
+    : params_(params),
+      current_(params.initial),
+      rng_(seed != 0 ? seed : std::random_device{}()) {}
+
+absl::Duration Backoff::Next() {
+  const absl::Duration base = current_;
+  current_ = std::min(params_.max, current_ * params_.multiplier);
+  const double jitter = std::clamp(params_.jitter, 0.0, 1.0);
+  const double factor = std::uniform_real_distribution<double>(1.0 - jitter, 1.0 + jitter)(rng_);
+  return base * factor;
+}
+
+void Backoff::Reset() { current_ = params_.initial; }
+
+BrokerLink::BrokerLink(std::shared_ptr<grpc::Channel> channel, membroker::v1::Hello hello,
+                       Callbacks callbacks, const Clock* clock, BackoffParams backoff)
+    : stub_(membroker::v1::AgentService::NewStub(channel)),
+      hello_(std::move(hello)),
+      callbacks_(std::move(callbacks)),
+      clock_(clock),
+      backoff_params_(backoff) {}
+
+BrokerLink::~BrokerLink() { Stop(); }
+
+void BrokerLink::Start() {
+  absl::MutexLock lock(&mu_);
+  if (started_) return;
+  started_ = true;
+  thread_ = std::thread([this] { Run(); });
+}
+
+void BrokerLink::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    if (context_ != nullptr) context_->TryCancel();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+bool BrokerLink::connected() const {
+  absl::MutexLock lock(&mu_);
+  return connected_;
+}
+
+BrokerLink::Counters BrokerLink::counters() const {
+  absl::MutexLock lock(&mu_);
+  return counters_;
+}
+
+void BrokerLink::SetConnected(bool connected) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (connected_ == connected) return;
+    connected_ = connected;
+  }
+  if (callbacks_.on_connection) callbacks_.on_connection(connected);
+}
+
+bool BrokerLink::Write(const AgentMessage& message) {
+  absl::MutexLock lock(&write_mu_);
+  if (stream_ == nullptr) return false;
+  return stream_->Write(message);
+}
+
+absl::Status BrokerLink::SendReport(const membroker::v1::HostReport& report) {
+  if (!connected()) return absl::FailedPreconditionError("not connected to the broker");
+  AgentMessage message;
+  *message.mutable_report() = report;
+  if (!Write(message)) return absl::UnavailableError("report write failed: stream lost");
+  absl::MutexLock lock(&mu_);
+  ++counters_.reports_sent;
+  return absl::OkStatus();
+}
+
+void BrokerLink::Run() {
+  Backoff backoff(backoff_params_);
+  bool first = true;
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      if (!first) ++counters_.reconnects;
+    }
+    first = false;
+    if (RunStream()) backoff.Reset();
+    const absl::Duration delay = backoff.Next();
+    spdlog::info("broker stream ended; reconnecting in {}", absl::FormatDuration(delay));
+    absl::MutexLock lock(&mu_);
+    auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
+    mu_.AwaitWithTimeout(absl::Condition(&stopping), delay);
+    if (stopping_) return;
+  }
+}
+
+bool BrokerLink::RunStream() {
+  grpc::ClientContext context;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return false;
+    context_ = &context;
+  }
+  std::unique_ptr<grpc::ClientReaderWriter<AgentMessage, BrokerMessage>> stream =
+      stub_->Connect(&context);
+  {
+    absl::MutexLock lock(&write_mu_);
+    stream_ = stream.get();
+  }
+  absl::Time welcomed_at = absl::InfiniteFuture();
+  AgentMessage hello;
+  *hello.mutable_hello() = hello_;
+  if (Write(hello)) {
+    BrokerMessage message;
+    while (stream->Read(&message)) {
+      switch (message.msg_case()) {
+        case BrokerMessage::kWelcome:
+          if (welcomed_at == absl::InfiniteFuture()) welcomed_at = clock_->Now();
+          spdlog::info("broker welcomed host {} (report interval {}s)", hello_.host_id(),
+                       message.welcome().report_interval().seconds());
+          if (callbacks_.on_welcome) callbacks_.on_welcome(message.welcome());
+          SetConnected(true);
+          break;
+        case BrokerMessage::kTargets: {
+          if (welcomed_at == absl::InfiniteFuture()) {
+            spdlog::warn("broker sent targets before Welcome; ignored");
+            break;
+          }
+          membroker::v1::TargetAck ack;
+          if (callbacks_.on_targets) ack = callbacks_.on_targets(message.targets());
+          ack.set_generation(message.targets().generation());
+          AgentMessage out;
+          *out.mutable_ack() = std::move(ack);
+          if (!Write(out)) spdlog::warn("ack write failed: stream lost");
+          break;
+        }
+        default:
+          spdlog::warn("broker sent an empty or unknown message; ignored");
+          break;
+      }
+    }
+  }
+  SetConnected(false);
+  {
+    absl::MutexLock lock(&write_mu_);
+    stream_ = nullptr;
+  }
+  // Ends the writes and collects the status; cancels first so a half-open
+  // stream cannot block Finish.
+  context.TryCancel();
+  grpc::Status status = stream->Finish();
+  {
+    absl::MutexLock lock(&mu_);
+    context_ = nullptr;
+  }
+  if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
+    spdlog::warn("broker stream failed: {} ({})", status.error_message(),
+                 static_cast<int>(status.error_code()));
+  }
+  return welcomed_at != absl::InfiniteFuture() &&
+         clock_->Now() - welcomed_at >= backoff_params_.healthy_after;
+}
+
+}  // namespace membroker::agent

@@ -1,0 +1,128 @@
+#pragma once
+// The agent's end of AgentService.Connect: one long-lived bidirectional
+// stream to the broker, re-established with jittered exponential backoff.
+//
+// Per stream: send Hello; the broker answers Welcome (the link is then
+// "connected"); TargetSet messages are handed to a callback whose TargetAck
+// goes back on the stream; reports are written by the caller through
+// SendReport. One reader thread; writes are serialized by a mutex.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "membroker/v1/agent.grpc.pb.h"
+
+namespace membroker::agent {
+
+// Reconnect timing.
+struct BackoffParams {
+  absl::Duration initial = absl::Milliseconds(100);
+  absl::Duration max = absl::Seconds(10);
+  double multiplier = 2.0;
+  // Each delay is scaled by a uniform factor in [1 - jitter, 1 + jitter].
+  double jitter = 0.2;
+  // A stream that was welcomed and lasted this long resets the backoff.
+  absl::Duration healthy_after = absl::Seconds(5);
+};
+
+// Exponential backoff with jitter. Thread-compatible.
+class Backoff {
+ public:
+  // `seed` makes the jitter reproducible (0: seeded from the system).
+  explicit Backoff(BackoffParams params, uint64_t seed = 0);
+  // The delay before the next attempt; grows for the one after.
+  absl::Duration Next();
+  // Starts over at the initial delay.
+  void Reset();
+
+ private:
+  BackoffParams params_;
+  absl::Duration current_;
+  std::mt19937_64 rng_;
+};
+
+// Streams to the broker. Thread-safe.
+class BrokerLink {
+ public:
+  // What the link calls. Callbacks run on the reader thread, one at a time.
+  struct Callbacks {
+    // A Welcome arrived (the stream is now connected).
+    std::function<void(const membroker::v1::Welcome&)> on_welcome;
+    // A TargetSet arrived; returns the ack to send.
+    std::function<membroker::v1::TargetAck(const membroker::v1::TargetSet&)> on_targets;
+    // The connection state changed (true after Welcome, false when lost).
+    std::function<void(bool connected)> on_connection;
+  };
+
+  // Counters for metrics (monotonic).
+  struct Counters {
+    uint64_t reports_sent = 0;
+    uint64_t reconnects = 0;
+  };
+
+  // `channel` reaches the broker; `hello` is sent first on every stream.
+  // `clock` (not owned) times stream health.
+  BrokerLink(std::shared_ptr<grpc::Channel> channel, membroker::v1::Hello hello,
+             Callbacks callbacks, const Clock* clock, BackoffParams backoff = {});
+  ~BrokerLink();
+
+  BrokerLink(const BrokerLink&) = delete;
+  BrokerLink& operator=(const BrokerLink&) = delete;
+
+  // Starts the reader thread. Call once.
+  void Start();
+
+  // Cancels the stream, stops reconnecting and joins the thread. Prompt:
+  // the stream is cancelled, no wait for the broker. Idempotent.
+  void Stop();
+
+  // Sends a report on the current stream. FAILED_PRECONDITION when not
+  // connected (no Welcome yet); UNAVAILABLE when the write fails (the
+  // stream is then being re-established).
+  absl::Status SendReport(const membroker::v1::HostReport& report);
+
+  // True between a Welcome and the loss of its stream.
+  bool connected() const;
+
+  // Snapshot of the counters.
+  Counters counters() const;
+
+ private:
+  void Run();
+  // Runs one stream to its end. Returns true when it was healthy.
+  bool RunStream();
+  bool Write(const membroker::v1::AgentMessage& message);
+  void SetConnected(bool connected);
+
+  std::unique_ptr<membroker::v1::AgentService::Stub> stub_;
+  const membroker::v1::Hello hello_;
+  const Callbacks callbacks_;
+  const Clock* const clock_;
+  const BackoffParams backoff_params_;
+  std::thread thread_;
+
+  mutable absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool connected_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Counters counters_ ABSL_GUARDED_BY(mu_);
+
+  // Serializes writes; held while writing (lock order: write_mu_ then mu_).
+  absl::Mutex write_mu_;
+  grpc::ClientReaderWriter<membroker::v1::AgentMessage, membroker::v1::BrokerMessage>* stream_
+      ABSL_GUARDED_BY(write_mu_) = nullptr;
+};
+
+}  // namespace membroker::agent

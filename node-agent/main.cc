@@ -1,0 +1,190 @@
+// membroker-agent: the per-host daemon. Reads every VM's balloon and guest
+// statistics and the host's memory, streams them to the broker, and applies
+// the broker's balloon targets safely.
+
+#include <csignal>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <prometheus/registry.h>
+#include <spdlog/spdlog.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/clock.h"
+#include "common/logging.h"
+#include "common/metrics_server.h"
+#include "node-agent/agent.h"
+#include "node-agent/agent_options.h"
+#include "node-agent/host_probe.h"
+#include "node-agent/hypervisor/factory.h"
+
+ABSL_FLAG(std::string, broker, "", "Broker address, HOST:PORT.");
+ABSL_FLAG(std::string, host_id, "", "This host's name in the fleet ([A-Za-z0-9._-], 1..253).");
+ABSL_FLAG(std::string, backend, "", "Hypervisor backend: libvirt, qmp or sim.");
+ABSL_FLAG(std::string, libvirt_uri, "", "libvirt URI (default qemu:///system).");
+ABSL_FLAG(std::vector<std::string>, qmp_socket, {},
+          "QMP socket paths, comma-separated; globs allowed (backend qmp).");
+ABSL_FLAG(std::string, qmp_socket_dir, "", "Directory whose sockets are QMP sockets (backend qmp).");
+ABSL_FLAG(std::string, sim_config, "", "SimConfig textproto (backend sim).");
+ABSL_FLAG(std::string, host_capacity_bytes, "",
+          "Memory VMs may have in total, e.g. 48GiB (exclusive with --host-reserve-bytes).");
+ABSL_FLAG(std::string, host_reserve_bytes, "",
+          "Host memory kept for the hypervisor, e.g. 4GiB (exclusive with "
+          "--host-capacity-bytes).");
+ABSL_FLAG(std::string, metrics_listen, "", "HOST:PORT serving /metrics.");
+ABSL_FLAG(bool, insecure, false, "Plaintext broker stream (required until TLS exists).");
+ABSL_FLAG(std::string, tls_cert, "", "Client certificate (TLS is not available yet).");
+ABSL_FLAG(std::string, tls_key, "", "Client key (TLS is not available yet).");
+ABSL_FLAG(std::string, tls_ca, "", "CA bundle (TLS is not available yet).");
+ABSL_FLAG(std::string, config, "", "AgentConfig textproto; flags override its values.");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off.");
+ABSL_FLAG(std::string, report_interval, "",
+          "Report interval until the broker sets one, e.g. 1s (default 1s).");
+
+namespace {
+
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+
+// Abseil flag names are identifiers; the command-line contract spells them
+// with dashes. Rewrites "--host-id=x" to "--host_id=x" (names only).
+std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
+  std::vector<std::string> out;
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (i > 0 && arg.size() > 2 && arg.compare(0, 2, "--") == 0) {
+      const size_t end = std::min(arg.find('='), arg.size());
+      for (size_t j = 2; j < end; ++j) {
+        if (arg[j] == '-') arg[j] = '_';
+      }
+    }
+    out.push_back(std::move(arg));
+  }
+  return out;
+}
+
+int Fail(int code, const absl::Status& status) {
+  std::fprintf(stderr, "membroker-agent: %s\n", std::string(status.message()).c_str());
+  return code;
+}
+
+int ExitCodeFor(const absl::Status& status) {
+  return absl::IsInvalidArgument(status) || absl::IsNotFound(status) ? kExitUsage : kExitError;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace membroker;        // NOLINT
+  using namespace membroker::agent;  // NOLINT
+
+  // Signals are taken by sigwait below; block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::SetProgramUsageMessage(
+      "membroker-agent --broker=HOST:PORT --host-id=NAME --backend=libvirt|qmp|sim "
+      "[--libvirt-uri=URI] [--qmp-socket=PATH,...] [--sim-config=FILE] "
+      "[--host-capacity-bytes=N | --host-reserve-bytes=N] --metrics-listen=HOST:PORT "
+      "--insecure");
+  std::vector<std::string> args = NormalizeFlagNames(argc, argv);
+  std::vector<char*> arg_ptrs;
+  for (std::string& a : args) arg_ptrs.push_back(a.data());
+  std::vector<char*> rest = absl::ParseCommandLine(static_cast<int>(arg_ptrs.size()), arg_ptrs.data());
+  if (rest.size() > 1) {
+    return Fail(kExitUsage,
+                absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", rest[1], "\"")));
+  }
+  if (absl::Status st = SetLogLevel(absl::GetFlag(FLAGS_log_level)); !st.ok()) {
+    return Fail(kExitUsage, absl::InvalidArgumentError(absl::StrCat("--log-level: ", st.message())));
+  }
+
+  AgentFlags flags;
+  flags.broker = absl::GetFlag(FLAGS_broker);
+  flags.host_id = absl::GetFlag(FLAGS_host_id);
+  flags.backend = absl::GetFlag(FLAGS_backend);
+  flags.libvirt_uri = absl::GetFlag(FLAGS_libvirt_uri);
+  flags.qmp_sockets = absl::GetFlag(FLAGS_qmp_socket);
+  flags.qmp_socket_dir = absl::GetFlag(FLAGS_qmp_socket_dir);
+  flags.sim_config = absl::GetFlag(FLAGS_sim_config);
+  flags.host_capacity_bytes = absl::GetFlag(FLAGS_host_capacity_bytes);
+  flags.host_reserve_bytes = absl::GetFlag(FLAGS_host_reserve_bytes);
+  flags.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  flags.insecure = absl::GetFlag(FLAGS_insecure);
+  flags.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  flags.tls_key = absl::GetFlag(FLAGS_tls_key);
+  flags.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+  flags.config = absl::GetFlag(FLAGS_config);
+  flags.report_interval = absl::GetFlag(FLAGS_report_interval);
+  absl::StatusOr<AgentOptions> options = BuildAgentOptions(flags);
+  if (!options.ok()) return Fail(kExitUsage, options.status());
+
+  RealClock* clock = RealClock::Get();
+  BackendOptions backend;
+  backend.backend = options->backend;
+  backend.libvirt_uri = options->libvirt_uri;
+  backend.qmp_sockets = options->qmp_sockets;
+  backend.sim_config = options->sim_config;
+  backend.clock = clock;
+  absl::StatusOr<std::unique_ptr<Hypervisor>> hypervisor = MakeHypervisor(backend);
+  if (!hypervisor.ok()) return Fail(ExitCodeFor(hypervisor.status()), hypervisor.status());
+
+  // The host's real memory bounds the capacity.
+  HostSampler sampler;
+  uint64_t host_total = 0;
+  if (options->backend == "sim") {
+    host_total = options->sim_config.host_total_bytes();
+    sampler = [host_total](const std::vector<VmStatus>& vms) -> absl::StatusOr<HostMemorySample> {
+      return SimHostSample(host_total, vms);
+    };
+  } else {
+    auto probe = std::make_shared<HostProbe>(RealFileReader());
+    absl::StatusOr<HostMemorySample> sample = probe->Read();
+    if (!sample.ok()) return Fail(kExitError, sample.status());
+    host_total = sample->meminfo.mem_total_bytes;
+    sampler = [probe](const std::vector<VmStatus>&) { return probe->Read(); };
+  }
+  absl::StatusOr<uint64_t> capacity =
+      ComputeCapacity(host_total, options->host_capacity_bytes, options->host_reserve_bytes);
+  if (!capacity.ok()) return Fail(kExitUsage, capacity.status());
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  absl::StatusOr<std::unique_ptr<MetricsServer>> metrics =
+      MetricsServer::Start(options->metrics_listen, registry);
+  if (!metrics.ok()) return Fail(ExitCodeFor(metrics.status()), metrics.status());
+
+  grpc::ChannelArguments channel_args;
+  channel_args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  channel_args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  channel_args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
+      options->broker, grpc::InsecureChannelCredentials(), channel_args);
+
+  AgentParams params;
+  params.host_id = options->host_id;
+  params.capacity_bytes = *capacity;
+  params.host_total_bytes = host_total;
+  params.report_interval = options->report_interval;
+  Agent agent(params, *std::move(hypervisor), std::move(sampler), clock, channel, registry);
+  spdlog::info("membroker-agent {} host {} backend {} capacity {} bytes, broker {}, metrics on "
+               "port {}",
+               MB_VERSION, options->host_id, options->backend, *capacity, options->broker,
+               (*metrics)->port());
+  agent.Start();
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  spdlog::info("signal {}: stopping", signal_number);
+  agent.Stop();
+  return 0;
+}
