@@ -245,6 +245,7 @@ struct SimHost::Impl {
     s.working_set_bytes = static_cast<uint64_t>(need);
     s.deficit_bytes = static_cast<uint64_t>(deficit);
     s.swapped_bytes = static_cast<uint64_t>(m.swapped);
+    s.resident_bytes = static_cast<uint64_t>(anon + m.cache);
     if (s.balloon_driver) {
       s.total_bytes = s.actual_bytes;
       s.free_bytes = static_cast<uint64_t>(free);
@@ -326,12 +327,16 @@ absl::Status SimHost::SetTarget(const std::string& vm_id, uint64_t target_bytes)
 
 absl::StatusOr<uint64_t> SimHost::WorkingSetAt(const std::string& vm_id, absl::Duration at) const {
   for (size_t i = 0; i < impl_->vms.size(); ++i) {
-    if (impl_->vms[i].vm_id != vm_id) continue;
-    const double t = absl::ToDoubleSeconds(at);
-    if (t < impl_->models[i].start_seconds) return uint64_t{0};
-    return static_cast<uint64_t>(static_cast<double>(impl_->models[i].kernel) + impl_->WorkloadAt(i, t));
+    if (impl_->vms[i].vm_id == vm_id) return WorkingSetOf(i, absl::ToDoubleSeconds(at));
   }
   return absl::NotFoundError(absl::StrCat("vm_id: no simulated VM \"", vm_id, "\""));
+}
+
+uint64_t SimHost::WorkingSetOf(size_t index, double t) const {
+  if (index >= impl_->models.size()) return 0;
+  if (t < impl_->models[index].start_seconds) return 0;
+  return static_cast<uint64_t>(static_cast<double>(impl_->models[index].kernel) +
+                               impl_->WorkloadAt(index, t));
 }
 
 }  // namespace membroker::sim

@@ -72,6 +72,7 @@ struct SimVmState {
   double stall_byte_seconds = 0;   // integral of deficit over time
   uint64_t oom_kills_total = 0;
   uint64_t swapped_bytes = 0;      // anonymous memory now in the guest's swap
+  uint64_t resident_bytes = 0;     // memory the guest has touched (anon + cache)
 };
 
 // A set of simulated guests on one host. Not thread-safe: callers serialize
@@ -103,6 +104,10 @@ class SimHost {
 
   // The working set of `vm_id` at simulated time `at` (the oracle's view).
   absl::StatusOr<uint64_t> WorkingSetAt(const std::string& vm_id, absl::Duration at) const;
+
+  // The same for the VM at `index` in vms() (0 for an index out of range),
+  // at `at_seconds` of simulated time: the fast path for the oracle.
+  uint64_t WorkingSetOf(size_t index, double at_seconds) const;
 
   ~SimHost();
 

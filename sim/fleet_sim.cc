@@ -1,0 +1,372 @@
+#include "sim/fleet_sim.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "common/proto_time.h"
+#include "common/status.h"
+#include "sim/baselines.h"
+#include "sim/scenario.h"
+
+namespace membroker::sim {
+namespace {
+
+using membroker::v1::Scenario;
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+constexpr double kTickSeconds = 0.25;
+// A deficit episode starts above this and ends when the guest is within
+// kEpisodeEndBytes of its working set.
+constexpr uint64_t kEpisodeStartBytes = 64 * kMiB;
+constexpr uint64_t kEpisodeEndBytes = 1 * kMiB;
+// Swap-in since the last decision above this is a pressure event.
+constexpr uint64_t kPressureSwapInBytes = 256 * 1024;
+
+// The broker's decision loop for one host, as the broker runs it: demand
+// from the reported statistics (UpdateDemand), then DecideHost.
+class BrokerController : public HostController {
+ public:
+  BrokerController(policy::PolicyParams params, policy::DemandParams demand)
+      : params_(params), demand_(demand) {}
+
+  std::vector<uint64_t> Decide(const HostView& view) override {
+    policy::HostInput input;
+    input.capacity_bytes = view.capacity_bytes;
+    for (const VmView& vm : view.vms) {
+      PerVm& s = state_[vm.vm_id];
+      policy::GuestObservation obs;
+      obs.stats_valid = vm.balloon_driver && vm.total_bytes > 0;
+      obs.total_bytes = vm.total_bytes;
+      obs.available_bytes = vm.available_bytes;
+      obs.swap_in_bytes_total = vm.swap_in_bytes_total;
+      obs.major_faults_total = vm.major_faults_total;
+      obs.actual_bytes = vm.actual_bytes;
+      obs.max_bytes = vm.max_bytes;
+      obs.elapsed_seconds = s.last_seconds < 0 ? 0 : view.now_seconds - s.last_seconds;
+      s.last_seconds = view.now_seconds;
+      policy::UpdateDemand(obs, demand_, s.demand);
+      policy::VmInput in;
+      in.vm_id = vm.vm_id;
+      in.max_bytes = vm.max_bytes;
+      in.min_bytes = vm.min_bytes;
+      in.weight = vm.weight;
+      in.balloon_healthy = vm.balloon_driver;
+      in.demand_bytes = s.demand.demand_bytes;
+      in.protect_bytes = s.demand.protect_bytes;
+      in.actual_bytes = vm.actual_bytes;
+      in.previous_target_bytes = s.previous_target;
+      in.active_fraction = s.demand.active_fraction;
+      input.vms.push_back(std::move(in));
+    }
+    const policy::HostDecision decision = policy::DecideHost(input, params_);
+    std::vector<uint64_t> out(view.vms.size(), 0);
+    for (size_t i = 0; i < view.vms.size(); ++i) {
+      out[i] = decision.vms[i].target_bytes;
+      state_[view.vms[i].vm_id].previous_target = out[i];
+    }
+    return out;
+  }
+
+ private:
+  struct PerVm {
+    policy::DemandState demand;
+    double last_seconds = -1;
+    uint64_t previous_target = 0;
+  };
+  policy::PolicyParams params_;
+  policy::DemandParams demand_;
+  std::map<std::string, PerVm> state_;
+};
+
+// The broker's parameters with the scenario's cluster policy on top.
+void ApplyClusterPolicy(const v1::ClusterPolicy& c, policy::PolicyParams& p,
+                        policy::DemandParams& d) {
+  if (c.has_buffer_percent()) p.buffer_percent = c.buffer_percent();
+  if (c.has_host_free_margin_bytes()) p.host_free_margin_bytes = c.host_free_margin_bytes();
+  if (c.has_reclaim_step_bytes()) p.reclaim_step_bytes = c.reclaim_step_bytes();
+  if (c.has_hysteresis_bytes()) p.hysteresis_bytes = c.hysteresis_bytes();
+  if (c.has_idle_tax_percent()) p.idle_tax_percent = c.idle_tax_percent();
+  if (c.has_default_min_bytes()) p.default_min_bytes = c.default_min_bytes();
+  if (c.has_default_weight()) p.default_weight = c.default_weight();
+  if (c.has_protect_margin_percent()) {
+    p.protect_margin_percent = c.protect_margin_percent();
+    d.protect_margin_percent = c.protect_margin_percent();
+  }
+}
+
+absl::Duration IntervalOf(const Scenario& s) {
+  const absl::Duration d = FromProto(s.report_interval());
+  return d > absl::ZeroDuration() ? d : absl::Seconds(1);
+}
+
+// Per-VM bookkeeping of the figures.
+struct VmTrack {
+  uint64_t min_bytes = 0;
+  uint32_t weight = 0;
+  uint64_t want = 0;  // the controller's last target (0: none yet)
+  int last_direction = 0;
+  uint64_t reversals = 0;
+  double episode_start = -1;
+  uint64_t last_swap_in = 0;
+};
+
+struct HostRun {
+  std::unique_ptr<SimHost> sim;
+  std::unique_ptr<HostController> controller;
+  uint64_t capacity = 0;
+  double next_decision = 0;
+  std::vector<VmTrack> vms;
+};
+
+}  // namespace
+
+const std::vector<PolicyKind>& AllPolicies() {
+  static const std::vector<PolicyKind> kAll = {PolicyKind::kNoBallooning, PolicyKind::kProxmox,
+                                               PolicyKind::kMom,          PolicyKind::kSqueezed,
+                                               PolicyKind::kBroker,       PolicyKind::kOracle};
+  return kAll;
+}
+
+const char* PolicyName(PolicyKind kind) {
+  switch (kind) {
+    case PolicyKind::kNoBallooning: return "none";
+    case PolicyKind::kProxmox: return "proxmox";
+    case PolicyKind::kMom: return "mom";
+    case PolicyKind::kSqueezed: return "squeezed";
+    case PolicyKind::kBroker: return "broker";
+    case PolicyKind::kOracle: return "oracle";
+  }
+  return "unknown";
+}
+
+PolicyTraits TraitsOf(PolicyKind kind, absl::Duration interval) {
+  switch (kind) {
+    case PolicyKind::kNoBallooning:
+      return {absl::Hours(24 * 365), false, false};
+    case PolicyKind::kProxmox:
+      // pvestatd.pm: the status loop (and auto-ballooning) runs every 10 s.
+      return {absl::Seconds(10), false, false};
+    case PolicyKind::kMom:
+      // oVirt runs MoM's policy every 15 s (upstream default 10 s).
+      return {absl::Seconds(15), false, false};
+    case PolicyKind::kSqueezed:
+      // squeezed polls every 10 s; squeeze.ml frees memory before it grows.
+      return {absl::Seconds(10), false, true};
+    case PolicyKind::kBroker:
+      // Agents report every interval and at once on pressure; the agent's
+      // actuator applies shrinks before growth on the same host.
+      return {interval, true, true};
+    case PolicyKind::kOracle:
+      return {interval, false, true};
+  }
+  return {interval, false, false};
+}
+
+std::unique_ptr<HostController> MakeController(PolicyKind kind, const RunOptions& options,
+                                               const Scenario& scenario) {
+  switch (kind) {
+    case PolicyKind::kNoBallooning: return MakeNoBallooningController();
+    case PolicyKind::kProxmox: return MakeProxmoxController();
+    case PolicyKind::kMom: return MakeMomController();
+    case PolicyKind::kSqueezed: return MakeSqueezedController();
+    case PolicyKind::kBroker: {
+      policy::PolicyParams p = options.broker_params;
+      policy::DemandParams d = options.demand_params;
+      ApplyClusterPolicy(scenario.cluster_policy(), p, d);
+      return std::make_unique<BrokerController>(p, d);
+    }
+    case PolicyKind::kOracle:
+      return MakeOracleController(IntervalOf(scenario),
+                                  scenario.balloon_rate_bytes_per_second() == 0
+                                      ? kDefaultBalloonRateBytesPerSecond
+                                      : scenario.balloon_rate_bytes_per_second());
+  }
+  return MakeNoBallooningController();
+}
+
+absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind kind,
+                                           const RunOptions& options) {
+  RETURN_IF_ERROR(ValidateScenario(scenario));
+  policy::PolicyParams params = options.broker_params;
+  policy::DemandParams demand = options.demand_params;
+  ApplyClusterPolicy(scenario.cluster_policy(), params, demand);
+  const PolicyTraits traits = TraitsOf(kind, IntervalOf(scenario));
+  const double period = absl::ToDoubleSeconds(traits.period);
+
+  std::vector<HostRun> hosts;
+  hosts.reserve(scenario.hosts_size());
+  for (int h = 0; h < scenario.hosts_size(); ++h) {
+    HostRun run;
+    ASSIGN_OR_RETURN(run.sim, SimHost::Create(HostSimConfig(scenario, h)));
+    run.controller = MakeController(kind, options, scenario);
+    run.capacity = scenario.hosts(h).capacity_bytes();
+    for (const auto& vm : scenario.hosts(h).vms()) {
+      VmTrack t;
+      t.min_bytes = std::min(vm.policy().has_min_bytes() ? vm.policy().min_bytes()
+                                                         : params.default_min_bytes,
+                             vm.vm().max_bytes());
+      t.weight = vm.policy().has_weight() ? vm.policy().weight() : params.default_weight;
+      run.vms.push_back(t);
+    }
+    hosts.push_back(std::move(run));
+  }
+
+  const absl::Duration duration =
+      options.duration > absl::ZeroDuration() ? options.duration : FromProto(scenario.duration());
+  const int64_t ticks =
+      static_cast<int64_t>(std::ceil(absl::ToDoubleSeconds(duration) / kTickSeconds));
+  QualityFigures fig;
+  double reclaimed_byte_seconds = 0;
+  double overflow_byte_seconds = 0;
+  double reaction_sum = 0;
+  uint64_t reactions = 0;
+  double vm_seconds = 0;
+
+  for (int64_t k = 1; k <= ticks; ++k) {
+    const double now = static_cast<double>(k) * kTickSeconds;
+    for (HostRun& host : hosts) {
+      host.sim->Advance(absl::Seconds(kTickSeconds));
+      const std::vector<SimVmState>& vms = host.sim->vms();
+
+      // Figures from the truth.
+      double resident = 0;
+      bool pressure = false;
+      for (size_t i = 0; i < vms.size(); ++i) {
+        const SimVmState& s = vms[i];
+        VmTrack& t = host.vms[i];
+        if (!s.running) continue;
+        vm_seconds += kTickSeconds;
+        reclaimed_byte_seconds += static_cast<double>(s.max_bytes - s.actual_bytes) * kTickSeconds;
+        resident += static_cast<double>(s.resident_bytes);
+        if (t.episode_start < 0 && s.deficit_bytes > kEpisodeStartBytes) {
+          t.episode_start = now;
+        } else if (t.episode_start >= 0 && s.deficit_bytes < kEpisodeEndBytes) {
+          const double r = now - t.episode_start;
+          reaction_sum += r;
+          ++reactions;
+          fig.reaction_seconds_max = std::max(fig.reaction_seconds_max, r);
+          t.episode_start = -1;
+        }
+        if (s.swap_in_bytes_total > t.last_swap_in + kPressureSwapInBytes) pressure = true;
+      }
+      const double overflow = resident - static_cast<double>(host.capacity);
+      if (overflow > 0) overflow_byte_seconds += overflow * kTickSeconds;
+
+      // Decide.
+      const bool due = now + 1e-9 >= host.next_decision;
+      if (due || (traits.early_on_pressure && pressure)) {
+        HostView view;
+        view.now_seconds = now;
+        view.capacity_bytes = host.capacity;
+        view.early = !due;
+        view.truth = kind == PolicyKind::kOracle ? host.sim.get() : nullptr;
+        for (size_t i = 0; i < vms.size(); ++i) {
+          const SimVmState& s = vms[i];
+          if (!s.running) continue;
+          VmView v;
+          v.index = i;
+          v.vm_id = s.vm_id;
+          v.max_bytes = s.max_bytes;
+          v.min_bytes = host.vms[i].min_bytes;
+          v.weight = host.vms[i].weight;
+          v.balloon_driver = s.balloon_driver;
+          v.actual_bytes = s.actual_bytes;
+          v.target_bytes = s.target_bytes;
+          v.total_bytes = s.total_bytes;
+          v.available_bytes = s.available_bytes;
+          v.free_bytes = s.free_bytes;
+          v.disk_caches_bytes = s.disk_caches_bytes;
+          v.swap_in_bytes_total = s.swap_in_bytes_total;
+          v.major_faults_total = s.major_faults_total;
+          view.vms.push_back(std::move(v));
+          host.vms[i].last_swap_in = s.swap_in_bytes_total;
+        }
+        const std::vector<uint64_t> targets = host.controller->Decide(view);
+        for (size_t j = 0; j < view.vms.size() && j < targets.size(); ++j) {
+          if (targets[j] == 0) continue;
+          VmTrack& t = host.vms[view.vms[j].index];
+          const uint64_t target = std::min(targets[j], view.vms[j].max_bytes);
+          if (target < t.min_bytes) ++fig.floor_violations;
+          const uint64_t before = t.want != 0 ? t.want : view.vms[j].target_bytes;
+          const int direction = target > before ? 1 : target < before ? -1 : 0;
+          if (direction != 0) {
+            if (t.last_direction != 0 && direction != t.last_direction) ++t.reversals;
+            t.last_direction = direction;
+          }
+          t.want = target;
+        }
+        if (due) {
+          while (host.next_decision <= now + 1e-9) host.next_decision += period;
+        }
+      }
+
+      // Apply: shrinks at once; growth at once or into freed memory only.
+      double committed = 0;
+      for (const SimVmState& s : vms) {
+        if (s.running) {
+          committed += static_cast<double>(
+              s.balloon_driver ? std::max(s.actual_bytes, s.target_bytes) : s.actual_bytes);
+        }
+      }
+      double room = static_cast<double>(host.capacity) - committed;
+      for (size_t i = 0; i < vms.size(); ++i) {
+        const SimVmState& s = vms[i];
+        const uint64_t want = host.vms[i].want;
+        if (!s.running || want == 0 || want == s.target_bytes) continue;
+        if (want < s.target_bytes) {
+          (void)host.sim->SetTarget(s.vm_id, want);
+          continue;
+        }
+        if (!traits.free_then_grow) {
+          (void)host.sim->SetTarget(s.vm_id, want);
+          continue;
+        }
+        const uint64_t held = std::max(s.actual_bytes, s.target_bytes);
+        if (want <= held) {
+          (void)host.sim->SetTarget(s.vm_id, want);
+          continue;
+        }
+        const double extra = static_cast<double>(want - held);
+        if (extra <= room) {
+          (void)host.sim->SetTarget(s.vm_id, want);
+          room -= extra;
+        } else if (room >= static_cast<double>(kMiB)) {
+          (void)host.sim->SetTarget(s.vm_id, held + static_cast<uint64_t>(room));
+          room = 0;
+        }
+      }
+    }
+  }
+
+  double stall = 0;
+  uint64_t reversals = 0;
+  for (HostRun& host : hosts) {
+    for (size_t i = 0; i < host.sim->vms().size(); ++i) {
+      const SimVmState& s = host.sim->vms()[i];
+      stall += s.stall_byte_seconds;
+      fig.oom_kills += s.oom_kills_total;
+      reversals += host.vms[i].reversals;
+      if (host.vms[i].episode_start >= 0) {
+        // Still short at the end: count the episode so far.
+        const double r = static_cast<double>(ticks) * kTickSeconds - host.vms[i].episode_start;
+        reaction_sum += r;
+        ++reactions;
+        fig.reaction_seconds_max = std::max(fig.reaction_seconds_max, r);
+      }
+    }
+  }
+  const double total_seconds = static_cast<double>(ticks) * kTickSeconds;
+  fig.host_overflow_gib_seconds = overflow_byte_seconds / kGiB;
+  fig.stall_gib_seconds = (stall + overflow_byte_seconds) / kGiB;
+  fig.reclaimed_gib = total_seconds > 0 ? reclaimed_byte_seconds / total_seconds / kGiB : 0;
+  fig.surges = reactions;
+  fig.reaction_seconds_mean = reactions > 0 ? reaction_sum / static_cast<double>(reactions) : 0;
+  fig.vm_hours = vm_seconds / 3600.0;
+  fig.reversals_per_vm_hour = fig.vm_hours > 0 ? static_cast<double>(reversals) / fig.vm_hours : 0;
+  return fig;
+}
+
+}  // namespace membroker::sim

@@ -1,0 +1,30 @@
+#pragma once
+// Loading and checking decision-quality scenarios (membroker.v1.Scenario).
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "membroker/v1/config.pb.h"
+#include "membroker/v1/scenario.pb.h"
+
+namespace membroker::sim {
+
+// Reads a scenario file, expands its includes (hosts of other scenario files,
+// copied with "-cN" name suffixes; nested at most 4 deep) and validates the
+// result. NOT_FOUND for a missing file, INVALID_ARGUMENT naming the file and
+// field for anything malformed.
+absl::StatusOr<membroker::v1::Scenario> LoadScenario(const std::string& path);
+
+// Checks an expanded scenario (includes already resolved or absent).
+// INVALID_ARGUMENT naming the field: empty name, non-positive duration, no
+// hosts, duplicate host or VM names, a min above the VM's max, a weight
+// outside 1..10000, or any SimVm error.
+absl::Status ValidateScenario(const membroker::v1::Scenario& scenario);
+
+// The SimConfig of host `index` of an expanded scenario: the host's VMs, its
+// capacity as host memory, and a seed derived from the scenario's seed and
+// the index.
+membroker::v1::SimConfig HostSimConfig(const membroker::v1::Scenario& scenario, int index);
+
+}  // namespace membroker::sim
