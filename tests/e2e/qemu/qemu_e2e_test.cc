@@ -1,0 +1,343 @@
+// End to end with real QEMU guests under TCG.
+//
+// Needs (installed by the set-up script, never at test time):
+// qemu-system-x86, busybox-static, and the guest kernel and virtio modules
+// that scripts/fetch-guest-kernel.sh puts in $MB_GUEST_KERNEL_DIR (default:
+// guest-kernel/ under the build dir). Outside CI a missing piece skips with
+// the reason; with CI=true it fails.
+//
+// 1. QmpBackendDrivesRealBalloons: two guests; the QMP backend lists them,
+//    inflates one balloon (query-balloon actual drops, seen also on the
+//    test's own QMP socket), sets the stats period, receives guest stats,
+//    and deflates again.
+// 2. BrokerGivesMemoryBackBeforeOom: the real membroker and membroker-agent
+//    (--backend=qmp) with a host budget below the guests' total: the idle
+//    guest's balloon inflates, and when the other guest's working set grows
+//    the broker gives it memory back before it runs out (no OOM in its
+//    console).
+
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/clock.h"
+#include "gtest/gtest.h"
+#include "node-agent/hypervisor/qmp_client.h"
+#include "node-agent/hypervisor/qmp_hypervisor.h"
+#include "tests/e2e/qemu/qemu_guest.h"
+
+namespace membroker::e2e {
+namespace {
+
+using agent::QmpClient;
+using agent::QmpHypervisor;
+using agent::QmpHypervisorOptions;
+using agent::VmStatus;
+
+constexpr uint64_t kMiB = 1ULL << 20;
+
+bool InCi() {
+  const char* ci = std::getenv("CI");
+  return ci != nullptr && std::string(ci) == "true";
+}
+
+std::string Env(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : fallback;
+}
+
+bool OnPath(const std::string& program) {
+  std::string path = Env("PATH", "/usr/bin:/bin");
+  size_t start = 0;
+  for (int i = 0; i < 1000 && start <= path.size(); ++i) {
+    size_t end = path.find(':', start);
+    if (end == std::string::npos) end = path.size();
+    if (access(absl::StrCat(path.substr(start, end - start), "/", program).c_str(), X_OK) == 0) {
+      return true;
+    }
+    start = end + 1;
+  }
+  return false;
+}
+
+// Skips (outside CI) or fails (in CI) the test when a prerequisite is
+// missing.
+#define MB_REQUIRE(cond, what)                                                 \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      if (InCi()) FAIL() << "missing in CI: " << (what);                       \
+      GTEST_SKIP() << "skipped: " << (what) << " (set CI=true to make it fail)"; \
+    }                                                                          \
+  } while (0)
+
+// A free loopback TCP port (bound and released; the daemons need a number).
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = -1;
+  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  if (fd >= 0) ::close(fd);
+  return port;
+}
+
+// query-balloon actual through a QMP socket of the test's own (0 on error).
+uint64_t WatchActual(QmpClient& client, const std::string& socket) {
+  if (!client.connected() && !client.Connect(socket).ok()) return 0;
+  auto reply = client.Execute("query-balloon");
+  if (!reply.ok() || reply->kind_case() != google::protobuf::Value::kStructValue) return 0;
+  auto it = reply->struct_value().fields().find("actual");
+  if (it == reply->struct_value().fields().end()) return 0;
+  return static_cast<uint64_t>(it->second.number_value());
+}
+
+class QemuE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    kernel_dir_ = Env("MB_GUEST_KERNEL_DIR", MB_DEFAULT_GUEST_KERNEL_DIR);
+    busybox_ = Env("MB_BUSYBOX", "/bin/busybox");
+    char tmpl[] = "/tmp/mb-qemu-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    guests_.clear();
+    if (HasFailure()) {
+      std::printf("kept the test's files for inspection in %s\n", dir_.c_str());
+    } else {
+      std::string cmd = absl::StrCat("rm -rf '", dir_, "'");
+      if (std::system(cmd.c_str()) != 0) std::printf("could not remove %s\n", dir_.c_str());
+    }
+  }
+
+  // Checks the prerequisites and builds the initramfs; sets prepared_ or
+  // fails or skips the test when something is missing.
+  void Prepare() {
+    MB_REQUIRE(OnPath("qemu-system-x86_64"), "qemu-system-x86_64 (apt: qemu-system-x86)");
+    MB_REQUIRE(FileExists(busybox_), "busybox at " + busybox_ + " (apt: busybox-static)");
+    MB_REQUIRE(FileExists(kernel_dir_ + "/vmlinuz"),
+               "guest kernel in " + kernel_dir_ + " (run scripts/fetch-guest-kernel.sh " +
+                   kernel_dir_ + ")");
+    absl::Status built =
+        BuildInitramfs(kernel_dir_, busybox_, MB_MEMLOAD_PATH, dir_ + "/initrd.cpio");
+    ASSERT_TRUE(built.ok()) << built;
+    prepared_ = true;
+  }
+
+  QemuGuest* Boot(const std::string& name, const std::string& uuid, const std::string& append) {
+    guests_.push_back(std::make_unique<QemuGuest>(dir_, name, uuid));
+    QemuGuest* g = guests_.back().get();
+    absl::Status st = g->Start(kernel_dir_ + "/vmlinuz", dir_ + "/initrd.cpio", append);
+    EXPECT_TRUE(st.ok()) << st;
+    return g;
+  }
+
+  void WaitReady(QemuGuest* g) {
+    ASSERT_TRUE(g->WaitForConsole("MB-READY", absl::Minutes(3)))
+        << g->name() << " did not boot; console:\n"
+        << g->Console() << "\nqemu:\n"
+        << g->QemuLog();
+    EXPECT_EQ(g->Console().find("MB-INSMOD-FAILED"), std::string::npos) << g->Console();
+    // The QMP sockets exist once QEMU runs.
+    EXPECT_TRUE(FileExists(g->agent_socket()));
+  }
+
+  std::string kernel_dir_;
+  std::string busybox_;
+  std::string dir_;
+  bool prepared_ = false;
+  std::vector<std::unique_ptr<QemuGuest>> guests_;
+};
+
+TEST_F(QemuE2eTest, QmpBackendDrivesRealBalloons) {
+  Prepare();
+  if (!prepared_) return;
+  QemuGuest* a = Boot("mb-a", "a0000000-0000-4000-8000-000000000001", "mb_role=idle");
+  QemuGuest* b = Boot("mb-b", "b0000000-0000-4000-8000-000000000002", "mb_role=idle");
+  WaitReady(a);
+  WaitReady(b);
+  if (HasFatalFailure()) return;
+
+  QmpHypervisorOptions options;
+  options.sockets_or_globs = {a->agent_socket(), b->agent_socket()};
+  auto hv = QmpHypervisor::Create(options, RealClock::Get());
+  ASSERT_TRUE(hv.ok()) << hv.status();
+  QmpHypervisor& qmp = **hv;
+
+  // Both VMs, with the identity QEMU was started with.
+  std::vector<VmStatus> vms;
+  absl::Time deadline = absl::Now() + absl::Seconds(60);
+  for (int i = 0; i < 600 && absl::Now() < deadline; ++i) {
+    auto listed = qmp.ListVms();
+    ASSERT_TRUE(listed.ok()) << listed.status();
+    vms = *listed;
+    if (vms.size() == 2) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ(vms.size(), 2u);
+  const VmStatus* va = vms[0].name == "mb-a" ? &vms[0] : &vms[1];
+  const VmStatus* vb = vms[0].name == "mb-a" ? &vms[1] : &vms[0];
+  EXPECT_EQ(va->name, "mb-a");
+  EXPECT_EQ(va->vm_id, a->uuid());
+  EXPECT_EQ(vb->vm_id, b->uuid());
+  EXPECT_EQ(va->max_bytes, 512 * kMiB);
+  EXPECT_EQ(va->actual_bytes, 512 * kMiB);
+  const std::string id_a = va->vm_id;
+  const std::string id_b = vb->vm_id;
+
+  ASSERT_TRUE(qmp.SetStatsPeriod(id_a, absl::Seconds(1)).ok());
+  ASSERT_TRUE(qmp.SetStatsPeriod(id_b, absl::Seconds(1)).ok());
+
+  // Inflate a's balloon: the guest gives 256 MiB back.
+  ASSERT_TRUE(qmp.SetBalloonTarget(id_a, 256 * kMiB).ok());
+  uint64_t actual_a = 0;
+  uint64_t actual_b = 0;
+  deadline = absl::Now() + absl::Seconds(90);
+  for (int i = 0; i < 900 && absl::Now() < deadline; ++i) {
+    auto listed = qmp.ListVms();
+    ASSERT_TRUE(listed.ok());
+    for (const VmStatus& vm : *listed) {
+      if (vm.vm_id == id_a) actual_a = vm.actual_bytes;
+      if (vm.vm_id == id_b) actual_b = vm.actual_bytes;
+    }
+    if (actual_a <= 256 * kMiB) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(actual_a, 256 * kMiB);
+  EXPECT_EQ(actual_b, 512 * kMiB);
+  // The test's own monitor sees the same.
+  QmpClient watch(RealClock::Get());
+  EXPECT_EQ(WatchActual(watch, a->watch_socket()), 256 * kMiB);
+
+  // Guest statistics arrive (the driver polls every second now).
+  agent::GuestMemoryStats stats;
+  deadline = absl::Now() + absl::Seconds(60);
+  for (int i = 0; i < 600 && absl::Now() < deadline; ++i) {
+    auto listed = qmp.ListVms();
+    ASSERT_TRUE(listed.ok());
+    for (const VmStatus& vm : *listed) {
+      if (vm.vm_id == id_a) stats = vm.stats;
+    }
+    // The first statistics may predate the inflation: wait for fresh ones.
+    if (stats.last_update.has_value() && stats.total_bytes.has_value() &&
+        *stats.total_bytes <= 256 * kMiB) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  ASSERT_TRUE(stats.last_update.has_value());
+  ASSERT_TRUE(stats.total_bytes.has_value());
+  ASSERT_TRUE(stats.available_bytes.has_value());
+  // The guest sees its memory minus the balloon.
+  EXPECT_LE(*stats.total_bytes, 256 * kMiB);
+  EXPECT_GT(*stats.total_bytes, 128 * kMiB);
+  EXPECT_LE(*stats.available_bytes, *stats.total_bytes);
+  EXPECT_LT(absl::Now() - *stats.last_update, absl::Minutes(5));
+
+  // Deflate again.
+  ASSERT_TRUE(qmp.SetBalloonTarget(id_a, 512 * kMiB).ok());
+  deadline = absl::Now() + absl::Seconds(90);
+  for (int i = 0; i < 900 && absl::Now() < deadline; ++i) {
+    if (WatchActual(watch, a->watch_socket()) == 512 * kMiB) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(WatchActual(watch, a->watch_socket()), 512 * kMiB);
+  EXPECT_EQ(a->Console().find("Out of memory"), std::string::npos) << a->Console();
+}
+
+TEST_F(QemuE2eTest, BrokerGivesMemoryBackBeforeOom) {
+  const std::string broker_bin = MB_BROKER_PATH;
+  const std::string agent_bin = MB_AGENT_PATH;
+  MB_REQUIRE(!broker_bin.empty() && FileExists(broker_bin), "the membroker binary");
+  MB_REQUIRE(!agent_bin.empty() && FileExists(agent_bin), "the membroker-agent binary");
+  Prepare();
+  if (!prepared_) return;
+
+  // The load guest holds 48 MiB for 40 s, then grows by 16 MiB every 2 s
+  // to 352 MiB, touching all of it all the time.
+  QemuGuest* idle = Boot("mb-idle", "c0000000-0000-4000-8000-000000000001", "mb_role=idle");
+  QemuGuest* load = Boot("mb-load", "d0000000-0000-4000-8000-000000000002",
+                         "mb_role=load mb_load=48,16,2,352,40");
+  WaitReady(idle);
+  WaitReady(load);
+  if (HasFatalFailure()) return;
+
+  const int port = FreePort();
+  const int metrics_port = FreePort();
+  ASSERT_GT(port, 0);
+  ASSERT_GT(metrics_port, 0);
+  ASSERT_EQ(::mkdir((dir_ + "/state").c_str(), 0755), 0);
+  Process broker;
+  ASSERT_TRUE(broker
+                  .Start({broker_bin, absl::StrCat("--listen=127.0.0.1:", port),
+                          absl::StrCat("--metrics-listen=127.0.0.1:", metrics_port),
+                          "--state-dir=" + dir_ + "/state", "--insecure"},
+                         dir_ + "/broker.log")
+                  .ok());
+  // The guests' total is 1 GiB; the host allows 640 MiB.
+  Process agent_process;
+  ASSERT_TRUE(agent_process
+                  .Start({agent_bin, absl::StrCat("--broker=127.0.0.1:", port), "--host-id=h1",
+                          "--backend=qmp",
+                          "--qmp-socket=" + idle->agent_socket() + "," + load->agent_socket(),
+                          absl::StrCat("--host-capacity-bytes=", 640 * kMiB),
+                          "--metrics-listen=127.0.0.1:0", "--insecure"},
+                         dir_ + "/agent.log")
+                  .ok());
+
+  QmpClient watch_idle(RealClock::Get());
+  QmpClient watch_load(RealClock::Get());
+  uint64_t idle_min = 512 * kMiB;
+  uint64_t load_min = 512 * kMiB;
+  bool reached = false;
+  // Bounded: the load reaches its maximum ~80 s after boot; allow 4 min.
+  absl::Time deadline = absl::Now() + absl::Minutes(4);
+  for (int i = 0; i < 2400 && absl::Now() < deadline; ++i) {
+    uint64_t ai = WatchActual(watch_idle, idle->watch_socket());
+    uint64_t al = WatchActual(watch_load, load->watch_socket());
+    if (ai > 0) idle_min = std::min(idle_min, ai);
+    if (al > 0) load_min = std::min(load_min, al);
+    std::string console = load->Console();
+    if (console.find("Out of memory") != std::string::npos) break;
+    if (console.find("memload: reached") != std::string::npos) {
+      reached = true;
+      break;
+    }
+    if (!broker.Running() || !agent_process.Running()) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  const std::string logs = absl::StrCat("\n--- broker log:\n", broker.Log(),
+                                        "\n--- agent log:\n", agent_process.Log(),
+                                        "\n--- load console:\n", load->Console());
+  EXPECT_TRUE(broker.Running()) << logs;
+  EXPECT_TRUE(agent_process.Running()) << logs;
+  // The idle guest gave memory back.
+  EXPECT_LT(idle_min, 480 * kMiB) << logs;
+  // The load guest got its working set without running out.
+  EXPECT_TRUE(reached) << logs;
+  EXPECT_EQ(load->Console().find("Out of memory"), std::string::npos) << logs;
+  EXPECT_EQ(load->Console().find("MB-MEMLOAD-EXITED"), std::string::npos) << logs;
+  uint64_t final_load = WatchActual(watch_load, load->watch_socket());
+  EXPECT_GE(final_load, 352 * kMiB) << logs;
+  std::printf("idle guest balloon low: %llu MiB; load guest low: %llu MiB, final: %llu MiB\n",
+              static_cast<unsigned long long>(idle_min / kMiB),
+              static_cast<unsigned long long>(load_min / kMiB),
+              static_cast<unsigned long long>(final_load / kMiB));
+}
+
+}  // namespace
+}  // namespace membroker::e2e

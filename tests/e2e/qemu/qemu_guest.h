@@ -1,0 +1,252 @@
+#pragma once
+// Helpers of the QEMU end-to-end test: a child process with a log file, an
+// initramfs writer (newc cpio, no external tool), and a QEMU guest booted
+// under TCG with a virtio balloon and two QMP sockets (one for the agent,
+// one for the test to watch).
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+extern char** environ;
+
+namespace membroker::e2e {
+
+// Reads a whole file ("" when it cannot be read).
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline bool FileExists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// A child process whose stdout and stderr go to a log file. Stopped (TERM,
+// then KILL after a bounded wait) when destroyed.
+class Process {
+ public:
+  Process() = default;
+  ~Process() { Stop(); }
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  // Starts `argv` (argv[0] is looked up in PATH) with output to `log_path`.
+  absl::Status Start(const std::vector<std::string>& argv, const std::string& log_path) {
+    log_path_ = log_path;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    int rc = posix_spawnp(&pid_, args[0], &actions, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) {
+      pid_ = -1;
+      return absl::InternalError(absl::StrCat("cannot start ", argv[0], ": ", strerror(rc)));
+    }
+    return absl::OkStatus();
+  }
+
+  // True while the child has not exited.
+  bool Running() {
+    if (pid_ <= 0) return false;
+    int status = 0;
+    pid_t r = ::waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      pid_ = -1;
+      return false;
+    }
+    return true;
+  }
+
+  void Stop() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGTERM);
+    for (int i = 0; i < 100; ++i) {  // up to 5 s
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return;
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+  std::string Log() const { return ReadFile(log_path_); }
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  std::string log_path_;
+};
+
+// Writes a newc ("070701") cpio archive, the format of a Linux initramfs.
+class CpioWriter {
+ public:
+  void Directory(const std::string& name) { Entry(name, 040755, "", 0, 0); }
+  void File(const std::string& name, const std::string& data, uint32_t mode = 0644) {
+    Entry(name, 0100000 | mode, data, 0, 0);
+  }
+  void Symlink(const std::string& name, const std::string& target) {
+    Entry(name, 0120777, target, 0, 0);
+  }
+  void CharDevice(const std::string& name, uint32_t major, uint32_t minor) {
+    Entry(name, 020600, "", major, minor);
+  }
+  // The archive with its trailer.
+  std::string Finish() {
+    Entry("TRAILER!!!", 0, "", 0, 0);
+    return out_;
+  }
+
+ private:
+  void Pad() {
+    while (out_.size() % 4 != 0) out_.push_back('\0');
+  }
+  void Entry(const std::string& name, uint32_t mode, const std::string& data, uint32_t rmaj,
+             uint32_t rmin) {
+    absl::StrAppend(&out_, absl::StrFormat(
+                               "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+                               ++ino_, mode, 0, 0, 1, 0, data.size(), 0, 0, rmaj, rmin,
+                               name.size() + 1, 0));
+    out_ += name;
+    out_.push_back('\0');
+    Pad();
+    out_ += data;
+    Pad();
+  }
+  std::string out_;
+  uint32_t ino_ = 0;
+};
+
+// The guest's /init: loads the balloon driver stack, says MB-READY, then
+// runs the role given on the kernel command line (mb_role=idle|load,
+// mb_load=START,STEP,SECONDS,MAX,HOLD for memload).
+inline constexpr char kGuestInit[] = R"(#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon; do
+  insmod /lib/modules/$m.ko || echo "MB-INSMOD-FAILED $m"
+done
+echo "MB-READY role=$mb_role"
+if [ "$mb_role" = load ]; then
+  set -- $(echo "$mb_load" | tr , ' ')
+  /memload "$@"
+  echo "MB-MEMLOAD-EXITED $?"
+fi
+while true; do sleep 3600; done
+)";
+
+// Builds the initramfs of the test guests.
+inline absl::Status BuildInitramfs(const std::string& kernel_dir, const std::string& busybox,
+                                   const std::string& memload, const std::string& out_path) {
+  static const char* kModules[] = {"virtio_ring",           "virtio",     "virtio_pci_modern_dev",
+                                   "virtio_pci_legacy_dev", "virtio_pci", "virtio_balloon"};
+  CpioWriter cpio;
+  for (const char* d : {"bin", "dev", "proc", "sys", "lib", "lib/modules", "tmp"}) {
+    cpio.Directory(d);
+  }
+  cpio.CharDevice("dev/console", 5, 1);
+  cpio.CharDevice("dev/null", 1, 3);
+  std::string bb = ReadFile(busybox);
+  if (bb.empty()) return absl::NotFoundError(absl::StrCat("busybox not readable at ", busybox));
+  cpio.File("bin/busybox", bb, 0755);
+  cpio.Symlink("bin/sh", "busybox");
+  std::string load = ReadFile(memload);
+  if (load.empty()) return absl::NotFoundError(absl::StrCat("memload not readable at ", memload));
+  cpio.File("memload", load, 0755);
+  for (const char* m : kModules) {
+    std::string ko = ReadFile(absl::StrCat(kernel_dir, "/", m, ".ko"));
+    if (ko.empty()) {
+      return absl::NotFoundError(absl::StrCat("module ", m, ".ko missing in ", kernel_dir));
+    }
+    cpio.File(absl::StrCat("lib/modules/", m, ".ko"), ko);
+  }
+  cpio.File("init", kGuestInit, 0755);
+  std::ofstream(out_path, std::ios::binary) << cpio.Finish();
+  if (!FileExists(out_path)) return absl::InternalError("cannot write the initramfs");
+  return absl::OkStatus();
+}
+
+// One QEMU guest under TCG with a virtio balloon and two QMP sockets.
+class QemuGuest {
+ public:
+  QemuGuest(std::string dir, std::string name, std::string uuid)
+      : dir_(std::move(dir)), name_(std::move(name)), uuid_(std::move(uuid)) {}
+
+  // Boots the guest; `append` is added to the kernel command line.
+  absl::Status Start(const std::string& kernel, const std::string& initrd,
+                     const std::string& append, int memory_mib = 512) {
+    std::vector<std::string> argv = {
+        "qemu-system-x86_64", "-accel", "tcg", "-m", absl::StrCat(memory_mib), "-smp", "1",
+        "-nodefaults", "-display", "none", "-no-reboot",
+        "-name", name_, "-uuid", uuid_,
+        "-kernel", kernel, "-initrd", initrd,
+        "-append", absl::StrCat("console=ttyS0 panic=-1 loglevel=4 ", append),
+        "-serial", absl::StrCat("file:", console_path()),
+        "-device", "virtio-balloon-pci,id=balloon0",
+        "-qmp", absl::StrCat("unix:", agent_socket(), ",server=on,wait=off"),
+        "-qmp", absl::StrCat("unix:", watch_socket(), ",server=on,wait=off")};
+    return process_.Start(argv, absl::StrCat(dir_, "/", name_, ".qemu.log"));
+  }
+
+  // Waits until the console shows `text`; false at the deadline or if QEMU
+  // exited. Polls every 100 ms.
+  bool WaitForConsole(const std::string& text, absl::Duration timeout) {
+    absl::Time deadline = absl::Now() + timeout;
+    for (int i = 0; i < 100000 && absl::Now() < deadline; ++i) {
+      if (Console().find(text) != std::string::npos) return true;
+      if (!process_.Running()) return false;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return Console().find(text) != std::string::npos;
+  }
+
+  std::string Console() const { return ReadFile(console_path()); }
+  std::string QemuLog() const { return process_.Log(); }
+  std::string agent_socket() const { return absl::StrCat(dir_, "/", name_, ".agent.sock"); }
+  std::string watch_socket() const { return absl::StrCat(dir_, "/", name_, ".watch.sock"); }
+  std::string console_path() const { return absl::StrCat(dir_, "/", name_, ".console.log"); }
+  const std::string& name() const { return name_; }
+  const std::string& uuid() const { return uuid_; }
+  bool Running() { return process_.Running(); }
+  void Stop() { process_.Stop(); }
+
+ private:
+  std::string dir_;
+  std::string name_;
+  std::string uuid_;
+  Process process_;
+};
+
+}  // namespace membroker::e2e
