@@ -43,6 +43,7 @@ class BrokerController : public HostController {
       obs.available_bytes = vm.available_bytes;
       obs.swap_in_bytes_total = vm.swap_in_bytes_total;
       obs.major_faults_total = vm.major_faults_total;
+      obs.swap_out_bytes_total = vm.swap_out_bytes_total;
       obs.actual_bytes = vm.actual_bytes;
       obs.max_bytes = vm.max_bytes;
       obs.elapsed_seconds = s.last_seconds < 0 ? 0 : view.now_seconds - s.last_seconds;
@@ -110,6 +111,7 @@ struct VmTrack {
   int last_direction = 0;
   uint64_t reversals = 0;
   double episode_start = -1;
+  bool responded = false;
   uint64_t last_swap_in = 0;
 };
 
@@ -223,6 +225,8 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
   double overflow_byte_seconds = 0;
   double reaction_sum = 0;
   uint64_t reactions = 0;
+  double response_sum = 0;
+  uint64_t responses = 0;
   double vm_seconds = 0;
 
   for (int64_t k = 1; k <= ticks; ++k) {
@@ -243,11 +247,19 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
         resident += static_cast<double>(s.resident_bytes);
         if (t.episode_start < 0 && s.deficit_bytes > kEpisodeStartBytes) {
           t.episode_start = now;
+          t.responded = false;
         } else if (t.episode_start >= 0 && s.deficit_bytes < kEpisodeEndBytes) {
           const double r = now - t.episode_start;
           reaction_sum += r;
           ++reactions;
           fig.reaction_seconds_max = std::max(fig.reaction_seconds_max, r);
+          if (!t.responded) {
+            // Resolved without a response (e.g. the working set fell back):
+            // the response took the whole episode.
+            response_sum += r;
+            ++responses;
+            fig.response_seconds_max = std::max(fig.response_seconds_max, r);
+          }
           t.episode_start = -1;
         }
         if (s.swap_in_bytes_total > t.last_swap_in + kPressureSwapInBytes) pressure = true;
@@ -281,6 +293,7 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
           v.disk_caches_bytes = s.disk_caches_bytes;
           v.swap_in_bytes_total = s.swap_in_bytes_total;
           v.major_faults_total = s.major_faults_total;
+          v.swap_out_bytes_total = s.swap_out_bytes_total;
           view.vms.push_back(std::move(v));
           host.vms[i].last_swap_in = s.swap_in_bytes_total;
         }
@@ -290,6 +303,13 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
           VmTrack& t = host.vms[view.vms[j].index];
           const uint64_t target = std::min(targets[j], view.vms[j].max_bytes);
           if (target < t.min_bytes) ++fig.floor_violations;
+          if (t.episode_start >= 0 && !t.responded && target > view.vms[j].actual_bytes) {
+            t.responded = true;
+            const double r = now - t.episode_start;
+            response_sum += r;
+            ++responses;
+            fig.response_seconds_max = std::max(fig.response_seconds_max, r);
+          }
           const uint64_t before = t.want != 0 ? t.want : view.vms[j].target_bytes;
           const int direction = target > before ? 1 : target < before ? -1 : 0;
           if (direction != 0) {
@@ -355,6 +375,11 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
         reaction_sum += r;
         ++reactions;
         fig.reaction_seconds_max = std::max(fig.reaction_seconds_max, r);
+        if (!host.vms[i].responded) {
+          response_sum += r;
+          ++responses;
+          fig.response_seconds_max = std::max(fig.response_seconds_max, r);
+        }
       }
     }
   }
@@ -364,6 +389,7 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
   fig.reclaimed_gib = total_seconds > 0 ? reclaimed_byte_seconds / total_seconds / kGiB : 0;
   fig.surges = reactions;
   fig.reaction_seconds_mean = reactions > 0 ? reaction_sum / static_cast<double>(reactions) : 0;
+  fig.response_seconds_mean = responses > 0 ? response_sum / static_cast<double>(responses) : 0;
   fig.vm_hours = vm_seconds / 3600.0;
   fig.reversals_per_vm_hour = fig.vm_hours > 0 ? static_cast<double>(reversals) / fig.vm_hours : 0;
   return fig;

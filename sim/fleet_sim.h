@@ -66,6 +66,7 @@ struct VmView {
   uint64_t disk_caches_bytes = 0;
   uint64_t swap_in_bytes_total = 0;
   uint64_t major_faults_total = 0;
+  uint64_t swap_out_bytes_total = 0;
 };
 
 // One host's report to its controller.
@@ -118,6 +119,10 @@ struct QualityFigures {
   uint64_t surges = 0;
   double reaction_seconds_mean = 0;
   double reaction_seconds_max = 0;
+  // From the start of a deficit episode to the first target set above the
+  // VM's memory (the policy's response, before the balloon moves).
+  double response_seconds_mean = 0;
+  double response_seconds_max = 0;
   // Target direction reversals per VM-hour of running time.
   double reversals_per_vm_hour = 0;
   // Targets set below a VM's floor (policy min), counted per decision.

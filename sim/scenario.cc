@@ -113,7 +113,13 @@ absl::Status ValidateScenario(const Scenario& s) {
     }
     v1::SimConfig config = HostSimConfig(s, i);
     if (absl::Status st = ValidateSimConfig(config); !st.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(f, ".", st.message()));
+      // "vms[j].x" of the SimConfig is "hosts[i].vms[j].vm.x" here.
+      std::string message(st.message());
+      const size_t close = message.find(']');
+      if (message.rfind("vms[", 0) == 0 && close != std::string::npos) {
+        message.insert(close + 1, ".vm");
+      }
+      return absl::InvalidArgumentError(absl::StrCat(f, ".", message));
     }
     for (int j = 0; j < h.vms_size(); ++j) {
       const auto& vm = h.vms(j);

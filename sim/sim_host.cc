@@ -199,8 +199,17 @@ struct SimHost::Impl {
     double need = static_cast<double>(m.kernel) + ws;
     m.swapped = std::min(m.swapped, ws);
     double deficit = std::max(0.0, need - actual);
+    if (deficit > m.swapped) {
+      // Pages go out to swap at the device's speed, while there is swap.
+      const double out =
+          std::min({deficit - m.swapped, static_cast<double>(kSwapOutRateBytesPerSecond) * dt,
+                    std::max(0.0, static_cast<double>(m.config.swap_bytes()) - m.swapped)});
+      m.swap_out += out;
+      m.swapped += out;
+    }
     if (deficit > 0) {
-      if (deficit > static_cast<double>(m.config.swap_bytes())) {
+      if (deficit > static_cast<double>(m.config.swap_bytes()) &&
+          m.swapped >= static_cast<double>(m.config.swap_bytes())) {
         // Out of memory and swap: the kernel kills the workload; it starts
         // again later from its base.
         ++s.oom_kills_total;
@@ -213,10 +222,6 @@ struct SimHost::Impl {
       }
     }
     if (deficit > 0) {
-      if (m.swapped < deficit) {
-        m.swap_out += deficit - m.swapped;
-        m.swapped = deficit;
-      }
       // Thrashing: the working set is touched, pages come in and others go.
       const double in = std::min(deficit, static_cast<double>(kSwapInRateBytesPerSecond)) * dt;
       m.swap_in += in;
@@ -231,6 +236,7 @@ struct SimHost::Impl {
       m.major += in / kPageBytes;
     }
     m.minor += ws / static_cast<double>(uint64_t{1} << 30) * kMinorFaultsPerGiBSecond * dt;
+    // What is neither resident nor swapped waits in direct reclaim.
     const double anon = std::min(actual, need - m.swapped);
     const double room = std::max(0.0, actual - anon);
     if (m.cache > room) {

@@ -9,11 +9,13 @@
 //      `actual` bytes (the balloon moves toward its target at a bounded rate,
 //      never if the guest has no balloon driver);
 //   3. page cache shrinks first when actual < kernel + ws + cache;
-//   4. if actual < kernel + ws, the deficit is swapped out: swap-in and
-//      major-fault counters grow with the deficit, stall accrues
-//      (deficit bytes x seconds);
-//   5. if the deficit exceeds the guest's swap, the guest OOM-kills: the
-//      working set drops back and the OOM counter increments.
+//   4. if actual < kernel + ws, the deficit is swapped out (at most
+//      kSwapOutRateBytesPerSecond; the rest of the deficit waits in direct
+//      reclaim): swap-in and major-fault counters grow with the deficit,
+//      stall accrues (deficit bytes x seconds);
+//   5. if the deficit exceeds the guest's swap once swap is full, the guest
+//      OOM-kills: the working set drops back, the OOM counter increments,
+//      and the workload starts again from its base kOomRestartSeconds later.
 
 #include <cstdint>
 #include <memory>
@@ -33,6 +35,8 @@ inline constexpr uint64_t kDefaultKernelBytes = uint64_t{64} << 20;
 inline constexpr uint64_t kDefaultBalloonRateBytesPerSecond = uint64_t{512} << 20;
 // The fastest a thrashing guest pages in from swap (random 4 KiB reads).
 inline constexpr uint64_t kSwapInRateBytesPerSecond = uint64_t{64} << 20;
+// The fastest a guest pushes pages out to swap.
+inline constexpr uint64_t kSwapOutRateBytesPerSecond = uint64_t{256} << 20;
 // How fast a guest with room fills its page cache.
 inline constexpr uint64_t kCacheFillBytesPerSecond = uint64_t{64} << 20;
 // After an OOM kill the workload is gone this long, then starts again.

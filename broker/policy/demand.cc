@@ -40,8 +40,19 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
                    obs.elapsed_seconds;
     }
   }
+  // Swap occupancy: the balance of swap-out and swap-in since first seen.
+  if (state.initialized && obs.swap_out_bytes_total >= state.last_swap_out_bytes_total &&
+      obs.swap_in_bytes_total >= state.last_swap_in_bytes_total) {
+    state.swapped_estimate_bytes +=
+        static_cast<double>(obs.swap_out_bytes_total - state.last_swap_out_bytes_total) -
+        static_cast<double>(obs.swap_in_bytes_total - state.last_swap_in_bytes_total);
+    state.swapped_estimate_bytes = std::clamp(state.swapped_estimate_bytes, 0.0, std::max(max, 0.0));
+  } else {
+    state.swapped_estimate_bytes = 0;  // first sample or counters reset
+  }
   state.last_swap_in_bytes_total = obs.swap_in_bytes_total;
   state.last_major_faults_total = obs.major_faults_total;
+  state.last_swap_out_bytes_total = obs.swap_out_bytes_total;
   state.swap_in_bytes_per_second = swap_in_rate;
   state.major_faults_per_second = fault_rate;
   state.pressure = swap_in_rate > params.swap_in_noise_bytes_per_second ||
@@ -51,7 +62,8 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
   if (state.pressure) {
     // The guest is short: it needs at least what it has, plus what it had
     // to read back from swap, plus a step.
-    raw = std::max(raw, actual + swapped_in + static_cast<double>(params.pressure_step_bytes));
+    raw = std::max(raw, actual + std::max(swapped_in, state.swapped_estimate_bytes) +
+                            static_cast<double>(params.pressure_step_bytes));
   }
   if (!state.initialized || raw >= state.estimate_bytes) {
     state.estimate_bytes = raw;  // fast up

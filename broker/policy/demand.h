@@ -7,7 +7,11 @@
 //      half-life (default 30 s), so a brief dip does not trigger reclaim.
 //   3. Pressure bumps demand at once: swap-in or major faults since the last
 //      sample mean the guest is short; demand becomes at least
-//      actual + the swapped-in bytes (rate x interval) + a pressure step.
+//      actual + max(the swapped-in bytes (rate x interval), the estimated
+//      swap occupancy) + a pressure step. The swap occupancy is the running
+//      balance of swap-out minus swap-in since the guest was first seen
+//      (never below 0): how much of its memory the guest pushed out, so
+//      one report is enough to ask for the whole deficit.
 //   4. protect = used * (1 + protect margin), never more than max.
 //   5. Untrusted or missing statistics keep the previous estimate (or, for
 //      a VM never seen with valid stats, its current size: no reclaim).
@@ -35,6 +39,7 @@ struct GuestObservation {
   uint64_t available_bytes = 0;
   uint64_t swap_in_bytes_total = 0;
   uint64_t major_faults_total = 0;
+  uint64_t swap_out_bytes_total = 0;  // 0 when the guest does not send it
   uint64_t actual_bytes = 0;
   uint64_t max_bytes = 0;
   double elapsed_seconds = 0;      // since the previous observation
@@ -46,6 +51,9 @@ struct DemandState {
   double estimate_bytes = 0;
   uint64_t last_swap_in_bytes_total = 0;
   uint64_t last_major_faults_total = 0;
+  uint64_t last_swap_out_bytes_total = 0;
+  // Estimated guest memory in swap: swap-out minus swap-in since first seen.
+  double swapped_estimate_bytes = 0;
   // Outputs of the last update.
   uint64_t demand_bytes = 0;
   uint64_t protect_bytes = 0;

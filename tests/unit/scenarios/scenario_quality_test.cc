@@ -1,0 +1,134 @@
+// Holds the line on decision quality: for every scenario the broker's real
+// policy (broker/policy) has no guest OOM kills, never sets a target below a
+// floor, reacts to a surge within one report interval, and stalls guests
+// less than every baseline. Comparisons of simulated figures, never timings.
+
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "sim/fleet_sim.h"
+#include "sim/scenario.h"
+
+namespace membroker::sim {
+namespace {
+
+using membroker::v1::Scenario;
+
+Scenario Load(const std::string& name) {
+  auto s = LoadScenario(std::string(MB_SCENARIOS_DIR) + "/" + name + ".textproto");
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? *s : Scenario();
+}
+
+// The mixed 100-host fleet runs 10 simulated minutes here (the bench runs
+// the hour); every other scenario runs its full duration.
+RunOptions OptionsFor(const std::string& name) {
+  RunOptions o;
+  if (name == "fleet_100") o.duration = absl::Minutes(10);
+  return o;
+}
+
+QualityFigures RunPolicy(const Scenario& s, PolicyKind kind, const RunOptions& o) {
+  auto f = RunScenario(s, kind, o);
+  EXPECT_TRUE(f.ok()) << PolicyName(kind) << ": " << f.status();
+  return f.ok() ? *f : QualityFigures();
+}
+
+class ScenarioQualityTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ScenarioQualityTest, BrokerHasNoOomsAndKeepsFloors) {
+  const std::string name = GetParam();
+  const Scenario s = Load(name);
+  const QualityFigures broker = RunPolicy(s, PolicyKind::kBroker, OptionsFor(name));
+  EXPECT_EQ(broker.oom_kills, 0u);
+  EXPECT_EQ(broker.floor_violations, 0u);
+  EXPECT_GT(broker.vm_hours, 0.0);
+}
+
+TEST_P(ScenarioQualityTest, BrokerRespondsWithinOneReportInterval) {
+  const std::string name = GetParam();
+  const Scenario s = Load(name);
+  const QualityFigures broker = RunPolicy(s, PolicyKind::kBroker, OptionsFor(name));
+  // The report interval of every scenario is 1 s.
+  EXPECT_LE(broker.response_seconds_max, 1.0) << broker.surges << " surges";
+}
+
+TEST_P(ScenarioQualityTest, BrokerStallsLessThanEveryBaseline) {
+  const std::string name = GetParam();
+  const Scenario s = Load(name);
+  const RunOptions o = OptionsFor(name);
+  const QualityFigures broker = RunPolicy(s, PolicyKind::kBroker, o);
+  for (PolicyKind kind : {PolicyKind::kNoBallooning, PolicyKind::kProxmox, PolicyKind::kMom,
+                          PolicyKind::kSqueezed}) {
+    const QualityFigures base = RunPolicy(s, kind, o);
+    // Where a baseline stalls at all the broker must stall strictly less;
+    // where the stall is forced on everyone (floors above capacity) it may
+    // tie, never exceed.
+    EXPECT_LE(broker.stall_gib_seconds, base.stall_gib_seconds * (1 + 1e-9) + 1e-9)
+        << PolicyName(kind);
+    if (base.stall_gib_seconds > 1.0 && name != "overcommitted") {
+      EXPECT_LT(broker.stall_gib_seconds, base.stall_gib_seconds) << PolicyName(kind);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Scenarios, ScenarioQualityTest,
+                         ::testing::Values("idle_fleet", "noisy_neighbour", "boot_storm",
+                                           "diurnal_mix", "slow_leak", "overcommitted",
+                                           "heterogeneous", "no_driver", "fleet_100"));
+
+bool SameFigures(const QualityFigures& a, const QualityFigures& b) {
+  return a.stall_gib_seconds == b.stall_gib_seconds && a.oom_kills == b.oom_kills &&
+         a.reclaimed_gib == b.reclaimed_gib && a.surges == b.surges &&
+         a.reaction_seconds_mean == b.reaction_seconds_mean &&
+         a.response_seconds_mean == b.response_seconds_mean &&
+         a.reversals_per_vm_hour == b.reversals_per_vm_hour &&
+         a.host_overflow_gib_seconds == b.host_overflow_gib_seconds;
+}
+
+TEST(ScenarioReplayTest, SameSeedGivesIdenticalFigures) {
+  const Scenario s = Load("heterogeneous");
+  for (PolicyKind kind : AllPolicies()) {
+    const QualityFigures a = RunPolicy(s, kind, {});
+    const QualityFigures b = RunPolicy(s, kind, {});
+    EXPECT_TRUE(SameFigures(a, b)) << PolicyName(kind);
+  }
+}
+
+TEST(ScenarioReplayTest, AnotherSeedGivesOtherFigures) {
+  Scenario s = Load("heterogeneous");
+  const QualityFigures a = RunPolicy(s, PolicyKind::kBroker, {});
+  s.set_seed(s.seed() + 1);
+  const QualityFigures b = RunPolicy(s, PolicyKind::kBroker, {});
+  EXPECT_FALSE(SameFigures(a, b));
+}
+
+TEST(ScenarioFiguresTest, NoBallooningReclaimsNothingAndNeverResponds) {
+  const Scenario s = Load("noisy_neighbour");
+  const QualityFigures none = RunPolicy(s, PolicyKind::kNoBallooning, {});
+  EXPECT_EQ(none.reclaimed_gib, 0.0);
+  EXPECT_EQ(none.reversals_per_vm_hour, 0.0);
+  EXPECT_EQ(none.oom_kills, 0u);
+  // Every guest eventually caches all of its memory: the host swaps.
+  EXPECT_GT(none.host_overflow_gib_seconds, 0.0);
+}
+
+TEST(ScenarioFiguresTest, OracleReclaimsAtLeastAsMuchAsAnyBaseline) {
+  const Scenario s = Load("idle_fleet");
+  const QualityFigures oracle = RunPolicy(s, PolicyKind::kOracle, {});
+  EXPECT_EQ(oracle.stall_gib_seconds, 0.0);
+  for (PolicyKind kind : {PolicyKind::kProxmox, PolicyKind::kMom, PolicyKind::kSqueezed,
+                          PolicyKind::kBroker}) {
+    EXPECT_GE(oracle.reclaimed_gib, RunPolicy(s, kind, {}).reclaimed_gib) << PolicyName(kind);
+  }
+}
+
+TEST(ScenarioFiguresTest, InvalidScenarioIsRefused) {
+  Scenario s;
+  EXPECT_EQ(RunScenario(s, PolicyKind::kBroker).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace membroker::sim
