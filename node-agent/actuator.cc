@@ -192,6 +192,12 @@ bool Actuator::Apply(VmRecord& rec, uint64_t target, TickResult& result) {
   }
   rec.view.last_error.clear();
   rec.view.applied_bytes = target;
+  // The stuck timer runs from the first target the balloon has to follow.
+  if (!rec.tracking && Distance(rec.view.actual_bytes, target) >= kBalloonProgressBytes) {
+    rec.tracking = true;
+    rec.ref_actual = rec.view.actual_bytes;
+    rec.ref_time = clock_->Now();
+  }
   ++result.targets_applied;
   return true;
 }

@@ -212,7 +212,13 @@ void QmpHypervisor::Backoff(Vm& vm, const absl::Status& status) {
   vm.next_attempt = clock_->Now() + wait;
   std::string error(status.message());
   if (error != vm.last_error) {
-    spdlog::warn("qmp {}: {} (retrying in {})", vm.path, error, absl::FormatDuration(wait));
+    // Most errors already name the socket.
+    std::string where = absl::StrCat("qmp ", vm.path);
+    if (absl::StartsWith(error, where)) {
+      spdlog::warn("{} (retrying in {})", error, absl::FormatDuration(wait));
+    } else {
+      spdlog::warn("{}: {} (retrying in {})", where, error, absl::FormatDuration(wait));
+    }
     vm.last_error = error;
   }
   if (vm.client != nullptr && IsConnectionError(status)) vm.client->Close();

@@ -1,0 +1,198 @@
+#include "node-agent/agent_options.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace membroker::agent {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+std::string TempDir() {
+  const char* t = std::getenv("TEST_TMPDIR");
+  std::string base = t != nullptr ? t : "/tmp";
+  std::string dir = absl::StrCat(base, "/agent_options_test.XXXXXX");
+  EXPECT_NE(mkdtemp(dir.data()), nullptr);
+  return dir;
+}
+
+std::string WriteFile(const std::string& dir, const std::string& name, const std::string& text) {
+  const std::string path = absl::StrCat(dir, "/", name);
+  std::ofstream(path) << text;
+  return path;
+}
+
+class AgentOptionsTest : public ::testing::Test {
+ protected:
+  AgentOptionsTest() : dir_(TempDir()) {
+    sim_path_ = WriteFile(dir_, "sim.textproto",
+                          "host_total_bytes: 17179869184\n"
+                          "vms { name: \"a\" max_bytes: 4294967296 "
+                          "workload { constant { working_set_bytes: 1073741824 } } }\n");
+    flags_.broker = "127.0.0.1:7070";
+    flags_.host_id = "host-1";
+    flags_.backend = "sim";
+    flags_.sim_config = sim_path_;
+    flags_.metrics_listen = "127.0.0.1:0";
+    flags_.insecure = true;
+  }
+
+  void ExpectError(const std::string& needle) {
+    absl::StatusOr<AgentOptions> o = BuildAgentOptions(flags_);
+    ASSERT_FALSE(o.ok()) << "expected an error mentioning " << needle;
+    EXPECT_THAT(std::string(o.status().message()), HasSubstr(needle));
+  }
+
+  std::string dir_;
+  std::string sim_path_;
+  AgentFlags flags_;
+};
+
+TEST_F(AgentOptionsTest, ValidFlags) {
+  flags_.host_capacity_bytes = "8GiB";
+  flags_.report_interval = "500ms";
+  absl::StatusOr<AgentOptions> o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->host_id, "host-1");
+  EXPECT_EQ(o->sim_config.host_total_bytes(), 16 * kGiB);
+  EXPECT_EQ(o->host_capacity_bytes, 8 * kGiB);
+  EXPECT_FALSE(o->host_reserve_bytes.has_value());
+  EXPECT_EQ(o->report_interval, absl::Milliseconds(500));
+  EXPECT_EQ(o->libvirt_uri, "qemu:///system");
+}
+
+TEST_F(AgentOptionsTest, EachBadFlagIsNamed) {
+  struct Case {
+    void (*mutate)(AgentFlags&);
+    const char* needle;
+  };
+  const Case cases[] = {
+      {[](AgentFlags& f) { f.broker = ""; }, "--broker is required"},
+      {[](AgentFlags& f) { f.broker = "nohost"; }, "--broker"},
+      {[](AgentFlags& f) { f.host_id = ""; }, "--host-id is required"},
+      {[](AgentFlags& f) { f.host_id = "bad host!"; }, "--host-id"},
+      {[](AgentFlags& f) { f.backend = "xen"; }, "--backend"},
+      {[](AgentFlags& f) { f.backend = ""; }, "--backend is required"},
+      {[](AgentFlags& f) { f.sim_config = ""; }, "--sim-config"},
+      {[](AgentFlags& f) { f.sim_config = "/nonexistent/sim.textproto"; }, "--sim-config"},
+      {[](AgentFlags& f) { f.host_capacity_bytes = "lots"; }, "--host-capacity-bytes"},
+      {[](AgentFlags& f) { f.host_capacity_bytes = "0"; }, "--host-capacity-bytes"},
+      {[](AgentFlags& f) { f.host_reserve_bytes = "-1GiB"; }, "--host-reserve-bytes"},
+      {[](AgentFlags& f) {
+         f.host_capacity_bytes = "1GiB";
+         f.host_reserve_bytes = "1GiB";
+       },
+       "mutually exclusive"},
+      {[](AgentFlags& f) { f.metrics_listen = ""; }, "--metrics-listen is required"},
+      {[](AgentFlags& f) { f.metrics_listen = "127.0.0.1:99999"; }, "--metrics-listen"},
+      {[](AgentFlags& f) { f.insecure = false; }, "--insecure is required"},
+      {[](AgentFlags& f) { f.tls_cert = "/x.pem"; }, "TLS is not available"},
+      {[](AgentFlags& f) { f.report_interval = "fast"; }, "--report-interval"},
+      {[](AgentFlags& f) { f.report_interval = "1ms"; }, "--report-interval"},
+      {[](AgentFlags& f) {
+         f.backend = "qmp";
+         f.qmp_sockets.clear();
+       },
+       "--qmp-socket"},
+      {[](AgentFlags& f) { f.qmp_sockets = {"/nonexistent/*.sock"}; }, "matches nothing"},
+      {[](AgentFlags& f) { f.qmp_socket_dir = "/nonexistent-dir"; }, "--qmp-socket-dir"},
+      {[](AgentFlags& f) { f.config = "/nonexistent/agent.textproto"; }, "--config"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.needle);
+    AgentFlags saved = flags_;
+    c.mutate(flags_);
+    ExpectError(c.needle);
+    flags_ = saved;
+  }
+}
+
+TEST_F(AgentOptionsTest, ConfigFileFillsGapsAndFlagsWin) {
+  flags_.broker = "";
+  flags_.host_id = "from-flag";
+  flags_.config = WriteFile(dir_, "agent.textproto",
+                            absl::StrCat("broker: \"10.0.0.1:7070\"\nhost_id: \"from-file\"\n"
+                                         "host_reserve_bytes: 1073741824\n"));
+  absl::StatusOr<AgentOptions> o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->broker, "10.0.0.1:7070");
+  EXPECT_EQ(o->host_id, "from-flag");
+  EXPECT_EQ(o->host_reserve_bytes, kGiB);
+  // A capacity flag replaces the file's reserve.
+  flags_.host_capacity_bytes = "2GiB";
+  o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->host_capacity_bytes, 2 * kGiB);
+  EXPECT_FALSE(o->host_reserve_bytes.has_value());
+}
+
+TEST_F(AgentOptionsTest, BadConfigFileIsNamed) {
+  flags_.config = WriteFile(dir_, "bad.textproto", "brokr: \"x\"\n");
+  ExpectError("--config");
+  flags_.config = WriteFile(dir_, "bad2.textproto", "broker: \"nohost\"\n");
+  flags_.broker = "";
+  ExpectError("--config field broker");
+}
+
+TEST_F(AgentOptionsTest, QmpSocketsFromGlobAndDirectory) {
+  const std::string sockdir = absl::StrCat(dir_, "/qmp");
+  ASSERT_EQ(mkdir(sockdir.c_str(), 0700), 0);
+  for (const char* name : {"vm1.sock", "vm2.sock"}) {
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string path = absl::StrCat(sockdir, "/", name);
+    ASSERT_LT(path.size(), sizeof(addr.sun_path));
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    close(fd);
+  }
+  WriteFile(sockdir, "notes.txt", "not a socket");
+  absl::StatusOr<std::vector<std::string>> from_dir = ExpandQmpSockets({}, sockdir);
+  ASSERT_TRUE(from_dir.ok()) << from_dir.status();
+  EXPECT_THAT(*from_dir, ElementsAre(sockdir + "/vm1.sock", sockdir + "/vm2.sock"));
+  absl::StatusOr<std::vector<std::string>> from_glob =
+      ExpandQmpSockets({sockdir + "/vm2*", "/run/explicit.sock"}, "");
+  ASSERT_TRUE(from_glob.ok()) << from_glob.status();
+  EXPECT_THAT(*from_glob, ElementsAre("/run/explicit.sock", sockdir + "/vm2.sock"));
+  flags_.backend = "qmp";
+  flags_.qmp_socket_dir = sockdir;
+  absl::StatusOr<AgentOptions> o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->qmp_sockets.size(), 2u);
+}
+
+TEST(ComputeCapacityTest, BudgetReserveOrTotal) {
+  EXPECT_EQ(*ComputeCapacity(16 * kGiB, std::nullopt, std::nullopt), 16 * kGiB);
+  EXPECT_EQ(*ComputeCapacity(16 * kGiB, 8 * kGiB, std::nullopt), 8 * kGiB);
+  EXPECT_EQ(*ComputeCapacity(16 * kGiB, std::nullopt, 2 * kGiB), 14 * kGiB);
+  EXPECT_EQ(*ComputeCapacity(16 * kGiB, 16 * kGiB, std::nullopt), 16 * kGiB);
+}
+
+TEST(ComputeCapacityTest, NeverMoreThanTheHost) {
+  absl::StatusOr<uint64_t> c = ComputeCapacity(16 * kGiB, 17 * kGiB, std::nullopt);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("--host-capacity-bytes"));
+  c = ComputeCapacity(16 * kGiB, std::nullopt, 16 * kGiB);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("--host-reserve-bytes"));
+  c = ComputeCapacity(16 * kGiB, kGiB, kGiB);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("mutually exclusive"));
+  EXPECT_FALSE(ComputeCapacity(0, std::nullopt, std::nullopt).ok());
+}
+
+}  // namespace
+}  // namespace membroker::agent
