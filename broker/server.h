@@ -44,6 +44,7 @@ class Broker {
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_server_ ? metrics_server_->port() : 0; }
   Fleet& fleet() { return *fleet_; }
+  BrokerMetrics& metrics() { return *metrics_; }
   // Stops accepting calls and ends open streams (deadline 2 s).
   void Shutdown();
   // Blocks until Shutdown.

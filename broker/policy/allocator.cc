@@ -44,7 +44,9 @@ std::vector<uint64_t> WaterFill(const std::vector<uint64_t>& room, const std::ve
   for (size_t idx = 0; idx < n; ++idx) {
     const size_t i = order[idx];
     if (left == 0 || weight_left <= 0) break;
-    const double fair = static_cast<double>(left) * w[i] / weight_left;
+    // The last VM in fill order takes all that is left (no rounding loss).
+    const double fair = idx + 1 == n ? static_cast<double>(left)
+                                     : static_cast<double>(left) * w[i] / weight_left;
     uint64_t g = fair >= static_cast<double>(room[i]) ? room[i]
                                                        : static_cast<uint64_t>(std::floor(fair));
     g = std::min(g, left);

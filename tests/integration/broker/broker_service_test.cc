@@ -1,0 +1,458 @@
+// The broker's gRPC services, in-process on 127.0.0.1:0: status codes,
+// validation that changes no state, targets pushed on change, durable
+// policies, explain, health checking, and metrics.
+
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <thread>
+#include <condition_variable>
+#include <mutex>
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/security/credentials.h>
+#include <gtest/gtest.h>
+
+#include "broker/server.h"
+#include "membroker/v1/admin.grpc.pb.h"
+#include "membroker/v1/agent.grpc.pb.h"
+
+namespace membroker::broker {
+namespace {
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+std::string TempDir() {
+  std::random_device rd;
+  auto dir = std::filesystem::temp_directory_path() /
+             ("mb_broker_test_" + std::to_string(rd()) + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+v1::VmSample Vm(const std::string& id, const std::string& name, uint64_t max, uint64_t actual,
+                uint64_t used) {
+  v1::VmSample s;
+  s.set_vm_id(id);
+  s.set_name(name);
+  s.set_max_bytes(max);
+  s.set_actual_bytes(actual);
+  s.set_health(v1::BALLOON_HEALTH_OK);
+  s.mutable_stats()->set_total_bytes(actual);
+  s.mutable_stats()->set_available_bytes(actual - used);
+  s.mutable_stats()->set_free_bytes(actual - used);
+  s.mutable_stats()->set_swap_in_bytes_total(0);
+  s.mutable_stats()->set_major_faults_total(0);
+  return s;
+}
+
+double MetricValue(BrokerMetrics& m, const std::string& name,
+                   const std::map<std::string, std::string>& labels = {}) {
+  for (const auto& family : m.registry()->Collect()) {
+    if (family.name != name) continue;
+    for (const auto& metric : family.metric) {
+      bool match = true;
+      for (const auto& [k, v] : labels) {
+        bool found = false;
+        for (const auto& l : metric.label) found |= l.name == k && l.value == v;
+        match &= found;
+      }
+      if (!match) continue;
+      if (family.type == prometheus::MetricType::Counter) return metric.counter.value;
+      if (family.type == prometheus::MetricType::Gauge) return metric.gauge.value;
+      if (family.type == prometheus::MetricType::Histogram) {
+        return static_cast<double>(metric.histogram.sample_count);
+      }
+    }
+  }
+  return -1;
+}
+
+class BrokerServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    state_dir_ = TempDir();
+    StartBroker();
+  }
+  void TearDown() override {
+    broker_.reset();
+    std::filesystem::remove_all(state_dir_);
+  }
+  void StartBroker() {
+    BrokerOptions o;
+    o.listen = "127.0.0.1:0";
+    o.metrics_listen = "127.0.0.1:0";
+    o.state_dir = state_dir_;
+    // Round numbers: no buffer, no margin, big steps.
+    o.cluster_policy.set_buffer_percent(0);
+    o.cluster_policy.set_host_free_margin_bytes(0);
+    o.cluster_policy.set_reclaim_step_bytes(64 * kGiB);
+    o.cluster_policy.set_hysteresis_bytes(0);
+    o.cluster_policy.set_default_min_bytes(256 * kMiB);
+    o.cluster_policy.set_protect_margin_percent(0);
+    o.cluster_policy.set_idle_tax_percent(0);
+    auto b = Broker::Start(o, RealClock::Get());
+    ASSERT_TRUE(b.ok()) << b.status();
+    broker_ = std::move(*b);
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(broker_->grpc_port()),
+                                   grpc::InsecureChannelCredentials());
+    admin_ = v1::AdminService::NewStub(channel_);
+    agent_ = v1::AgentService::NewStub(channel_);
+  }
+
+  struct Stream {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::AgentMessage, v1::BrokerMessage>> rw;
+  };
+  Stream Open() {
+    Stream s;
+    s.ctx = std::make_unique<grpc::ClientContext>();
+    s.ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    s.rw = agent_->Connect(s.ctx.get());
+    return s;
+  }
+  static v1::AgentMessage Hello(const std::string& host, uint64_t capacity) {
+    v1::AgentMessage m;
+    m.mutable_hello()->set_host_id(host);
+    m.mutable_hello()->set_capacity_bytes(capacity);
+    m.mutable_hello()->set_host_total_bytes(capacity * 2);
+    m.mutable_hello()->set_backend("sim");
+    return m;
+  }
+  static v1::AgentMessage Report(uint64_t seq, std::vector<v1::VmSample> vms) {
+    v1::AgentMessage m;
+    m.mutable_report()->set_sequence(seq);
+    for (auto& v : vms) *m.mutable_report()->add_vms() = v;
+    return m;
+  }
+
+  std::string state_dir_;
+  std::unique_ptr<Broker> broker_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::AdminService::Stub> admin_;
+  std::unique_ptr<v1::AgentService::Stub> agent_;
+};
+
+TEST_F(BrokerServiceTest, FirstMessageMustBeHello) {
+  Stream s = Open();
+  ASSERT_TRUE(s.rw->Write(Report(1, {})));
+  s.rw->WritesDone();
+  v1::BrokerMessage m;
+  EXPECT_FALSE(s.rw->Read(&m));
+  grpc::Status st = s.rw->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+}
+
+TEST_F(BrokerServiceTest, BadHelloIsRejectedAndChangesNothing) {
+  Stream s = Open();
+  ASSERT_TRUE(s.rw->Write(Hello("bad host!", 8 * kGiB)));
+  v1::BrokerMessage m;
+  EXPECT_FALSE(s.rw->Read(&m));
+  grpc::Status st = s.rw->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("host_id"), std::string::npos) << st.error_message();
+  grpc::ClientContext ctx;
+  v1::ListHostsResponse hosts;
+  ASSERT_TRUE(admin_->ListHosts(&ctx, {}, &hosts).ok());
+  EXPECT_EQ(hosts.hosts_size(), 0);
+}
+
+TEST_F(BrokerServiceTest, ReportGetsTargetsAtOnceWithinCapacityAndFloors) {
+  Stream s = Open();
+  ASSERT_TRUE(s.rw->Write(Hello("h1", 5 * kGiB)));
+  v1::BrokerMessage m;
+  ASSERT_TRUE(s.rw->Read(&m));
+  ASSERT_TRUE(m.has_welcome());
+  EXPECT_EQ(m.welcome().report_interval().seconds(), 1);
+  // idle: max 4 GiB, uses 0.5 GiB. busy: max 4 GiB, uses 2 GiB. Capacity
+  // 5 GiB: desired 0.5 + 2 = 2.5 GiB fits; the 2.5 GiB left goes back by
+  // weight up to max: rooms 3.5 and 2, equal weights -> +1.25 each:
+  // idle 1.75 GiB, busy 3.25 GiB.
+  ASSERT_TRUE(s.rw->Write(Report(1, {Vm("vm-idle", "idle", 4 * kGiB, 4 * kGiB, 512 * kMiB),
+                                     Vm("vm-busy", "busy", 4 * kGiB, 4 * kGiB, 2 * kGiB)})));
+  ASSERT_TRUE(s.rw->Read(&m));
+  ASSERT_TRUE(m.has_targets());
+  EXPECT_EQ(m.targets().generation(), 1u);
+  std::map<std::string, uint64_t> t;
+  uint64_t sum = 0;
+  for (const auto& x : m.targets().targets()) {
+    t[x.vm_id()] = x.target_bytes();
+    sum += x.target_bytes();
+  }
+  EXPECT_EQ(t["vm-idle"], 1792 * kMiB);
+  EXPECT_EQ(t["vm-busy"], 3328 * kMiB);
+  EXPECT_LE(sum, 5 * kGiB);
+
+  // The same report again (next sequence) changes nothing: no new generation.
+  ASSERT_TRUE(s.rw->Write(Report(2, {Vm("vm-idle", "idle", 4 * kGiB, 4 * kGiB, 512 * kMiB),
+                                     Vm("vm-busy", "busy", 4 * kGiB, 4 * kGiB, 2 * kGiB)})));
+  // An ack for generation 1, then check through the admin API.
+  v1::AgentMessage ack;
+  ack.mutable_ack()->set_generation(1);
+  ASSERT_TRUE(s.rw->Write(ack));
+  v1::Host host;
+  for (int i = 0; i < 100; ++i) {
+    grpc::ClientContext ctx;
+    v1::GetHostRequest req;
+    req.set_host_id("h1");
+    ASSERT_TRUE(admin_->GetHost(&ctx, req, &host).ok());
+    if (host.acked_generation() == 1 && host.report_sequence() == 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(host.report_sequence(), 2u);
+  EXPECT_EQ(host.generation(), 1u);
+  EXPECT_EQ(host.acked_generation(), 1u);
+  EXPECT_TRUE(host.connected());
+  EXPECT_EQ(host.capacity_bytes(), 5 * kGiB);
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_reports_received_total", {{"host", "h1"}}), 2);
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_targets_pushed_total", {{"host", "h1"}}), 1);
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_connected_agents"), 1);
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_vm_target_bytes", {{"vm", "idle"}}),
+            static_cast<double>(1792 * kMiB));
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_decision_latency_seconds"), 1);
+
+  // busy now has its 3.25 GiB and uses all of it, and swapped in 512 MiB
+  // since the last report: demand = 3.25 + 0.5 + 0.125 (pressure step) =
+  // 3.875 GiB. idle (at 1.75 GiB) still uses 0.5. Desired 3.875 + 0.5 =
+  // 4.375 GiB; 0.625 GiB surplus: busy's room 0.125 fills, idle +0.5.
+  // -> busy 4 GiB, idle 1 GiB, pushed at once.
+  v1::VmSample busy = Vm("vm-busy", "busy", 4 * kGiB, 3328 * kMiB, 3328 * kMiB);
+  busy.mutable_stats()->set_swap_in_bytes_total(512 * kMiB);
+  ASSERT_TRUE(s.rw->Write(
+      Report(3, {Vm("vm-idle", "idle", 4 * kGiB, 1792 * kMiB, 512 * kMiB), busy})));
+  ASSERT_TRUE(s.rw->Read(&m));
+  ASSERT_TRUE(m.has_targets());
+  EXPECT_EQ(m.targets().generation(), 2u);
+  t.clear();
+  for (const auto& x : m.targets().targets()) t[x.vm_id()] = x.target_bytes();
+  EXPECT_EQ(t["vm-busy"], 4 * kGiB);
+  EXPECT_EQ(t["vm-idle"], 1 * kGiB);
+  s.rw->WritesDone();
+  s.ctx->TryCancel();
+  s.rw->Finish();
+}
+
+TEST_F(BrokerServiceTest, MalformedReportIsRejectedAndStateIsUnchanged) {
+  Stream s = Open();
+  ASSERT_TRUE(s.rw->Write(Hello("h1", 8 * kGiB)));
+  v1::BrokerMessage m;
+  ASSERT_TRUE(s.rw->Read(&m));
+  ASSERT_TRUE(s.rw->Write(Report(1, {Vm("a", "a", 4 * kGiB, 4 * kGiB, kGiB)})));
+  ASSERT_TRUE(s.rw->Read(&m));
+  // Duplicate VM ids: INVALID_ARGUMENT naming the field; the stream ends.
+  ASSERT_TRUE(s.rw->Write(Report(2, {Vm("b", "b", 4 * kGiB, 4 * kGiB, kGiB),
+                                     Vm("b", "b", 4 * kGiB, 4 * kGiB, kGiB)})));
+  EXPECT_FALSE(s.rw->Read(&m));
+  grpc::Status st = s.rw->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("report.vms[1].vm_id"), std::string::npos) << st.error_message();
+  grpc::ClientContext ctx;
+  v1::ListVmsResponse vms;
+  ASSERT_TRUE(admin_->ListVms(&ctx, {}, &vms).ok());
+  ASSERT_EQ(vms.vms_size(), 1);
+  EXPECT_EQ(vms.vms(0).vm_id(), "a");
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_reports_rejected_total", {{"reason", "invalid"}}), 1);
+}
+
+TEST_F(BrokerServiceTest, ImpossibleGuestStatsAreFlaggedNotUsed) {
+  Stream s = Open();
+  ASSERT_TRUE(s.rw->Write(Hello("h1", 8 * kGiB)));
+  v1::BrokerMessage m;
+  ASSERT_TRUE(s.rw->Read(&m));
+  v1::VmSample lying = Vm("a", "a", 4 * kGiB, 4 * kGiB, kGiB);
+  lying.mutable_stats()->set_available_bytes(16 * kGiB);  // above total
+  ASSERT_TRUE(s.rw->Write(Report(1, {lying})));
+  ASSERT_TRUE(s.rw->Read(&m));
+  // Never seen with valid stats: demand = what it has, so nothing is taken.
+  EXPECT_EQ(m.targets().targets(0).target_bytes(), 4 * kGiB);
+  grpc::ClientContext ctx;
+  v1::GetVmRequest req;
+  req.set_vm("a");
+  v1::Vm vm;
+  ASSERT_TRUE(admin_->GetVm(&ctx, req, &vm).ok());
+  EXPECT_TRUE(vm.stats().untrusted());
+  EXPECT_EQ(vm.stats().untrusted_reason(), "available above total");
+  s.ctx->TryCancel();
+  s.rw->Finish();
+}
+
+TEST_F(BrokerServiceTest, AdminValidationAndNotFound) {
+  grpc::ClientContext c1;
+  v1::GetVmRequest get;
+  get.set_vm("nope");
+  v1::Vm vm;
+  EXPECT_EQ(admin_->GetVm(&c1, get, &vm).error_code(), grpc::StatusCode::NOT_FOUND);
+
+  grpc::ClientContext c2;
+  v1::SetVmPolicyRequest set;
+  set.set_vm("123e4567-e89b-12d3-a456-426614174000");
+  set.mutable_policy()->set_weight(0);
+  v1::VmPolicy out;
+  grpc::Status st = admin_->SetVmPolicy(&c2, set, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("policy.weight"), std::string::npos);
+
+  grpc::ClientContext c3;
+  set.mutable_policy()->set_weight(100);
+  set.mutable_policy()->set_min_bytes(8 * kGiB);
+  set.mutable_policy()->set_max_bytes(4 * kGiB);
+  st = admin_->SetVmPolicy(&c3, set, &out);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("min_bytes"), std::string::npos);
+
+  grpc::ClientContext c4;
+  v1::SetClusterPolicyRequest cp;
+  cp.mutable_policy()->set_idle_tax_percent(100);
+  v1::ClusterPolicy cpo;
+  st = admin_->SetClusterPolicy(&c4, cp, &cpo);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("idle_tax_percent"), std::string::npos);
+  grpc::ClientContext c5;
+  ASSERT_TRUE(admin_->GetClusterPolicy(&c5, {}, &cpo).ok());
+  EXPECT_EQ(cpo.idle_tax_percent(), 0);  // unchanged (the test's own setting)
+
+  grpc::ClientContext c6;
+  v1::ReserveRequest rr;
+  v1::Reservation res;
+  EXPECT_EQ(admin_->Reserve(&c6, rr, &res).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_admin_requests_total",
+                        {{"method", "GetVm"}, {"code", "NOT_FOUND"}}),
+            1);
+}
+
+TEST_F(BrokerServiceTest, VmPolicyRaisesTargetPushesAtOnceAndSurvivesRestart) {
+  Stream s = Open();
+  ASSERT_TRUE(s.rw->Write(Hello("h1", 4 * kGiB)));
+  v1::BrokerMessage m;
+  ASSERT_TRUE(s.rw->Read(&m));
+  // Two idle VMs of 4 GiB using 256 MiB each on 4 GiB: surplus split evenly.
+  ASSERT_TRUE(s.rw->Write(Report(1, {Vm("a", "alpha", 4 * kGiB, 2 * kGiB, 256 * kMiB),
+                                     Vm("b", "beta", 4 * kGiB, 2 * kGiB, 256 * kMiB)})));
+  ASSERT_TRUE(s.rw->Read(&m));
+  ASSERT_EQ(m.targets().targets_size(), 2);
+  EXPECT_EQ(m.targets().targets(0).target_bytes(), 2 * kGiB);
+
+  // alpha's min 3 GiB: floor 3 GiB; desired 3 + 0.25 = 3.25 GiB; the
+  // 0.75 GiB surplus is split evenly (rooms 1 and 3.75 GiB): alpha 3.375,
+  // beta 0.625 GiB.
+  grpc::ClientContext ctx;
+  v1::SetVmPolicyRequest set;
+  set.set_vm("alpha");
+  set.mutable_policy()->set_min_bytes(3 * kGiB);
+  v1::VmPolicy out;
+  ASSERT_TRUE(admin_->SetVmPolicy(&ctx, set, &out).ok());
+  EXPECT_EQ(out.min_bytes(), 3 * kGiB);
+  ASSERT_TRUE(s.rw->Read(&m));
+  ASSERT_TRUE(m.has_targets());
+  EXPECT_EQ(m.targets().targets(0).vm_id(), "a");
+  EXPECT_EQ(m.targets().targets(0).target_bytes(), 3456 * kMiB);
+  EXPECT_EQ(m.targets().targets(1).target_bytes(), 640 * kMiB);
+
+  grpc::ClientContext ectx;
+  v1::ExplainVmRequest ereq;
+  ereq.set_vm("alpha");
+  v1::Explanation e;
+  ASSERT_TRUE(admin_->ExplainVm(&ectx, ereq, &e).ok());
+  EXPECT_EQ(e.floor_bytes(), 3 * kGiB);
+  EXPECT_EQ(e.min_bytes(), 3 * kGiB);
+  EXPECT_EQ(e.target_bytes(), 3456 * kMiB);
+  EXPECT_EQ(e.reason(), v1::REASON_SURPLUS);
+  ASSERT_GE(e.steps_size(), 4);
+  EXPECT_NE(e.steps(1).find("floor = clamp(max(min 3 GiB"), std::string::npos) << e.steps(1);
+
+  grpc::ClientContext pctx;
+  v1::SetClusterPolicyRequest cp;
+  cp.mutable_policy()->set_buffer_percent(35);
+  v1::ClusterPolicy cpo;
+  ASSERT_TRUE(admin_->SetClusterPolicy(&pctx, cp, &cpo).ok());
+  EXPECT_EQ(cpo.buffer_percent(), 35);
+  EXPECT_EQ(cpo.default_min_bytes(), 256 * kMiB);  // others kept
+
+  s.ctx->TryCancel();
+  s.rw->Finish();
+  broker_.reset();
+  StartBroker();  // same state dir
+  grpc::ClientContext g1;
+  ASSERT_TRUE(admin_->GetClusterPolicy(&g1, {}, &cpo).ok());
+  EXPECT_EQ(cpo.buffer_percent(), 35);
+  // The VM policy is back too: a new stream's decision honours it.
+  Stream s2 = Open();
+  ASSERT_TRUE(s2.rw->Write(Hello("h1", 4 * kGiB)));
+  ASSERT_TRUE(s2.rw->Read(&m));
+  ASSERT_TRUE(s2.rw->Write(Report(1, {Vm("a", "alpha", 4 * kGiB, 2 * kGiB, 256 * kMiB),
+                                      Vm("b", "beta", 4 * kGiB, 2 * kGiB, 256 * kMiB)})));
+  ASSERT_TRUE(s2.rw->Read(&m));
+  // Now with buffer 35 %: beta desired = round(256 MiB x 1.35) = 362387866;
+  // surplus = 4 GiB - 3 GiB - 362387866 = 711353958, half each:
+  // alpha = 3 GiB + 355676979 = 3576902451.
+  EXPECT_EQ(m.targets().targets(0).target_bytes(), 3576902451u);
+  s2.ctx->TryCancel();
+  s2.rw->Finish();
+}
+
+TEST_F(BrokerServiceTest, NewerStreamReplacesOlder) {
+  Stream a = Open();
+  ASSERT_TRUE(a.rw->Write(Hello("h1", 4 * kGiB)));
+  v1::BrokerMessage m;
+  ASSERT_TRUE(a.rw->Read(&m));
+  Stream b = Open();
+  ASSERT_TRUE(b.rw->Write(Hello("h1", 4 * kGiB)));
+  ASSERT_TRUE(b.rw->Read(&m));
+  ASSERT_TRUE(a.rw->Write(Report(1, {Vm("x", "x", 2 * kGiB, 2 * kGiB, kGiB)})));
+  EXPECT_FALSE(a.rw->Read(&m));
+  EXPECT_EQ(a.rw->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  ASSERT_TRUE(b.rw->Write(Report(1, {Vm("x", "x", 2 * kGiB, 2 * kGiB, kGiB)})));
+  ASSERT_TRUE(b.rw->Read(&m));
+  EXPECT_TRUE(m.has_targets());
+  b.ctx->TryCancel();
+  b.rw->Finish();
+}
+
+TEST_F(BrokerServiceTest, HealthCheckingServes) {
+  grpc::GenericStub stub(channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::Slice empty("", 0);  // HealthCheckRequest{service: ""} encodes as empty
+  grpc::ByteBuffer request(&empty, 1);
+  grpc::ByteBuffer response;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) {
+                   std::lock_guard<std::mutex> l(mu);
+                   status = s;
+                   done = true;
+                   cv.notify_all();
+                 });
+  std::unique_lock<std::mutex> l(mu);
+  ASSERT_TRUE(cv.wait_for(l, std::chrono::seconds(5), [&] { return done; }));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response.Dump(&slices).ok());
+  std::string bytes;
+  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // status: SERVING
+}
+
+TEST(BrokerOptionsTest, BadOptionsNameTheFlag) {
+  BrokerOptions o;
+  o.state_dir = "/tmp/x";
+  o.listen = "nope";
+  EXPECT_NE(ValidateBrokerOptions(o).message().find("--listen"), std::string::npos);
+  o.listen = "127.0.0.1:0";
+  o.metrics_listen = "127.0.0.1:99999";
+  EXPECT_NE(ValidateBrokerOptions(o).message().find("--metrics-listen"), std::string::npos);
+  o.metrics_listen = "127.0.0.1:0";
+  o.state_dir = "";
+  EXPECT_NE(ValidateBrokerOptions(o).message().find("--state-dir"), std::string::npos);
+  o.state_dir = "/proc/version";  // a file, not a directory
+  auto b = Broker::Start(o, RealClock::Get());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace membroker::broker
