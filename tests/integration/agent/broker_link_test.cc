@@ -1,0 +1,380 @@
+// The agent against an in-process fake AgentService on 127.0.0.1.
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <prometheus/registry.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/clock.h"
+#include "common/proto_time.h"
+#include "membroker/v1/agent.grpc.pb.h"
+#include "node-agent/agent.h"
+#include "tests/unit/agent/fake_hypervisor.h"
+
+namespace membroker::agent {
+namespace {
+
+using membroker::v1::AgentMessage;
+using membroker::v1::BrokerMessage;
+using ::testing::HasSubstr;
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+constexpr absl::Duration kWait = absl::Seconds(15);
+
+// A broker that records what agents send and lets the test push messages.
+class FakeAgentService final : public membroker::v1::AgentService::Service {
+ public:
+  grpc::Status Connect(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<BrokerMessage, AgentMessage>* stream) override {
+    (void)context;
+    {
+      absl::MutexLock lock(&write_mu_);
+      stream_ = stream;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      ++streams_;
+    }
+    AgentMessage message;
+    bool first = true;
+    while (stream->Read(&message)) {
+      {
+        absl::MutexLock lock(&mu_);
+        received_.push_back(message);
+        if (first && !message.has_hello()) first_was_not_hello_ = true;
+      }
+      if (first && message.has_hello()) {
+        BrokerMessage welcome;
+        *welcome.mutable_welcome()->mutable_report_interval() =
+            ToProtoDuration(report_interval_);
+        welcome.mutable_welcome()->mutable_safety()->set_max_inflate_step_bytes(128 * kMiB);
+        Send(welcome);
+      }
+      first = false;
+    }
+    absl::MutexLock lock(&write_mu_);
+    stream_ = nullptr;
+    return grpc::Status::OK;
+  }
+
+  // Writes to the current stream; false when there is none.
+  bool Send(const BrokerMessage& message) {
+    absl::MutexLock lock(&write_mu_);
+    return stream_ != nullptr && stream_->Write(message);
+  }
+
+  // Waits until `pred(received, streams)` holds or `kWait` passes.
+  bool WaitFor(std::function<bool(const std::vector<AgentMessage>&, int)> pred) {
+    absl::MutexLock lock(&mu_);
+    auto cond = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return pred(received_, streams_); };
+    return mu_.AwaitWithTimeout(absl::Condition(&cond), kWait);
+  }
+
+  std::vector<AgentMessage> received() {
+    absl::MutexLock lock(&mu_);
+    return received_;
+  }
+  bool first_was_not_hello() {
+    absl::MutexLock lock(&mu_);
+    return first_was_not_hello_;
+  }
+  void set_report_interval(absl::Duration d) { report_interval_ = d; }
+
+ private:
+  absl::Duration report_interval_ = absl::Milliseconds(100);
+  absl::Mutex mu_;
+  std::vector<AgentMessage> received_ ABSL_GUARDED_BY(mu_);
+  int streams_ ABSL_GUARDED_BY(mu_) = 0;
+  bool first_was_not_hello_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Mutex write_mu_;
+  grpc::ServerReaderWriter<BrokerMessage, AgentMessage>* stream_ ABSL_GUARDED_BY(write_mu_) =
+      nullptr;
+};
+
+// A server around a FakeAgentService on 127.0.0.1 (port 0 the first time).
+struct Broker {
+  FakeAgentService service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+
+  bool Start(int want_port) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(absl::StrCat("127.0.0.1:", want_port),
+                             grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    server = builder.BuildAndStart();
+    return server != nullptr && port != 0;
+  }
+  void Stop() {
+    if (server == nullptr) return;
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    server->Wait();
+    server.reset();
+  }
+  ~Broker() { Stop(); }
+};
+
+int CountReports(const std::vector<AgentMessage>& messages) {
+  int n = 0;
+  for (const auto& m : messages) n += m.has_report() ? 1 : 0;
+  return n;
+}
+
+int CountHellos(const std::vector<AgentMessage>& messages) {
+  int n = 0;
+  for (const auto& m : messages) n += m.has_hello() ? 1 : 0;
+  return n;
+}
+
+double MetricValue(prometheus::Registry& registry, const std::string& name) {
+  for (const auto& family : registry.Collect()) {
+    if (family.name != name || family.metric.empty()) continue;
+    const auto& m = family.metric.front();
+    if (family.type == prometheus::MetricType::Counter) return m.counter.value;
+    if (family.type == prometheus::MetricType::Gauge) return m.gauge.value;
+  }
+  return -1;
+}
+
+bool WaitUntil(const std::function<bool()>& pred) {
+  const absl::Time deadline = absl::Now() + kWait;
+  for (int i = 0; i < 3000 && absl::Now() < deadline; ++i) {
+    if (pred()) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return pred();
+}
+
+class AgentLinkTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(broker_.Start(0));
+    fake_ = new FakeHypervisor();
+    fake_->AddVm("a", 4096 * kMiB, 1024 * kMiB);
+    fake_->AddVm("b", 2048 * kMiB, 2048 * kMiB);
+    GuestMemoryStats stats;
+    stats.total_bytes = 1000 * kMiB;
+    stats.available_bytes = 500 * kMiB;
+    stats.swap_in_bytes_total = 0;
+    stats.last_update = RealClock::Get()->Now();
+    fake_->SetStats("a", stats);
+  }
+
+  void MakeAgent() {
+    AgentParams params;
+    params.host_id = "host-1";
+    params.capacity_bytes = 8192 * kMiB;
+    params.host_total_bytes = 16384 * kMiB;
+    params.tick_interval = absl::Milliseconds(20);
+    params.backoff.initial = absl::Milliseconds(20);
+    params.backoff.max = absl::Milliseconds(200);
+    registry_ = std::make_shared<prometheus::Registry>();
+    auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", broker_.port),
+                                       grpc::InsecureChannelCredentials());
+    HostSampler sampler = [](const std::vector<VmStatus>& vms) {
+      return absl::StatusOr<HostMemorySample>(SimHostSample(16384 * kMiB, vms));
+    };
+    agent_ = std::make_unique<Agent>(params, std::unique_ptr<Hypervisor>(fake_), sampler,
+                                     RealClock::Get(), channel, registry_);
+  }
+
+  void TearDown() override {
+    if (agent_) agent_->Stop();
+  }
+
+  Broker broker_;
+  FakeHypervisor* fake_ = nullptr;  // owned by the agent
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<Agent> agent_;
+};
+
+TEST_F(AgentLinkTest, HelloFirstThenReportsFlow) {
+  MakeAgent();
+  agent_->Start();
+  ASSERT_TRUE(broker_.service.WaitFor(
+      [](const std::vector<AgentMessage>& m, int) { return CountReports(m) >= 3; }));
+  const std::vector<AgentMessage> messages = broker_.service.received();
+  EXPECT_FALSE(broker_.service.first_was_not_hello());
+  ASSERT_TRUE(messages.front().has_hello());
+  const auto& hello = messages.front().hello();
+  EXPECT_EQ(hello.host_id(), "host-1");
+  EXPECT_EQ(hello.backend(), "fake");
+  EXPECT_EQ(hello.capacity_bytes(), 8192 * kMiB);
+  EXPECT_EQ(hello.host_total_bytes(), 16384 * kMiB);
+  uint64_t last_sequence = 0;
+  for (const auto& m : messages) {
+    if (!m.has_report()) continue;
+    const auto& r = m.report();
+    EXPECT_GT(r.sequence(), last_sequence);
+    last_sequence = r.sequence();
+    ASSERT_EQ(r.vms_size(), 2);
+    EXPECT_EQ(r.host().mem_total_bytes(), 16384 * kMiB);
+    EXPECT_EQ(r.host().mem_available_bytes(), (16384 - 3072) * kMiB);
+    EXPECT_EQ(r.capacity_bytes(), 8192 * kMiB);
+  }
+  // The Welcome's report interval is in force.
+  EXPECT_EQ(agent_->report_interval(), absl::Milliseconds(100));
+  EXPECT_TRUE(agent_->connected());
+  EXPECT_TRUE(WaitUntil([&] {
+    return MetricValue(*registry_, "membroker_agent_reports_sent_total") >= 3;
+  }));
+  EXPECT_EQ(MetricValue(*registry_, "membroker_agent_broker_connected"), 1);
+  EXPECT_EQ(MetricValue(*registry_, "membroker_agent_host_capacity_bytes"), 8192.0 * kMiB);
+}
+
+TEST_F(AgentLinkTest, TargetsReachTheHypervisorAndAreAcked) {
+  MakeAgent();
+  agent_->Start();
+  ASSERT_TRUE(broker_.service.WaitFor(
+      [](const std::vector<AgentMessage>& m, int) { return CountReports(m) >= 1; }));
+  BrokerMessage targets;
+  targets.mutable_targets()->set_generation(7);
+  auto* t = targets.mutable_targets()->add_targets();
+  t->set_vm_id("a");
+  t->set_target_bytes(3072 * kMiB);  // a grow: applied at once
+  t = targets.mutable_targets()->add_targets();
+  t->set_vm_id("ghost");
+  t->set_target_bytes(kMiB);
+  ASSERT_TRUE(broker_.service.Send(targets));
+  ASSERT_TRUE(broker_.service.WaitFor([](const std::vector<AgentMessage>& m, int) {
+    for (const auto& x : m) {
+      if (x.has_ack()) return true;
+    }
+    return false;
+  }));
+  membroker::v1::TargetAck ack;
+  for (const auto& x : broker_.service.received()) {
+    if (x.has_ack()) ack = x.ack();
+  }
+  EXPECT_EQ(ack.generation(), 7u);
+  ASSERT_EQ(ack.errors().count("ghost"), 1u);
+  EXPECT_THAT(ack.errors().at("ghost"), HasSubstr("unknown VM"));
+  EXPECT_EQ(ack.errors().count("a"), 0u);
+  EXPECT_EQ(fake_->target("a"), 3072 * kMiB);
+  // The next reports carry the applied target.
+  fake_->SettleBalloons();
+  ASSERT_TRUE(broker_.service.WaitFor([](const std::vector<AgentMessage>& m, int) {
+    for (const auto& x : m) {
+      if (!x.has_report()) continue;
+      for (const auto& vm : x.report().vms()) {
+        if (vm.vm_id() == "a" && vm.last_target_bytes() == 3072 * kMiB &&
+            vm.actual_bytes() == 3072 * kMiB) {
+          return true;
+        }
+      }
+    }
+    return false;
+  }));
+  EXPECT_TRUE(WaitUntil([&] {
+    return MetricValue(*registry_, "membroker_agent_targets_applied_total") >= 1 &&
+           MetricValue(*registry_, "membroker_agent_target_errors_total") >= 1;
+  }));
+}
+
+TEST_F(AgentLinkTest, ReconnectsAfterTheBrokerRestarts) {
+  MakeAgent();
+  agent_->Start();
+  ASSERT_TRUE(broker_.service.WaitFor(
+      [](const std::vector<AgentMessage>& m, int) { return CountReports(m) >= 1; }));
+  const int port = broker_.port;
+  broker_.Stop();
+  ASSERT_TRUE(WaitUntil([&] { return !agent_->connected(); }));
+  EXPECT_EQ(MetricValue(*registry_, "membroker_agent_broker_connected"), 0);
+  // A new broker on the same port (bounded retries while the port frees).
+  auto second = std::make_unique<Broker>();
+  bool started = false;
+  for (int i = 0; i < 50 && !started; ++i) {
+    started = second->Start(port);
+    if (!started) {
+      second = std::make_unique<Broker>();
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+  }
+  ASSERT_TRUE(started) << "cannot listen again on 127.0.0.1:" << port;
+  ASSERT_TRUE(second->service.WaitFor([](const std::vector<AgentMessage>& m, int) {
+    return CountHellos(m) == 1 && CountReports(m) >= 1;
+  }));
+  EXPECT_TRUE(second->service.received().front().has_hello());
+  EXPECT_TRUE(WaitUntil([&] { return agent_->connected(); }));
+  EXPECT_TRUE(WaitUntil(
+      [&] { return MetricValue(*registry_, "membroker_agent_reconnects_total") >= 1; }));
+  agent_->Stop();
+  second->Stop();
+}
+
+TEST_F(AgentLinkTest, GuestPressureSendsAReportAtOnce) {
+  broker_.service.set_report_interval(absl::Minutes(10));
+  MakeAgent();
+  agent_->Start();
+  // The first report goes out at connection time.
+  ASSERT_TRUE(broker_.service.WaitFor(
+      [](const std::vector<AgentMessage>& m, int) { return CountReports(m) >= 1; }));
+  GuestMemoryStats stats;
+  stats.total_bytes = 1000 * kMiB;
+  stats.available_bytes = 10 * kMiB;
+  stats.swap_in_bytes_total = 500 * kMiB;
+  stats.last_update = RealClock::Get()->Now() + absl::Milliseconds(500);
+  fake_->SetStats("a", stats);
+  // The next periodic report is ten minutes away: only pressure sends one.
+  ASSERT_TRUE(broker_.service.WaitFor([](const std::vector<AgentMessage>& m, int) {
+    for (const auto& x : m) {
+      if (x.has_report() && x.report().pressure_event()) return true;
+    }
+    return false;
+  }));
+  // And the guest was deflated without waiting for the broker.
+  EXPECT_GT(fake_->target("a"), 1024 * kMiB);
+}
+
+TEST_F(AgentLinkTest, StopsWithoutABroker) {
+  broker_.Stop();
+  MakeAgent();
+  agent_->Start();
+  ASSERT_TRUE(WaitUntil(
+      [&] { return MetricValue(*registry_, "membroker_agent_reconnects_total") >= 2; }));
+  EXPECT_FALSE(agent_->connected());
+  agent_->Stop();  // returns promptly: the link is between attempts or failing fast
+}
+
+TEST_F(AgentLinkTest, ReportCarriesHealthAndUntrustedStats) {
+  GuestMemoryStats bad;
+  bad.total_bytes = 100 * kMiB;
+  bad.available_bytes = 200 * kMiB;  // impossible
+  bad.last_update = RealClock::Get()->Now();
+  fake_->SetStats("b", bad);
+  MakeAgent();
+  ASSERT_TRUE(agent_->Tick().ok());
+  membroker::v1::HostReport report = agent_->BuildReport(false);
+  ASSERT_EQ(report.vms_size(), 2);
+  for (const auto& vm : report.vms()) {
+    if (vm.vm_id() == "a") {
+      EXPECT_EQ(vm.health(), membroker::v1::BALLOON_HEALTH_OK);
+      EXPECT_FALSE(vm.stats().untrusted());
+      EXPECT_EQ(vm.stats().total_bytes(), 1000 * kMiB);
+      EXPECT_TRUE(vm.stats().has_age_seconds());
+      EXPECT_EQ(vm.max_bytes(), 4096 * kMiB);
+    } else {
+      EXPECT_EQ(vm.health(), membroker::v1::BALLOON_HEALTH_STATS_UNAVAILABLE);
+      EXPECT_TRUE(vm.stats().untrusted());
+      EXPECT_THAT(vm.stats().untrusted_reason(), HasSubstr("available_bytes"));
+      EXPECT_FALSE(vm.stats().has_swap_in_bytes_total());
+    }
+  }
+  // A hypervisor that cannot be reached is an error, not a crash.
+  fake_->SetListError(absl::UnavailableError("libvirtd is down"));
+  EXPECT_EQ(agent_->Tick().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(agent_->BuildReport(false).vms_size(), 2);  // the last known VMs
+}
+
+}  // namespace
+}  // namespace membroker::agent
