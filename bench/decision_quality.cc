@@ -15,6 +15,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -23,8 +24,22 @@
 
 ABSL_FLAG(std::string, scenarios_dir, MB_SCENARIOS_DIR, "Directory of *.textproto scenarios");
 ABSL_FLAG(std::string, only, "", "Comma-separated scenario names to run (default: all)");
+ABSL_FLAG(std::string, trace, "", "Print every 5 s: working set, actual, target of this VM");
+ABSL_FLAG(int, detail, 0, "Also print the N VMs with the most stall per policy");
+ABSL_FLAG(std::string, policies, "",
+          "Comma-separated policies to run (default: all; the oracle always runs)");
 ABSL_FLAG(absl::Duration, duration, absl::ZeroDuration(),
           "Simulated time per scenario (default: each scenario's own)");
+// Broker policy overrides, for exploring the policy's parameters (unset:
+// the simulator's broker configuration, see RunOptions).
+ABSL_FLAG(double, surplus_percent, -1, "Broker PolicyParams.surplus_percent");
+ABSL_FLAG(double, hysteresis_percent, -1, "Broker PolicyParams.hysteresis_percent");
+ABSL_FLAG(double, buffer_percent, -1, "Broker PolicyParams.buffer_percent");
+ABSL_FLAG(int64_t, reclaim_step_mib, -1, "Broker PolicyParams.reclaim_step_bytes in MiB");
+ABSL_FLAG(double, half_life_seconds, -1, "Broker DemandParams.decay_half_life_seconds");
+ABSL_FLAG(double, protect_margin_percent, -1, "Broker protect margin (policy and demand)");
+ABSL_FLAG(double, idle_tax_percent, -1, "Broker PolicyParams.idle_tax_percent");
+ABSL_FLAG(int64_t, protect_margin_max_mib, -1, "Broker DemandParams.protect_margin_max_bytes in MiB");
 
 namespace {
 
@@ -67,10 +82,56 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "no scenarios in %s\n", absl::GetFlag(FLAGS_scenarios_dir).c_str());
     return 1;
   }
+  std::vector<PolicyKind> kinds;
+  for (PolicyKind kind : membroker::sim::AllPolicies()) {
+    if (absl::GetFlag(FLAGS_policies).empty() ||
+        absl::StrContains(absl::GetFlag(FLAGS_policies), membroker::sim::PolicyName(kind)) ||
+        kind == PolicyKind::kOracle) {
+      kinds.push_back(kind);
+    }
+  }
   std::vector<std::string> only;
   if (!absl::GetFlag(FLAGS_only).empty()) only = absl::StrSplit(absl::GetFlag(FLAGS_only), ',');
   membroker::sim::RunOptions options;
   options.duration = absl::GetFlag(FLAGS_duration);
+  const std::string trace = absl::GetFlag(FLAGS_trace);
+  if (!trace.empty()) {
+    options.observer = [trace](double now, const membroker::sim::SimVmState& vm) {
+      if (vm.name != trace || static_cast<int64_t>(now * 4) % 20 != 0) return;
+      std::printf("  t=%6.0f ws=%6llu actual=%6llu target=%6llu deficit=%6llu MiB\n", now,
+                  static_cast<unsigned long long>(vm.working_set_bytes >> 20),
+                  static_cast<unsigned long long>(vm.actual_bytes >> 20),
+                  static_cast<unsigned long long>(vm.target_bytes >> 20),
+                  static_cast<unsigned long long>(vm.deficit_bytes >> 20));
+    };
+  }
+  if (absl::GetFlag(FLAGS_surplus_percent) >= 0) {
+    options.broker_params.surplus_percent = absl::GetFlag(FLAGS_surplus_percent);
+  }
+  if (absl::GetFlag(FLAGS_hysteresis_percent) >= 0) {
+    options.broker_params.hysteresis_percent = absl::GetFlag(FLAGS_hysteresis_percent);
+  }
+  if (absl::GetFlag(FLAGS_buffer_percent) >= 0) {
+    options.broker_params.buffer_percent = absl::GetFlag(FLAGS_buffer_percent);
+  }
+  if (absl::GetFlag(FLAGS_reclaim_step_mib) >= 0) {
+    options.broker_params.reclaim_step_bytes =
+        static_cast<uint64_t>(absl::GetFlag(FLAGS_reclaim_step_mib)) << 20;
+  }
+  if (absl::GetFlag(FLAGS_protect_margin_percent) >= 0) {
+    options.broker_params.protect_margin_percent = absl::GetFlag(FLAGS_protect_margin_percent);
+    options.demand_params.protect_margin_percent = absl::GetFlag(FLAGS_protect_margin_percent);
+  }
+  if (absl::GetFlag(FLAGS_protect_margin_max_mib) >= 0) {
+    options.demand_params.protect_margin_max_bytes =
+        static_cast<uint64_t>(absl::GetFlag(FLAGS_protect_margin_max_mib)) << 20;
+  }
+  if (absl::GetFlag(FLAGS_idle_tax_percent) >= 0) {
+    options.broker_params.idle_tax_percent = absl::GetFlag(FLAGS_idle_tax_percent);
+  }
+  if (absl::GetFlag(FLAGS_half_life_seconds) >= 0) {
+    options.demand_params.decay_half_life_seconds = absl::GetFlag(FLAGS_half_life_seconds);
+  }
 
   std::printf("%-16s %-9s %11s %5s %10s %7s %7s %8s %9s %8s %8s %7s\n", "scenario", "policy",
               "stall GiB*s", "OOMs", "reclaim GB", "surges", "resp s", "react s", "rev/VM-h",
@@ -86,7 +147,7 @@ int main(int argc, char** argv) {
     }
     std::map<PolicyKind, membroker::sim::QualityFigures> results;
     std::map<PolicyKind, double> wall;
-    for (PolicyKind kind : membroker::sim::AllPolicies()) {
+    for (PolicyKind kind : kinds) {
       const absl::Time start = absl::Now();
       auto fig = membroker::sim::RunScenario(*scenario, kind, options);
       wall[kind] = absl::ToDoubleSeconds(absl::Now() - start);
@@ -98,7 +159,7 @@ int main(int argc, char** argv) {
       results[kind] = *fig;
     }
     const auto& oracle = results[PolicyKind::kOracle];
-    for (PolicyKind kind : membroker::sim::AllPolicies()) {
+    for (PolicyKind kind : kinds) {
       const auto& f = results[kind];
       std::printf("%-16s %-9s %11.1f %5llu %10.2f %7llu %7.2f %8.1f %9.2f %8s %8s %7.2f\n",
                   scenario->name().c_str(), membroker::sim::PolicyName(kind), f.stall_gib_seconds,
@@ -107,6 +168,14 @@ int main(int argc, char** argv) {
                   f.reaction_seconds_mean,
                   f.reversals_per_vm_hour, Ratio(f.stall_gib_seconds, oracle.stall_gib_seconds).c_str(),
                   Ratio(f.reclaimed_gib, oracle.reclaimed_gib).c_str(), wall[kind]);
+      if (absl::GetFlag(FLAGS_detail) > 0) {
+        auto vms = f.stall_by_vm;
+        std::sort(vms.begin(), vms.end(),
+                  [](const auto& a, const auto& b) { return a.second > b.second; });
+        for (int i = 0; i < absl::GetFlag(FLAGS_detail) && i < static_cast<int>(vms.size()); ++i) {
+          std::printf("    %-24s %11.1f\n", vms[i].first.c_str(), vms[i].second);
+        }
+      }
     }
   }
   std::printf(

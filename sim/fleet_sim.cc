@@ -60,6 +60,7 @@ class BrokerController : public HostController {
       in.actual_bytes = vm.actual_bytes;
       in.previous_target_bytes = s.previous_target;
       in.active_fraction = s.demand.active_fraction;
+      in.under_pressure = s.demand.pressure;
       input.vms.push_back(std::move(in));
     }
     const policy::HostDecision decision = policy::DecideHost(input, params_);
@@ -124,6 +125,20 @@ struct HostRun {
 };
 
 }  // namespace
+
+policy::PolicyParams SimBrokerPolicyParams() {
+  policy::PolicyParams p;
+  p.surplus_percent = 0;
+  p.hysteresis_percent = 5;
+  p.needs_before_buffers = true;
+  return p;
+}
+
+policy::DemandParams SimBrokerDemandParams() {
+  policy::DemandParams d;
+  d.protect_margin_max_bytes = 32 * kMiB;
+  return d;
+}
 
 const std::vector<PolicyKind>& AllPolicies() {
   static const std::vector<PolicyKind> kAll = {PolicyKind::kNoBallooning, PolicyKind::kProxmox,
@@ -241,6 +256,7 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
       for (size_t i = 0; i < vms.size(); ++i) {
         const SimVmState& s = vms[i];
         VmTrack& t = host.vms[i];
+        if (options.observer) options.observer(now, s);
         if (!s.running) continue;
         vm_seconds += kTickSeconds;
         reclaimed_byte_seconds += static_cast<double>(s.max_bytes - s.actual_bytes) * kTickSeconds;
@@ -367,6 +383,7 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
     for (size_t i = 0; i < host.sim->vms().size(); ++i) {
       const SimVmState& s = host.sim->vms()[i];
       stall += s.stall_byte_seconds;
+      fig.stall_by_vm.emplace_back(s.name, s.stall_byte_seconds / kGiB);
       fig.oom_kills += s.oom_kills_total;
       reversals += host.vms[i].reversals;
       if (host.vms[i].episode_start >= 0) {

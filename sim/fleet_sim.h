@@ -20,8 +20,10 @@
 // clairvoyant oracle.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -95,14 +97,27 @@ struct PolicyTraits {
   bool free_then_grow = false;    // grows only into memory already freed
 };
 
+// The broker's configuration in the simulator: broker/policy's defaults
+// with the settings that reclaim idle memory and keep targets still:
+// surplus_percent 0 (the host keeps what no VM needs, as free room any VM
+// can grow into at once), hysteresis_percent 5 (no chasing noise), a
+// protect margin capped at 32 MiB (large guests do not hold back memory
+// their neighbours need when the host is short), and needs before buffers.
+policy::PolicyParams SimBrokerPolicyParams();
+
+// The broker's demand estimator settings in the simulator (see above).
+policy::DemandParams SimBrokerDemandParams();
+
 // Tunables of a run.
 struct RunOptions {
   // Simulated time to run; zero: the scenario's duration.
   absl::Duration duration = absl::ZeroDuration();
   // The broker's policy parameters (cluster policy of the scenario applied
   // on top of these).
-  policy::PolicyParams broker_params;
-  policy::DemandParams demand_params;
+  policy::PolicyParams broker_params = SimBrokerPolicyParams();
+  policy::DemandParams demand_params = SimBrokerDemandParams();
+  // Called after every tick for every VM (tracing); may be empty.
+  std::function<void(double now_seconds, const SimVmState& vm)> observer;
 };
 
 // The figures of one scenario under one policy.
@@ -128,6 +143,8 @@ struct QualityFigures {
   // Targets set below a VM's floor (policy min), counted per decision.
   uint64_t floor_violations = 0;
   double vm_hours = 0;
+  // Each VM's own stall (GiB*s), by VM name, in scenario order.
+  std::vector<std::pair<std::string, double>> stall_by_vm;
 };
 
 // The traits of `kind` for a scenario whose report interval is `interval`.

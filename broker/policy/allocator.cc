@@ -109,17 +109,45 @@ HostDecision DecideHost(const HostInput& input, const PolicyParams& params) {
     // Step 3: everyone gets desired; the rest goes back by weight up to max.
     std::vector<uint64_t> room(n);
     for (size_t i = 0; i < n; ++i) room[i] = input.vms[i].max_bytes - out.vms[i].desired_bytes;
-    const std::vector<uint64_t> extra = WaterFill(room, weight, usable - out.desired_bytes);
+    const double surplus_share = std::clamp(params.surplus_percent, 0.0, 100.0) / 100.0;
+    const uint64_t surplus = static_cast<uint64_t>(
+        std::floor(static_cast<double>(usable - out.desired_bytes) * surplus_share));
+    const std::vector<uint64_t> extra = WaterFill(room, weight, surplus);
     for (size_t i = 0; i < n; ++i) {
       VmDecision& d = out.vms[i];
       d.share_bytes = d.desired_bytes + extra[i];
       d.reason = extra[i] > 0 ? Reason::kSurplus : Reason::kDemand;
     }
   } else if (out.floor_bytes <= usable) {
-    // Step 4: share what is above the floors by weighted water-filling.
+    // Step 4: share what is above the floors by weighted water-filling;
+    // with needs_before_buffers, first up to each VM's demand, then what is
+    // left up to its desired size (buffers are shared only once every VM
+    // has its demand).
     std::vector<uint64_t> room(n);
-    for (size_t i = 0; i < n; ++i) room[i] = out.vms[i].desired_bytes - out.vms[i].floor_bytes;
-    const std::vector<uint64_t> extra = WaterFill(room, weight, usable - out.floor_bytes);
+    std::vector<uint64_t> extra(n, 0);
+    uint64_t budget = usable - out.floor_bytes;
+    if (params.needs_before_buffers) {
+      // Tier 1: VMs under pressure (swapping now) up to their demand;
+      // tier 2: every VM up to its demand.
+      for (int tier = 1; tier <= 2; ++tier) {
+        for (size_t i = 0; i < n; ++i) {
+          const VmDecision& d = out.vms[i];
+          const uint64_t need = Clamp(input.vms[i].demand_bytes, d.floor_bytes, d.desired_bytes);
+          room[i] = tier == 1 && !input.vms[i].under_pressure ? 0
+                                                              : need - d.floor_bytes - extra[i];
+        }
+        const std::vector<uint64_t> got = WaterFill(room, weight, budget);
+        for (size_t i = 0; i < n; ++i) {
+          extra[i] += got[i];
+          budget -= got[i];
+        }
+      }
+    }
+    for (size_t i = 0; i < n; ++i) {
+      room[i] = out.vms[i].desired_bytes - out.vms[i].floor_bytes - extra[i];
+    }
+    const std::vector<uint64_t> more = WaterFill(room, weight, budget);
+    for (size_t i = 0; i < n; ++i) extra[i] += more[i];
     for (size_t i = 0; i < n; ++i) {
       VmDecision& d = out.vms[i];
       d.share_bytes = d.floor_bytes + extra[i];
@@ -157,14 +185,18 @@ HostDecision DecideHost(const HostInput& input, const PolicyParams& params) {
     if (prev == 0) continue;  // first decision: no history to smooth against
     const uint64_t prev_c = Clamp(prev, d.floor_bytes, vm.max_bytes);
     const bool to_bound = d.share_bytes == d.floor_bytes || d.share_bytes == vm.max_bytes;
+    const uint64_t band = std::max<uint64_t>(
+        params.hysteresis_bytes,
+        static_cast<uint64_t>(static_cast<double>(prev_c) *
+                              std::clamp(params.hysteresis_percent, 0.0, 100.0) / 100.0));
     if (d.share_bytes > prev_c) {
-      if (d.share_bytes - prev_c < params.hysteresis_bytes && !to_bound) {
+      if (d.share_bytes - prev_c < band && !to_bound) {
         d.target_bytes = prev_c;
         d.reason = Reason::kHysteresis;
       }
     } else if (d.share_bytes < prev_c) {
       const uint64_t drop = prev_c - d.share_bytes;
-      if (drop < params.hysteresis_bytes && !to_bound) {
+      if (drop < band && !to_bound) {
         d.target_bytes = prev_c;
         d.reason = Reason::kHysteresis;
       } else if (drop > params.reclaim_step_bytes) {

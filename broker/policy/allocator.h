@@ -8,10 +8,13 @@
 //      its floor is its current size (pinned: its max).
 //   2. Desired = clamp(demand * (1 + buffer), floor, max).
 //   3. If the desired sizes fit in capacity - free margin, every VM gets its
-//      desired size; what is left goes back to VMs by weight up to max,
-//      still keeping the host's free margin.
+//      desired size; surplus_percent of what is left goes back to VMs by
+//      weight up to max, still keeping the host's free margin (the rest
+//      stays in the host's free pool).
 //   4. If not, capacity - free margin - sum(floors) is shared by weighted
-//      water-filling between floor and desired. Weights are adjusted by the
+//      water-filling between floor and desired: first VMs under pressure
+//      up to their demand, then every VM up to its demand, then up to
+//      desired (needs before buffers). Weights are adjusted by the
 //      idle memory tax (ESX): a VM whose memory is mostly idle gets fewer
 //      shares: w_eff = w / (f + k (1 - f)), f = active fraction,
 //      k = 1 / (1 - tax).
@@ -19,7 +22,8 @@
 //      is kept at its floor and the host is flagged.
 //   6. Smooth against the previous target: give memory at once; take it
 //      back at most reclaim_step per decision; ignore a change smaller than
-//      the hysteresis band (unless it moves to a floor or max).
+//      the hysteresis band, max(hysteresis_bytes, hysteresis_percent of the
+//      previous target) (unless it moves to a floor or max).
 // Smoothing never takes a VM below its floor and never above its max, and
 // never makes the host's sum exceed capacity (growth is cut to what the
 // smoothed reclaims leave room for, taken first from the largest grants).
@@ -58,6 +62,15 @@ struct PolicyParams {
   uint64_t default_min_bytes = uint64_t{256} << 20;
   uint32_t default_weight = 100;
   double protect_margin_percent = 10.0;
+  // Share of the step-3 surplus handed back to VMs, 0..100. 100 gives all
+  // of it by weight up to max; 0 keeps it in the host's free pool, where it
+  // is reclaimed memory and room for any VM to grow into at once.
+  double surplus_percent = 100.0;
+  // Relative hysteresis: a change is ignored when it is smaller than
+  // max(hysteresis_bytes, hysteresis_percent of the previous target).
+  double hysteresis_percent = 0.0;
+  // Step 4 shares memory up to every VM's demand before any buffer.
+  bool needs_before_buffers = true;
 };
 
 // One VM's inputs to the decision.
@@ -73,6 +86,7 @@ struct VmInput {
   uint64_t actual_bytes = 0;      // balloon actual now
   uint64_t previous_target_bytes = 0;  // 0: no previous decision
   double active_fraction = 1.0;   // 0..1, share of its memory in active use
+  bool under_pressure = false;    // the guest is swapping now (DemandState::pressure)
 };
 
 // One host's inputs.

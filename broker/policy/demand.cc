@@ -76,7 +76,11 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
   state.estimate_bytes = std::min(state.estimate_bytes, max > 0 ? max : state.estimate_bytes);
   state.used_bytes = used_u;
   state.demand_bytes = static_cast<uint64_t>(std::llround(state.estimate_bytes));
-  const double protect = used * (1.0 + params.protect_margin_percent / 100.0);
+  double margin = used * params.protect_margin_percent / 100.0;
+  if (params.protect_margin_max_bytes > 0) {
+    margin = std::min(margin, static_cast<double>(params.protect_margin_max_bytes));
+  }
+  const double protect = used + margin;
   state.protect_bytes = static_cast<uint64_t>(std::llround(max > 0 ? std::min(protect, max) : protect));
   state.active_fraction = actual > 0 ? std::clamp(used / actual, 0.0, 1.0) : 1.0;
 }

@@ -12,7 +12,8 @@
 //      balance of swap-out minus swap-in since the guest was first seen
 //      (never below 0): how much of its memory the guest pushed out, so
 //      one report is enough to ask for the whole deficit.
-//   4. protect = used * (1 + protect margin), never more than max.
+//   4. protect = used + min(used * protect margin, protect margin cap),
+//      never more than max.
 //   5. Untrusted or missing statistics keep the previous estimate (or, for
 //      a VM never seen with valid stats, its current size: no reclaim).
 
@@ -24,6 +25,9 @@ namespace membroker::policy {
 struct DemandParams {
   double decay_half_life_seconds = 30.0;
   double protect_margin_percent = 10.0;
+  // Caps the protect margin in bytes (0: no cap), so a large guest's floor
+  // does not hold back memory its neighbours need.
+  uint64_t protect_margin_max_bytes = 0;
   // Extra demand per pressure event, on top of the swapped-in bytes.
   uint64_t pressure_step_bytes = uint64_t{128} << 20;
   // Swap-in below this rate (bytes/s) is noise, not pressure.
