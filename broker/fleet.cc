@@ -286,6 +286,7 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
     obs.available_bytes = s.stats().available_bytes();
     obs.swap_in_bytes_total = s.stats().swap_in_bytes_total();
     obs.major_faults_total = s.stats().major_faults_total();
+    obs.swap_out_bytes_total = s.stats().swap_out_bytes_total();
     obs.actual_bytes = s.actual_bytes();
     obs.max_bytes = s.max_bytes();
     obs.elapsed_seconds = elapsed;

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# A local MemBroker cluster on the simulator: installs what is missing,
+# builds, starts the broker and three simulated hosts (idle, steady, bursty,
+# diurnal and growing VMs), and shows the fleet converging until Ctrl-C.
+# Without a terminal it prints a plain table every few seconds instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+scripts/deps.sh build
+scripts/build.sh membroker membroker-agent membrokerctl
+BIN="$ROOT/${BUILD_DIR:-build}"
+BROKER="$BIN/broker/membroker"
+AGENT="$BIN/node-agent/membroker-agent"
+CTL="$BIN/client/membrokerctl"
+PORT="${MB_DEMO_PORT:-7070}"
+METRICS_PORT="${MB_DEMO_METRICS_PORT:-9470}"
+RUN_DIR=$(mktemp -d /tmp/membroker-demo.XXXXXX)
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  echo "stopped the demo cluster; logs are in $RUN_DIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$BROKER" --listen=127.0.0.1:$PORT --metrics-listen=127.0.0.1:$METRICS_PORT \
+  --state-dir="$RUN_DIR/state" --insecure >"$RUN_DIR/broker.log" 2>&1 &
+pids+=($!)
+export MEMBROKER_SERVER=127.0.0.1:$PORT
+for i in $(seq 1 50); do
+  if "$CTL" --insecure get hosts >/dev/null 2>&1; then break; fi
+  if ! kill -0 "${pids[0]}" 2>/dev/null; then cat "$RUN_DIR/broker.log"; exit 1; fi
+  sleep 0.1
+done
+caps=(10GiB 9GiB 8GiB)
+n=0
+for host in a b c; do
+  mport=$((METRICS_PORT + 1 + n))
+  "$AGENT" --broker=127.0.0.1:$PORT --host-id=sim-host-$host --backend=sim \
+    --sim-config="$ROOT/scripts/demo/host-$host.textproto" \
+    --host-capacity-bytes="${caps[$n]}" --metrics-listen=127.0.0.1:$mport \
+    --insecure >"$RUN_DIR/agent-$host.log" 2>&1 &
+  pids+=($!)
+  n=$((n + 1))
+done
+cat <<MSG
+MemBroker demo: broker on 127.0.0.1:$PORT (metrics :$METRICS_PORT), three simulated hosts
+(agent metrics :$((METRICS_PORT + 1))..:$((METRICS_PORT + 3))). Logs: $RUN_DIR
+Try in another terminal:  export MEMBROKER_SERVER=127.0.0.1:$PORT
+  $CTL --insecure get vms        $CTL --insecure explain vm app-growing
+Ctrl-C stops everything.
+MSG
+if [[ -t 1 ]]; then
+  "$CTL" --insecure top --interval=1s
+else
+  "$CTL" --insecure top --interval=${MB_DEMO_INTERVAL:-5s} ${MB_DEMO_ITERATIONS:+--iterations=$MB_DEMO_ITERATIONS}
+fi

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages MemBroker needs, only those missing.
+#   scripts/deps.sh build   -- compilers and libraries
+#   scripts/deps.sh test    -- build + what the tests drive (QEMU, busybox,
+#                              Prometheus/promtool, libvirt's test driver)
+set -euo pipefail
+
+BUILD_PKGS=(
+  g++ cmake ninja-build pkg-config ccache
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev
+  libvirt-dev libsqlite3-dev libspdlog-dev
+)
+TEST_PKGS=(
+  qemu-system-x86 busybox-static cpio prometheus curl
+)
+
+want=("${BUILD_PKGS[@]}")
+if [[ "${1:-build}" == "test" ]]; then want+=("${TEST_PKGS[@]}"); fi
+
+missing=()
+for p in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+echo "installing: ${missing[*]}"
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# prometheus pulls in a service we do not want started at install time.
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
