@@ -96,9 +96,10 @@ absl::StatusOr<Invocation> ParseArgs(const std::vector<std::string>& args,
 // for an empty path). Unknown paths get the top-level help.
 std::string HelpText(const std::vector<std::string>& path);
 
-// Typed accessors for command flags. Each returns INVALID_ARGUMENT naming
-// the flag when the value is malformed or out of range, and std::nullopt-like
-// "absent" through the `present` out-parameter when the flag was not given.
+// Typed accessors for command flags. Each sets `*present` to whether the
+// flag was given (returning a zero value when it was not) and returns
+// INVALID_ARGUMENT naming the flag when the value is malformed or out of
+// range.
 
 // A size with units ("512MiB", "4GiB", "1073741824").
 absl::StatusOr<uint64_t> FlagBytes(const Invocation& inv, absl::string_view name,

@@ -303,13 +303,13 @@ void WriteYaml(const JsonNode& node, int indent, std::string* out) {
   }
   for (const JsonNode& item : node.items) {
     out->append(indent, ' ');
-    out->append("- ");
     if (IsEmptyOrScalar(item)) {
-      absl::StrAppend(out, ScalarYaml(item), "\n");
+      absl::StrAppend(out, "- ", ScalarYaml(item), "\n");
     } else if (item.kind == JsonNode::kObject) {
+      out->append("- ");
       WriteMembers(item, indent + 2, true, out);
     } else {
-      out->push_back('\n');
+      out->append("-\n");
       WriteYaml(item, indent + 2, out);
     }
   }

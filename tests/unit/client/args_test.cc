@@ -364,6 +364,15 @@ TEST(RunCtlTest, HelpAndVersionExitZero) {
   EXPECT_THAT(r.out, HasSubstr("membrokerctl "));
 }
 
+TEST(InterruptibleWaitTest, ReturnsFalseOnceStopped) {
+  std::atomic<bool> stop{false};
+  auto wait = InterruptibleWait(&stop);
+  EXPECT_TRUE(wait(absl::ZeroDuration()));
+  stop.store(true);
+  // Stopped: returns at once however long the wait would be.
+  EXPECT_FALSE(wait(absl::Hours(1)));
+}
+
 TEST(StatusCodeNameTest, NamesCodes) {
   EXPECT_EQ(StatusCodeName(5), "NOT_FOUND");
   EXPECT_EQ(StatusCodeName(14), "UNAVAILABLE");

@@ -107,7 +107,7 @@ TEST(JsonToYamlTest, Shapes) {
             "  e: []\n"
             "f: {}\n"
             "g:\n"
-            "- \n"
+            "-\n"
             "  - 1\n"
             "  - 2\n"
             "h: \"true\"\n"
