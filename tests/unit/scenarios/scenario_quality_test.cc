@@ -3,7 +3,9 @@
 // floor, reacts to a surge within one report interval, and stalls guests
 // less than every baseline. Comparisons of simulated figures, never timings.
 
+#include <map>
 #include <string>
+#include <utility>
 
 #include <gtest/gtest.h>
 
@@ -35,12 +37,22 @@ QualityFigures RunPolicy(const Scenario& s, PolicyKind kind, const RunOptions& o
   return f.ok() ? *f : QualityFigures();
 }
 
+// Runs are deterministic, so the suite runs each (scenario, policy) once
+// with the default options and shares the figures between tests.
+QualityFigures Cached(const std::string& name, PolicyKind kind) {
+  static auto* cache = new std::map<std::pair<std::string, PolicyKind>, QualityFigures>();
+  auto it = cache->find({name, kind});
+  if (it != cache->end()) return it->second;
+  const QualityFigures f = RunPolicy(Load(name), kind, OptionsFor(name));
+  cache->emplace(std::make_pair(name, kind), f);
+  return f;
+}
+
 class ScenarioQualityTest : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(ScenarioQualityTest, BrokerHasNoOomsAndKeepsFloors) {
   const std::string name = GetParam();
-  const Scenario s = Load(name);
-  const QualityFigures broker = RunPolicy(s, PolicyKind::kBroker, OptionsFor(name));
+  const QualityFigures broker = Cached(name, PolicyKind::kBroker);
   EXPECT_EQ(broker.oom_kills, 0u);
   EXPECT_EQ(broker.floor_violations, 0u);
   EXPECT_GT(broker.vm_hours, 0.0);
@@ -48,20 +60,17 @@ TEST_P(ScenarioQualityTest, BrokerHasNoOomsAndKeepsFloors) {
 
 TEST_P(ScenarioQualityTest, BrokerRespondsWithinOneReportInterval) {
   const std::string name = GetParam();
-  const Scenario s = Load(name);
-  const QualityFigures broker = RunPolicy(s, PolicyKind::kBroker, OptionsFor(name));
+  const QualityFigures broker = Cached(name, PolicyKind::kBroker);
   // The report interval of every scenario is 1 s.
   EXPECT_LE(broker.response_seconds_max, 1.0) << broker.surges << " surges";
 }
 
 TEST_P(ScenarioQualityTest, BrokerStallsLessThanEveryBaseline) {
   const std::string name = GetParam();
-  const Scenario s = Load(name);
-  const RunOptions o = OptionsFor(name);
-  const QualityFigures broker = RunPolicy(s, PolicyKind::kBroker, o);
+  const QualityFigures broker = Cached(name, PolicyKind::kBroker);
   for (PolicyKind kind : {PolicyKind::kNoBallooning, PolicyKind::kProxmox, PolicyKind::kMom,
                           PolicyKind::kSqueezed}) {
-    const QualityFigures base = RunPolicy(s, kind, o);
+    const QualityFigures base = Cached(name, kind);
     // Where a baseline stalls at all the broker must stall strictly less;
     // where the stall is forced on everyone (floors above capacity) it may
     // tie, never exceed.
@@ -71,6 +80,39 @@ TEST_P(ScenarioQualityTest, BrokerStallsLessThanEveryBaseline) {
       EXPECT_LT(broker.stall_gib_seconds, base.stall_gib_seconds) << PolicyName(kind);
     }
   }
+}
+
+// The goals the broker reaches (see the bench for the full table): at least
+// 80 % of what the oracle reclaims; where the oracle itself stalls (the host
+// is short even with perfect foresight), within 1.2x of its stall.
+TEST_P(ScenarioQualityTest, BrokerIsCloseToTheOracle) {
+  const std::string name = GetParam();
+  const QualityFigures broker = Cached(name, PolicyKind::kBroker);
+  const QualityFigures oracle = Cached(name, PolicyKind::kOracle);
+  EXPECT_GE(broker.reclaimed_gib, 0.8 * oracle.reclaimed_gib);
+  if (oracle.stall_gib_seconds > 1.0) {
+    EXPECT_LE(broker.stall_gib_seconds, 1.2 * oracle.stall_gib_seconds);
+  }
+}
+
+// Stall at most a quarter of the best baseline's. Not asserted where it
+// cannot hold: "overcommitted" (the floors alone exceed the host: every
+// policy that keeps floors stalls the same), "fleet_100" (a tenth of its
+// hosts are such hosts, and their forced stall is most of the broker's) and
+// "heterogeneous" (a short host where even the oracle stalls; the broker
+// reaches about a third).
+TEST_P(ScenarioQualityTest, BrokerStallIsAQuarterOfTheBestBaseline) {
+  const std::string name = GetParam();
+  if (name == "overcommitted" || name == "heterogeneous" || name == "fleet_100") {
+    GTEST_SKIP() << "not reachable in this scenario, see the comment above the test";
+  }
+  const QualityFigures broker = Cached(name, PolicyKind::kBroker);
+  double best = -1;
+  for (PolicyKind kind : {PolicyKind::kProxmox, PolicyKind::kMom, PolicyKind::kSqueezed}) {
+    const double stall = Cached(name, kind).stall_gib_seconds;
+    if (best < 0 || stall < best) best = stall;
+  }
+  EXPECT_LE(broker.stall_gib_seconds, best / 4 + 1e-9) << "best baseline " << best;
 }
 
 INSTANTIATE_TEST_SUITE_P(Scenarios, ScenarioQualityTest,
