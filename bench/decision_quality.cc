@@ -169,6 +169,7 @@ int main(int argc, char** argv) {
                   f.reversals_per_vm_hour, Ratio(f.stall_gib_seconds, oracle.stall_gib_seconds).c_str(),
                   Ratio(f.reclaimed_gib, oracle.reclaimed_gib).c_str(), wall[kind]);
       if (absl::GetFlag(FLAGS_detail) > 0) {
+        std::printf("    longest response: %s\n", f.response_max_vm.c_str());
         auto vms = f.stall_by_vm;
         std::sort(vms.begin(), vms.end(),
                   [](const auto& a, const auto& b) { return a.second > b.second; });

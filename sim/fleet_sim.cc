@@ -274,6 +274,7 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
             // the response took the whole episode.
             response_sum += r;
             ++responses;
+            if (r > fig.response_seconds_max) fig.response_max_vm = s.name;
             fig.response_seconds_max = std::max(fig.response_seconds_max, r);
           }
           t.episode_start = -1;
@@ -324,6 +325,7 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
             const double r = now - t.episode_start;
             response_sum += r;
             ++responses;
+            if (r > fig.response_seconds_max) fig.response_max_vm = vms[view.vms[j].index].name;
             fig.response_seconds_max = std::max(fig.response_seconds_max, r);
           }
           const uint64_t before = t.want != 0 ? t.want : view.vms[j].target_bytes;
@@ -395,6 +397,7 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
         if (!host.vms[i].responded) {
           response_sum += r;
           ++responses;
+          if (r > fig.response_seconds_max) fig.response_max_vm = s.name;
           fig.response_seconds_max = std::max(fig.response_seconds_max, r);
         }
       }

@@ -138,6 +138,7 @@ struct QualityFigures {
   // VM's memory (the policy's response, before the balloon moves).
   double response_seconds_mean = 0;
   double response_seconds_max = 0;
+  std::string response_max_vm;  // the VM of the longest response
   // Target direction reversals per VM-hour of running time.
   double reversals_per_vm_hour = 0;
   // Targets set below a VM's floor (policy min), counted per decision.

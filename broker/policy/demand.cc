@@ -80,7 +80,12 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
   if (params.protect_margin_max_bytes > 0) {
     margin = std::min(margin, static_cast<double>(params.protect_margin_max_bytes));
   }
-  const double protect = used + margin;
+  double protect = used + margin;
+  if (state.pressure) {
+    // Pages the guest is reading back from swap are working set too: never
+    // balloon into them.
+    protect = std::max(protect, used + state.swapped_estimate_bytes);
+  }
   state.protect_bytes = static_cast<uint64_t>(std::llround(max > 0 ? std::min(protect, max) : protect));
   state.active_fraction = actual > 0 ? std::clamp(used / actual, 0.0, 1.0) : 1.0;
 }

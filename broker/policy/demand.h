@@ -12,8 +12,9 @@
 //      balance of swap-out minus swap-in since the guest was first seen
 //      (never below 0): how much of its memory the guest pushed out, so
 //      one report is enough to ask for the whole deficit.
-//   4. protect = used + min(used * protect margin, protect margin cap),
-//      never more than max.
+//   4. protect = used + min(used * protect margin, protect margin cap);
+//      under pressure at least used + the estimated swap occupancy (pages
+//      being read back are working set); never more than max.
 //   5. Untrusted or missing statistics keep the previous estimate (or, for
 //      a VM never seen with valid stats, its current size: no reclaim).
 

@@ -146,6 +146,9 @@ TEST(PolicyTuningTest, SwapBalanceAsksForTheWholeDeficitAtOnce) {
   EXPECT_TRUE(s.pressure);
   EXPECT_EQ(s.swapped_estimate_bytes, 448.0 * kMiB);
   EXPECT_EQ(s.demand_bytes, 2 * kGiB + 448 * kMiB + 128 * kMiB);
+  // Pages being read back are working set: protect covers them.
+  // max(used 2 GiB * 1.1, used + 448 MiB) = 2 GiB + 448 MiB.
+  EXPECT_EQ(s.protect_bytes, 2 * kGiB + 448 * kMiB);
   // Counters going backwards (guest reboot) clear the balance.
   o.swap_out_bytes_total = 0;
   o.swap_in_bytes_total = 0;
