@@ -145,9 +145,19 @@ Agent::TickOutcome Agent::TickLocked() {
   TickOutcome outcome;
   absl::StatusOr<std::vector<VmStatus>> vms = hypervisor_->ListVms();
   if (!vms.ok()) {
-    spdlog::warn("listing VMs failed: {}", vms.status().ToString());
+    // Once per outage at warning level; the rest at debug.
+    if (list_failures_++ == 0) {
+      spdlog::warn("listing VMs failed: {}", vms.status().ToString());
+    } else {
+      spdlog::debug("listing VMs failed ({} in a row): {}", list_failures_,
+                    vms.status().ToString());
+    }
     outcome.status = vms.status();
     return outcome;
+  }
+  if (list_failures_ > 0) {
+    spdlog::info("listing VMs works again after {} failures", list_failures_);
+    list_failures_ = 0;
   }
   const absl::Time now = clock_->Now();
   std::map<std::string, StatsVerdict> verdicts;

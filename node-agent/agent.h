@@ -119,6 +119,7 @@ class Agent {
   std::map<std::string, bool> stats_period_set_ ABSL_GUARDED_BY(mu_);
   absl::Duration report_interval_ ABSL_GUARDED_BY(mu_);
   uint64_t sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  int list_failures_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool report_now_ ABSL_GUARDED_BY(mu_) = false;
   bool pressure_pending_ ABSL_GUARDED_BY(mu_) = false;

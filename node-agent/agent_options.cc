@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "common/textproto.h"
@@ -39,6 +40,43 @@ absl::Status Prefix(const std::string& source, const absl::Status& status) {
 bool HasGlobChars(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
 
 }  // namespace
+
+std::vector<std::string> NormalizeCommandLine(const std::vector<std::string>& args) {
+  std::vector<std::string> out;
+  std::vector<std::string> qmp_sockets;
+  size_t qmp_position = 0;
+  bool rest = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string arg = args[i];
+    if (i > 0 && !rest && arg == "--") rest = true;
+    if (i == 0 || rest || arg.size() <= 2 || arg.compare(0, 2, "--") != 0) {
+      out.push_back(std::move(arg));
+      continue;
+    }
+    const size_t end = std::min(arg.find('='), arg.size());
+    for (size_t j = 2; j < end; ++j) {
+      if (arg[j] == '-') arg[j] = '_';
+    }
+    const std::string name = arg.substr(2, end - 2);
+    if (name == "qmp_socket") {
+      if (qmp_sockets.empty()) qmp_position = out.size();
+      if (end < arg.size()) {
+        qmp_sockets.push_back(arg.substr(end + 1));
+      } else if (i + 1 < args.size()) {
+        qmp_sockets.push_back(args[++i]);
+      } else {
+        out.push_back(std::move(arg));  // the parser reports the missing value
+      }
+      continue;
+    }
+    out.push_back(std::move(arg));
+  }
+  if (!qmp_sockets.empty()) {
+    out.insert(out.begin() + static_cast<std::ptrdiff_t>(qmp_position),
+               absl::StrCat("--qmp_socket=", absl::StrJoin(qmp_sockets, ",")));
+  }
+  return out;
+}
 
 absl::StatusOr<std::vector<std::string>> ExpandQmpSockets(const std::vector<std::string>& sockets,
                                                           const std::string& dir) {

@@ -34,6 +34,12 @@ struct AgentFlags {
   std::string report_interval;
 };
 
+// Rewrites a command line for Abseil's flag parser: flag names spelled
+// with dashes ("--host-id") get underscores ("--host_id"), and repeated
+// --qmp-socket flags ("--qmp-socket=a --qmp-socket b") are joined into one
+// comma-separated flag. Arguments after "--" are left alone.
+std::vector<std::string> NormalizeCommandLine(const std::vector<std::string>& args);
+
 // Validated agent settings.
 struct AgentOptions {
   std::string broker;

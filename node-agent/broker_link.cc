@@ -98,9 +98,17 @@ void BrokerLink::Run() {
       if (!first) ++counters_.reconnects;
     }
     first = false;
-    if (RunStream()) backoff.Reset();
+    const bool healthy = RunStream();
+    if (healthy) backoff.Reset();
     const absl::Duration delay = backoff.Next();
-    spdlog::info("broker stream ended; reconnecting in {}", absl::FormatDuration(delay));
+    // Once per outage at info level; the retries at debug.
+    if (healthy || failed_attempts_ == 0) {
+      spdlog::info("broker stream ended; reconnecting in {}", absl::FormatDuration(delay));
+    } else {
+      spdlog::debug("broker unreachable ({} attempts); next in {}", failed_attempts_ + 1,
+                    absl::FormatDuration(delay));
+    }
+    failed_attempts_ = healthy ? 0 : failed_attempts_ + 1;
     absl::MutexLock lock(&mu_);
     auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
     mu_.AwaitWithTimeout(absl::Condition(&stopping), delay);
@@ -167,7 +175,8 @@ bool BrokerLink::RunStream() {
     absl::MutexLock lock(&mu_);
     context_ = nullptr;
   }
-  if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED) {
+  if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED &&
+      failed_attempts_ == 0) {
     spdlog::warn("broker stream failed: {} ({})", status.error_message(),
                  static_cast<int>(status.error_code()));
   }

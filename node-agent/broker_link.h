@@ -111,6 +111,8 @@ class BrokerLink {
   const Clock* const clock_;
   const BackoffParams backoff_params_;
   std::thread thread_;
+  // Unhealthy streams in a row (reader thread only).
+  int failed_attempts_ = 0;
 
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

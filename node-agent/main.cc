@@ -14,7 +14,10 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
@@ -53,21 +56,34 @@ namespace {
 constexpr int kExitError = 1;
 constexpr int kExitUsage = 2;
 
-// Abseil flag names are identifiers; the command-line contract spells them
-// with dashes. Rewrites "--host-id=x" to "--host_id=x" (names only).
-std::vector<std::string> NormalizeFlagNames(int argc, char** argv) {
-  std::vector<std::string> out;
-  for (int i = 0; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (i > 0 && arg.size() > 2 && arg.compare(0, 2, "--") == 0) {
-      const size_t end = std::min(arg.find('='), arg.size());
-      for (size_t j = 2; j < end; ++j) {
-        if (arg[j] == '-') arg[j] = '_';
-      }
+// Abseil exits with 1 on an unknown flag; the contract wants 2 (usage).
+// Returns the first argument naming no flag, or "".
+std::string FindUnknownFlag(const std::vector<std::string>& args) {
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--") break;
+    if (arg.size() < 2 || arg[0] != '-') continue;
+    std::string name = arg.substr(arg[1] == '-' ? 2 : 1);
+    name = name.substr(0, name.find('='));
+    if (absl::FindCommandLineFlag(name) != nullptr) continue;
+    // Abseil's own flags.
+    if (name == "help" || name == "helpfull" || name == "helpshort" || name == "helppackage" ||
+        name == "version" || name == "only_check_args" || name == "helpon" ||
+        name == "helpmatch" || name == "flagfile" || name == "fromenv" ||
+        name == "tryfromenv" || name == "undefok") {
+      continue;
     }
-    out.push_back(std::move(arg));
+    if (name.compare(0, 2, "no") == 0 && absl::FindCommandLineFlag(name.substr(2)) != nullptr) {
+      continue;
+    }
+    // Report it as the user spelled it (dashes).
+    std::string shown = arg;
+    for (size_t j = 0; j < shown.size() && shown[j] != '='; ++j) {
+      if (j >= 2 && shown[j] == '_') shown[j] = '-';
+    }
+    return shown;
   }
-  return out;
+  return "";
 }
 
 int Fail(int code, const absl::Status& status) {
@@ -92,12 +108,23 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "node-agent/main.cc");
+  };
+  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage_config);
   absl::SetProgramUsageMessage(
       "membroker-agent --broker=HOST:PORT --host-id=NAME --backend=libvirt|qmp|sim "
       "[--libvirt-uri=URI] [--qmp-socket=PATH,...] [--sim-config=FILE] "
       "[--host-capacity-bytes=N | --host-reserve-bytes=N] --metrics-listen=HOST:PORT "
       "--insecure");
-  std::vector<std::string> args = NormalizeFlagNames(argc, argv);
+  // The contract spells flags with dashes and lets --qmp-socket repeat.
+  std::vector<std::string> args = NormalizeCommandLine(std::vector<std::string>(argv, argv + argc));
+  if (const std::string unknown = FindUnknownFlag(args); !unknown.empty()) {
+    return Fail(kExitUsage, absl::InvalidArgumentError(absl::StrCat(
+                                "unknown flag \"", unknown, "\" (see --help)")));
+  }
   std::vector<char*> arg_ptrs;
   for (std::string& a : args) arg_ptrs.push_back(a.data());
   std::vector<char*> rest = absl::ParseCommandLine(static_cast<int>(arg_ptrs.size()), arg_ptrs.data());

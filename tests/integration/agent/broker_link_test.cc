@@ -136,6 +136,20 @@ int CountHellos(const std::vector<AgentMessage>& messages) {
   return n;
 }
 
+// The value of `name`{vm="<vm>"}; -1 when absent.
+double VmMetricValue(prometheus::Registry& registry, const std::string& name,
+                     const std::string& vm) {
+  for (const auto& family : registry.Collect()) {
+    if (family.name != name) continue;
+    for (const auto& m : family.metric) {
+      for (const auto& label : m.label) {
+        if (label.name == "vm" && label.value == vm) return m.gauge.value;
+      }
+    }
+  }
+  return -1;
+}
+
 double MetricValue(prometheus::Registry& registry, const std::string& name) {
   for (const auto& family : registry.Collect()) {
     if (family.name != name || family.metric.empty()) continue;
@@ -279,6 +293,13 @@ TEST_F(AgentLinkTest, TargetsReachTheHypervisorAndAreAcked) {
     return MetricValue(*registry_, "membroker_agent_targets_applied_total") >= 1 &&
            MetricValue(*registry_, "membroker_agent_target_errors_total") >= 1;
   }));
+  EXPECT_TRUE(WaitUntil([&] {
+    return VmMetricValue(*registry_, "membroker_agent_vm_target_bytes", "vm-a") ==
+               3072.0 * kMiB &&
+           VmMetricValue(*registry_, "membroker_agent_vm_actual_bytes", "vm-a") == 3072.0 * kMiB;
+  }));
+  EXPECT_EQ(VmMetricValue(*registry_, "membroker_agent_vm_stuck", "vm-a"), 0);
+  EXPECT_EQ(VmMetricValue(*registry_, "membroker_agent_vm_target_bytes", "vm-b"), 0);
 }
 
 TEST_F(AgentLinkTest, ReconnectsAfterTheBrokerRestarts) {

@@ -176,6 +176,22 @@ TEST_F(AgentOptionsTest, QmpSocketsFromGlobAndDirectory) {
   EXPECT_EQ(o->qmp_sockets.size(), 2u);
 }
 
+TEST(NormalizeCommandLineTest, DashesBecomeUnderscoresInNamesOnly) {
+  EXPECT_THAT(NormalizeCommandLine({"membroker-agent", "--host-id=web-1", "--host-capacity-bytes",
+                                    "8GiB", "--insecure", "-x", "--", "--keep-me"}),
+              ElementsAre("membroker-agent", "--host_id=web-1", "--host_capacity_bytes", "8GiB",
+                          "--insecure", "-x", "--", "--keep-me"));
+}
+
+TEST(NormalizeCommandLineTest, RepeatedQmpSocketsAreJoined) {
+  EXPECT_THAT(NormalizeCommandLine({"a", "--backend=qmp", "--qmp-socket=/run/1.sock",
+                                    "--broker=b:1", "--qmp-socket", "/run/2.sock",
+                                    "--qmp_socket=/run/3.sock,/run/4.sock"}),
+              ElementsAre("a", "--backend=qmp",
+                          "--qmp_socket=/run/1.sock,/run/2.sock,/run/3.sock,/run/4.sock",
+                          "--broker=b:1"));
+}
+
 TEST(ComputeCapacityTest, BudgetReserveOrTotal) {
   EXPECT_EQ(*ComputeCapacity(16 * kGiB, std::nullopt, std::nullopt), 16 * kGiB);
   EXPECT_EQ(*ComputeCapacity(16 * kGiB, 8 * kGiB, std::nullopt), 8 * kGiB);
