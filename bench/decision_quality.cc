@@ -37,6 +37,8 @@ ABSL_FLAG(double, hysteresis_percent, -1, "Broker PolicyParams.hysteresis_percen
 ABSL_FLAG(double, buffer_percent, -1, "Broker PolicyParams.buffer_percent");
 ABSL_FLAG(int64_t, reclaim_step_mib, -1, "Broker PolicyParams.reclaim_step_bytes in MiB");
 ABSL_FLAG(double, half_life_seconds, -1, "Broker DemandParams.decay_half_life_seconds");
+ABSL_FLAG(double, pressure_half_life_seconds, -1, "Broker DemandParams.pressure_decay_half_life_seconds");
+ABSL_FLAG(double, pressure_memory_seconds, -1, "Broker DemandParams.pressure_memory_seconds");
 ABSL_FLAG(double, protect_margin_percent, -1, "Broker protect margin (policy and demand)");
 ABSL_FLAG(double, idle_tax_percent, -1, "Broker PolicyParams.idle_tax_percent");
 ABSL_FLAG(int64_t, protect_margin_max_mib, -1, "Broker DemandParams.protect_margin_max_bytes in MiB");
@@ -117,6 +119,13 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_reclaim_step_mib) >= 0) {
     options.broker_params.reclaim_step_bytes =
         static_cast<uint64_t>(absl::GetFlag(FLAGS_reclaim_step_mib)) << 20;
+  }
+  if (absl::GetFlag(FLAGS_pressure_half_life_seconds) >= 0) {
+    options.demand_params.pressure_decay_half_life_seconds =
+        absl::GetFlag(FLAGS_pressure_half_life_seconds);
+  }
+  if (absl::GetFlag(FLAGS_pressure_memory_seconds) >= 0) {
+    options.demand_params.pressure_memory_seconds = absl::GetFlag(FLAGS_pressure_memory_seconds);
   }
   if (absl::GetFlag(FLAGS_protect_margin_percent) >= 0) {
     options.broker_params.protect_margin_percent = absl::GetFlag(FLAGS_protect_margin_percent);

@@ -58,6 +58,8 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
   state.pressure = swap_in_rate > params.swap_in_noise_bytes_per_second ||
                    fault_rate > params.major_fault_noise_per_second;
 
+  state.seconds_since_pressure =
+      state.pressure ? 0 : state.seconds_since_pressure + std::max(obs.elapsed_seconds, 0.0);
   double raw = used;
   if (state.pressure) {
     // The guest is short: it needs at least what it has, plus what it had
@@ -68,7 +70,11 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
   if (!state.initialized || raw >= state.estimate_bytes) {
     state.estimate_bytes = raw;  // fast up
   } else {
-    const double half_life = std::max(params.decay_half_life_seconds, 1e-3);
+    const bool recent_pressure = params.pressure_decay_half_life_seconds > 0 &&
+                                 state.seconds_since_pressure < params.pressure_memory_seconds;
+    const double half_life = std::max(
+        recent_pressure ? params.pressure_decay_half_life_seconds : params.decay_half_life_seconds,
+        1e-3);
     const double keep = std::pow(0.5, std::max(obs.elapsed_seconds, 0.0) / half_life);
     state.estimate_bytes = raw + (state.estimate_bytes - raw) * keep;  // slow down
   }

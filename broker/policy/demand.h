@@ -4,7 +4,8 @@
 //   1. used = total - available (what the guest cannot give up cheaply).
 //   2. The estimate follows used with a fast-up / slow-down filter: it jumps
 //      to a higher value at once and decays toward a lower one with a
-//      half-life (default 30 s), so a brief dip does not trigger reclaim.
+//      half-life (default 30 s), so a brief dip does not trigger reclaim;
+//      optionally a longer half-life for a while after pressure.
 //   3. Pressure bumps demand at once: swap-in or major faults since the last
 //      sample mean the guest is short; demand becomes at least
 //      actual + max(the swapped-in bytes (rate x interval), the estimated
@@ -26,6 +27,11 @@ namespace membroker::policy {
 struct DemandParams {
   double decay_half_life_seconds = 30.0;
   double protect_margin_percent = 10.0;
+  // After pressure the estimate decays with this half-life instead (0: the
+  // normal one), for pressure_memory_seconds: a guest that just swapped
+  // keeps room for its next surge a while longer.
+  double pressure_decay_half_life_seconds = 0;
+  double pressure_memory_seconds = 0;
   // Caps the protect margin in bytes (0: no cap), so a large guest's floor
   // does not hold back memory its neighbours need.
   uint64_t protect_margin_max_bytes = 0;
@@ -59,6 +65,8 @@ struct DemandState {
   uint64_t last_swap_out_bytes_total = 0;
   // Estimated guest memory in swap: swap-out minus swap-in since first seen.
   double swapped_estimate_bytes = 0;
+  // Seconds since the last pressure sample (large: never).
+  double seconds_since_pressure = 1e18;
   // Outputs of the last update.
   uint64_t demand_bytes = 0;
   uint64_t protect_bytes = 0;

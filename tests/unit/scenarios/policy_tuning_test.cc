@@ -3,6 +3,8 @@
 // pressured VMs first, the capped protect margin, and the swap balance as a
 // pressure signal. Small fleets with the arithmetic in comments.
 
+#include <cmath>
+
 #include <gtest/gtest.h>
 
 #include "broker/policy/allocator.h"
@@ -154,6 +156,35 @@ TEST(PolicyTuningTest, SwapBalanceAsksForTheWholeDeficitAtOnce) {
   o.swap_in_bytes_total = 0;
   UpdateDemand(o, p, s);
   EXPECT_EQ(s.swapped_estimate_bytes, 0.0);
+}
+
+TEST(PolicyTuningTest, LongerMemoryAfterPressure) {
+  // Used 1 GiB after a pressure peak at 3 GiB. Normal half-life 10 s; after
+  // pressure 100 s for 60 s. Ten seconds later: 1 + 2 * 0.5^(10/100) GiB.
+  DemandParams p;
+  p.decay_half_life_seconds = 10;
+  p.pressure_decay_half_life_seconds = 100;
+  p.pressure_memory_seconds = 60;
+  DemandState s;
+  GuestObservation o = Obs(3 * kGiB, 0);
+  UpdateDemand(o, p, s);
+  o.swap_in_bytes_total = 64 * kMiB;  // pressure; estimate = 3 GiB + 64 + 128 MiB
+  UpdateDemand(o, p, s);
+  ASSERT_TRUE(s.pressure);
+  const double peak = s.estimate_bytes;
+  GuestObservation calm = Obs(3 * kGiB, 2 * kGiB);  // used 1 GiB
+  calm.swap_in_bytes_total = 64 * kMiB;
+  calm.elapsed_seconds = 10;
+  UpdateDemand(calm, p, s);
+  EXPECT_NEAR(s.estimate_bytes, kGiB + (peak - kGiB) * std::pow(0.5, 0.1), 1.0);
+  // Past the memory window (another 60 s) the normal half-life is back:
+  // one 10 s step halves the distance.
+  calm.elapsed_seconds = 60;
+  UpdateDemand(calm, p, s);
+  const double before = s.estimate_bytes;
+  calm.elapsed_seconds = 10;
+  UpdateDemand(calm, p, s);
+  EXPECT_NEAR(s.estimate_bytes, kGiB + (before - kGiB) * 0.5, 1.0);
 }
 
 }  // namespace
