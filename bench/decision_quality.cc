@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
   }
 
   std::printf("%-16s %-9s %11s %5s %10s %6s %6s %8s %7s %8s %8s %7s %6s\n", "scenario",
-              "policy", "stall GiB*s", "OOMs", "reclaim GB", "surges", "resp s", "resp max",
+              "policy", "stall GiB*s", "OOMs", "recl GiB", "surges", "resp s", "resp max",
               "react s", "rev/VM-h", "stall/or", "recl/or", "wall s");
   for (const std::string& file : files) {
     auto scenario = membroker::sim::LoadScenario(file);
@@ -190,9 +190,10 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "\nstall: GiB*s of working-set deficit in guests plus touched memory above host capacity;\n"
-      "reclaim GB: mean GiB held back from running VMs against no ballooning; surges: deficit\n"
+      "recl GiB: mean GiB held back from running VMs against no ballooning; surges: deficit\n"
       "episodes over 64 MiB; resp s / resp max: mean and longest time from a surge to the first\n"
       "target above the VM's memory; react s: mean time until the VM has its working set again;\n"
-      "rev/VM-h: target reversals per VM-hour; x/or: ratio to the clairvoyant oracle.\n");
+      "rev/VM-h: target reversals per VM-hour; x/or: ratio to the clairvoyant oracle.\n"
+      "Time advances in 0.25 s ticks: a response of 0 came in the tick the deficit appeared.\n");
   return 0;
 }
