@@ -68,7 +68,11 @@ void Actuator::SetBrokerConnected(bool connected) {
   broker_connected_ = connected;
   if (!connected) {
     disconnected_since_ = clock_->Now();
-  } else if (walking_back_) {
+    return;
+  }
+  // Generations count per broker stream: a restarted broker starts over.
+  generation_ = 0;
+  if (walking_back_) {
     spdlog::info("broker is back: fail-static walk back stops");
     walking_back_ = false;
   }

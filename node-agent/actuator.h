@@ -118,7 +118,8 @@ class Actuator {
   void SetCapacity(uint64_t capacity_bytes);
 
   // Records whether the broker is connected; fail-static timing starts at
-  // the first call with false (and at construction).
+  // the first call with false (and at construction). A new connection
+  // starts the generation count over (a restarted broker counts from 1).
   void SetBrokerConnected(bool connected);
 
   // Takes a new target set. Targets for unknown VMs (not in the last tick),

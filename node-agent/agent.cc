@@ -180,6 +180,7 @@ Agent::TickOutcome Agent::TickLocked() {
     }
     period_set[vm.vm_id] = done;
   }
+  listed_once_ = true;
   verdicts_ = std::move(verdicts);
   previous_stats_ = std::move(previous);
   stats_period_set_ = std::move(period_set);
@@ -242,6 +243,13 @@ membroker::v1::HostReport Agent::BuildReport(bool pressure_event) {
 
 void Agent::SendReport(bool pressure_event) {
   const absl::Time start = clock_->Now();
+  {
+    absl::MutexLock lock(&mu_);
+    if (!listed_once_) {
+      spdlog::debug("no report yet: the VMs were never listed");
+      return;
+    }
+  }
   membroker::v1::HostReport report = BuildReport(pressure_event);
   {
     absl::MutexLock lock(&mu_);

@@ -120,6 +120,8 @@ class Agent {
   absl::Duration report_interval_ ABSL_GUARDED_BY(mu_);
   uint64_t sequence_ ABSL_GUARDED_BY(mu_) = 0;
   int list_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  // No report goes out before the VMs were listed once.
+  bool listed_once_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool report_now_ ABSL_GUARDED_BY(mu_) = false;
   bool pressure_pending_ ABSL_GUARDED_BY(mu_) = false;

@@ -17,7 +17,11 @@
 #include "common/clock.h"
 #include "common/proto_time.h"
 #include "membroker/v1/agent.grpc.pb.h"
+#include "common/textproto.h"
 #include "node-agent/agent.h"
+#ifdef MB_HAVE_SIM
+#include "node-agent/hypervisor/sim_hypervisor.h"
+#endif
 #include "tests/unit/agent/fake_hypervisor.h"
 
 namespace membroker::agent {
@@ -396,6 +400,84 @@ TEST_F(AgentLinkTest, ReportCarriesHealthAndUntrustedStats) {
   EXPECT_EQ(agent_->Tick().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(agent_->BuildReport(false).vms_size(), 2);  // the last known VMs
 }
+
+#ifdef MB_HAVE_SIM
+// The whole path with the simulator: a target from the broker moves a
+// simulated balloon, and the reports show it.
+TEST(AgentSimTest, BrokerTargetsMoveASimulatedBalloon) {
+  Broker broker;
+  ASSERT_TRUE(broker.Start(0));
+  membroker::v1::SimConfig config;
+  ASSERT_TRUE(ParseTextProto(R"pb(
+                host_total_bytes: 17179869184
+                time_scale: 1
+                balloon_rate_bytes_per_second: 2147483648
+                vms {
+                  name: "web"
+                  max_bytes: 4294967296
+                  workload { constant { working_set_bytes: 1073741824 } }
+                }
+              )pb",
+                             "test", &config)
+                  .ok());
+  auto sim = SimHypervisor::Create(config, RealClock::Get());
+  ASSERT_TRUE(sim.ok()) << sim.status();
+  AgentParams params;
+  params.host_id = "sim-host";
+  params.capacity_bytes = config.host_total_bytes();
+  params.host_total_bytes = config.host_total_bytes();
+  params.tick_interval = absl::Milliseconds(20);
+  auto registry = std::make_shared<prometheus::Registry>();
+  const uint64_t total = config.host_total_bytes();
+  Agent agent(
+      params, *std::move(sim),
+      [total](const std::vector<VmStatus>& vms) {
+        return absl::StatusOr<HostMemorySample>(SimHostSample(total, vms));
+      },
+      RealClock::Get(),
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", broker.port),
+                          grpc::InsecureChannelCredentials()),
+      registry);
+  agent.Start();
+  ASSERT_TRUE(broker.service.WaitFor(
+      [](const std::vector<AgentMessage>& m, int) { return CountReports(m) >= 1; }));
+  std::string vm_id;
+  for (const auto& m : broker.service.received()) {
+    if (m.has_report() && m.report().vms_size() == 1) vm_id = m.report().vms(0).vm_id();
+  }
+  ASSERT_FALSE(vm_id.empty());
+  EXPECT_EQ(broker.service.received().front().hello().backend(), "sim");
+  BrokerMessage targets;
+  targets.mutable_targets()->set_generation(1);
+  auto* t = targets.mutable_targets()->add_targets();
+  t->set_vm_id(vm_id);
+  t->set_target_bytes(3072 * kMiB);
+  ASSERT_TRUE(broker.service.Send(targets));
+  ASSERT_TRUE(broker.service.WaitFor([&](const std::vector<AgentMessage>& m, int) {
+    for (const auto& x : m) {
+      if (!x.has_report() || x.report().vms_size() != 1) continue;
+      const auto& vm = x.report().vms(0);
+      if (vm.last_target_bytes() == 3072 * kMiB && vm.actual_bytes() == 3072 * kMiB &&
+          vm.health() == membroker::v1::BALLOON_HEALTH_OK) {
+        return true;
+      }
+    }
+    return false;
+  }));
+  // Reclaim went in steps: every applied target was at most one step
+  // (128 MiB from the Welcome) below the actual reported before it.
+  uint64_t previous_actual = 4096 * kMiB;
+  for (const auto& m : broker.service.received()) {
+    if (!m.has_report() || m.report().vms_size() != 1) continue;
+    const auto& vm = m.report().vms(0);
+    if (vm.last_target_bytes() != 0) {
+      EXPECT_GE(vm.last_target_bytes() + 128 * kMiB + 2 * 128 * kMiB, previous_actual);
+    }
+    previous_actual = vm.actual_bytes();
+  }
+  agent.Stop();
+}
+#endif  // MB_HAVE_SIM
 
 }  // namespace
 }  // namespace membroker::agent

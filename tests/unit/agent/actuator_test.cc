@@ -18,6 +18,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::Pair;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
@@ -373,6 +374,19 @@ TEST_F(ActuatorTest, RefusesBadTargetsPerVm) {
   EXPECT_THAT(errors["a"], HasSubstr("not above"));
   Tick();
   EXPECT_THAT(fake_.calls(), IsEmpty());
+}
+
+TEST_F(ActuatorTest, NewConnectionStartsGenerationsOver) {
+  fake_.AddVm("a", 4096 * kMiB, 4096 * kMiB);
+  Actuator& act = Make();
+  act.SetBrokerConnected(true);
+  Tick();
+  EXPECT_THAT(act.SetTargets(9, {Target("a", 4000 * kMiB)}), IsEmpty());
+  EXPECT_THAT(act.SetTargets(9, {Target("a", 3900 * kMiB)}), Not(IsEmpty()));
+  act.SetBrokerConnected(false);
+  act.SetBrokerConnected(true);  // a restarted broker counts from 1 again
+  EXPECT_THAT(act.SetTargets(1, {Target("a", 3800 * kMiB)}), IsEmpty());
+  EXPECT_EQ(act.generation(), 1u);
 }
 
 TEST_F(ActuatorTest, ReportsHypervisorErrorsAndForgetsGoneVms) {
