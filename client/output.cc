@@ -593,8 +593,8 @@ std::string DescribeExplanation(const v1::Explanation& e) {
   absl::StrAppend(&out, d.Render());
   absl::StrAppend(&out, "Steps:\n");
   if (e.steps().empty()) absl::StrAppend(&out, "  (none)\n");
-  int i = 0;
-  for (const std::string& step : e.steps()) absl::StrAppend(&out, "  ", ++i, ". ", step, "\n");
+  // Steps print as the broker wrote them (they may carry their own numbers).
+  for (const std::string& step : e.steps()) absl::StrAppend(&out, "  ", step, "\n");
   return out;
 }
 

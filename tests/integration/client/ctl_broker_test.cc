@@ -157,7 +157,11 @@ TEST_F(CtlBrokerTest, ListsDescribesAndExplains) {
   r = Ctl({"explain", "vm", "vm-db"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("VM db (vm-db) on host h1"));
-  EXPECT_THAT(r.out, HasSubstr("Steps:\n  1. "));
+  // At least one step line follows the heading.
+  const size_t steps = r.out.find("Steps:\n");
+  ASSERT_NE(steps, std::string::npos);
+  EXPECT_GT(r.out.size(), steps + 10);
+  EXPECT_EQ(r.out.substr(steps + 7, 2), "  ");
 }
 
 TEST_F(CtlBrokerTest, VmPolicyMergesGivenFields) {

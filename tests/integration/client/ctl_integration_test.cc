@@ -287,7 +287,7 @@ TEST_F(CtlIntegrationTest, DescribeAndExplain) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(service_.Last("ExplainVm"), "vm: \"uuid-0\"");
   EXPECT_THAT(r.out, HasSubstr("5 GiB (5368709120)"));
-  EXPECT_THAT(r.out, HasSubstr("  1. floor = 2 GiB\n  2. weighted share = 5 GiB\n"));
+  EXPECT_THAT(r.out, HasSubstr("Steps:\n  floor = 2 GiB\n  weighted share = 5 GiB\n"));
 }
 
 TEST_F(CtlIntegrationTest, SetVmSendsOnlyGivenFieldsWithMerge) {

@@ -154,8 +154,8 @@ TEST(RenderTest, ExplanationPrintsNumbersAndSteps) {
   EXPECT_THAT(text, HasSubstr("3 GiB (3221225472)"));
   EXPECT_THAT(text, HasSubstr("reason: share"));
   EXPECT_THAT(text, HasSubstr("100 (40.50 after idle tax)"));
-  EXPECT_THAT(text, HasSubstr("  1. floor = max(min 1 GiB, protect 900 MiB) = 1 GiB\n"
-                              "  2. share between floor and desired by weight\n"));
+  EXPECT_THAT(text, HasSubstr("Steps:\n  floor = max(min 1 GiB, protect 900 MiB) = 1 GiB\n"
+                              "  share between floor and desired by weight\n"));
 }
 
 TEST(RenderTest, PlanTable) {
