@@ -106,6 +106,7 @@ absl::Duration IntervalOf(const Scenario& s) {
 
 // Per-VM bookkeeping of the figures.
 struct VmTrack {
+  uint64_t max_bytes = 0;  // effective max: min(configured, policy max)
   uint64_t min_bytes = 0;
   uint32_t weight = 0;
   uint64_t want = 0;  // the controller's last target (0: none yet)
@@ -222,9 +223,15 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
     run.capacity = scenario.hosts(h).capacity_bytes();
     for (const auto& vm : scenario.hosts(h).vms()) {
       VmTrack t;
+      // The policy's max caps the VM's configured memory; a pinned VM's
+      // floor is its max (no policy may reclaim from it).
+      t.max_bytes = vm.policy().has_max_bytes()
+                        ? std::min(vm.policy().max_bytes(), vm.vm().max_bytes())
+                        : vm.vm().max_bytes();
       t.min_bytes = std::min(vm.policy().has_min_bytes() ? vm.policy().min_bytes()
                                                          : params.default_min_bytes,
-                             vm.vm().max_bytes());
+                             t.max_bytes);
+      if (vm.policy().pinned()) t.min_bytes = t.max_bytes;
       t.weight = vm.policy().has_weight() ? vm.policy().weight() : params.default_weight;
       run.vms.push_back(t);
     }
@@ -298,7 +305,7 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
           VmView v;
           v.index = i;
           v.vm_id = s.vm_id;
-          v.max_bytes = s.max_bytes;
+          v.max_bytes = host.vms[i].max_bytes;
           v.min_bytes = host.vms[i].min_bytes;
           v.weight = host.vms[i].weight;
           v.balloon_driver = s.balloon_driver;

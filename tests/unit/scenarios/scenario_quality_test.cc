@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/textproto.h"
 #include "sim/fleet_sim.h"
 #include "sim/scenario.h"
 
@@ -166,6 +167,40 @@ TEST(ScenarioFiguresTest, OracleReclaimsAtLeastAsMuchAsAnyBaseline) {
   for (PolicyKind kind : {PolicyKind::kProxmox, PolicyKind::kMom, PolicyKind::kSqueezed,
                           PolicyKind::kBroker}) {
     EXPECT_GE(oracle.reclaimed_gib, RunPolicy(s, kind, {}).reclaimed_gib) << PolicyName(kind);
+  }
+}
+
+TEST(ScenarioFiguresTest, PolicyMaxAndPinnedHoldForEveryPolicy) {
+  // "capped" may have at most 2 GiB; "pinned" keeps its 4 GiB. The host is
+  // short (16 GiB for 20 GiB of VMs), so every balloon policy wants to take.
+  Scenario s;
+  ASSERT_TRUE(ParseTextProto(R"(
+    name: "caps" duration { seconds: 120 } seed: 1
+    hosts { name: "h" capacity_bytes: 17179869184
+      vms { vm { name: "capped" max_bytes: 4294967296 page_cache_bytes: 4294967296
+                 swap_bytes: 2147483648 workload { constant { working_set_bytes: 536870912 } } }
+            policy { max_bytes: 2147483648 } }
+      vms { vm { name: "pinned" max_bytes: 4294967296 page_cache_bytes: 4294967296
+                 swap_bytes: 2147483648 workload { constant { working_set_bytes: 536870912 } } }
+            policy { pinned: true } }
+      vms { vm { name: "big" max_bytes: 12884901888 page_cache_bytes: 12884901888
+                 swap_bytes: 2147483648 workload { constant { working_set_bytes: 8589934592 } } } }
+    })",
+                             "caps", &s)
+                  .ok());
+  for (PolicyKind kind : AllPolicies()) {
+    if (kind == PolicyKind::kNoBallooning) continue;
+    uint64_t capped_end = 0, pinned_min = UINT64_MAX;
+    RunOptions o;
+    o.observer = [&](double, const SimVmState& vm) {
+      if (vm.name == "capped") capped_end = vm.target_bytes;
+      if (vm.name == "pinned") pinned_min = std::min(pinned_min, vm.target_bytes);
+    };
+    auto f = RunScenario(s, kind, o);
+    ASSERT_TRUE(f.ok()) << f.status();
+    EXPECT_LE(capped_end, uint64_t{2} << 30) << PolicyName(kind);
+    EXPECT_EQ(pinned_min, uint64_t{4} << 30) << PolicyName(kind);
+    EXPECT_EQ(f->floor_violations, 0u) << PolicyName(kind);
   }
 }
 
