@@ -142,6 +142,7 @@ int main(int argc, char** argv) {
     options.demand_params.decay_half_life_seconds = absl::GetFlag(FLAGS_half_life_seconds);
   }
 
+  std::vector<std::string> summary;
   std::printf("%-16s %-9s %11s %5s %10s %6s %6s %8s %7s %8s %8s %7s %6s\n", "scenario",
               "policy", "stall GiB*s", "OOMs", "recl GiB", "surges", "resp s", "resp max",
               "react s", "rev/VM-h", "stall/or", "recl/or", "wall s");
@@ -167,6 +168,30 @@ int main(int argc, char** argv) {
       }
       results[kind] = *fig;
     }
+    {
+      // The broker against the best baseline, for the summary.
+      double best = -1;
+      const char* best_name = "-";
+      for (PolicyKind kind : {PolicyKind::kProxmox, PolicyKind::kMom, PolicyKind::kSqueezed}) {
+        if (!results.count(kind)) continue;
+        if (best < 0 || results[kind].stall_gib_seconds < best) {
+          best = results[kind].stall_gib_seconds;
+          best_name = membroker::sim::PolicyName(kind);
+        }
+      }
+      if (results.count(PolicyKind::kBroker) && best >= 0) {
+        const auto& b = results[PolicyKind::kBroker];
+        const auto& o = results[PolicyKind::kOracle];
+        char line[256];
+        std::snprintf(line, sizeof(line), "%-16s %-9s %11.1f %11.1f %9s %9s %9s %5llu\n",
+                      scenario->name().c_str(), best_name, best, b.stall_gib_seconds,
+                      Ratio(b.stall_gib_seconds, best).c_str(),
+                      Ratio(b.stall_gib_seconds, o.stall_gib_seconds).c_str(),
+                      Ratio(b.reclaimed_gib, o.reclaimed_gib).c_str(),
+                      static_cast<unsigned long long>(b.oom_kills));
+        summary.push_back(line);
+      }
+    }
     const auto& oracle = results[PolicyKind::kOracle];
     for (PolicyKind kind : kinds) {
       const auto& f = results[kind];
@@ -187,6 +212,11 @@ int main(int argc, char** argv) {
         }
       }
     }
+  }
+  if (!summary.empty()) {
+    std::printf("\n%-16s %-9s %11s %11s %9s %9s %9s %5s\n", "scenario", "best base",
+                "base stall", "brk stall", "brk/base", "brk/or", "recl/or", "OOMs");
+    for (const std::string& line : summary) std::printf("%s", line.c_str());
   }
   std::printf(
       "\nstall: GiB*s of working-set deficit in guests plus touched memory above host capacity;\n"
