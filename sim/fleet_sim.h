@@ -108,7 +108,8 @@ policy::PolicyParams SimBrokerPolicyParams();
 // The broker's demand estimator settings in the simulator (see above).
 policy::DemandParams SimBrokerDemandParams();
 
-// Tunables of a run.
+// Tunables of a run. The free-then-grow ordering the simulator applies for
+// the broker stands for the agent's actuator, which is separate code.
 struct RunOptions {
   // Simulated time to run; zero: the scenario's duration.
   absl::Duration duration = absl::ZeroDuration();
@@ -126,6 +127,7 @@ struct QualityFigures {
   // itself would have to swap (touched guest memory above its capacity).
   double stall_gib_seconds = 0;
   double host_overflow_gib_seconds = 0;  // the host part of the stall
+  // Guest OOM kills, all VMs.
   uint64_t oom_kills = 0;
   // Mean memory the hosts got back against no ballooning (running VMs).
   double reclaimed_gib = 0;
@@ -143,6 +145,7 @@ struct QualityFigures {
   double reversals_per_vm_hour = 0;
   // Targets set below a VM's floor (policy min), counted per decision.
   uint64_t floor_violations = 0;
+  // Running time of all VMs, in hours.
   double vm_hours = 0;
   // Each VM's own stall (GiB*s), by VM name, in scenario order.
   std::vector<std::pair<std::string, double>> stall_by_vm;
