@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
 #include "common/units.h"
 
 namespace membroker::client {
@@ -16,23 +16,39 @@ const FlagSpec kHostFilter{"host", "HOST", "only this host"};
 
 std::vector<CommandSpec> BuildCommands() {
   std::vector<CommandSpec> c;
-  c.push_back({{"get", "hosts"}, {}, {}, "List hosts with their memory totals.",
+  c.push_back({{"get", "hosts"},
+               {},
+               {},
+               "List hosts with their memory totals.",
                "Columns: HOST CONNECTED VMS CAPACITY TARGET ACTUAL FLOOR DEMAND PRESSURE\n"
                "OVERCOMMITTED (-o wide adds BACKEND VERSION RESERVED MEM_AVAILABLE\n"
                "GENERATION ACKED).\n\nExample:\n  membrokerctl --insecure get hosts -o wide\n"});
-  c.push_back({{"get", "vms"}, {}, {kHostFilter}, "List VMs and their balloon targets.",
+  c.push_back({{"get", "vms"},
+               {},
+               {kHostFilter},
+               "List VMs and their balloon targets.",
                "Columns: HOST NAME MAX ACTUAL TARGET DEMAND FLOOR HEALTH REASON\n"
                "(-o wide adds VM_ID WEIGHT GUEST_USED SWAP_IN/s).\n\nExamples:\n"
                "  membrokerctl --insecure get vms\n"
                "  membrokerctl --insecure get vms --host=kvm-01 -o json\n"});
-  c.push_back({{"describe", "host"}, {"HOST"}, {}, "Show everything known about one host.",
+  c.push_back({{"describe", "host"},
+               {"HOST"},
+               {},
+               "Show everything known about one host.",
                "Example:\n  membrokerctl --insecure describe host kvm-01\n"});
-  c.push_back({{"describe", "vm"}, {"VM"}, {}, "Show everything known about one VM.",
+  c.push_back({{"describe", "vm"},
+               {"VM"},
+               {},
+               "Show everything known about one VM.",
                "VM is the VM's id (UUID) or its name; a name used on two hosts needs the id.\n\n"
                "Example:\n  membrokerctl --insecure describe vm web-1\n"});
-  c.push_back({{"explain", "vm"}, {"VM"}, {}, "Explain, in numbers, why a VM has its target.",
-               "Prints capacity, floors, demand, desired size, share and target, then the\n"
-               "decision's steps in order.\n\nExample:\n  membrokerctl --insecure explain vm web-1\n"});
+  c.push_back(
+      {{"explain", "vm"},
+       {"VM"},
+       {},
+       "Explain, in numbers, why a VM has its target.",
+       "Prints capacity, floors, demand, desired size, share and target, then the\n"
+       "decision's steps in order.\n\nExample:\n  membrokerctl --insecure explain vm web-1\n"});
   c.push_back({{"set", "vm"},
                {"VM"},
                {{"min", "SIZE", "floor: never balloon below this"},
@@ -45,9 +61,15 @@ std::vector<CommandSpec> BuildCommands() {
                "seen yet.\n\nExamples:\n"
                "  membrokerctl --insecure set vm web-1 --min=1GiB --weight=200\n"
                "  membrokerctl --insecure set vm db-1 --pinned=true\n"});
-  c.push_back({{"unset", "vm"}, {"VM"}, {}, "Clear a VM's policy (back to cluster defaults).",
+  c.push_back({{"unset", "vm"},
+               {"VM"},
+               {},
+               "Clear a VM's policy (back to cluster defaults).",
                "Example:\n  membrokerctl --insecure unset vm web-1\n"});
-  c.push_back({{"policy", "get"}, {}, {}, "Show the cluster policy.",
+  c.push_back({{"policy", "get"},
+               {},
+               {},
+               "Show the cluster policy.",
                "Example:\n  membrokerctl --insecure policy get -o yaml\n"});
   c.push_back({{"policy", "set"},
                {},
@@ -72,9 +94,15 @@ std::vector<CommandSpec> BuildCommands() {
                "Prints the reservation id; release it with `membrokerctl release ID` once\n"
                "the VM runs. The call's deadline is --timeout plus --wait.\n\nExample:\n"
                "  membrokerctl --insecure reserve --host=kvm-01 --bytes=8GiB --wait=30s\n"});
-  c.push_back({{"release"}, {"ID"}, {}, "Release a reservation.",
+  c.push_back({{"release"},
+               {"ID"},
+               {},
+               "Release a reservation.",
                "Example:\n  membrokerctl --insecure release r-42\n"});
-  c.push_back({{"plan"}, {}, {}, "Show the cross-host rebalance plan.",
+  c.push_back({{"plan"},
+               {},
+               {},
+               "Show the cross-host rebalance plan.",
                "Columns: VM_ID FROM TO SIZE REASON.\n\nExample:\n"
                "  membrokerctl --insecure plan\n"});
   c.push_back({{"top"},
@@ -120,8 +148,8 @@ std::string FlagsHelp(const std::vector<FlagSpec>& flags) {
   std::string out;
   for (const FlagSpec& f : flags) {
     std::string left = absl::StrCat("  --", f.name, "=", f.value_name);
-    out += absl::StrCat(left, std::string(left.size() < 34 ? 34 - left.size() : 1, ' '), f.help,
-                        "\n");
+    out +=
+        absl::StrCat(left, std::string(left.size() < 34 ? 34 - left.size() : 1, ' '), f.help, "\n");
   }
   return out;
 }
@@ -192,8 +220,8 @@ std::string HelpText(const std::vector<std::string>& path) {
   for (const CommandSpec* c : matches) {
     std::string left = absl::StrCat("  ", absl::StrJoin(c->path, " "));
     for (const std::string& o : c->operands) absl::StrAppend(&left, " ", o);
-    out += absl::StrCat(left, std::string(left.size() < 24 ? 24 - left.size() : 1, ' '),
-                        c->summary, "\n");
+    out += absl::StrCat(left, std::string(left.size() < 24 ? 24 - left.size() : 1, ' '), c->summary,
+                        "\n");
   }
   return absl::StrCat(out, "\nRun 'membrokerctl COMMAND --help' for a command's flags.\n");
 }
@@ -417,8 +445,8 @@ absl::StatusOr<int64_t> FlagInt(const Invocation& inv, absl::string_view name, i
   if (!*present) return int64_t{0};
   int64_t v = 0;
   if (!absl::SimpleAtoi(it->second, &v) || v < lo || v > hi) {
-    return absl::InvalidArgumentError(absl::StrCat("--", name, ": \"", it->second,
-                                                   "\" is not an integer in ", lo, "..", hi));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, ": \"", it->second, "\" is not an integer in ", lo, "..", hi));
   }
   return v;
 }
@@ -430,8 +458,8 @@ absl::StatusOr<double> FlagDouble(const Invocation& inv, absl::string_view name,
   if (!*present) return 0.0;
   double v = 0;
   if (!absl::SimpleAtod(it->second, &v) || !std::isfinite(v) || v < lo || v > hi) {
-    return absl::InvalidArgumentError(absl::StrCat("--", name, ": \"", it->second,
-                                                   "\" is not a number in ", lo, "..", hi));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, ": \"", it->second, "\" is not a number in ", lo, "..", hi));
   }
   return v;
 }

@@ -102,8 +102,7 @@ std::string HelpText(const std::vector<std::string>& path);
 // range.
 
 // A size with units ("512MiB", "4GiB", "1073741824").
-absl::StatusOr<uint64_t> FlagBytes(const Invocation& inv, absl::string_view name,
-                                   bool* present);
+absl::StatusOr<uint64_t> FlagBytes(const Invocation& inv, absl::string_view name, bool* present);
 // An integer in [lo, hi].
 absl::StatusOr<int64_t> FlagInt(const Invocation& inv, absl::string_view name, int64_t lo,
                                 int64_t hi, bool* present);

@@ -1,10 +1,10 @@
 #include "client/ctl.h"
 
+#include <grpcpp/grpcpp.h>
+
 #include <chrono>
 #include <memory>
 #include <utility>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -44,9 +44,9 @@ bool Wide(const Run& r) { return r.inv.global.output == OutputFormat::kWide; }
 
 // Formats a failed call for people.
 std::string CallError(const Run& r, const grpc::Status& status) {
-  std::string msg = absl::StrCat(StatusCodeName(status.error_code()), ": ",
-                                 status.error_message().empty() ? "(no message)"
-                                                                : status.error_message());
+  std::string msg =
+      absl::StrCat(StatusCodeName(status.error_code()), ": ",
+                   status.error_message().empty() ? "(no message)" : status.error_message());
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
     absl::StrAppend(&msg, " (server ", r.inv.global.server, ")");
   } else if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
@@ -237,9 +237,8 @@ int TopCmd(Run& r) {
     const std::string when = FormatUtc(r.env.clock->Now());
     std::string frame;
     if (r.env.out_is_terminal) {
-      frame = absl::StrCat("\x1b[H\x1b[2J", "membrokerctl top  server ", r.inv.global.server,
-                           "  ", when, "  every ", absl::FormatDuration(period),
-                           " (Ctrl-C to stop)\n\n");
+      frame = absl::StrCat("\x1b[H\x1b[2J", "membrokerctl top  server ", r.inv.global.server, "  ",
+                           when, "  every ", absl::FormatDuration(period), " (Ctrl-C to stop)\n\n");
     } else {
       frame = absl::StrCat("--- ", when, " ---\n");
     }
@@ -322,9 +321,8 @@ absl::StatusOr<v1::SetVmPolicyRequest> BuildSetVmPolicyRequest(const Invocation&
   }
   if (has_max && *max == 0) return absl::InvalidArgumentError("--max must be greater than 0");
   if (has_min && has_max && *min > *max) {
-    return absl::InvalidArgumentError(absl::StrCat("--min (", FormatBytes(*min),
-                                                   ") is greater than --max (",
-                                                   FormatBytes(*max), ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--min (", FormatBytes(*min), ") is greater than --max (", FormatBytes(*max), ")"));
   }
   if (has_min) policy->set_min_bytes(*min);
   if (has_max) policy->set_max_bytes(*max);
@@ -347,10 +345,11 @@ absl::StatusOr<v1::SetClusterPolicyRequest> BuildSetClusterPolicyRequest(const I
     const char* name;
     void (v1::ClusterPolicy::*set)(uint64_t);
   };
-  for (const SizeFlag& f : {SizeFlag{"host-free-margin", &v1::ClusterPolicy::set_host_free_margin_bytes},
-                            SizeFlag{"reclaim-step", &v1::ClusterPolicy::set_reclaim_step_bytes},
-                            SizeFlag{"hysteresis", &v1::ClusterPolicy::set_hysteresis_bytes},
-                            SizeFlag{"default-min", &v1::ClusterPolicy::set_default_min_bytes}}) {
+  for (const SizeFlag& f :
+       {SizeFlag{"host-free-margin", &v1::ClusterPolicy::set_host_free_margin_bytes},
+        SizeFlag{"reclaim-step", &v1::ClusterPolicy::set_reclaim_step_bytes},
+        SizeFlag{"hysteresis", &v1::ClusterPolicy::set_hysteresis_bytes},
+        SizeFlag{"default-min", &v1::ClusterPolicy::set_default_min_bytes}}) {
     auto v = FlagBytes(inv, f.name, &present);
     if (!v.ok()) return v.status();
     if (present) (p->*f.set)(*v);
@@ -440,8 +439,8 @@ int RunCtl(const std::vector<std::string>& args, std::ostream& out, std::ostream
                             "--tls-ca/--tls-cert/--tls-key: TLS is not supported yet; use "
                             "--insecure"));
     }
-    return Usage(err, absl::InvalidArgumentError(
-                          "--insecure is required (TLS is not supported yet)"));
+    return Usage(err,
+                 absl::InvalidArgumentError("--insecure is required (TLS is not supported yet)"));
   }
   Run run{*inv, out, err, env, nullptr};
   grpc::ChannelArguments channel_args;

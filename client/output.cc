@@ -23,7 +23,7 @@ struct JsonNode {
   // kScalar: the literal as written (number, true, false, null).
   // kString: the decoded string.
   std::string text;
-  std::vector<JsonNode> items;                             // kArray
+  std::vector<JsonNode> items;                            // kArray
   std::vector<std::pair<std::string, JsonNode>> members;  // kObject
 };
 
@@ -50,8 +50,8 @@ class JsonReader {
   }
 
   void SkipSpace() {
-    while (pos_ < in_.size() && (in_[pos_] == ' ' || in_[pos_] == '\n' || in_[pos_] == '\r' ||
-                                 in_[pos_] == '\t')) {
+    while (pos_ < in_.size() &&
+           (in_[pos_] == ' ' || in_[pos_] == '\n' || in_[pos_] == '\r' || in_[pos_] == '\t')) {
       ++pos_;
     }
   }
@@ -164,14 +164,30 @@ class JsonReader {
       if (pos_ >= in_.size()) break;
       char e = in_[pos_++];
       switch (e) {
-        case '"': out->push_back('"'); break;
-        case '\\': out->push_back('\\'); break;
-        case '/': out->push_back('/'); break;
-        case 'b': out->push_back('\b'); break;
-        case 'f': out->push_back('\f'); break;
-        case 'n': out->push_back('\n'); break;
-        case 'r': out->push_back('\r'); break;
-        case 't': out->push_back('\t'); break;
+        case '"':
+          out->push_back('"');
+          break;
+        case '\\':
+          out->push_back('\\');
+          break;
+        case '/':
+          out->push_back('/');
+          break;
+        case 'b':
+          out->push_back('\b');
+          break;
+        case 'f':
+          out->push_back('\f');
+          break;
+        case 'n':
+          out->push_back('\n');
+          break;
+        case 'r':
+          out->push_back('\r');
+          break;
+        case 't':
+          out->push_back('\t');
+          break;
         case 'u': {
           if (pos_ + 4 > in_.size()) {
             error_ = "short \\u escape";
@@ -181,9 +197,12 @@ class JsonReader {
           for (int i = 0; i < 4; ++i) {
             char h = in_[pos_++];
             code <<= 4;
-            if (h >= '0' && h <= '9') code |= h - '0';
-            else if (h >= 'a' && h <= 'f') code |= h - 'a' + 10;
-            else if (h >= 'A' && h <= 'F') code |= h - 'A' + 10;
+            if (h >= '0' && h <= '9')
+              code |= h - '0';
+            else if (h >= 'a' && h <= 'f')
+              code |= h - 'a' + 10;
+            else if (h >= 'A' && h <= 'F')
+              code |= h - 'A' + 10;
             else {
               error_ = "bad \\u escape";
               return false;
@@ -220,8 +239,8 @@ class JsonReader {
 
 bool NeedsQuotes(const std::string& s) {
   if (s.empty()) return true;
-  static const char* kReserved[] = {"true", "false", "yes", "no", "on", "off", "null", "~", "y",
-                                    "n"};
+  static const char* kReserved[] = {"true", "false", "yes", "no", "on",
+                                    "off",  "null",  "~",   "y",  "n"};
   std::string lower = absl::AsciiStrToLower(s);
   for (const char* r : kReserved) {
     if (lower == r) return true;
@@ -243,11 +262,21 @@ std::string QuoteYaml(const std::string& s) {
   std::string out = "\"";
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           out += absl::StrFormat("\\x%02x", static_cast<unsigned char>(c));
@@ -260,7 +289,8 @@ std::string QuoteYaml(const std::string& s) {
 }
 
 std::string ScalarYaml(const JsonNode& node) {
-  if (node.kind == JsonNode::kString) return NeedsQuotes(node.text) ? QuoteYaml(node.text) : node.text;
+  if (node.kind == JsonNode::kString)
+    return NeedsQuotes(node.text) ? QuoteYaml(node.text) : node.text;
   if (node.kind == JsonNode::kArray) return "[]";
   if (node.kind == JsonNode::kObject) return "{}";
   return node.text;
@@ -398,7 +428,8 @@ absl::StatusOr<std::string> JsonToYaml(absl::string_view json) {
 
 std::string RenderMessage(const google::protobuf::Message& message, OutputFormat format) {
   std::string json = ToJson(message, /*pretty=*/true);
-  if (format == OutputFormat::kJson) return json.empty() || json.back() != '\n' ? json + "\n" : json;
+  if (format == OutputFormat::kJson)
+    return json.empty() || json.back() != '\n' ? json + "\n" : json;
   absl::StatusOr<std::string> yaml = JsonToYaml(json);
   // The JSON comes from protobuf's own printer; a failure here would be a
   // printer bug, so fall back to JSON (which is valid YAML) rather than lose it.
@@ -407,11 +438,16 @@ std::string RenderMessage(const google::protobuf::Message& message, OutputFormat
 
 std::string HealthName(v1::BalloonHealth health) {
   switch (health) {
-    case v1::BALLOON_HEALTH_OK: return "ok";
-    case v1::BALLOON_HEALTH_STUCK: return "stuck";
-    case v1::BALLOON_HEALTH_NO_DRIVER: return "no-driver";
-    case v1::BALLOON_HEALTH_STATS_UNAVAILABLE: return "stats-unavailable";
-    default: return "unknown";
+    case v1::BALLOON_HEALTH_OK:
+      return "ok";
+    case v1::BALLOON_HEALTH_STUCK:
+      return "stuck";
+    case v1::BALLOON_HEALTH_NO_DRIVER:
+      return "no-driver";
+    case v1::BALLOON_HEALTH_STATS_UNAVAILABLE:
+      return "stats-unavailable";
+    default:
+      return "unknown";
   }
 }
 
@@ -433,7 +469,8 @@ std::string RenderHostsTable(const v1::ListHostsResponse& reply, bool wide) {
   std::vector<std::string> header = {"HOST",   "CONNECTED", "VMS",    "CAPACITY", "TARGET",
                                      "ACTUAL", "FLOOR",     "DEMAND", "PRESSURE", "OVERCOMMITTED"};
   if (wide) {
-    for (const char* h : {"BACKEND", "VERSION", "RESERVED", "MEM_AVAILABLE", "GENERATION", "ACKED"}) {
+    for (const char* h :
+         {"BACKEND", "VERSION", "RESERVED", "MEM_AVAILABLE", "GENERATION", "ACKED"}) {
       header.push_back(h);
     }
   }
@@ -520,9 +557,8 @@ std::string DescribeHost(const v1::Host& h) {
   d.Add("Memory available", Bytes(s.mem_available_bytes()));
   d.Add("Swap free/total",
         absl::StrCat(Bytes(s.swap_free_bytes()), " / ", Bytes(s.swap_total_bytes())));
-  d.Add("Pressure some/full",
-        absl::StrCat(Percent(s.psi_some_avg10_percent()), " / ",
-                     Percent(s.psi_full_avg10_percent()), " (avg10)"));
+  d.Add("Pressure some/full", absl::StrCat(Percent(s.psi_some_avg10_percent()), " / ",
+                                           Percent(s.psi_full_avg10_percent()), " (avg10)"));
   d.Add("Report sequence", absl::StrCat(h.report_sequence()));
   d.Add("Last report",
         h.has_last_report_time() ? FormatUtc(FromProto(h.last_report_time())) : "never");
@@ -548,12 +584,11 @@ std::string DescribeVm(const v1::Vm& vm) {
   d.Add("Major faults", absl::StrFormat("%.1f/s", vm.major_faults_per_second()));
   d.Add("Balloon health", HealthName(vm.health()));
   const v1::VmPolicy& p = vm.policy();
-  d.Add("Policy",
-        absl::StrCat("min=", OptBytes(p.has_min_bytes(), p.min_bytes()),
-                     " max=", OptBytes(p.has_max_bytes(), p.max_bytes()),
-                     " weight=", p.has_weight() ? absl::StrCat(p.weight()) : "-",
-                     " pinned=", p.has_pinned() ? YesNo(p.pinned()) : "-",
-                     " (- = cluster default)"));
+  d.Add("Policy", absl::StrCat("min=", OptBytes(p.has_min_bytes(), p.min_bytes()),
+                               " max=", OptBytes(p.has_max_bytes(), p.max_bytes()),
+                               " weight=", p.has_weight() ? absl::StrCat(p.weight()) : "-",
+                               " pinned=", p.has_pinned() ? YesNo(p.pinned()) : "-",
+                               " (- = cluster default)"));
   const v1::GuestStats& s = vm.stats();
   d.Section("Guest stats");
   d.Add("  Total", OptBytes(s.has_total_bytes(), s.total_bytes()));
@@ -564,8 +599,7 @@ std::string DescribeVm(const v1::Vm& vm) {
         absl::StrCat(OptBytes(s.has_swap_in_bytes_total(), s.swap_in_bytes_total()), " / ",
                      OptBytes(s.has_swap_out_bytes_total(), s.swap_out_bytes_total())));
   d.Add("  Faults major/minor",
-        absl::StrCat(s.has_major_faults_total() ? absl::StrCat(s.major_faults_total()) : "-",
-                     " / ",
+        absl::StrCat(s.has_major_faults_total() ? absl::StrCat(s.major_faults_total()) : "-", " / ",
                      s.has_minor_faults_total() ? absl::StrCat(s.minor_faults_total()) : "-"));
   d.Add("  OOM kills", s.has_oom_kills_total() ? absl::StrCat(s.oom_kills_total()) : "-");
   d.Add("  Age", s.has_age_seconds() ? absl::StrFormat("%.1fs", s.age_seconds()) : "-");
@@ -609,9 +643,8 @@ std::string DescribeClusterPolicy(const v1::ClusterPolicy& p) {
   d.Add("default-weight", p.has_default_weight() ? absl::StrCat(p.default_weight()) : "-");
   d.Add("protect-margin-percent",
         p.has_protect_margin_percent() ? absl::StrCat(p.protect_margin_percent()) : "-");
-  d.Add("report-interval", p.has_report_interval()
-                               ? absl::FormatDuration(FromProto(p.report_interval()))
-                               : "-");
+  d.Add("report-interval",
+        p.has_report_interval() ? absl::FormatDuration(FromProto(p.report_interval())) : "-");
   return d.Render();
 }
 
@@ -623,10 +656,10 @@ std::string DescribeVmPolicy(absl::string_view vm, const v1::VmPolicy& p) {
 }
 
 std::string DescribeReservation(const v1::Reservation& r) {
-  return absl::StrCat("reservation ", r.id(), ": ", Bytes(r.bytes()), " on host ", r.host_id(),
-                      r.has_created_at() ? absl::StrCat(" since ", FormatUtc(FromProto(r.created_at())))
-                                         : "",
-                      "\n");
+  return absl::StrCat(
+      "reservation ", r.id(), ": ", Bytes(r.bytes()), " on host ", r.host_id(),
+      r.has_created_at() ? absl::StrCat(" since ", FormatUtc(FromProto(r.created_at()))) : "",
+      "\n");
 }
 
 }  // namespace membroker::client

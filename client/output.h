@@ -3,10 +3,10 @@
 // programs (json: the proto3 JSON mapping with proto field names; yaml: the
 // same structure in YAML block style).
 
+#include <google/protobuf/message.h>
+
 #include <string>
 #include <vector>
-
-#include <google/protobuf/message.h>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"

@@ -2,6 +2,9 @@
 // agent stream feeding it a host of two VMs: the client's requests and the
 // broker's replies agree on the wire contract.
 
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -11,10 +14,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <grpcpp/grpcpp.h>
-#include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -30,8 +29,7 @@ using ::testing::HasSubstr;
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
 
-v1::VmSample Sample(const std::string& id, const std::string& name, uint64_t max,
-                    uint64_t used) {
+v1::VmSample Sample(const std::string& id, const std::string& name, uint64_t max, uint64_t used) {
   v1::VmSample s;
   s.set_vm_id(id);
   s.set_name(name);

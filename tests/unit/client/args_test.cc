@@ -3,10 +3,10 @@
 
 #include "client/args.h"
 
-#include <sstream>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <sstream>
 
 #include "client/ctl.h"
 #include "common/proto_time.h"
@@ -235,8 +235,8 @@ TEST(BuildRequestTest, SetVmRejectsBadValues) {
 TEST(BuildRequestTest, PolicySetMapsEveryFlag) {
   auto inv = Parse({"policy", "set", "--buffer-percent=25", "--host-free-margin=1GiB",
                     "--reclaim-step=256MiB", "--hysteresis=64MiB", "--idle-tax-percent=75",
-                    "--default-min=512MiB", "--default-weight=100",
-                    "--protect-margin-percent=10", "--report-interval=2s"});
+                    "--default-min=512MiB", "--default-weight=100", "--protect-margin-percent=10",
+                    "--report-interval=2s"});
   ASSERT_TRUE(inv.ok()) << inv.status();
   auto req = BuildSetClusterPolicyRequest(*inv);
   ASSERT_TRUE(req.ok()) << req.status();

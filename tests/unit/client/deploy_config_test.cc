@@ -3,6 +3,11 @@
 // export (deploy/metrics.txt), and the simulator configs of the demo stack
 // parse as SimConfig.
 
+#include <gmock/gmock.h>
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+#include <gtest/gtest.h>
+
 #include <cctype>
 #include <filesystem>
 #include <fstream>
@@ -11,11 +16,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <google/protobuf/struct.pb.h>
-#include <google/protobuf/util/json_util.h>
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -91,7 +91,9 @@ size_t SkipGroup(absl::string_view s, size_t i, char open, char close) {
   return i;
 }
 
-bool IsIdentStart(char c) { return std::isalpha(static_cast<unsigned char>(c)) || c == '_' || c == ':'; }
+bool IsIdentStart(char c) {
+  return std::isalpha(static_cast<unsigned char>(c)) || c == '_' || c == ':';
+}
 bool IsIdent(char c) { return IsIdentStart(c) || std::isdigit(static_cast<unsigned char>(c)); }
 
 // The metric names a PromQL expression selects: identifiers that are not
@@ -99,14 +101,14 @@ bool IsIdent(char c) { return IsIdentStart(c) || std::isdigit(static_cast<unsign
 // {...}, by (...), without (...), on (...), ignoring (...), group_*(...)),
 // strings, numbers or range/offset durations.
 std::set<std::string> ExtractMetricNames(absl::string_view expr) {
-  static const std::set<std::string> kLabelListKeywords = {"by", "without", "on", "ignoring",
-                                                           "group_left", "group_right"};
+  static const std::set<std::string> kLabelListKeywords = {"by",       "without",    "on",
+                                                           "ignoring", "group_left", "group_right"};
   // Keywords, and aggregations (which may be followed by `by (...)` before
   // their parenthesis: `sum by (le) (...)`).
   static const std::set<std::string> kKeywords = {
-      "and",   "or",     "unless", "bool",   "offset", "inf",    "nan",
-      "atan2", "sum",    "min",    "max",    "avg",    "group",  "stddev",
-      "stdvar", "count", "count_values", "bottomk", "topk", "quantile"};
+      "and",    "or",    "unless",       "bool",    "offset", "inf",     "nan",
+      "atan2",  "sum",   "min",          "max",     "avg",    "group",   "stddev",
+      "stdvar", "count", "count_values", "bottomk", "topk",   "quantile"};
   std::set<std::string> names;
   size_t i = 0;
   while (i < expr.size()) {
@@ -179,7 +181,8 @@ bool IsExported(const std::string& name, const std::map<std::string, std::string
 void CollectGrafanaQueries(const google::protobuf::Value& v, std::vector<std::string>* exprs,
                            std::vector<std::string>* template_queries) {
   if (v.has_list_value()) {
-    for (const auto& item : v.list_value().values()) CollectGrafanaQueries(item, exprs, template_queries);
+    for (const auto& item : v.list_value().values())
+      CollectGrafanaQueries(item, exprs, template_queries);
     return;
   }
   if (!v.has_struct_value()) return;
@@ -214,9 +217,12 @@ std::vector<std::string> CollectYamlExprs(const std::string& text) {
     absl::string_view body = line.substr(indent);
     absl::ConsumePrefix(&body, "- ");
     std::string key;
-    if (absl::ConsumePrefix(&body, "expr:")) key = "expr";
-    else if (absl::ConsumePrefix(&body, "series:")) key = "series";
-    else continue;
+    if (absl::ConsumePrefix(&body, "expr:"))
+      key = "expr";
+    else if (absl::ConsumePrefix(&body, "series:"))
+      key = "series";
+    else
+      continue;
     body = absl::StripAsciiWhitespace(body);
     if (body == "|" || body == ">" || body == "|-" || body == ">-") {
       std::string block;
@@ -246,10 +252,12 @@ TEST(ExtractMetricNamesTest, FindsOnlyMetricNames) {
             (std::set<std::string>{"a_total", "b_bytes"}));
   EXPECT_EQ(ExtractMetricNames("absent(up{job=\"x\"}) or vector(0) and bool 1e3"),
             std::set<std::string>{"up"});
-  EXPECT_EQ(ExtractMetricNames("rate(c_total[$__rate_interval])"), std::set<std::string>{"c_total"});
+  EXPECT_EQ(ExtractMetricNames("rate(c_total[$__rate_interval])"),
+            std::set<std::string>{"c_total"});
   EXPECT_EQ(ExtractMetricNames("node_memory_MemAvailable_bytes"),
             std::set<std::string>{"node_memory_MemAvailable_bytes"});
-  EXPECT_EQ(ExtractTemplateQueryNames("label_values(m_bytes, host)"), std::set<std::string>{"m_bytes"});
+  EXPECT_EQ(ExtractTemplateQueryNames("label_values(m_bytes, host)"),
+            std::set<std::string>{"m_bytes"});
   EXPECT_TRUE(ExtractTemplateQueryNames("label_values(host)").empty());
 }
 
@@ -267,7 +275,8 @@ TEST(ExtractMetricNamesTest, HistogramsOnlyThroughTheirSeries) {
 TEST(ExtractMetricNamesTest, YamlExprForms) {
   auto exprs = CollectYamlExprs(
       "      - alert: A\n        expr: a_total > 0\n      - alert: B\n        expr: 'b_total'\n"
-      "      - alert: C\n        expr: |\n          sum(c_total)\n            / 2\n        for: 1m\n"
+      "      - alert: C\n        expr: |\n          sum(c_total)\n            / 2\n        for: "
+      "1m\n"
       "      - series: 'd_bytes{x=\"1\"}'\n");
   ASSERT_EQ(exprs.size(), 4u);
   EXPECT_EQ(exprs[0], "a_total > 0");

@@ -42,7 +42,8 @@ TEST(TableTest, AlignsColumns) {
 TEST(RenderTest, VmsTableHasContractColumnsAndHumanSizes) {
   std::string table = RenderVmsTable(SampleVms(), /*wide=*/false);
   EXPECT_THAT(table, HasSubstr("HOST"));
-  for (const char* col : {"NAME", "MAX", "ACTUAL", "TARGET", "DEMAND", "FLOOR", "HEALTH", "REASON"}) {
+  for (const char* col :
+       {"NAME", "MAX", "ACTUAL", "TARGET", "DEMAND", "FLOOR", "HEALTH", "REASON"}) {
     EXPECT_THAT(table, HasSubstr(col));
   }
   EXPECT_THAT(table, HasSubstr("4 GiB"));
@@ -121,8 +122,8 @@ TEST(JsonToYamlTest, Shapes) {
 }
 
 TEST(JsonToYamlTest, RejectsMalformedJson) {
-  for (const char* bad : {"", "{", "{\"a\" 1}", "[1,]", "{\"a\": 1} x", "\"unterminated",
-                          "{\"a\": \"\\q\"}"}) {
+  for (const char* bad :
+       {"", "{", "{\"a\" 1}", "[1,]", "{\"a\": 1} x", "\"unterminated", "{\"a\": \"\\q\"}"}) {
     EXPECT_FALSE(JsonToYaml(bad).ok()) << bad;
   }
   std::string deep(500, '[');
