@@ -231,7 +231,8 @@ absl::Status QmpHypervisor::EnsureConnected(Vm& vm) {
                                                vm.last_error, ")"));
   }
   if (vm.client == nullptr) vm.client = std::make_unique<QmpClient>(clock_, options_.client);
-  vm.identified = false;
+  // A VM keeps its last identity while disconnected, so that calls for it
+  // are UNAVAILABLE (retry) rather than NOT_FOUND.
   vm.applied_period.reset();
   vm.actual_bytes.reset();
   Vm* self = &vm;
@@ -244,6 +245,12 @@ absl::Status QmpHypervisor::EnsureConnected(Vm& vm) {
     if (actual.has_value()) self->actual_bytes = actual;
   });
   RETURN_IF_ERROR(vm.client->Connect(vm.path));
+  absl::Status identified = Identify(vm);
+  if (!identified.ok()) vm.client->Close();
+  return identified;
+}
+
+absl::Status QmpHypervisor::Identify(Vm& vm) {
 
   // query-uuid: an all-zero UUID means QEMU was started without -uuid.
   ASSIGN_OR_RETURN(Value uuid, vm.client->Execute("query-uuid"));
@@ -437,7 +444,6 @@ absl::StatusOr<std::vector<VmStatus>> QmpHypervisor::ListVms() {
     auto status = ReadVm(*vm);
     if (!status.ok()) {
       Backoff(*vm, status.status());
-      if (!vm->client->connected()) vm->identified = false;
       continue;
     }
     if (!seen_ids.insert(status->vm_id).second) {
@@ -479,7 +485,6 @@ absl::Status QmpHypervisor::SetBalloonTarget(const std::string& vm_id, uint64_t 
   if (!reply.ok()) {
     if (IsConnectionError(reply.status())) {
       Backoff(*vm, reply.status());
-      vm->identified = false;
     }
     return reply.status();
   }
@@ -508,7 +513,6 @@ absl::Status QmpHypervisor::SetStatsPeriod(const std::string& vm_id, absl::Durat
   if (!reply.ok()) {
     if (IsConnectionError(reply.status())) {
       Backoff(*vm, reply.status());
-      vm->identified = false;
     }
     return reply.status();
   }

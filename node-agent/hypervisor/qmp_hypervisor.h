@@ -65,9 +65,10 @@ class QmpHypervisor : public Hypervisor {
   // and retried after its backoff; the call itself does not fail.
   absl::StatusOr<std::vector<VmStatus>> ListVms() override;
 
-  // Sends `balloon` with the value in bytes. NOT_FOUND for an unknown VM,
-  // INVALID_ARGUMENT for zero or above max, FAILED_PRECONDITION when the VM
-  // has no balloon device, UNAVAILABLE when its socket fails.
+  // Sends `balloon` with the value in bytes. NOT_FOUND for an unknown VM
+  // (never seen, or its socket is gone), INVALID_ARGUMENT for zero or above
+  // max, FAILED_PRECONDITION when the VM has no balloon device, UNAVAILABLE
+  // while its connection is down.
   absl::Status SetBalloonTarget(const std::string& vm_id, uint64_t target_bytes) override;
 
   // Sets guest-stats-polling-interval on the balloon device (whole seconds,
@@ -83,6 +84,8 @@ class QmpHypervisor : public Hypervisor {
   std::vector<std::string> ScanSockets() const;
   // Connects `vm` if needed and allowed by its backoff; learns identity.
   absl::Status EnsureConnected(Vm& vm);
+  // Learns a freshly connected VM's id, name, max and balloon device.
+  absl::Status Identify(Vm& vm);
   // Reads one VM's status.
   absl::StatusOr<VmStatus> ReadVm(Vm& vm);
   // Records a failure of `vm` and schedules its next attempt.

@@ -305,13 +305,24 @@ TEST_F(QemuE2eTest, BrokerGivesMemoryBackBeforeOom) {
   uint64_t load_min = 512 * kMiB;
   bool reached = false;
   // Bounded: the load reaches its maximum ~80 s after boot; allow 4 min.
-  absl::Time deadline = absl::Now() + absl::Minutes(4);
+  const absl::Time started = absl::Now();
+  std::string timeline;
+  absl::Time deadline = started + absl::Minutes(4);
   for (int i = 0; i < 2400 && absl::Now() < deadline; ++i) {
     uint64_t ai = WatchActual(watch_idle, idle->watch_socket());
     uint64_t al = WatchActual(watch_load, load->watch_socket());
     if (ai > 0) idle_min = std::min(idle_min, ai);
     if (al > 0) load_min = std::min(load_min, al);
     std::string console = load->Console();
+    if (i % 20 == 0) {  // every ~2 s: the balloons and the load's last line
+      size_t end = console.find_last_not_of("\r\n");
+      size_t begin = end == std::string::npos ? 0 : console.find_last_of('\n', end);
+      begin = begin == std::string::npos ? 0 : begin + 1;
+      absl::StrAppend(&timeline, absl::FormatDuration(absl::Now() - started), ": idle ",
+                      ai / kMiB, " MiB, load ", al / kMiB, " MiB | ",
+                      end == std::string::npos ? "" : console.substr(begin, end + 1 - begin),
+                      "\n");
+    }
     if (console.find("Out of memory") != std::string::npos) break;
     if (console.find("memload: reached") != std::string::npos) {
       reached = true;
@@ -320,7 +331,8 @@ TEST_F(QemuE2eTest, BrokerGivesMemoryBackBeforeOom) {
     if (!broker.Running() || !agent_process.Running()) break;
     absl::SleepFor(absl::Milliseconds(100));
   }
-  const std::string logs = absl::StrCat("\n--- broker log:\n", broker.Log(),
+  const std::string logs = absl::StrCat("\n--- balloons (actual) over time:\n", timeline,
+                                        "\n--- broker log:\n", broker.Log(),
                                         "\n--- agent log:\n", agent_process.Log(),
                                         "\n--- load console:\n", load->Console());
   EXPECT_TRUE(broker.Running()) << logs;

@@ -305,6 +305,39 @@ TEST_F(QmpHypervisorTest, ABrokenVmDoesNotHideTheOthers) {
   EXPECT_EQ(vms->size(), 2u);
 }
 
+TEST_F(QmpHypervisorTest, DroppedConnectionIsReconnectedAfterTheBackoff) {
+  FakeQmpServer* server = AddServer("a.sock", FakeVmState{});
+  auto hv = Make({server->path()});
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  const std::string id = (*vms)[0].vm_id;
+  // QEMU goes away in the middle of a read.
+  server->set_override([](const std::string& cmd, const google::protobuf::Struct&)
+                           -> std::optional<std::vector<std::string>> {
+    if (cmd == "query-balloon") return std::vector<std::string>{testing::kDropConnection};
+    return std::nullopt;
+  });
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_TRUE(vms->empty());
+  // Known but unreachable: retry later, not "gone".
+  EXPECT_EQ(hv->SetBalloonTarget(id, 100 * kMiB).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(hv->SetStatsPeriod(id, absl::Seconds(1)).code(), absl::StatusCode::kUnavailable);
+  server->set_override(nullptr);
+  vms = hv->ListVms();  // still backing off
+  ASSERT_TRUE(vms.ok());
+  EXPECT_TRUE(vms->empty());
+  EXPECT_EQ(server->connections(), 1);
+  clock_.Advance(absl::Seconds(1));
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].vm_id, id);
+  EXPECT_EQ(server->connections(), 2);
+  EXPECT_TRUE(hv->SetBalloonTarget(id, 100 * kMiB).ok());
+}
+
 TEST_F(QmpHypervisorTest, DuplicateUuidIsListedOnce) {
   AddServer("a.sock", FakeVmState{});
   AddServer("b.sock", FakeVmState{});  // same UUID: a second monitor of one VM
