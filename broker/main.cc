@@ -42,7 +42,11 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "membroker --listen=HOST:PORT --metrics-listen=HOST:PORT --state-dir=DIR "
       "[--config=FILE.textproto] --insecure");
-  std::vector<std::string> args = membroker::DashesToUnderscores(argc, argv);
+  const std::vector<std::string> original(argv, argv + argc);
+  if (const std::string unknown = membroker::FindUnknownFlag(original); !unknown.empty()) {
+    return Usage(absl::StrCat("unknown flag ", unknown, " (see --help)"));
+  }
+  std::vector<std::string> args = membroker::DashesToUnderscores(original);
   std::vector<char*> view = membroker::ArgvView(args);
   std::vector<char*> rest = absl::ParseCommandLine(argc, view.data());
   if (rest.size() > 1) return Usage(absl::StrCat("unexpected argument \"", rest[1], "\""));

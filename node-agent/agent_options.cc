@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/flag_names.h"
 #include "common/status.h"
 #include "common/textproto.h"
 #include "common/units.h"
@@ -53,10 +54,8 @@ std::vector<std::string> NormalizeCommandLine(const std::vector<std::string>& ar
       out.push_back(std::move(arg));
       continue;
     }
+    arg = FlagArgToUnderscores(std::move(arg));
     const size_t end = std::min(arg.find('='), arg.size());
-    for (size_t j = 2; j < end; ++j) {
-      if (arg[j] == '-') arg[j] = '_';
-    }
     const std::string name = arg.substr(2, end - 2);
     if (name == "qmp_socket") {
       if (qmp_sockets.empty()) qmp_position = out.size();

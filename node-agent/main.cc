@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "common/logging.h"
+#include "common/flag_names.h"
 #include "common/metrics_server.h"
 #include "node-agent/agent.h"
 #include "node-agent/agent_options.h"
@@ -55,36 +56,6 @@ namespace {
 
 constexpr int kExitError = 1;
 constexpr int kExitUsage = 2;
-
-// Abseil exits with 1 on an unknown flag; the contract wants 2 (usage).
-// Returns the first argument naming no flag, or "".
-std::string FindUnknownFlag(const std::vector<std::string>& args) {
-  for (size_t i = 1; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (arg == "--") break;
-    if (arg.size() < 2 || arg[0] != '-') continue;
-    std::string name = arg.substr(arg[1] == '-' ? 2 : 1);
-    name = name.substr(0, name.find('='));
-    if (absl::FindCommandLineFlag(name) != nullptr) continue;
-    // Abseil's own flags.
-    if (name == "help" || name == "helpfull" || name == "helpshort" || name == "helppackage" ||
-        name == "version" || name == "only_check_args" || name == "helpon" ||
-        name == "helpmatch" || name == "flagfile" || name == "fromenv" ||
-        name == "tryfromenv" || name == "undefok") {
-      continue;
-    }
-    if (name.compare(0, 2, "no") == 0 && absl::FindCommandLineFlag(name.substr(2)) != nullptr) {
-      continue;
-    }
-    // Report it as the user spelled it (dashes).
-    std::string shown = arg;
-    for (size_t j = 0; j < shown.size() && shown[j] != '='; ++j) {
-      if (j >= 2 && shown[j] == '_') shown[j] = '-';
-    }
-    return shown;
-  }
-  return "";
-}
 
 int Fail(int code, const absl::Status& status) {
   std::fprintf(stderr, "membroker-agent: %s\n", std::string(status.message()).c_str());
