@@ -263,7 +263,7 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
   policy::DemandParams demand_params;
   {
     absl::ReaderMutexLock plock(&policy_mu_);
-    demand_params.protect_margin_percent = cluster_policy_.protect_margin_percent();
+    demand_params = ToDemandParams(cluster_policy_);
   }
   std::set<std::string> present;
   for (const v1::VmSample& s : report.vms()) {
@@ -327,6 +327,7 @@ void Fleet::DecideLocked(HostState& host, absl::Time started) {
       in.actual_bytes = s.actual_bytes();
       in.previous_target_bytes = vm.decided ? vm.decision.target_bytes : 0;
       in.active_fraction = vm.demand.active_fraction;
+      in.under_pressure = vm.demand.pressure;
       input.vms.push_back(std::move(in));
     }
   }

@@ -42,6 +42,9 @@ v1::ClusterPolicy DefaultClusterPolicy() {
   p.set_default_weight(d.default_weight);
   p.set_protect_margin_percent(d.protect_margin_percent);
   *p.mutable_report_interval() = ToProtoDuration(absl::Seconds(1));
+  p.set_surplus_percent(d.surplus_percent);
+  p.set_hysteresis_percent(5);
+  p.set_protect_margin_max_bytes(32 * kMiB);
   return p;
 }
 
@@ -51,6 +54,12 @@ absl::Status ValidateClusterPolicy(const v1::ClusterPolicy& p) {
     RETURN_IF_ERROR(Range("idle_tax_percent", p.idle_tax_percent(), 0, 99));
   if (p.has_protect_margin_percent())
     RETURN_IF_ERROR(Range("protect_margin_percent", p.protect_margin_percent(), 0, 1000));
+  if (p.has_surplus_percent())
+    RETURN_IF_ERROR(Range("surplus_percent", p.surplus_percent(), 0, 100));
+  if (p.has_hysteresis_percent())
+    RETURN_IF_ERROR(Range("hysteresis_percent", p.hysteresis_percent(), 0, 50));
+  if (p.has_protect_margin_max_bytes())
+    RETURN_IF_ERROR(Bytes("protect_margin_max_bytes", p.protect_margin_max_bytes(), 0));
   if (p.has_default_weight())
     RETURN_IF_ERROR(Range("default_weight", p.default_weight(), 1, 10000));
   if (p.has_host_free_margin_bytes())
@@ -120,6 +129,15 @@ policy::PolicyParams ToPolicyParams(const v1::ClusterPolicy& p) {
   out.default_min_bytes = p.default_min_bytes();
   out.default_weight = p.default_weight();
   out.protect_margin_percent = p.protect_margin_percent();
+  out.surplus_percent = p.surplus_percent();
+  out.hysteresis_percent = p.hysteresis_percent();
+  return out;
+}
+
+policy::DemandParams ToDemandParams(const v1::ClusterPolicy& p) {
+  policy::DemandParams out;
+  out.protect_margin_percent = p.protect_margin_percent();
+  out.protect_margin_max_bytes = p.protect_margin_max_bytes();
   return out;
 }
 

@@ -5,6 +5,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "broker/policy/allocator.h"
+#include "broker/policy/demand.h"
 #include "membroker/v1/types.pb.h"
 
 namespace membroker::broker {
@@ -29,6 +30,9 @@ v1::VmPolicy MergeVmPolicy(const v1::VmPolicy& base, const v1::VmPolicy& update)
 
 // Converts a complete (merged with defaults) cluster policy.
 policy::PolicyParams ToPolicyParams(const v1::ClusterPolicy& policy);
+
+// The demand estimator's settings of a complete cluster policy.
+policy::DemandParams ToDemandParams(const v1::ClusterPolicy& policy);
 
 // The report interval of a complete cluster policy.
 absl::Duration ReportInterval(const v1::ClusterPolicy& policy);

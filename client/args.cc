@@ -81,7 +81,10 @@ std::vector<CommandSpec> BuildCommands() {
                 {"default-min", "SIZE", "floor for VMs without a min"},
                 {"default-weight", "N", "weight for VMs without a weight, 1..10000"},
                 {"protect-margin-percent", "P", "protect floor = used * (1 + P/100), 0..1000"},
-                {"report-interval", "DURATION", "how often agents report, e.g. 1s"}},
+                {"report-interval", "DURATION", "how often agents report, e.g. 1s"},
+                {"surplus-percent", "P", "share of spare memory given back to VMs, 0..100"},
+                {"hysteresis-percent", "P", "also ignore changes under P% of the target, 0..50"},
+                {"protect-margin-max", "SIZE", "cap on the protect margin (0: none)"}},
                "Change the cluster policy; only the given fields change.",
                "At least one flag is required.\n\nExample:\n"
                "  membrokerctl --insecure policy set --buffer-percent=25 --reclaim-step=256MiB\n"});

@@ -349,7 +349,8 @@ absl::StatusOr<v1::SetClusterPolicyRequest> BuildSetClusterPolicyRequest(const I
        {SizeFlag{"host-free-margin", &v1::ClusterPolicy::set_host_free_margin_bytes},
         SizeFlag{"reclaim-step", &v1::ClusterPolicy::set_reclaim_step_bytes},
         SizeFlag{"hysteresis", &v1::ClusterPolicy::set_hysteresis_bytes},
-        SizeFlag{"default-min", &v1::ClusterPolicy::set_default_min_bytes}}) {
+        SizeFlag{"default-min", &v1::ClusterPolicy::set_default_min_bytes},
+        SizeFlag{"protect-margin-max", &v1::ClusterPolicy::set_protect_margin_max_bytes}}) {
     auto v = FlagBytes(inv, f.name, &present);
     if (!v.ok()) return v.status();
     if (present) (p->*f.set)(*v);
@@ -371,6 +372,18 @@ absl::StatusOr<v1::SetClusterPolicyRequest> BuildSetClusterPolicyRequest(const I
     auto v = FlagDouble(inv, "protect-margin-percent", 0, 1000, &present);
     if (!v.ok()) return v.status();
     if (present) p->set_protect_margin_percent(*v);
+    any |= present;
+  }
+  {
+    auto v = FlagDouble(inv, "surplus-percent", 0, 100, &present);
+    if (!v.ok()) return v.status();
+    if (present) p->set_surplus_percent(*v);
+    any |= present;
+  }
+  {
+    auto v = FlagDouble(inv, "hysteresis-percent", 0, 50, &present);
+    if (!v.ok()) return v.status();
+    if (present) p->set_hysteresis_percent(*v);
     any |= present;
   }
   {

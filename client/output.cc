@@ -645,6 +645,11 @@ std::string DescribeClusterPolicy(const v1::ClusterPolicy& p) {
         p.has_protect_margin_percent() ? absl::StrCat(p.protect_margin_percent()) : "-");
   d.Add("report-interval",
         p.has_report_interval() ? absl::FormatDuration(FromProto(p.report_interval())) : "-");
+  d.Add("surplus-percent", p.has_surplus_percent() ? absl::StrCat(p.surplus_percent()) : "-");
+  d.Add("hysteresis-percent",
+        p.has_hysteresis_percent() ? absl::StrCat(p.hysteresis_percent()) : "-");
+  d.Add("protect-margin-max",
+        OptBytes(p.has_protect_margin_max_bytes(), p.protect_margin_max_bytes()));
   return d.Render();
 }
 

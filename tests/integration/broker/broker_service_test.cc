@@ -93,6 +93,8 @@ class BrokerServiceTest : public ::testing::Test {
     o.cluster_policy.set_default_min_bytes(256 * kMiB);
     o.cluster_policy.set_protect_margin_percent(0);
     o.cluster_policy.set_idle_tax_percent(0);
+    o.cluster_policy.set_hysteresis_percent(0);
+    o.cluster_policy.set_protect_margin_max_bytes(0);
     auto b = Broker::Start(o, RealClock::Get());
     ASSERT_TRUE(b.ok()) << b.status();
     broker_ = std::move(*b);
@@ -309,8 +311,15 @@ TEST_F(BrokerServiceTest, AdminValidationAndNotFound) {
   st = admin_->SetClusterPolicy(&c4, cp, &cpo);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("idle_tax_percent"), std::string::npos);
+  grpc::ClientContext c4b;
+  cp.mutable_policy()->clear_idle_tax_percent();
+  cp.mutable_policy()->set_surplus_percent(101);
+  st = admin_->SetClusterPolicy(&c4b, cp, &cpo);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("surplus_percent"), std::string::npos);
   grpc::ClientContext c5;
   ASSERT_TRUE(admin_->GetClusterPolicy(&c5, {}, &cpo).ok());
+  EXPECT_EQ(cpo.surplus_percent(), 100);  // unchanged default
   EXPECT_EQ(cpo.idle_tax_percent(), 0);  // unchanged (the test's own setting)
 
   grpc::ClientContext c6;

@@ -236,7 +236,8 @@ TEST(BuildRequestTest, PolicySetMapsEveryFlag) {
   auto inv = Parse({"policy", "set", "--buffer-percent=25", "--host-free-margin=1GiB",
                     "--reclaim-step=256MiB", "--hysteresis=64MiB", "--idle-tax-percent=75",
                     "--default-min=512MiB", "--default-weight=100", "--protect-margin-percent=10",
-                    "--report-interval=2s"});
+                    "--report-interval=2s", "--surplus-percent=0", "--hysteresis-percent=5",
+                    "--protect-margin-max=32MiB"});
   ASSERT_TRUE(inv.ok()) << inv.status();
   auto req = BuildSetClusterPolicyRequest(*inv);
   ASSERT_TRUE(req.ok()) << req.status();
@@ -250,6 +251,10 @@ TEST(BuildRequestTest, PolicySetMapsEveryFlag) {
   EXPECT_EQ(p.default_weight(), 100u);
   EXPECT_EQ(p.protect_margin_percent(), 10);
   EXPECT_EQ(FromProto(p.report_interval()), absl::Seconds(2));
+  ASSERT_TRUE(p.has_surplus_percent());
+  EXPECT_EQ(p.surplus_percent(), 0);
+  EXPECT_EQ(p.hysteresis_percent(), 5);
+  EXPECT_EQ(p.protect_margin_max_bytes(), 32ull << 20);
 
   auto one = Parse({"policy", "set", "--hysteresis=1MiB"});
   ASSERT_TRUE(one.ok());
@@ -265,6 +270,8 @@ TEST(BuildRequestTest, PolicySetRejectsOutOfRange) {
   for (const auto& [flag, part] : std::vector<std::pair<std::string, std::string>>{
            {"--idle-tax-percent=100", "--idle-tax-percent"},
            {"--buffer-percent=-1", "--buffer-percent"},
+           {"--surplus-percent=101", "--surplus-percent"},
+           {"--hysteresis-percent=51", "--hysteresis-percent"},
            {"--buffer-percent=nan", "--buffer-percent"},
            {"--default-weight=0", "--default-weight"},
            {"--report-interval=0s", "--report-interval must be greater than 0"},
