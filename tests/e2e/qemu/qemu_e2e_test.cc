@@ -335,16 +335,19 @@ TEST_F(QemuE2eTest, BrokerGivesMemoryBackBeforeOom) {
                                         "\n--- broker log:\n", broker.Log(),
                                         "\n--- agent log:\n", agent_process.Log(),
                                         "\n--- load console:\n", load->Console());
-  EXPECT_TRUE(broker.Running()) << logs;
-  EXPECT_TRUE(agent_process.Running()) << logs;
+  EXPECT_TRUE(broker.Running()) << "membroker exited";
+  EXPECT_TRUE(agent_process.Running()) << "membroker-agent exited";
   // The idle guest gave memory back.
-  EXPECT_LT(idle_min, 480 * kMiB) << logs;
+  EXPECT_LT(idle_min, 480 * kMiB) << "the idle guest's balloon never inflated";
   // The load guest got its working set without running out.
-  EXPECT_TRUE(reached) << logs;
-  EXPECT_EQ(load->Console().find("Out of memory"), std::string::npos) << logs;
-  EXPECT_EQ(load->Console().find("MB-MEMLOAD-EXITED"), std::string::npos) << logs;
+  EXPECT_TRUE(reached) << "the load never reached its working set";
+  EXPECT_EQ(load->Console().find("Out of memory"), std::string::npos)
+      << "the load guest ran out of memory";
+  EXPECT_EQ(load->Console().find("MB-MEMLOAD-EXITED"), std::string::npos)
+      << "the load program died";
   uint64_t final_load = WatchActual(watch_load, load->watch_socket());
-  EXPECT_GE(final_load, 352 * kMiB) << logs;
+  EXPECT_GE(final_load, 352 * kMiB) << "the load guest's balloon was not deflated enough";
+  if (HasFailure()) std::printf("%s\n", logs.c_str());
   std::printf("idle guest balloon low: %llu MiB; load guest low: %llu MiB, final: %llu MiB\n",
               static_cast<unsigned long long>(idle_min / kMiB),
               static_cast<unsigned long long>(load_min / kMiB),
