@@ -58,6 +58,14 @@ class Process {
     int status;
     return waitpid(pid_, &status, WNOHANG) == 0;
   }
+  // SIGKILL at once (a crash).
+  void Kill() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    int status;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
   // SIGTERM, then SIGKILL after 5 s. Returns the exit status (or -1).
   int Stop() {
     if (pid_ <= 0) return -1;
@@ -146,7 +154,7 @@ class ClusterE2eTest : public ::testing::Test {
   }
   void TearDown() override {
     if (HasFailure()) {
-      for (const char* f : {"broker.log", "agent.log"}) {
+      for (const char* f : {"broker.log", "broker2.log", "agent.log"}) {
         std::ifstream in(dir_ / f);
         std::stringstream ss;
         ss << in.rdbuf();
@@ -278,10 +286,33 @@ TEST_F(ClusterE2eTest, ShortHostMovesMemoryFromIdleToGrowingVm) {
   EXPECT_NE(am.find("membroker_agent_reports_sent_total"), std::string::npos) << am.substr(0, 2000);
   EXPECT_NE(am.find("membroker_agent_broker_connected 1"), std::string::npos);
 
+  // kill -9 the broker: the acknowledged policy survives. A new broker on
+  // the same address and state dir gets the agent back and still applies
+  // idle's 1.5 GiB floor.
+  broker.Kill();
+  Process broker2({MB_BROKER_BIN, "--listen=" + server, "--metrics-listen=127.0.0.1:0",
+                   "--state-dir=" + (dir_ / "state").string(), "--insecure"},
+                  (dir_ / "broker2.log").string());
+  ASSERT_FALSE(broker2.WaitForLog("grpc port ([0-9]+)", std::chrono::seconds(20)).empty())
+      << broker2.Log();
+  bool policy_survived = false;
+  for (int i = 0; i < 120 && !policy_survived; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    grpc::ClientContext ctx;
+    membroker::v1::GetVmRequest req;
+    req.set_vm("idle");
+    membroker::v1::Vm vm;
+    if (stub->GetVm(&ctx, req, &vm).ok() && vm.policy().min_bytes() == 1536 * kMiB &&
+        vm.floor_bytes() >= 1536 * kMiB && vm.target_bytes() >= 1536 * kMiB) {
+      policy_survived = true;
+    }
+  }
+  EXPECT_TRUE(policy_survived) << broker2.Log();
+
   // Both daemons stop cleanly on SIGTERM.
   const int agent_status = agent.Stop();
   EXPECT_TRUE(WIFEXITED(agent_status) && WEXITSTATUS(agent_status) == 0) << agent_status;
-  const int broker_status = broker.Stop();
+  const int broker_status = broker2.Stop();
   EXPECT_TRUE(WIFEXITED(broker_status) && WEXITSTATUS(broker_status) == 0) << broker_status;
 }
 
