@@ -401,6 +401,33 @@ TEST_F(BrokerServiceTest, VmPolicyRaisesTargetPushesAtOnceAndSurvivesRestart) {
   s2.rw->Finish();
 }
 
+TEST_F(BrokerServiceTest, FirstDecisionTakesMemoryBackInSteps) {
+  grpc::ClientContext pctx;
+  v1::SetClusterPolicyRequest cp;
+  cp.mutable_policy()->set_reclaim_step_bytes(kGiB);
+  cp.mutable_policy()->set_surplus_percent(0);
+  v1::ClusterPolicy cpo;
+  ASSERT_TRUE(admin_->SetClusterPolicy(&pctx, cp, &cpo).ok());
+  Stream s = Open();
+  ASSERT_TRUE(s.rw->Write(Hello("h1", 8 * kGiB)));
+  v1::BrokerMessage m;
+  ASSERT_TRUE(s.rw->Read(&m));
+  // A new 4 GiB VM using 512 MiB: its share is 512 MiB (no surplus), but
+  // its current size (4 GiB) is the baseline: 1 GiB per decision -> 3 GiB,
+  // then 2 GiB, then 1 GiB, then 512 MiB.
+  uint64_t expected[] = {3 * kGiB, 2 * kGiB, 1 * kGiB, 512 * kMiB};
+  uint64_t actual = 4 * kGiB;
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(s.rw->Write(Report(i + 1, {Vm("a", "a", 4 * kGiB, actual, 512 * kMiB)})));
+    ASSERT_TRUE(s.rw->Read(&m));
+    ASSERT_TRUE(m.has_targets());
+    EXPECT_EQ(m.targets().targets(0).target_bytes(), expected[i]) << "decision " << i;
+    actual = m.targets().targets(0).target_bytes();
+  }
+  s.ctx->TryCancel();
+  s.rw->Finish();
+}
+
 TEST_F(BrokerServiceTest, NewerStreamReplacesOlder) {
   Stream a = Open();
   ASSERT_TRUE(a.rw->Write(Hello("h1", 4 * kGiB)));
