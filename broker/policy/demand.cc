@@ -23,8 +23,21 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
     state.major_faults_per_second = 0;
     return;
   }
+  // The guest's total excludes what its kernel reserved at boot, but
+  // targets are balloon sizes: count that gap (actual - total) as used.
+  // It is measured only when the balloon did not move since the previous
+  // observation (stats read while the balloon moves lag behind it), and
+  // capped at an eighth of max so a guest cannot inflate its demand by
+  // reporting a small total.
+  if (state.initialized && obs.actual_bytes == state.last_actual_bytes) {
+    const uint64_t gap =
+        obs.actual_bytes > obs.total_bytes ? obs.actual_bytes - obs.total_bytes : 0;
+    state.gap_bytes = std::min(gap, obs.max_bytes / 8);
+  }
+  state.last_actual_bytes = obs.actual_bytes;
   const uint64_t used_u =
-      obs.total_bytes > obs.available_bytes ? obs.total_bytes - obs.available_bytes : 0;
+      (obs.total_bytes > obs.available_bytes ? obs.total_bytes - obs.available_bytes : 0) +
+      state.gap_bytes;
   const double used = static_cast<double>(used_u);
 
   // Rates since the previous observation; a counter that went backwards

@@ -1,7 +1,9 @@
 #pragma once
 // Demand estimation from guest statistics. Pure: elapsed time is an input.
 //
-//   1. used = total - available (what the guest cannot give up cheaply).
+//   1. used = total - available (what the guest cannot give up cheaply),
+//      plus the balloon size the guest does not see (actual - total: its
+//      kernel's boot reservations), measured while the balloon is still.
 //   2. The estimate follows used with a fast-up / slow-down filter: it jumps
 //      to a higher value at once and decays toward a lower one with a
 //      half-life (default 30 s), so a brief dip does not trigger reclaim;
@@ -65,6 +67,9 @@ struct DemandState {
   uint64_t last_swap_out_bytes_total = 0;
   // Estimated guest memory in swap: swap-out minus swap-in since first seen.
   double swapped_estimate_bytes = 0;
+  // Balloon size the guest does not see as its total (kernel reserve).
+  uint64_t gap_bytes = 0;
+  uint64_t last_actual_bytes = 0;
   // Seconds since the last pressure sample (large: never).
   double seconds_since_pressure = 1e18;
   // Outputs of the last update.

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -281,11 +282,20 @@ TEST_F(QemuE2eTest, BrokerGivesMemoryBackBeforeOom) {
   ASSERT_GT(port, 0);
   ASSERT_GT(metrics_port, 0);
   ASSERT_EQ(::mkdir((dir_ + "/state").c_str(), 0755), 0);
+  // These guests are small: the default floor (256 MiB) would keep half of
+  // the host's 640 MiB on the idle guest, and the load guest needs ~400 MiB
+  // at its peak. A 64 MiB default floor and a 64 MiB free margin leave room.
+  {
+    std::ofstream config(dir_ + "/broker.textproto");
+    config << "cluster_policy { default_min_bytes: " << 64 * kMiB
+           << " host_free_margin_bytes: " << 64 * kMiB << " }\n";
+  }
   Process broker;
   ASSERT_TRUE(broker
                   .Start({broker_bin, absl::StrCat("--listen=127.0.0.1:", port),
                           absl::StrCat("--metrics-listen=127.0.0.1:", metrics_port),
-                          "--state-dir=" + dir_ + "/state", "--insecure"},
+                          "--state-dir=" + dir_ + "/state", "--config=" + dir_ + "/broker.textproto",
+                          "--insecure"},
                          dir_ + "/broker.log")
                   .ok());
   // The guests' total is 1 GiB; the host allows 640 MiB.

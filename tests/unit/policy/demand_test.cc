@@ -104,6 +104,34 @@ TEST(DemandTest, InvalidStatsKeepThePreviousEstimate) {
   EXPECT_EQ(s.demand_bytes, kGiB);
 }
 
+TEST(DemandTest, BalloonSizeTheGuestDoesNotSeeCountsAsUsed) {
+  // Balloon 256 MiB; the guest sees 224 MiB (32 MiB kept by its kernel),
+  // 32 MiB available. First sample: used = 224 - 32 = 192 MiB. Second,
+  // balloon unchanged: the 32 MiB gap is measured -> used = 224 MiB.
+  DemandParams p;
+  DemandState s;
+  GuestObservation o = Obs(224 * kMiB, 32 * kMiB);
+  o.actual_bytes = 256 * kMiB;
+  o.max_bytes = 512 * kMiB;
+  UpdateDemand(o, p, s);
+  EXPECT_EQ(s.used_bytes, 192 * kMiB);
+  UpdateDemand(o, p, s);
+  EXPECT_EQ(s.gap_bytes, 32 * kMiB);
+  EXPECT_EQ(s.used_bytes, 224 * kMiB);
+  EXPECT_EQ(s.demand_bytes, 224 * kMiB);
+  // The balloon moved (stats lag): the gap is not re-measured from this
+  // sample (it would read 288 - 224 = 64 MiB) but kept at 32 MiB.
+  o.actual_bytes = 288 * kMiB;
+  UpdateDemand(o, p, s);
+  EXPECT_EQ(s.gap_bytes, 32 * kMiB);
+  // A guest claiming a tiny total cannot raise its gap above max / 8.
+  GuestObservation liar = Obs(16 * kMiB, 0);
+  liar.actual_bytes = 288 * kMiB;
+  liar.max_bytes = 512 * kMiB;
+  UpdateDemand(liar, p, s);
+  EXPECT_EQ(s.gap_bytes, 64 * kMiB);
+}
+
 TEST(DemandTest, DemandNeverExceedsMax) {
   DemandParams p;
   DemandState s;
