@@ -183,6 +183,7 @@ absl::StatusOr<uint64_t> Fleet::Connect(const v1::Hello& hello, BrokerMessageSin
     if (!slot) {
       slot = std::make_shared<HostState>();
       slot->host_id = hello.host_id();
+      slot->series = metrics_->AddHost(hello.host_id());
     }
     host = slot;
     conn = next_conn_++;
@@ -258,7 +259,7 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
   host->last_report = received;
   host->sample = report.host();
   if (report.capacity_bytes() != 0) host->capacity_bytes = report.capacity_bytes();
-  metrics_->ReportReceived(host_id);
+  host->series.reports_received->Increment();
 
   policy::DemandParams demand_params;
   {
@@ -274,7 +275,18 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
         inserted ? 0.0 : std::max(0.0, absl::ToDoubleSeconds(received - vm.sample_time));
     vm.sample = s;
     vm.sample_time = received;
-    if (vm.metric_name.empty()) vm.metric_name = s.name().empty() ? s.vm_id() : s.name();
+    if (inserted) {
+      // The VM's label is its name, or its id when the name is empty or
+      // already labels another VM of this host.
+      vm.metric_name = s.name().empty() ? s.vm_id() : s.name();
+      for (const auto& [other_id, other] : host->vms) {
+        if (other_id != s.vm_id() && other.metric_name == vm.metric_name) {
+          vm.metric_name = s.vm_id();
+          break;
+        }
+      }
+      vm.gauges = metrics_->AddVm(host_id, vm.metric_name);
+    }
     const std::string problem = StatsProblem(s, interval);
     if (!problem.empty() && !s.stats().untrusted()) {
       vm.sample.mutable_stats()->set_untrusted(true);
@@ -343,16 +355,18 @@ void Fleet::DecideLocked(HostState& host, absl::Time started) {
     vm.input = input.vms[i];
     vm.decision = d;
     vm.decided = true;
-    metrics_->SetVm(host.host_id, vm.metric_name, static_cast<double>(d.target_bytes),
-                    static_cast<double>(vm.sample.actual_bytes()),
-                    static_cast<double>(vm.demand.demand_bytes),
-                    static_cast<double>(d.floor_bytes), input.vms[i].balloon_healthy);
+    vm.gauges.target->Set(static_cast<double>(d.target_bytes));
+    vm.gauges.actual->Set(static_cast<double>(vm.sample.actual_bytes()));
+    vm.gauges.demand->Set(static_cast<double>(vm.demand.demand_bytes));
+    vm.gauges.floor->Set(static_cast<double>(d.floor_bytes));
+    vm.gauges.healthy->Set(input.vms[i].balloon_healthy ? 1 : 0);
     ++i;
   }
   host.decision = std::move(decision);
-  metrics_->SetHost(host.host_id, static_cast<double>(host.capacity_bytes),
-                    static_cast<double>(host.decision.target_bytes), host.decision.overcommitted,
-                    host.sample.psi_some_avg10_percent() / 100.0);
+  host.series.capacity->Set(static_cast<double>(host.capacity_bytes));
+  host.series.target->Set(static_cast<double>(host.decision.target_bytes));
+  host.series.overcommitted->Set(host.decision.overcommitted ? 1 : 0);
+  host.series.pressure->Set(host.sample.psi_some_avg10_percent() / 100.0);
   if (!changed) return;
   ++host.generation;
   v1::Decision record;
@@ -373,7 +387,7 @@ void Fleet::DecideLocked(HostState& host, absl::Time started) {
     *ts->mutable_targets() = record.targets();
     *ts->mutable_decided_at() = record.decided_at();
     host.sink(msg);
-    metrics_->TargetsPushed(host.host_id);
+    host.series.targets_pushed->Increment();
     metrics_->ObserveDecisionLatency(absl::ToDoubleSeconds(clock_->Now() - started));
   }
   absl::MutexLock wlock(&watch_mu_);

@@ -101,11 +101,13 @@ class Fleet {
     policy::VmInput input;        // last decision's input
     policy::VmDecision decision;  // last decision
     bool decided = false;
-    std::string metric_name;
+    std::string metric_name;  // unique on its host
+    BrokerMetrics::VmGauges gauges;
   };
   struct HostState {
     mutable absl::Mutex mu;
     std::string host_id;
+    BrokerMetrics::HostSeries series;  // set once at creation
     bool connected ABSL_GUARDED_BY(mu) = false;
     uint64_t conn ABSL_GUARDED_BY(mu) = 0;
     v1::Hello hello ABSL_GUARDED_BY(mu);

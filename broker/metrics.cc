@@ -74,19 +74,9 @@ BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
   AddBuildInfo(*registry, "broker");
 }
 
-void BrokerMetrics::ReportReceived(const std::string& host) {
-  absl::MutexLock lock(&mu_);
-  reports_received_.Add({{"host", host}}).Increment();
-}
-
 void BrokerMetrics::ReportRejected(const std::string& reason) {
   absl::MutexLock lock(&mu_);
   reports_rejected_.Add({{"reason", reason}}).Increment();
-}
-
-void BrokerMetrics::TargetsPushed(const std::string& host) {
-  absl::MutexLock lock(&mu_);
-  targets_pushed_.Add({{"host", host}}).Increment();
 }
 
 void BrokerMetrics::AdminRequest(const std::string& method, const std::string& code) {
@@ -94,15 +84,11 @@ void BrokerMetrics::AdminRequest(const std::string& method, const std::string& c
   admin_requests_.Add({{"method", method}, {"code", code}}).Increment();
 }
 
-void BrokerMetrics::SetVm(const std::string& host, const std::string& vm, double target,
-                          double actual, double demand, double floor, bool healthy) {
+BrokerMetrics::VmGauges BrokerMetrics::AddVm(const std::string& host, const std::string& vm) {
   absl::MutexLock lock(&mu_);
   const std::map<std::string, std::string> labels{{"host", host}, {"vm", vm}};
-  vm_target_.Add(labels).Set(target);
-  vm_actual_.Add(labels).Set(actual);
-  vm_demand_.Add(labels).Set(demand);
-  vm_floor_.Add(labels).Set(floor);
-  vm_healthy_.Add(labels).Set(healthy ? 1 : 0);
+  return VmGauges{&vm_target_.Add(labels), &vm_actual_.Add(labels), &vm_demand_.Add(labels),
+                  &vm_floor_.Add(labels), &vm_healthy_.Add(labels)};
 }
 
 void BrokerMetrics::RemoveVm(const std::string& host, const std::string& vm) {
@@ -113,14 +99,12 @@ void BrokerMetrics::RemoveVm(const std::string& host, const std::string& vm) {
   }
 }
 
-void BrokerMetrics::SetHost(const std::string& host, double capacity, double target,
-                            bool overcommitted, double pressure_some_ratio) {
+BrokerMetrics::HostSeries BrokerMetrics::AddHost(const std::string& host) {
   absl::MutexLock lock(&mu_);
   const std::map<std::string, std::string> labels{{"host", host}};
-  host_capacity_.Add(labels).Set(capacity);
-  host_target_.Add(labels).Set(target);
-  host_overcommitted_.Add(labels).Set(overcommitted ? 1 : 0);
-  host_pressure_.Add(labels).Set(pressure_some_ratio);
+  return HostSeries{&host_capacity_.Add(labels),      &host_target_.Add(labels),
+                    &host_overcommitted_.Add(labels), &host_pressure_.Add(labels),
+                    &reports_received_.Add(labels),   &targets_pushed_.Add(labels)};
 }
 
 }  // namespace membroker::broker

@@ -23,19 +23,32 @@ class BrokerMetrics {
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
   void SetConnectedAgents(int n) { connected_agents_->Set(n); }
-  void ReportReceived(const std::string& host);
   void ReportRejected(const std::string& reason);
-  void TargetsPushed(const std::string& host);
   void ObserveDecisionLatency(double seconds) { decision_latency_->Observe(seconds); }
   void AdminRequest(const std::string& method, const std::string& code);
 
-  // Per-VM gauges.
-  void SetVm(const std::string& host, const std::string& vm, double target, double actual,
-             double demand, double floor, bool healthy);
+  // One VM's gauges. Created once per VM (AddVm), then set without any
+  // lock on the report path; valid until RemoveVm of the same labels.
+  struct VmGauges {
+    prometheus::Gauge* target = nullptr;
+    prometheus::Gauge* actual = nullptr;
+    prometheus::Gauge* demand = nullptr;
+    prometheus::Gauge* floor = nullptr;
+    prometheus::Gauge* healthy = nullptr;
+  };
+  VmGauges AddVm(const std::string& host, const std::string& vm);
   void RemoveVm(const std::string& host, const std::string& vm);
-  // Per-host gauges.
-  void SetHost(const std::string& host, double capacity, double target, bool overcommitted,
-               double pressure_some_ratio);
+
+  // One host's series, created once per host (never removed).
+  struct HostSeries {
+    prometheus::Gauge* capacity = nullptr;
+    prometheus::Gauge* target = nullptr;
+    prometheus::Gauge* overcommitted = nullptr;
+    prometheus::Gauge* pressure = nullptr;
+    prometheus::Counter* reports_received = nullptr;
+    prometheus::Counter* targets_pushed = nullptr;
+  };
+  HostSeries AddHost(const std::string& host);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
