@@ -428,6 +428,40 @@ TEST_F(BrokerServiceTest, FirstDecisionTakesMemoryBackInSteps) {
   s.rw->Finish();
 }
 
+TEST_F(BrokerServiceTest, VmMetricsAreLabelledUniquelyAndRemovedWithTheVm) {
+  Stream s = Open();
+  ASSERT_TRUE(s.rw->Write(Hello("h1", 8 * kGiB)));
+  v1::BrokerMessage m;
+  ASSERT_TRUE(s.rw->Read(&m));
+  // Two VMs named "dup": the first keeps the name as its label, the second
+  // is labelled by its id.
+  ASSERT_TRUE(s.rw->Write(Report(1, {Vm("id-1", "dup", 2 * kGiB, 2 * kGiB, kGiB),
+                                     Vm("id-2", "dup", 2 * kGiB, 2 * kGiB, kGiB)})));
+  ASSERT_TRUE(s.rw->Read(&m));
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_vm_actual_bytes", {{"vm", "dup"}}),
+            static_cast<double>(2 * kGiB));
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_vm_actual_bytes", {{"vm", "id-2"}}),
+            static_cast<double>(2 * kGiB));
+  // id-1 leaves: its series goes, id-2's stays.
+  ASSERT_TRUE(s.rw->Write(Report(2, {Vm("id-2", "dup", 2 * kGiB, 2 * kGiB, kGiB)})));
+  // id-2's target does not change, so nothing is pushed: wait for the
+  // report to be taken.
+  for (int i = 0; i < 200; ++i) {
+    grpc::ClientContext ctx;
+    v1::GetHostRequest req;
+    req.set_host_id("h1");
+    v1::Host host;
+    ASSERT_TRUE(admin_->GetHost(&ctx, req, &host).ok());
+    if (host.report_sequence() == 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_vm_actual_bytes", {{"vm", "dup"}}), -1);
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_vm_actual_bytes", {{"vm", "id-2"}}),
+            static_cast<double>(2 * kGiB));
+  s.ctx->TryCancel();
+  s.rw->Finish();
+}
+
 TEST_F(BrokerServiceTest, NewerStreamReplacesOlder) {
   Stream a = Open();
   ASSERT_TRUE(a.rw->Write(Hello("h1", 4 * kGiB)));
