@@ -617,9 +617,13 @@ absl::StatusOr<v1::Explanation> Fleet::ExplainVm(const std::string& vm) const {
                           "; reclaim limited to a step of ", B(p.reclaim_step_bytes),
                           " per interval (or growth waits for it): target ", B(d.target_bytes));
   } else {
-    smooth = absl::StrCat("change from previous ", B(in.previous_target_bytes),
-                          " inside the hysteresis band ", B(p.hysteresis_bytes),
-                          ": target stays ", B(d.target_bytes));
+    const uint64_t band = policy::HysteresisBand(
+        std::min(std::max(in.previous_target_bytes, d.floor_bytes), in.max_bytes), p);
+    smooth = absl::StrFormat(
+        "change from previous %s inside the hysteresis band %s (max of %s and %.0f%% of the "
+        "previous target): target stays %s",
+        B(in.previous_target_bytes), B(band), B(p.hysteresis_bytes), p.hysteresis_percent,
+        B(d.target_bytes));
   }
   e.add_steps(absl::StrCat("4. ", smooth, " (reason: ", policy::ReasonName(d.reason), ")"));
   return e;

@@ -76,6 +76,13 @@ const char* ReasonName(Reason reason) {
   return "unspecified";
 }
 
+uint64_t HysteresisBand(uint64_t previous_target_bytes, const PolicyParams& params) {
+  return std::max<uint64_t>(
+      params.hysteresis_bytes,
+      static_cast<uint64_t>(static_cast<double>(previous_target_bytes) *
+                            std::clamp(params.hysteresis_percent, 0.0, 100.0) / 100.0));
+}
+
 HostDecision DecideHost(const HostInput& input, const PolicyParams& params) {
   HostDecision out;
   const size_t n = input.vms.size();
@@ -185,10 +192,7 @@ HostDecision DecideHost(const HostInput& input, const PolicyParams& params) {
     if (prev == 0) continue;  // first decision: no history to smooth against
     const uint64_t prev_c = Clamp(prev, d.floor_bytes, vm.max_bytes);
     const bool to_bound = d.share_bytes == d.floor_bytes || d.share_bytes == vm.max_bytes;
-    const uint64_t band = std::max<uint64_t>(
-        params.hysteresis_bytes,
-        static_cast<uint64_t>(static_cast<double>(prev_c) *
-                              std::clamp(params.hysteresis_percent, 0.0, 100.0) / 100.0));
+    const uint64_t band = HysteresisBand(prev_c, params);
     if (d.share_bytes > prev_c) {
       if (d.share_bytes - prev_c < band && !to_bound) {
         d.target_bytes = prev_c;

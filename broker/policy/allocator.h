@@ -115,6 +115,11 @@ struct HostDecision {
   uint64_t target_bytes = 0;   // sum of targets
 };
 
+// The hysteresis band around a previous target: changes smaller than
+// max(hysteresis_bytes, hysteresis_percent of the previous target) are not
+// made (step 6).
+uint64_t HysteresisBand(uint64_t previous_target_bytes, const PolicyParams& params);
+
 // Decides every VM's target on one host. Deterministic: the same input
 // gives the same output. Invariants (see allocator_test.cc):
 //   floor <= target <= max for every VM;

@@ -193,6 +193,15 @@ TEST(AllocatorTest, SmallChangesInsideHysteresisHold) {
   EXPECT_EQ(roomy.vms[0].target_bytes, 4 * kGiB);
 }
 
+TEST(AllocatorTest, HysteresisBandIsTheLargerOfBytesAndPercent) {
+  PolicyParams p = Simple();
+  p.hysteresis_bytes = 8 * kMiB;
+  p.hysteresis_percent = 5;
+  // 5 % of 4 GiB = 204.8 MiB > 8 MiB; 5 % of 100 MiB = 5 MiB < 8 MiB.
+  EXPECT_EQ(HysteresisBand(4 * kGiB, p), 214748364u);
+  EXPECT_EQ(HysteresisBand(100 * kMiB, p), 8 * kMiB);
+}
+
 TEST(AllocatorTest, FreeMarginIsLeftUnassigned) {
   PolicyParams p = Simple();
   p.host_free_margin_bytes = kGiB;
