@@ -33,8 +33,16 @@ chmod 755 "$work"  # apt-get download runs as _apt when it can
 trap 'rm -rf "$work"' EXIT
 
 # The meta package depends on exactly one versioned kernel package.
-pkg=$(apt-cache depends linux-image-cloud-amd64 |
-  sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n 1)
+find_pkg() {
+  apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+    sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n 1
+}
+pkg=$(find_pkg)
+if [ -z "$pkg" ] && [ "$(id -u)" -eq 0 ]; then
+  # A machine whose package lists were never fetched (or were cleaned).
+  apt-get update -qq
+  pkg=$(find_pkg)
+fi
 if [ -z "$pkg" ]; then
   echo "cannot find the kernel package linux-image-cloud-amd64 depends on" >&2
   exit 1
