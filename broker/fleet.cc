@@ -334,15 +334,12 @@ void Fleet::DecideLocked(HostState& host, absl::Time started) {
       in.weight = p && p->has_weight() ? p->weight() : host.params.default_weight;
       in.pinned = p && p->has_pinned() && p->pinned();
       in.balloon_healthy = Healthy(s.health());
-      in.demand_bytes = vm.demand.demand_bytes;
-      in.protect_bytes = vm.demand.protect_bytes;
       in.actual_bytes = s.actual_bytes();
       // Without a decision of its own yet (new VM, reconnected agent,
       // restarted broker) the VM's current size is the baseline, so memory
       // is still taken back in steps.
       in.previous_target_bytes = vm.decided ? vm.decision.target_bytes : s.actual_bytes();
-      in.active_fraction = vm.demand.active_fraction;
-      in.under_pressure = vm.demand.pressure;
+      policy::SetDemandInputs(vm.demand, in);
       input.vms.push_back(std::move(in));
     }
   }

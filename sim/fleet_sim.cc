@@ -55,12 +55,9 @@ class BrokerController : public HostController {
       in.min_bytes = vm.min_bytes;
       in.weight = vm.weight;
       in.balloon_healthy = vm.balloon_driver;
-      in.demand_bytes = s.demand.demand_bytes;
-      in.protect_bytes = s.demand.protect_bytes;
       in.actual_bytes = vm.actual_bytes;
       in.previous_target_bytes = s.previous_target;
-      in.active_fraction = s.demand.active_fraction;
-      in.under_pressure = s.demand.pressure;
+      policy::SetDemandInputs(s.demand, in);
       input.vms.push_back(std::move(in));
     }
     const policy::HostDecision decision = policy::DecideHost(input, params_);

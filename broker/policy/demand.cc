@@ -109,4 +109,11 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
   state.active_fraction = actual > 0 ? std::clamp(used / actual, 0.0, 1.0) : 1.0;
 }
 
+void SetDemandInputs(const DemandState& state, VmInput& input) {
+  input.demand_bytes = state.demand_bytes;
+  input.protect_bytes = state.protect_bytes;
+  input.active_fraction = state.active_fraction;
+  input.under_pressure = state.pressure;
+}
+
 }  // namespace membroker::policy

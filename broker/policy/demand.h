@@ -23,6 +23,8 @@
 
 #include <cstdint>
 
+#include "broker/policy/allocator.h"
+
 namespace membroker::policy {
 
 // Tunables of the estimator.
@@ -84,5 +86,10 @@ struct DemandState {
 
 // Folds `obs` into `state` and updates its outputs.
 void UpdateDemand(const GuestObservation& obs, const DemandParams& params, DemandState& state);
+
+// Copies the estimator's outputs (demand, protect floor, active fraction,
+// pressure) into a VM's allocation input: the one place they are wired, for
+// the broker and the simulator alike.
+void SetDemandInputs(const DemandState& state, VmInput& input);
 
 }  // namespace membroker::policy

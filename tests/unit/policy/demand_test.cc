@@ -145,3 +145,23 @@ TEST(DemandTest, DemandNeverExceedsMax) {
 
 }  // namespace
 }  // namespace membroker::policy
+
+namespace membroker::policy {
+namespace {
+
+TEST(DemandTest, EstimatorOutputsReachTheAllocationInput) {
+  DemandState s;
+  s.demand_bytes = 3;
+  s.protect_bytes = 2;
+  s.active_fraction = 0.5;
+  s.pressure = true;
+  VmInput in;
+  SetDemandInputs(s, in);
+  EXPECT_EQ(in.demand_bytes, 3u);
+  EXPECT_EQ(in.protect_bytes, 2u);
+  EXPECT_DOUBLE_EQ(in.active_fraction, 0.5);
+  EXPECT_TRUE(in.under_pressure);
+}
+
+}  // namespace
+}  // namespace membroker::policy
