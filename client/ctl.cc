@@ -73,7 +73,12 @@ int Failed(const Run& r, const grpc::Status& status) {
 // Prints `reply` in the machine format, or `human` for table/wide.
 int Print(const Run& r, const google::protobuf::Message& reply, const std::string& human) {
   if (Machine(r)) {
-    r.out << RenderMessage(reply, r.inv.global.output);
+    absl::StatusOr<std::string> text = RenderMessage(reply, r.inv.global.output);
+    if (!text.ok()) {
+      r.err << "error: " << text.status().message() << "\n";
+      return kExitError;
+    }
+    r.out << *text;
   } else {
     r.out << human;
   }

@@ -1,7 +1,8 @@
 #pragma once
 // Rendering of AdminService replies for people (table, wide) and for
-// programs (json: the proto3 JSON mapping with proto field names; yaml: the
-// same structure in YAML block style).
+// programs (json: protobuf's proto3 JSON mapping with proto field names;
+// yaml: the same structure, from the message by reflection, through
+// yaml-cpp; see client/proto_yaml.h).
 
 #include <google/protobuf/message.h>
 
@@ -12,6 +13,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "client/args.h"
+#include "client/proto_yaml.h"
 #include "membroker/v1/admin.pb.h"
 
 namespace membroker::client {
@@ -34,14 +36,10 @@ class Table {
   std::vector<std::vector<std::string>> rows_;
 };
 
-// Converts a JSON document to YAML (block style, keys in document order).
-// Strings stay strings: those that YAML would read as another type, or that
-// hold special characters, are double-quoted. INVALID_ARGUMENT when `json`
-// is not valid JSON.
-absl::StatusOr<std::string> JsonToYaml(absl::string_view json);
-
-// Renders any message as json or yaml (`format` must be kJson or kYaml).
-std::string RenderMessage(const google::protobuf::Message& message, OutputFormat format);
+// Renders any message for programs: kYaml as MessageToYaml, anything else
+// as MessageToJson (client/proto_yaml.h). INTERNAL when the printer fails.
+absl::StatusOr<std::string> RenderMessage(const google::protobuf::Message& message,
+                                          OutputFormat format);
 
 // Short lower-case names: "ok", "stuck", "no-driver", "stats-unavailable",
 // "unknown".

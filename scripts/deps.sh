@@ -9,7 +9,7 @@ BUILD_PKGS=(
   g++ cmake ninja-build pkg-config ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev
-  libvirt-dev libsqlite3-dev libspdlog-dev
+  libvirt-dev libsqlite3-dev libspdlog-dev libyaml-cpp-dev
 )
 TEST_PKGS=(
   qemu-system-x86 busybox-static cpio prometheus curl

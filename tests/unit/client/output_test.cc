@@ -1,10 +1,26 @@
 // Rendering of replies: tables with human sizes, proto3 JSON with proto
-// field names, and YAML of the same structure.
+// field names, and YAML of the same structure that reads back to the same
+// values.
 
 #include "client/output.h"
 
 #include <gmock/gmock.h>
+#include <google/protobuf/timestamp.pb.h>
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/message_differencer.h>
+#include <google/protobuf/wrappers.pb.h>
 #include <gtest/gtest.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <limits>
+#include <map>
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "membroker/v1/agent.pb.h"
 
 namespace membroker::client {
 namespace {
@@ -78,56 +94,191 @@ TEST(RenderTest, HostsTableHasContractColumns) {
 }
 
 TEST(RenderTest, JsonUsesProtoFieldNamesAndStringUint64) {
-  std::string json = RenderMessage(SampleVms(), OutputFormat::kJson);
-  EXPECT_THAT(json, HasSubstr("\"vms\""));
-  EXPECT_THAT(json, HasSubstr("\"host_id\": \"kvm-01\""));
-  EXPECT_THAT(json, HasSubstr("\"max_bytes\": \"4294967296\""));
-  EXPECT_THAT(json, HasSubstr("\"health\": \"BALLOON_HEALTH_OK\""));
-  EXPECT_THAT(json, Not(HasSubstr("hostId")));
+  absl::StatusOr<std::string> json = RenderMessage(SampleVms(), OutputFormat::kJson);
+  ASSERT_TRUE(json.ok()) << json.status();
+  EXPECT_THAT(*json, HasSubstr("\"vms\""));
+  EXPECT_THAT(*json, HasSubstr("\"host_id\": \"kvm-01\""));
+  EXPECT_THAT(*json, HasSubstr("\"max_bytes\": \"4294967296\""));
+  EXPECT_THAT(*json, HasSubstr("\"health\": \"BALLOON_HEALTH_OK\""));
+  // Fields without presence print even at zero; unset messages do not.
+  EXPECT_THAT(*json, HasSubstr("\"protect_bytes\": \"0\""));
+  EXPECT_THAT(*json, Not(HasSubstr("\"stats\"")));
+  EXPECT_THAT(*json, Not(HasSubstr("hostId")));
+  EXPECT_EQ(json->back(), '\n');
 }
 
 TEST(RenderTest, YamlRendersTheSameStructure) {
-  std::string yaml = RenderMessage(SampleVms(), OutputFormat::kYaml);
-  EXPECT_THAT(yaml, HasSubstr("vms:\n- vm_id: \"3f6c-uuid\"\n  host_id: kvm-01\n  name: web-1\n"));
-  EXPECT_THAT(yaml, HasSubstr("  max_bytes: \"4294967296\"\n"));
-  EXPECT_THAT(yaml, HasSubstr("  policy:\n    weight: 250\n"));
-  EXPECT_THAT(yaml, HasSubstr("  swap_in_bytes_per_second: 2048\n"));
+  absl::StatusOr<std::string> yaml = RenderMessage(SampleVms(), OutputFormat::kYaml);
+  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  EXPECT_EQ(*yaml,
+            "vms:\n"
+            "  - vm_id: \"3f6c-uuid\"\n"
+            "    host_id: kvm-01\n"
+            "    name: web-1\n"
+            "    max_bytes: \"4294967296\"\n"
+            "    actual_bytes: \"3221225472\"\n"
+            "    target_bytes: \"2684354560\"\n"
+            "    demand_bytes: \"2147483648\"\n"
+            "    floor_bytes: \"1073741824\"\n"
+            "    protect_bytes: \"0\"\n"
+            "    health: BALLOON_HEALTH_OK\n"
+            "    reason: REASON_STEP_LIMIT\n"
+            "    policy:\n"
+            "      weight: 250\n"
+            "    guest_used_bytes: \"1887436800\"\n"
+            "    swap_in_bytes_per_second: 2048\n"
+            "    major_faults_per_second: 0\n");
+  absl::StatusOr<std::string> empty = RenderMessage(v1::ListVmsResponse(), OutputFormat::kYaml);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(*empty, "vms: []\n");
+  empty = RenderMessage(v1::ClusterPolicy(), OutputFormat::kYaml);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(*empty, "{}\n");
 }
 
-TEST(JsonToYamlTest, Shapes) {
-  auto y = JsonToYaml(R"({"a": 1, "b": "x y", "c": [1, "2", {"d": true, "e": []}], "f": {},
-                          "g": [[1, 2]], "h": "true", "i": "", "j": "a:b", "k": null})");
-  ASSERT_TRUE(y.ok()) << y.status();
-  EXPECT_EQ(*y,
-            "a: 1\n"
-            "b: x y\n"
-            "c:\n"
-            "- 1\n"
-            "- \"2\"\n"
-            "- d: true\n"
-            "  e: []\n"
-            "f: {}\n"
-            "g:\n"
-            "-\n"
-            "  - 1\n"
-            "  - 2\n"
-            "h: \"true\"\n"
-            "i: \"\"\n"
-            "j: \"a:b\"\n"
-            "k: null\n");
-  auto esc = JsonToYaml(R"({"s": "line\nnext \"q\" \u00e9"})");
-  ASSERT_TRUE(esc.ok());
-  EXPECT_EQ(*esc, "s: \"line\\nnext \\\"q\\\" \xc3\xa9\"\n");
-  EXPECT_EQ(*JsonToYaml("{}"), "{}\n");
+// A name with characters outside the BMP (a surrogate pair in UTF-16 and
+// in JSON \u escapes), a quote, a newline, a colon and a backslash.
+const char kHardName[] = "caf\xC3\xA9 \xF0\x9F\x98\x80 \"q\"\nnext: line \\ end";
+
+TEST(RoundTripTest, JsonAndYamlGiveBackTheSameStrings) {
+  v1::ListVmsResponse reply = SampleVms();
+  reply.mutable_vms(0)->set_name(kHardName);
+  reply.mutable_vms(0)->set_vm_id("\xF0\x9F\x90\xA7");  // a lone non-BMP character
+
+  absl::StatusOr<std::string> json = RenderMessage(reply, OutputFormat::kJson);
+  ASSERT_TRUE(json.ok()) << json.status();
+  v1::ListVmsResponse parsed;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(*json, &parsed).ok()) << *json;
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(reply, parsed))
+      << parsed.DebugString();
+
+  absl::StatusOr<std::string> yaml = RenderMessage(reply, OutputFormat::kYaml);
+  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  YAML::Node doc = YAML::Load(*yaml);
+  EXPECT_EQ(doc["vms"][0]["name"].as<std::string>(), kHardName) << *yaml;
+  EXPECT_EQ(doc["vms"][0]["vm_id"].as<std::string>(), "\xF0\x9F\x90\xA7") << *yaml;
+  EXPECT_EQ(doc["vms"][0]["max_bytes"].as<uint64_t>(), 4ull << 30);
+  // The characters are written as UTF-8, not escaped.
+  EXPECT_THAT(*yaml, HasSubstr("\xF0\x9F\x98\x80"));
 }
 
-TEST(JsonToYamlTest, RejectsMalformedJson) {
-  for (const char* bad :
-       {"", "{", "{\"a\" 1}", "[1,]", "{\"a\": 1} x", "\"unterminated", "{\"a\": \"\\q\"}"}) {
-    EXPECT_FALSE(JsonToYaml(bad).ok()) << bad;
+// Reduces a loaded document to text that keeps each scalar's type as a
+// YAML 1.2 reader would see it: s:string, n:number, b:bool, ~ for null;
+// maps sorted by key. JSON loads through the same YAML reader (JSON is
+// YAML), so the two outputs can be compared.
+std::string Canonical(const YAML::Node& node) {
+  if (node.IsNull()) return "~";
+  if (node.IsSequence()) {
+    std::string out = "[";
+    for (const YAML::Node& item : node) absl::StrAppend(&out, Canonical(item), ",");
+    return out + "]";
   }
-  std::string deep(500, '[');
-  EXPECT_FALSE(JsonToYaml(deep).ok());
+  if (node.IsMap()) {
+    std::map<std::string, std::string> members;
+    for (const auto& kv : node) members[kv.first.Scalar()] = Canonical(kv.second);
+    std::string out = "{";
+    for (const auto& [k, v] : members) absl::StrAppend(&out, k, "=", v, ",");
+    return out + "}";
+  }
+  const std::string& text = node.Scalar();
+  if (node.Tag() == "!") return "s:" + text;  // quoted: always a string
+  if (text == "true" || text == "false") return "b:" + text;
+  if (text == "null" || text == "~") return "~";
+  double number = 0;
+  if (!text.empty() && (absl::ascii_isdigit(text[0]) || text[0] == '-' || text[0] == '.') &&
+      absl::SimpleAtod(text, &number)) {
+    return "n:" + text;
+  }
+  return "s:" + text;
+}
+
+void ExpectSameStructure(const google::protobuf::Message& message) {
+  absl::StatusOr<std::string> json = RenderMessage(message, OutputFormat::kJson);
+  absl::StatusOr<std::string> yaml = RenderMessage(message, OutputFormat::kYaml);
+  ASSERT_TRUE(json.ok() && yaml.ok());
+  EXPECT_EQ(Canonical(YAML::Load(*yaml)), Canonical(YAML::Load(*json))) << "json:\n"
+                                                                        << *json << "yaml:\n"
+                                                                        << *yaml;
+}
+
+TEST(RoundTripTest, YamlHasTheStructureAndTypesOfJson) {
+  ExpectSameStructure(SampleVms());
+  ExpectSameStructure(v1::ListVmsResponse());
+
+  v1::ListVmsResponse vms = SampleVms();
+  v1::Vm* vm = vms.add_vms();
+  vm->set_name("db-1");
+  vm->mutable_stats()->set_total_bytes(8ull << 30);
+  vm->mutable_stats()->set_age_seconds(0.1);
+  vm->mutable_stats()->set_untrusted(true);
+  vm->set_major_faults_per_second(-1.5e-7);
+  vm->set_swap_in_bytes_per_second(1e21);
+  vm->mutable_policy()->set_pinned(false);
+  vm->mutable_policy()->set_max_bytes(0);
+  vm->set_reason(static_cast<v1::ReasonCode>(99));  // unknown: a number
+  ExpectSameStructure(vms);
+
+  v1::Host host;
+  host.set_host_id("kvm-9");
+  host.mutable_last_report_time()->set_seconds(1764000000);
+  host.mutable_last_report_time()->set_nanos(250000000);
+  host.mutable_sample()->set_psi_some_avg10_percent(12.5);
+  ExpectSameStructure(host);
+
+  v1::ClusterPolicy policy;
+  policy.mutable_report_interval()->set_seconds(1);
+  policy.mutable_report_interval()->set_nanos(500000000);
+  policy.set_buffer_percent(20);
+  policy.set_reclaim_step_bytes(256ull << 20);
+  ExpectSameStructure(policy);
+
+  // Strings YAML would read as something else unless quoted.
+  v1::Explanation explanation;
+  for (const char* step :
+       {"true", "False",   "yes",  "No",          "on",     "null",       "~",   "",
+        "123",  "-1",      "1e3",  "0x1f",        ".5",     ".inf",       "nan", "- item",
+        "a: b", "#note",   "key:", " lead",       "trail ", "2026-01-02", "[1]", "{a}",
+        "*ref", "&anchor", "!tag", "|",           ">",      "'s'",        "@x",  "`x`",
+        "%x",   "?",       "y",    "plain words", "web-1",  "a/b.c_d"}) {
+    explanation.add_steps(step);
+  }
+  ExpectSameStructure(explanation);
+
+  // Well-known types whose JSON is a scalar; bytes are base64.
+  google::protobuf::BytesValue bytes;
+  bytes.set_value(std::string("\x00\xff\x10", 3));
+  ExpectSameStructure(bytes);
+  google::protobuf::UInt64Value u64;
+  u64.set_value(18446744073709551615ull);
+  ExpectSameStructure(u64);
+  google::protobuf::Int32Value i32;
+  i32.set_value(-7);
+  ExpectSameStructure(i32);
+  google::protobuf::Timestamp timestamp;
+  timestamp.set_seconds(1);
+  ExpectSameStructure(timestamp);
+
+  // A oneof member and a map (sorted by key in YAML).
+  v1::AgentMessage message;
+  (*message.mutable_ack()->mutable_errors())["vm-b"] = "balloon: stuck";
+  (*message.mutable_ack()->mutable_errors())["vm-a"] = "no driver";
+  (*message.mutable_ack()->mutable_errors())["123"] = "";
+  ExpectSameStructure(message);
+  absl::StatusOr<std::string> yaml = RenderMessage(message, OutputFormat::kYaml);
+  ASSERT_TRUE(yaml.ok());
+  EXPECT_THAT(*yaml, HasSubstr("    \"123\": \"\"\n    vm-a: no driver\n"
+                               "    vm-b: \"balloon: stuck\"\n"));
+}
+
+TEST(RoundTripTest, NonFiniteDoublesUseYamlNames) {
+  v1::Vm vm;
+  vm.set_swap_in_bytes_per_second(std::numeric_limits<double>::infinity());
+  vm.set_major_faults_per_second(std::nan(""));
+  absl::StatusOr<std::string> yaml = RenderMessage(vm, OutputFormat::kYaml);
+  ASSERT_TRUE(yaml.ok());
+  YAML::Node doc = YAML::Load(*yaml);
+  EXPECT_TRUE(std::isinf(doc["swap_in_bytes_per_second"].as<double>())) << *yaml;
+  EXPECT_TRUE(std::isnan(doc["major_faults_per_second"].as<double>())) << *yaml;
 }
 
 TEST(NamesTest, HealthAndReason) {
