@@ -1,11 +1,14 @@
 // membrokerctl against the real broker, in-process on 127.0.0.1:0, with one
-// agent stream feeding it a host of two VMs: the client's requests and the
-// broker's replies agree on the wire contract.
+// agent stream feeding it a host of three VMs (one with a name full of
+// characters that need escaping): the client's requests and the broker's
+// replies agree on the wire contract, and json and yaml read back.
 
 #include <gmock/gmock.h>
+#include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
 #include <chrono>
 #include <filesystem>
@@ -28,6 +31,8 @@ using ::testing::HasSubstr;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
+// A VM name with a character outside the BMP, a quote, a newline and a colon.
+constexpr char kOddName[] = "caf\xC3\xA9 \xF0\x9F\x98\x80 \"q\"\nkey: value";
 
 v1::VmSample Sample(const std::string& id, const std::string& name, uint64_t max, uint64_t used) {
   v1::VmSample s;
@@ -85,6 +90,7 @@ class CtlBrokerTest : public ::testing::Test {
     report.mutable_report()->mutable_host()->set_mem_available_bytes(8 * kGiB);
     *report.mutable_report()->add_vms() = Sample("vm-web", "web", 8 * kGiB, 2 * kGiB);
     *report.mutable_report()->add_vms() = Sample("vm-db", "db", 8 * kGiB, 6 * kGiB);
+    *report.mutable_report()->add_vms() = Sample("vm-odd", kOddName, 2 * kGiB, 1 * kGiB);
     ASSERT_TRUE(stream_->Write(report));
 
     // Wait, bounded by count and deadline, until the broker lists both VMs.
@@ -93,7 +99,8 @@ class CtlBrokerTest : public ::testing::Test {
     for (int i = 0; i < 100 && absl::Now() < deadline && !ready; ++i) {
       Result r = Ctl({"get", "vms", "-o", "json"});
       ready = r.code == 0 && r.out.find("\"vm-web\"") != std::string::npos &&
-              r.out.find("\"vm-db\"") != std::string::npos;
+              r.out.find("\"vm-db\"") != std::string::npos &&
+              r.out.find("\"vm-odd\"") != std::string::npos;
       if (!ready) absl::SleepFor(absl::Milliseconds(100));
     }
     ASSERT_TRUE(ready) << "the broker never listed the reported VMs";
@@ -160,6 +167,36 @@ TEST_F(CtlBrokerTest, ListsDescribesAndExplains) {
   ASSERT_NE(steps, std::string::npos);
   EXPECT_GT(r.out.size(), steps + 10);
   EXPECT_EQ(r.out.substr(steps + 7, 2), "  ");
+}
+
+TEST_F(CtlBrokerTest, JsonAndYamlReadBackToTheBrokersValues) {
+  Result r = Ctl({"describe", "vm", "vm-odd", "-o", "json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  v1::Vm vm;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &vm).ok()) << r.out;
+  EXPECT_EQ(vm.vm_id(), "vm-odd");
+  EXPECT_EQ(vm.name(), kOddName);
+  EXPECT_EQ(vm.max_bytes(), 2 * kGiB);
+  EXPECT_EQ(vm.host_id(), "h1");
+
+  r = Ctl({"get", "vms", "-o", "yaml"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  YAML::Node doc = YAML::Load(r.out);
+  ASSERT_TRUE(doc["vms"].IsSequence()) << r.out;
+  ASSERT_EQ(doc["vms"].size(), 3u) << r.out;
+  bool found = false;
+  for (const YAML::Node& item : doc["vms"]) {
+    if (item["vm_id"].as<std::string>() != "vm-odd") continue;
+    found = true;
+    EXPECT_EQ(item["name"].as<std::string>(), kOddName) << r.out;
+    EXPECT_EQ(item["max_bytes"].as<uint64_t>(), 2 * kGiB);
+    // 64-bit sizes stay strings, as in the JSON mapping.
+    EXPECT_EQ(item["max_bytes"].Tag(), "!");
+    EXPECT_EQ(item["health"].as<std::string>(), "BALLOON_HEALTH_OK");
+    // Fields without presence print even when zero.
+    EXPECT_TRUE(item["protect_bytes"].IsScalar()) << r.out;
+  }
+  EXPECT_TRUE(found) << r.out;
 }
 
 TEST_F(CtlBrokerTest, VmPolicyMergesGivenFields) {

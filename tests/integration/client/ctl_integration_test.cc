@@ -3,8 +3,11 @@
 // sends, the table/json/yaml output and the exit codes.
 
 #include <gmock/gmock.h>
+#include <google/protobuf/util/json_util.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <yaml-cpp/yaml.h>
 
 #include <memory>
 #include <sstream>
@@ -52,7 +55,22 @@ class FakeAdminService final : public v1::AdminService::Service {
       vm->set_health(v1::BALLOON_HEALTH_OK);
       vm->set_reason(v1::REASON_SHARE);
     }
+
+    // Outside the BMP, a quote, a newline, a colon, a backslash; a host id
+    // and a reason YAML would read as other types if printed plain.
+    odd_vm_.set_vm_id("uuid-odd");
+    odd_vm_.set_host_id("123");
+    odd_vm_.set_name("caf\xC3\xA9 \xF0\x9F\x98\x80 \"q\"\nkey: value \\ end");
+    odd_vm_.set_max_bytes(2ull << 30);
+    odd_vm_.mutable_policy()->set_weight(7);
+    odd_vm_.mutable_policy()->set_pinned(false);
+    odd_vm_.mutable_stats()->set_untrusted(true);
+    odd_vm_.mutable_stats()->set_untrusted_reason("true");
   }
+
+  // The canned replies.
+  const v1::ListHostsResponse& hosts() const { return hosts_; }
+  const v1::Vm& odd_vm() const { return odd_vm_; }
 
   grpc::Status ListHosts(grpc::ServerContext*, const v1::ListHostsRequest*,
                          v1::ListHostsResponse* reply) override {
@@ -81,6 +99,10 @@ class FakeAdminService final : public v1::AdminService::Service {
   }
   grpc::Status GetVm(grpc::ServerContext*, const v1::GetVmRequest* req, v1::Vm* reply) override {
     Record("GetVm", *req);
+    if (req->vm() == odd_vm_.vm_id()) {
+      *reply = odd_vm_;
+      return grpc::Status::OK;
+    }
     for (const v1::Vm& vm : vms_.vms()) {
       if (vm.name() == req->vm() || vm.vm_id() == req->vm()) {
         *reply = vm;
@@ -190,6 +212,7 @@ class FakeAdminService final : public v1::AdminService::Service {
 
   v1::ListHostsResponse hosts_;
   v1::ListVmsResponse vms_;
+  v1::Vm odd_vm_;  // only reachable by GetVm
   absl::Mutex mu_;
   std::map<std::string, std::string> last_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> raw_ ABSL_GUARDED_BY(mu_);
@@ -246,11 +269,50 @@ TEST_F(CtlIntegrationTest, GetHostsTableJsonYaml) {
   EXPECT_THAT(r.out, HasSubstr("\"hosts\": ["));
   EXPECT_THAT(r.out, HasSubstr("\"capacity_bytes\": \"68719476736\""));
   EXPECT_THAT(r.out, HasSubstr("\"host_id\": \"kvm-02\""));
+  // Zero values print too (fields without presence), as the contract says.
+  EXPECT_THAT(r.out, HasSubstr("\"vm_count\": 0"));
+  v1::ListHostsResponse parsed;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &parsed).ok()) << r.out;
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(parsed, service_.hosts()))
+      << parsed.DebugString();
 
   r = Ctl({"get", "hosts", "-o", "yaml"});
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_THAT(r.out, HasSubstr("hosts:\n- host_id: kvm-01\n  connected: true\n"));
-  EXPECT_THAT(r.out, HasSubstr("  capacity_bytes: \"68719476736\"\n"));
+  EXPECT_THAT(r.out, HasSubstr("hosts:\n  - host_id: kvm-01\n    connected: true\n"));
+  EXPECT_THAT(r.out, HasSubstr("    capacity_bytes: \"68719476736\"\n"));
+  YAML::Node doc = YAML::Load(r.out);
+  ASSERT_EQ(doc["hosts"].size(), 2u) << r.out;
+  EXPECT_EQ(doc["hosts"][1]["host_id"].as<std::string>(), "kvm-02");
+  EXPECT_TRUE(doc["hosts"][1]["overcommitted"].as<bool>());
+  EXPECT_EQ(doc["hosts"][0]["capacity_bytes"].as<uint64_t>(), 64ull << 30);
+  EXPECT_DOUBLE_EQ(doc["hosts"][0]["sample"]["psi_some_avg10_percent"].as<double>(), 1.5);
+}
+
+TEST_F(CtlIntegrationTest, OddNamesReadBackFromJsonAndYaml) {
+  Result r = Ctl({"describe", "vm", "uuid-odd", "-o", "json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  v1::Vm vm;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &vm).ok()) << r.out;
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(vm, service_.odd_vm()))
+      << vm.DebugString();
+
+  r = Ctl({"describe", "vm", "uuid-odd", "-o", "yaml"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  YAML::Node doc = YAML::Load(r.out);
+  EXPECT_EQ(doc["name"].as<std::string>(), service_.odd_vm().name()) << r.out;
+  // Strings that read as a number or a boolean when plain are quoted.
+  EXPECT_EQ(doc["host_id"].as<std::string>(), service_.odd_vm().host_id()) << r.out;
+  EXPECT_EQ(doc["host_id"].Tag(), "!") << r.out;
+  EXPECT_EQ(doc["stats"]["untrusted_reason"].Tag(), "!") << r.out;
+  EXPECT_EQ(doc["policy"]["weight"].as<uint32_t>(), 7u);
+  EXPECT_FALSE(doc["policy"]["pinned"].as<bool>());
+  EXPECT_FALSE(doc["policy"]["min_bytes"]) << "unset optional fields are omitted";
+  EXPECT_EQ(doc["stats"]["untrusted_reason"].as<std::string>(), "true") << r.out;
+
+  // People get the name as it is.
+  r = Ctl({"describe", "vm", "uuid-odd"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(service_.odd_vm().name()));
 }
 
 TEST_F(CtlIntegrationTest, GetVmsSendsHostFilter) {
