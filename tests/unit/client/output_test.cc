@@ -281,6 +281,24 @@ TEST(RoundTripTest, NonFiniteDoublesUseYamlNames) {
   EXPECT_TRUE(std::isnan(doc["major_faults_per_second"].as<double>())) << *yaml;
 }
 
+// Bytes that are not UTF-8 cannot come from the broker (proto3 parsing
+// rejects them), but the printers still write valid documents: protobuf
+// drops the bad bytes, the YAML emitter writes U+FFFD for them.
+TEST(RoundTripTest, InvalidUtf8StillGivesValidDocuments) {
+  v1::Vm vm;
+  vm.set_name("bad \xC3\x28 \xFF end");
+  absl::StatusOr<std::string> json = RenderMessage(vm, OutputFormat::kJson);
+  ASSERT_TRUE(json.ok()) << json.status();
+  v1::Vm parsed;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(*json, &parsed).ok()) << *json;
+  EXPECT_THAT(parsed.name(), ::testing::StartsWith("bad "));
+  EXPECT_THAT(parsed.name(), ::testing::EndsWith(" end"));
+
+  absl::StatusOr<std::string> yaml = RenderMessage(vm, OutputFormat::kYaml);
+  ASSERT_TRUE(yaml.ok()) << yaml.status();
+  EXPECT_EQ(YAML::Load(*yaml)["name"].as<std::string>(), "bad \xEF\xBF\xBD( \xEF\xBF\xBD end");
+}
+
 TEST(NamesTest, HealthAndReason) {
   EXPECT_EQ(HealthName(v1::BALLOON_HEALTH_NO_DRIVER), "no-driver");
   EXPECT_EQ(HealthName(v1::BALLOON_HEALTH_UNSPECIFIED), "unknown");
