@@ -31,17 +31,18 @@ ABSL_FLAG(std::string, policies, "",
 ABSL_FLAG(absl::Duration, duration, absl::ZeroDuration(),
           "Simulated time per scenario (default: each scenario's own)");
 // Broker policy overrides, for exploring the policy's parameters (unset:
-// the simulator's broker configuration, see RunOptions).
-ABSL_FLAG(double, surplus_percent, -1, "Broker PolicyParams.surplus_percent");
-ABSL_FLAG(double, hysteresis_percent, -1, "Broker PolicyParams.hysteresis_percent");
-ABSL_FLAG(double, buffer_percent, -1, "Broker PolicyParams.buffer_percent");
-ABSL_FLAG(int64_t, reclaim_step_mib, -1, "Broker PolicyParams.reclaim_step_bytes in MiB");
+// the broker's shipped defaults, the same the daemon runs).
+ABSL_FLAG(double, surplus_percent, -1, "ClusterPolicy.surplus_percent");
+ABSL_FLAG(double, hysteresis_percent, -1, "ClusterPolicy.hysteresis_percent");
+ABSL_FLAG(double, buffer_percent, -1, "ClusterPolicy.buffer_percent");
+ABSL_FLAG(int64_t, reclaim_step_mib, -1, "ClusterPolicy.reclaim_step_bytes in MiB");
+ABSL_FLAG(int64_t, default_min_mib, -1, "ClusterPolicy.default_min_bytes in MiB");
 ABSL_FLAG(double, half_life_seconds, -1, "Broker DemandParams.decay_half_life_seconds");
 ABSL_FLAG(double, pressure_half_life_seconds, -1, "Broker DemandParams.pressure_decay_half_life_seconds");
 ABSL_FLAG(double, pressure_memory_seconds, -1, "Broker DemandParams.pressure_memory_seconds");
-ABSL_FLAG(double, protect_margin_percent, -1, "Broker protect margin (policy and demand)");
-ABSL_FLAG(double, idle_tax_percent, -1, "Broker PolicyParams.idle_tax_percent");
-ABSL_FLAG(int64_t, protect_margin_max_mib, -1, "Broker DemandParams.protect_margin_max_bytes in MiB");
+ABSL_FLAG(double, protect_margin_percent, -1, "ClusterPolicy.protect_margin_percent");
+ABSL_FLAG(double, idle_tax_percent, -1, "ClusterPolicy.idle_tax_percent");
+ABSL_FLAG(int64_t, protect_margin_max_mib, -1, "ClusterPolicy.protect_margin_max_bytes in MiB");
 
 namespace {
 
@@ -107,39 +108,53 @@ int main(int argc, char** argv) {
                   static_cast<unsigned long long>(vm.deficit_bytes >> 20));
     };
   }
+  // Cluster-policy overrides (unset: the broker's shipped defaults, then each
+  // scenario's own cluster policy).
+  membroker::v1::ClusterPolicy& bp = options.broker_policy;
   if (absl::GetFlag(FLAGS_surplus_percent) >= 0) {
-    options.broker_params.surplus_percent = absl::GetFlag(FLAGS_surplus_percent);
+    bp.set_surplus_percent(absl::GetFlag(FLAGS_surplus_percent));
   }
   if (absl::GetFlag(FLAGS_hysteresis_percent) >= 0) {
-    options.broker_params.hysteresis_percent = absl::GetFlag(FLAGS_hysteresis_percent);
+    bp.set_hysteresis_percent(absl::GetFlag(FLAGS_hysteresis_percent));
   }
   if (absl::GetFlag(FLAGS_buffer_percent) >= 0) {
-    options.broker_params.buffer_percent = absl::GetFlag(FLAGS_buffer_percent);
+    bp.set_buffer_percent(absl::GetFlag(FLAGS_buffer_percent));
   }
   if (absl::GetFlag(FLAGS_reclaim_step_mib) >= 0) {
-    options.broker_params.reclaim_step_bytes =
-        static_cast<uint64_t>(absl::GetFlag(FLAGS_reclaim_step_mib)) << 20;
-  }
-  if (absl::GetFlag(FLAGS_pressure_half_life_seconds) >= 0) {
-    options.demand_params.pressure_decay_half_life_seconds =
-        absl::GetFlag(FLAGS_pressure_half_life_seconds);
-  }
-  if (absl::GetFlag(FLAGS_pressure_memory_seconds) >= 0) {
-    options.demand_params.pressure_memory_seconds = absl::GetFlag(FLAGS_pressure_memory_seconds);
+    bp.set_reclaim_step_bytes(static_cast<uint64_t>(absl::GetFlag(FLAGS_reclaim_step_mib)) << 20);
   }
   if (absl::GetFlag(FLAGS_protect_margin_percent) >= 0) {
-    options.broker_params.protect_margin_percent = absl::GetFlag(FLAGS_protect_margin_percent);
-    options.demand_params.protect_margin_percent = absl::GetFlag(FLAGS_protect_margin_percent);
+    bp.set_protect_margin_percent(absl::GetFlag(FLAGS_protect_margin_percent));
   }
   if (absl::GetFlag(FLAGS_protect_margin_max_mib) >= 0) {
-    options.demand_params.protect_margin_max_bytes =
-        static_cast<uint64_t>(absl::GetFlag(FLAGS_protect_margin_max_mib)) << 20;
+    bp.set_protect_margin_max_bytes(static_cast<uint64_t>(absl::GetFlag(FLAGS_protect_margin_max_mib))
+                                    << 20);
   }
   if (absl::GetFlag(FLAGS_idle_tax_percent) >= 0) {
-    options.broker_params.idle_tax_percent = absl::GetFlag(FLAGS_idle_tax_percent);
+    bp.set_idle_tax_percent(absl::GetFlag(FLAGS_idle_tax_percent));
   }
-  if (absl::GetFlag(FLAGS_half_life_seconds) >= 0) {
-    options.demand_params.decay_half_life_seconds = absl::GetFlag(FLAGS_half_life_seconds);
+  if (absl::GetFlag(FLAGS_default_min_mib) >= 0) {
+    bp.set_default_min_bytes(static_cast<uint64_t>(absl::GetFlag(FLAGS_default_min_mib)) << 20);
+  }
+  // Estimator settings that no cluster policy field carries (experiments).
+  const double half_life = absl::GetFlag(FLAGS_half_life_seconds);
+  const double pressure_half_life = absl::GetFlag(FLAGS_pressure_half_life_seconds);
+  const double pressure_memory = absl::GetFlag(FLAGS_pressure_memory_seconds);
+  if (half_life >= 0 || pressure_half_life >= 0 || pressure_memory >= 0) {
+    options.tune_broker = [=](membroker::policy::PolicySet& set) {
+      if (half_life >= 0) set.demand.decay_half_life_seconds = half_life;
+      if (pressure_half_life >= 0) set.demand.pressure_decay_half_life_seconds = pressure_half_life;
+      if (pressure_memory >= 0) set.demand.pressure_memory_seconds = pressure_memory;
+    };
+  }
+  {
+    // The policy the broker runs, above the table: the shipped defaults with
+    // the overrides above (a scenario's own cluster policy, if any, is
+    // applied on top for that scenario and printed beside it).
+    membroker::v1::Scenario empty;
+    std::printf("broker cluster policy: %s\n",
+                membroker::sim::BrokerClusterPolicy(empty, options).ShortDebugString().c_str());
+    if (options.tune_broker) std::printf("estimator overrides: half-life flags set\n");
   }
 
   std::vector<std::string> summary;
@@ -154,6 +169,10 @@ int main(int argc, char** argv) {
     }
     if (!only.empty() && std::find(only.begin(), only.end(), scenario->name()) == only.end()) {
       continue;
+    }
+    if (scenario->has_cluster_policy() && scenario->cluster_policy().ByteSizeLong() > 0) {
+      std::printf("%-16s scenario cluster policy: %s\n", scenario->name().c_str(),
+                  scenario->cluster_policy().ShortDebugString().c_str());
     }
     std::map<PolicyKind, membroker::sim::QualityFigures> results;
     std::map<PolicyKind, double> wall;

@@ -1,9 +1,7 @@
 #include "broker/admin_service.h"
 
-#include <deque>
-
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "broker/stream_writer.h"
 #include "common/status.h"
 
 namespace membroker::broker {
@@ -37,69 +35,28 @@ class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
  public:
   static constexpr size_t kMaxQueued = 1024;
 
-  DecisionWriter(Fleet* fleet, const std::string& host) : fleet_(fleet) {
-    id_ = fleet_->Watch(host, [this](const v1::Decision& d) { Push(d); });
+  DecisionWriter(Fleet* fleet, const std::string& host)
+      : fleet_(fleet),
+        writer_({[this](const v1::Decision* d) { StartWrite(d); },
+                 [this](const grpc::Status& s) { Finish(s); }, nullptr},
+                kMaxQueued) {
+    id_ = fleet_->Watch(host, [this](const v1::Decision& d) { writer_.Enqueue(d); });
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    if (finish_after_write_) {
-      finish_after_write_ = false;
-      Finish(finish_status_);
-      return;
-    }
-    if (!ok) {
-      FinishLocked(grpc::Status::CANCELLED);
-      return;
-    }
-    NextLocked();
+    writer_.OnWriteDone(ok);
+    if (!ok) writer_.FinishOnce(grpc::Status::CANCELLED);
   }
-  void OnCancel() override {
-    absl::MutexLock lock(&mu_);
-    FinishLocked(grpc::Status::CANCELLED);
-  }
+  void OnCancel() override { writer_.FinishOnce(grpc::Status::CANCELLED); }
   void OnDone() override {
     fleet_->Unwatch(id_);
     delete this;
   }
 
  private:
-  void Push(const v1::Decision& d) {
-    absl::MutexLock lock(&mu_);
-    if (done_) return;
-    if (queue_.size() >= kMaxQueued) queue_.pop_front();
-    queue_.push_back(d);
-    NextLocked();
-  }
-  void NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (writing_ || queue_.empty() || done_) return;
-    current_ = std::move(queue_.front());
-    queue_.pop_front();
-    writing_ = true;
-    StartWrite(&current_);
-  }
-  void FinishLocked(const grpc::Status& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (done_) return;
-    done_ = true;
-    queue_.clear();
-    if (!writing_) {
-      Finish(s);
-    } else {
-      finish_after_write_ = true;
-      finish_status_ = s;
-    }
-  }
-
   Fleet* const fleet_;
+  QueuedStreamWriter<v1::Decision> writer_;
   uint64_t id_ = 0;
-  absl::Mutex mu_;
-  std::deque<v1::Decision> queue_ ABSL_GUARDED_BY(mu_);
-  v1::Decision current_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  bool finish_after_write_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status finish_status_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace

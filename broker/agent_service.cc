@@ -1,50 +1,55 @@
 #include "broker/agent_service.h"
 
-#include <deque>
 #include <memory>
 
 #include <spdlog/spdlog.h>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "broker/stream_writer.h"
 #include "common/status.h"
 
 namespace membroker::broker {
 namespace {
 
+// Unsent messages kept per agent stream. TargetSets supersede each other,
+// so the queue holds at most a Welcome and one TargetSet in practice.
+constexpr size_t kMaxQueuedPerAgent = 16;
+
 class AgentStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::BrokerMessage> {
  public:
-  AgentStream(Fleet* fleet, BrokerMetrics* metrics) : fleet_(fleet), metrics_(metrics) {
+  AgentStream(Fleet* fleet, BrokerMetrics* metrics)
+      : fleet_(fleet),
+        metrics_(metrics),
+        writer_({[this](const v1::BrokerMessage* m) { StartWrite(m); },
+                 [this](const grpc::Status& s) { Finish(s); },
+                 // A queued (unsent) TargetSet is superseded by a newer full
+                 // snapshot.
+                 [](const v1::BrokerMessage& last, const v1::BrokerMessage& incoming) {
+                   return last.has_targets() && incoming.has_targets();
+                 }},
+                kMaxQueuedPerAgent) {
     StartRead(&in_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
       // The agent closed its side or the call was cancelled.
-      FinishOnce(grpc::Status::OK);
+      writer_.FinishOnce(grpc::Status::OK);
       return;
     }
     absl::Status status = Handle(in_);
     if (!status.ok()) {
       spdlog::warn("agent stream{}{}: {}", host_id_.empty() ? "" : " of host ", host_id_,
                    status.ToString());
-      FinishOnce(ToGrpcStatus(status));
+      writer_.FinishOnce(ToGrpcStatus(status));
       return;
     }
     StartRead(&in_);
   }
 
-  void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    if (!ok) {
-      queue_.clear();
-      return;  // the read side sees the broken stream and finishes
-    }
-    WriteNextLocked();
-  }
+  // A failed write leaves the read side to see the broken stream and finish.
+  void OnWriteDone(bool ok) override { writer_.OnWriteDone(ok); }
 
-  void OnCancel() override { FinishOnce(grpc::Status::CANCELLED); }
+  void OnCancel() override { writer_.FinishOnce(grpc::Status::CANCELLED); }
 
   void OnDone() override {
     if (!host_id_.empty()) fleet_->Disconnect(host_id_, conn_);
@@ -61,14 +66,13 @@ class AgentStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::B
       v1::Welcome welcome;
       ASSIGN_OR_RETURN(conn_, fleet_->Connect(
                                   msg.hello(),
-                                  [this](const v1::BrokerMessage& m) { Enqueue(m); }, &welcome));
+                                  [this](const v1::BrokerMessage& m) { writer_.Enqueue(m); },
+                                  &welcome));
       host_id_ = msg.hello().host_id();
       v1::BrokerMessage out;
       *out.mutable_welcome() = welcome;
       // The Welcome goes first: put it ahead of anything queued meanwhile.
-      absl::MutexLock lock(&mu_);
-      queue_.push_front(std::move(out));
-      WriteNextLocked();
+      writer_.EnqueueFront(std::move(out));
       return absl::OkStatus();
     }
     switch (msg.msg_case()) {
@@ -85,59 +89,12 @@ class AgentStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::B
     }
   }
 
-  // Called by the Fleet with the host's lock held: only queues.
-  void Enqueue(const v1::BrokerMessage& msg) {
-    absl::MutexLock lock(&mu_);
-    if (finished_ || finish_pending_) return;
-    // A queued (unsent) TargetSet is superseded by a newer full snapshot.
-    if (msg.has_targets() && !queue_.empty() && queue_.back().has_targets()) {
-      queue_.back() = msg;
-    } else {
-      queue_.push_back(msg);
-    }
-    WriteNextLocked();
-  }
-
-  void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (writing_ || queue_.empty() || finished_) {
-      if (!writing_ && finish_pending_ && !finished_) {
-        finished_ = true;
-        Finish(finish_status_);
-      }
-      return;
-    }
-    current_ = std::move(queue_.front());
-    queue_.pop_front();
-    writing_ = true;
-    StartWrite(&current_);
-  }
-
-  // Finishes once, after any outstanding write completes.
-  void FinishOnce(const grpc::Status& status) {
-    absl::MutexLock lock(&mu_);
-    if (finished_ || finish_pending_) return;
-    finish_pending_ = true;
-    finish_status_ = status;
-    queue_.clear();
-    if (!writing_) {
-      finished_ = true;
-      Finish(finish_status_);
-    }
-  }
-
   Fleet* const fleet_;
   BrokerMetrics* const metrics_;
+  QueuedStreamWriter<v1::BrokerMessage> writer_;
   v1::AgentMessage in_;  // only touched by the read chain
   std::string host_id_;  // set once, by the read chain
   uint64_t conn_ = 0;
-
-  absl::Mutex mu_;
-  std::deque<v1::BrokerMessage> queue_ ABSL_GUARDED_BY(mu_);
-  v1::BrokerMessage current_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool finish_pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status finish_status_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace

@@ -1,17 +1,24 @@
 #pragma once
 // The broker's view of the fleet: one state per host, each with its own
-// lock, fed by that host's agent stream (one writer path per host). A
-// report triggers its own host's decision and nothing else; admin calls read
-// per-host snapshots and never block other hosts' reports.
+// lock, fed by that host's agent stream (one writer path per host). It
+// keeps hosts, report sequencing, generations, the agents' sinks and the
+// decision watchers. What it does not do lives beside it: report
+// validation and conversion (report.h), the policies (policy_registry.h,
+// one immutable snapshot read per report), the decision itself and its
+// explanation (policy/host_step.h, policy/explain.h).
 //
-// Lock order: a host's mutex, then policy_mu_ (read). Admin writes take
-// admin_mu_ (serializes store + memory updates), then policy_mu_, and never
-// hold either while taking a host's mutex.
+// A report triggers its own host's decision and nothing else; admin calls
+// read per-host state under that host's lock only for the time of a copy.
+//
+// Lock order: hosts_mu_ is never held while taking a host's mutex; a host's
+// mutex may be held while taking watch_mu_ (to publish a decision). The
+// policy registry has its own locks, never held across a call into Fleet.
 
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -20,8 +27,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "broker/metrics.h"
-#include "broker/policy/allocator.h"
-#include "broker/policy/demand.h"
+#include "broker/policy/host_step.h"
+#include "broker/policy_registry.h"
+#include "broker/report.h"
 #include "broker/store.h"
 #include "common/clock.h"
 #include "membroker/v1/admin.pb.h"
@@ -35,14 +43,6 @@ using BrokerMessageSink = std::function<void(const v1::BrokerMessage&)>;
 
 // Receives every decision (WatchDecisions). Same rules as the sink.
 using DecisionSink = std::function<void(const v1::Decision&)>;
-
-// Checks a Hello. INVALID_ARGUMENT naming the field.
-absl::Status ValidateHello(const v1::Hello& hello);
-
-// Checks a HostReport's structure (ids, sizes, duplicates). Guest
-// statistics are not checked here: they are untrusted input that is
-// flagged, not rejected. INVALID_ARGUMENT naming the field.
-absl::Status ValidateReport(const v1::HostReport& report);
 
 // Thread-safe.
 class Fleet {
@@ -92,15 +92,13 @@ class Fleet {
   // Decision watchers.
   uint64_t Watch(const std::string& host_filter, DecisionSink sink);
   void Unwatch(uint64_t id);
+  // Decision watchers registered now.
+  size_t WatcherCount() const;
 
  private:
-  struct VmState {
-    v1::VmSample sample;
-    absl::Time sample_time;
-    policy::DemandState demand;
-    policy::VmInput input;        // last decision's input
-    policy::VmDecision decision;  // last decision
-    bool decided = false;
+  // What the broker keeps of a VM besides the decision step's state.
+  struct VmView {
+    v1::VmSample sample;      // last reported, with the trust verdict set
     std::string metric_name;  // unique on its host
     BrokerMetrics::VmGauges gauges;
   };
@@ -111,15 +109,14 @@ class Fleet {
     bool connected ABSL_GUARDED_BY(mu) = false;
     uint64_t conn ABSL_GUARDED_BY(mu) = 0;
     v1::Hello hello ABSL_GUARDED_BY(mu);
-    uint64_t capacity_bytes ABSL_GUARDED_BY(mu) = 0;
     v1::HostSample sample ABSL_GUARDED_BY(mu);
     uint64_t sequence ABSL_GUARDED_BY(mu) = 0;
     absl::Time last_report ABSL_GUARDED_BY(mu) = absl::InfinitePast();
-    std::map<std::string, VmState> vms ABSL_GUARDED_BY(mu);
+    policy::HostStepState step ABSL_GUARDED_BY(mu);  // the decision's state
+    std::map<std::string, VmView> vms ABSL_GUARDED_BY(mu);  // same keys as step.vms
+    std::set<std::string> metric_names ABSL_GUARDED_BY(mu);
     uint64_t generation ABSL_GUARDED_BY(mu) = 0;
     uint64_t acked_generation ABSL_GUARDED_BY(mu) = 0;
-    policy::HostDecision decision ABSL_GUARDED_BY(mu);
-    policy::PolicyParams params ABSL_GUARDED_BY(mu);  // of the last decision
     BrokerMessageSink sink ABSL_GUARDED_BY(mu);
   };
 
@@ -128,27 +125,25 @@ class Fleet {
   // Finds a VM by id or name: its host and id.
   absl::StatusOr<std::pair<std::shared_ptr<HostState>, std::string>> ResolveVm(
       const std::string& vm) const;
-  // Runs the allocation for `host` and pushes when targets changed.
-  void DecideLocked(HostState& host, absl::Time started) ABSL_EXCLUSIVE_LOCKS_REQUIRED(host.mu);
+  // Decides `host` under `policies`, updates its series and pushes when
+  // targets changed.
+  void DecideLocked(HostState& host, const PolicySnapshot& policies, absl::Time started)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(host.mu);
   void Redecide(const std::shared_ptr<HostState>& host);
   v1::Host HostProtoLocked(const HostState& host) const ABSL_SHARED_LOCKS_REQUIRED(host.mu);
-  v1::Vm VmProtoLocked(const HostState& host, const VmState& vm) const
-      ABSL_SHARED_LOCKS_REQUIRED(host.mu);
+  v1::Vm VmProtoLocked(const HostState& host, const std::string& vm_id,
+                       const PolicySnapshot& policies) const ABSL_SHARED_LOCKS_REQUIRED(host.mu);
   void UpdateConnectedGauge();
 
   Clock* const clock_;
-  Store* const store_;
   BrokerMetrics* const metrics_;
   const v1::SafetyParams safety_;
+  PolicyRegistry policies_;
 
   mutable absl::Mutex hosts_mu_;
   std::map<std::string, std::shared_ptr<HostState>> hosts_ ABSL_GUARDED_BY(hosts_mu_);
   uint64_t next_conn_ ABSL_GUARDED_BY(hosts_mu_) = 1;
-
-  absl::Mutex admin_mu_;  // serializes policy writes (store, then memory)
-  mutable absl::Mutex policy_mu_;
-  v1::ClusterPolicy cluster_policy_ ABSL_GUARDED_BY(policy_mu_);
-  std::map<std::string, v1::VmPolicy> vm_policies_ ABSL_GUARDED_BY(policy_mu_);
+  int connected_ ABSL_GUARDED_BY(hosts_mu_) = 0;
 
   mutable absl::Mutex watch_mu_;
   std::map<uint64_t, std::pair<std::string, DecisionSink>> watchers_ ABSL_GUARDED_BY(watch_mu_);

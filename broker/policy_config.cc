@@ -32,6 +32,7 @@ absl::Status Bytes(const char* field, uint64_t v, uint64_t lo) {
 
 v1::ClusterPolicy DefaultClusterPolicy() {
   const policy::PolicyParams d;
+  const policy::DemandParams dd;
   v1::ClusterPolicy p;
   p.set_buffer_percent(d.buffer_percent);
   p.set_host_free_margin_bytes(d.host_free_margin_bytes);
@@ -40,11 +41,11 @@ v1::ClusterPolicy DefaultClusterPolicy() {
   p.set_idle_tax_percent(d.idle_tax_percent);
   p.set_default_min_bytes(d.default_min_bytes);
   p.set_default_weight(d.default_weight);
-  p.set_protect_margin_percent(d.protect_margin_percent);
-  *p.mutable_report_interval() = ToProtoDuration(absl::Seconds(1));
+  p.set_protect_margin_percent(dd.protect_margin_percent);
+  *p.mutable_report_interval() = ToProtoDuration(kDefaultReportInterval);
   p.set_surplus_percent(d.surplus_percent);
-  p.set_hysteresis_percent(5);
-  p.set_protect_margin_max_bytes(32 * kMiB);
+  p.set_hysteresis_percent(d.hysteresis_percent);
+  p.set_protect_margin_max_bytes(dd.protect_margin_max_bytes);
   return p;
 }
 
@@ -128,7 +129,6 @@ policy::PolicyParams ToPolicyParams(const v1::ClusterPolicy& p) {
   out.idle_tax_percent = p.idle_tax_percent();
   out.default_min_bytes = p.default_min_bytes();
   out.default_weight = p.default_weight();
-  out.protect_margin_percent = p.protect_margin_percent();
   out.surplus_percent = p.surplus_percent();
   out.hysteresis_percent = p.hysteresis_percent();
   return out;
@@ -142,7 +142,25 @@ policy::DemandParams ToDemandParams(const v1::ClusterPolicy& p) {
 }
 
 absl::Duration ReportInterval(const v1::ClusterPolicy& p) {
-  return p.has_report_interval() ? FromProto(p.report_interval()) : absl::Seconds(1);
+  return p.has_report_interval() ? FromProto(p.report_interval()) : kDefaultReportInterval;
+}
+
+policy::VmPolicySpec ToVmPolicySpec(const v1::VmPolicy& p) {
+  policy::VmPolicySpec out;
+  if (p.has_min_bytes()) out.min_bytes = p.min_bytes();
+  if (p.has_max_bytes()) out.max_bytes = p.max_bytes();
+  if (p.has_weight()) out.weight = p.weight();
+  out.pinned = p.has_pinned() && p.pinned();
+  return out;
+}
+
+policy::PolicySet ToPolicySet(const v1::ClusterPolicy& cluster,
+                              const std::map<std::string, v1::VmPolicy>& vm_policies) {
+  policy::PolicySet out;
+  out.params = ToPolicyParams(cluster);
+  out.demand = ToDemandParams(cluster);
+  for (const auto& [id, p] : vm_policies) out.vms.emplace(id, ToVmPolicySpec(p));
+  return out;
 }
 
 v1::ReasonCode ToProtoReason(policy::Reason reason) {

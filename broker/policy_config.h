@@ -2,15 +2,24 @@
 // Validation and conversion of the policy messages at the broker's edge:
 // membroker.v1.ClusterPolicy / VmPolicy <-> policy::PolicyParams.
 
+#include <map>
+#include <string>
+
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "broker/policy/allocator.h"
 #include "broker/policy/demand.h"
+#include "broker/policy/host_step.h"
 #include "membroker/v1/types.pb.h"
 
 namespace membroker::broker {
 
-// The cluster policy a new broker starts with: every field set.
+// The agents' report interval unless the cluster policy sets one.
+inline constexpr absl::Duration kDefaultReportInterval = absl::Seconds(1);
+
+// The cluster policy a new broker starts with: every field set, each from
+// the one place its default is defined (policy::PolicyParams and
+// policy::DemandParams initializers, kDefaultReportInterval).
 v1::ClusterPolicy DefaultClusterPolicy();
 
 // Checks the fields that are set. INVALID_ARGUMENT naming the first bad
@@ -33,6 +42,14 @@ policy::PolicyParams ToPolicyParams(const v1::ClusterPolicy& policy);
 
 // The demand estimator's settings of a complete cluster policy.
 policy::DemandParams ToDemandParams(const v1::ClusterPolicy& policy);
+
+// The per-VM policy in the decision's plain form.
+policy::VmPolicySpec ToVmPolicySpec(const v1::VmPolicy& policy);
+
+// Everything a decision reads, from a complete cluster policy and the
+// per-VM policies by VM id.
+policy::PolicySet ToPolicySet(const v1::ClusterPolicy& cluster,
+                              const std::map<std::string, v1::VmPolicy>& vm_policies);
 
 // The report interval of a complete cluster policy.
 absl::Duration ReportInterval(const v1::ClusterPolicy& policy);

@@ -5,6 +5,9 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "broker/policy/host_step.h"
+#include "broker/policy_config.h"
+#include "broker/report.h"
 #include "common/proto_time.h"
 #include "common/status.h"
 #include "sim/baselines.h"
@@ -25,76 +28,35 @@ constexpr uint64_t kEpisodeEndBytes = 1 * kMiB;
 // Swap-in since the last decision above this is a pressure event.
 constexpr uint64_t kPressureSwapInBytes = 256 * 1024;
 
-// The broker's decision loop for one host, as the broker runs it: demand
-// from the reported statistics (UpdateDemand), then DecideHost.
+// The broker's decision for one host, as the broker runs it: the report an
+// agent would send (ReportOf), the broker's edge (ToHostObservation: the
+// same trust rule), then the broker's per-host step (ObserveHost +
+// DecideStep) under the same policy set the broker builds from the same
+// cluster policy. Nothing of the loop is copied here.
 class BrokerController : public HostController {
  public:
-  BrokerController(policy::PolicyParams params, policy::DemandParams demand)
-      : params_(params), demand_(demand) {}
+  BrokerController(policy::PolicySet policies, absl::Duration interval)
+      : policies_(std::move(policies)), interval_(interval) {}
 
   std::vector<uint64_t> Decide(const HostView& view) override {
-    policy::HostInput input;
-    input.capacity_bytes = view.capacity_bytes;
-    for (const VmView& vm : view.vms) {
-      PerVm& s = state_[vm.vm_id];
-      policy::GuestObservation obs;
-      obs.stats_valid = vm.balloon_driver && vm.total_bytes > 0;
-      obs.total_bytes = vm.total_bytes;
-      obs.available_bytes = vm.available_bytes;
-      obs.swap_in_bytes_total = vm.swap_in_bytes_total;
-      obs.major_faults_total = vm.major_faults_total;
-      obs.swap_out_bytes_total = vm.swap_out_bytes_total;
-      obs.actual_bytes = vm.actual_bytes;
-      obs.max_bytes = vm.max_bytes;
-      obs.elapsed_seconds = s.last_seconds < 0 ? 0 : view.now_seconds - s.last_seconds;
-      s.last_seconds = view.now_seconds;
-      policy::UpdateDemand(obs, demand_, s.demand);
-      policy::VmInput in;
-      in.vm_id = vm.vm_id;
-      in.max_bytes = vm.max_bytes;
-      in.min_bytes = vm.min_bytes;
-      in.weight = vm.weight;
-      in.balloon_healthy = vm.balloon_driver;
-      in.actual_bytes = vm.actual_bytes;
-      in.previous_target_bytes = s.previous_target;
-      policy::SetDemandInputs(s.demand, in);
-      input.vms.push_back(std::move(in));
-    }
-    const policy::HostDecision decision = policy::DecideHost(input, params_);
+    const v1::HostReport report = ReportOf(view, ++sequence_);
+    const policy::HostObservation obs =
+        broker::ToHostObservation(report, view.now_seconds, interval_, nullptr);
+    policy::ObserveHost(obs, policies_.demand, state_);
+    policy::DecideStep(policies_, state_);
     std::vector<uint64_t> out(view.vms.size(), 0);
     for (size_t i = 0; i < view.vms.size(); ++i) {
-      out[i] = decision.vms[i].target_bytes;
-      state_[view.vms[i].vm_id].previous_target = out[i];
+      out[i] = state_.vms.at(view.vms[i].vm_id).decision.target_bytes;
     }
     return out;
   }
 
  private:
-  struct PerVm {
-    policy::DemandState demand;
-    double last_seconds = -1;
-    uint64_t previous_target = 0;
-  };
-  policy::PolicyParams params_;
-  policy::DemandParams demand_;
-  std::map<std::string, PerVm> state_;
+  const policy::PolicySet policies_;
+  const absl::Duration interval_;
+  uint64_t sequence_ = 0;
+  policy::HostStepState state_;
 };
-
-// The broker's parameters with the scenario's cluster policy on top.
-void ApplyClusterPolicy(const v1::ClusterPolicy& c, policy::PolicyParams& p,
-                        policy::DemandParams& d) {
-  if (c.has_buffer_percent()) p.buffer_percent = c.buffer_percent();
-  if (c.has_host_free_margin_bytes()) p.host_free_margin_bytes = c.host_free_margin_bytes();
-  if (c.has_reclaim_step_bytes()) p.reclaim_step_bytes = c.reclaim_step_bytes();
-  if (c.has_hysteresis_bytes()) p.hysteresis_bytes = c.hysteresis_bytes();
-  if (c.has_idle_tax_percent()) p.idle_tax_percent = c.idle_tax_percent();
-  if (c.has_default_min_bytes()) p.default_min_bytes = c.default_min_bytes();
-  if (c.has_default_weight()) p.default_weight = c.default_weight();
-  if (c.has_protect_margin_percent()) {
-    p.protect_margin_percent = c.protect_margin_percent();
-    d.protect_margin_percent = c.protect_margin_percent();
-  }
-}
 
 absl::Duration IntervalOf(const Scenario& s) {
   const absl::Duration d = FromProto(s.report_interval());
@@ -124,18 +86,54 @@ struct HostRun {
 
 }  // namespace
 
-policy::PolicyParams SimBrokerPolicyParams() {
-  policy::PolicyParams p;
-  p.surplus_percent = 0;
-  p.hysteresis_percent = 5;
-  p.needs_before_buffers = true;
-  return p;
+v1::ClusterPolicy BrokerClusterPolicy(const Scenario& scenario, const RunOptions& options) {
+  v1::ClusterPolicy policy = broker::MergeClusterPolicy(broker::DefaultClusterPolicy(),
+                                                        scenario.cluster_policy());
+  return broker::MergeClusterPolicy(policy, options.broker_policy);
 }
 
-policy::DemandParams SimBrokerDemandParams() {
-  policy::DemandParams d;
-  d.protect_margin_max_bytes = 32 * kMiB;
-  return d;
+policy::PolicySet BrokerPolicySet(const Scenario& scenario, const RunOptions& options) {
+  std::map<std::string, v1::VmPolicy> vm_policies;
+  for (const auto& host : scenario.hosts()) {
+    for (const auto& vm : host.vms()) {
+      if (!vm.has_policy()) continue;
+      vm_policies[vm.vm().vm_id().empty() ? DeriveVmId(vm.vm().name()) : vm.vm().vm_id()] =
+          vm.policy();
+    }
+  }
+  policy::PolicySet set =
+      broker::ToPolicySet(BrokerClusterPolicy(scenario, options), vm_policies);
+  if (options.tune_broker) options.tune_broker(set);
+  return set;
+}
+
+v1::HostReport ReportOf(const HostView& view, uint64_t sequence) {
+  v1::HostReport report;
+  report.set_sequence(sequence);
+  report.set_capacity_bytes(view.capacity_bytes);
+  for (const VmView& vm : view.vms) {
+    v1::VmSample* s = report.add_vms();
+    s->set_vm_id(vm.vm_id);
+    s->set_max_bytes(vm.configured_max_bytes != 0 ? vm.configured_max_bytes : vm.max_bytes);
+    s->set_actual_bytes(vm.actual_bytes);
+    s->set_last_target_bytes(vm.target_bytes);
+    if (!vm.balloon_driver) {
+      // No driver: no statistics, and the balloon never moves.
+      s->set_health(v1::BALLOON_HEALTH_NO_DRIVER);
+      continue;
+    }
+    s->set_health(v1::BALLOON_HEALTH_OK);
+    v1::GuestStats* g = s->mutable_stats();
+    g->set_total_bytes(vm.total_bytes);
+    g->set_available_bytes(vm.available_bytes);
+    g->set_free_bytes(vm.free_bytes);
+    g->set_disk_caches_bytes(vm.disk_caches_bytes);
+    g->set_swap_in_bytes_total(vm.swap_in_bytes_total);
+    g->set_swap_out_bytes_total(vm.swap_out_bytes_total);
+    g->set_major_faults_total(vm.major_faults_total);
+    g->set_age_seconds(0);
+  }
+  return report;
 }
 
 const std::vector<PolicyKind>& AllPolicies() {
@@ -187,12 +185,10 @@ std::unique_ptr<HostController> MakeController(PolicyKind kind, const RunOptions
     case PolicyKind::kProxmox: return MakeProxmoxController();
     case PolicyKind::kMom: return MakeMomController();
     case PolicyKind::kSqueezed: return MakeSqueezedController();
-    case PolicyKind::kBroker: {
-      policy::PolicyParams p = options.broker_params;
-      policy::DemandParams d = options.demand_params;
-      ApplyClusterPolicy(scenario.cluster_policy(), p, d);
-      return std::make_unique<BrokerController>(p, d);
-    }
+    case PolicyKind::kBroker:
+      return std::make_unique<BrokerController>(
+          BrokerPolicySet(scenario, options),
+          broker::ReportInterval(BrokerClusterPolicy(scenario, options)));
     case PolicyKind::kOracle:
       return MakeOracleController(IntervalOf(scenario),
                                   scenario.balloon_rate_bytes_per_second() == 0
@@ -205,9 +201,7 @@ std::unique_ptr<HostController> MakeController(PolicyKind kind, const RunOptions
 absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind kind,
                                            const RunOptions& options) {
   RETURN_IF_ERROR(ValidateScenario(scenario));
-  policy::PolicyParams params = options.broker_params;
-  policy::DemandParams demand = options.demand_params;
-  ApplyClusterPolicy(scenario.cluster_policy(), params, demand);
+  const policy::PolicyParams params = BrokerPolicySet(scenario, options).params;
   const PolicyTraits traits = TraitsOf(kind, IntervalOf(scenario));
   const double period = absl::ToDoubleSeconds(traits.period);
 
@@ -303,6 +297,7 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
           v.index = i;
           v.vm_id = s.vm_id;
           v.max_bytes = host.vms[i].max_bytes;
+          v.configured_max_bytes = s.max_bytes;
           v.min_bytes = host.vms[i].min_bytes;
           v.weight = host.vms[i].weight;
           v.balloon_driver = s.balloon_driver;

@@ -14,7 +14,8 @@
 //      once and a growth only as far as memory already freed on the host
 //      allows (retried each tick); otherwise every target is set at once.
 //
-// Policies: the broker's own (broker/policy: UpdateDemand + DecideHost),
+// Policies: the broker's own (the broker's report edge and its per-host
+// step, broker/policy/host_step.h, under the broker's shipped defaults),
 // the baselines operators run today, re-implemented from their public
 // descriptions (baselines.cc names the source of every rule), and a
 // clairvoyant oracle.
@@ -30,6 +31,8 @@
 #include "absl/time/time.h"
 #include "broker/policy/allocator.h"
 #include "broker/policy/demand.h"
+#include "broker/policy/host_step.h"
+#include "membroker/v1/agent.pb.h"
 #include "membroker/v1/scenario.pb.h"
 #include "sim/sim_host.h"
 
@@ -55,7 +58,8 @@ const char* PolicyName(PolicyKind kind);
 struct VmView {
   size_t index = 0;  // index in SimHost::vms()
   std::string vm_id;
-  uint64_t max_bytes = 0;
+  uint64_t max_bytes = 0;  // effective max: min(configured, policy max)
+  uint64_t configured_max_bytes = 0;  // the VM's configured memory
   uint64_t min_bytes = 0;  // the operator's floor (policy min or default)
   uint32_t weight = 0;     // policy weight or default
   bool balloon_driver = true;
@@ -97,26 +101,17 @@ struct PolicyTraits {
   bool free_then_grow = false;    // grows only into memory already freed
 };
 
-// The broker's configuration in the simulator: broker/policy's defaults
-// with the settings that reclaim idle memory and keep targets still:
-// surplus_percent 0 (the host keeps what no VM needs, as free room any VM
-// can grow into at once), hysteresis_percent 5 (no chasing noise), a
-// protect margin capped at 32 MiB (large guests do not hold back memory
-// their neighbours need when the host is short), and needs before buffers.
-policy::PolicyParams SimBrokerPolicyParams();
-
-// The broker's demand estimator settings in the simulator (see above).
-policy::DemandParams SimBrokerDemandParams();
-
 // Tunables of a run. The free-then-grow ordering the simulator applies for
 // the broker stands for the agent's actuator, which is separate code.
 struct RunOptions {
   // Simulated time to run; zero: the scenario's duration.
   absl::Duration duration = absl::ZeroDuration();
-  // The broker's policy parameters (cluster policy of the scenario applied
-  // on top of these).
-  policy::PolicyParams broker_params = SimBrokerPolicyParams();
-  policy::DemandParams demand_params = SimBrokerDemandParams();
+  // Cluster policy fields (set fields only) merged over the broker's
+  // shipped defaults and the scenario's own cluster policy, in that order.
+  membroker::v1::ClusterPolicy broker_policy;
+  // Adjusts estimator or allocator settings that no cluster policy field
+  // carries (benchmark experiments only); may be empty.
+  std::function<void(policy::PolicySet&)> tune_broker;
   // Called after every tick for every VM (tracing); may be empty.
   std::function<void(double now_seconds, const SimVmState& vm)> observer;
 };
@@ -157,6 +152,20 @@ PolicyTraits TraitsOf(PolicyKind kind, absl::Duration interval);
 // Builds the controller of `kind` for one host.
 std::unique_ptr<HostController> MakeController(PolicyKind kind, const RunOptions& options,
                                                const membroker::v1::Scenario& scenario);
+
+// The complete cluster policy the broker runs in a scenario: the shipped
+// defaults, then the scenario's cluster policy, then `options.broker_policy`.
+membroker::v1::ClusterPolicy BrokerClusterPolicy(const membroker::v1::Scenario& scenario,
+                                                 const RunOptions& options);
+
+// Everything the broker's decision reads in a scenario (the cluster policy
+// above and the scenario's per-VM policies), as the broker builds it.
+policy::PolicySet BrokerPolicySet(const membroker::v1::Scenario& scenario,
+                                  const RunOptions& options);
+
+// The report an agent sends for `view` (a guest without a balloon driver
+// sends no statistics and NO_DRIVER health).
+membroker::v1::HostReport ReportOf(const HostView& view, uint64_t sequence);
 
 // Runs an expanded, valid scenario under `kind`. INVALID_ARGUMENT when the
 // scenario does not validate. Deterministic: the same inputs give the same

@@ -76,6 +76,15 @@ const char* ReasonName(Reason reason) {
   return "unspecified";
 }
 
+const char* RegimeName(Regime regime) {
+  switch (regime) {
+    case Regime::kFits: return "fits";
+    case Regime::kShared: return "shared";
+    case Regime::kOvercommitted: return "overcommitted";
+  }
+  return "fits";
+}
+
 uint64_t HysteresisBand(uint64_t previous_target_bytes, const PolicyParams& params) {
   return std::max<uint64_t>(
       params.hysteresis_bytes,
@@ -112,7 +121,9 @@ HostDecision DecideHost(const HostInput& input, const PolicyParams& params) {
   }
 
   const uint64_t usable = SatSub(input.capacity_bytes, params.host_free_margin_bytes);
+  out.usable_bytes = usable;
   if (out.desired_bytes <= usable) {
+    out.regime = Regime::kFits;
     // Step 3: everyone gets desired; the rest goes back by weight up to max.
     std::vector<uint64_t> room(n);
     for (size_t i = 0; i < n; ++i) room[i] = input.vms[i].max_bytes - out.vms[i].desired_bytes;
@@ -126,6 +137,7 @@ HostDecision DecideHost(const HostInput& input, const PolicyParams& params) {
       d.reason = extra[i] > 0 ? Reason::kSurplus : Reason::kDemand;
     }
   } else if (out.floor_bytes <= usable) {
+    out.regime = Regime::kShared;
     // Step 4: share what is above the floors by weighted water-filling;
     // with needs_before_buffers, first up to each VM's demand, then what is
     // left up to its desired size (buffers are shared only once every VM
@@ -164,6 +176,7 @@ HostDecision DecideHost(const HostInput& input, const PolicyParams& params) {
     }
   } else {
     // Step 5: even the floors do not fit.
+    out.regime = Regime::kOvercommitted;
     out.overcommitted = true;
     for (VmDecision& d : out.vms) {
       d.share_bytes = d.floor_bytes;
@@ -193,19 +206,24 @@ HostDecision DecideHost(const HostInput& input, const PolicyParams& params) {
     const uint64_t prev_c = Clamp(prev, d.floor_bytes, vm.max_bytes);
     const bool to_bound = d.share_bytes == d.floor_bytes || d.share_bytes == vm.max_bytes;
     const uint64_t band = HysteresisBand(prev_c, params);
+    d.previous_target_bytes = prev_c;
+    d.hysteresis_band_bytes = band;
     if (d.share_bytes > prev_c) {
       if (d.share_bytes - prev_c < band && !to_bound) {
         d.target_bytes = prev_c;
         d.reason = Reason::kHysteresis;
+        d.smoothing = Smoothing::kHysteresis;
       }
     } else if (d.share_bytes < prev_c) {
       const uint64_t drop = prev_c - d.share_bytes;
       if (drop < band && !to_bound) {
         d.target_bytes = prev_c;
         d.reason = Reason::kHysteresis;
+        d.smoothing = Smoothing::kHysteresis;
       } else if (drop > params.reclaim_step_bytes) {
         d.target_bytes = prev_c - params.reclaim_step_bytes;
         d.reason = Reason::kStepLimit;
+        d.smoothing = Smoothing::kStepLimit;
       }
     } else {
       d.target_bytes = prev_c;
@@ -239,7 +257,10 @@ HostDecision DecideHost(const HostInput& input, const PolicyParams& params) {
         const uint64_t cut = std::min(d.target_bytes - lo, sum - usable);
         d.target_bytes -= cut;
         sum -= cut;
-        if (cut > 0) d.reason = Reason::kStepLimit;
+        if (cut > 0) {
+          d.reason = Reason::kStepLimit;
+          d.smoothing = Smoothing::kGrowthCut;
+        }
       }
     }
     if (sum > input.capacity_bytes) {

@@ -52,7 +52,28 @@ enum class Reason {
 // Returns "demand", "floor", ... for logs and explanations.
 const char* ReasonName(Reason reason);
 
-// Cluster-wide tunables (a validated membroker.v1.ClusterPolicy).
+// Which of steps 3-5 shared the host's memory (the allocator's own record,
+// so an explanation never re-derives it).
+enum class Regime {
+  kFits = 0,           // step 3: every desired size fits; surplus shared
+  kShared = 1,         // step 4: memory above the floors shared by weight
+  kOvercommitted = 2,  // step 5: even the floors do not fit
+};
+
+// Returns "fits", "shared", "overcommitted".
+const char* RegimeName(Regime regime);
+
+// What step 6 did to a VM's share.
+enum class Smoothing {
+  kNone = 0,        // target = share (also: first decision)
+  kHysteresis = 1,  // change inside the band: target stays at the previous one
+  kStepLimit = 2,   // reclaim limited to reclaim_step per decision
+  kGrowthCut = 3,   // growth cut to what held-back reclaims leave room for
+};
+
+// Cluster-wide tunables (a validated membroker.v1.ClusterPolicy). These
+// initializers are the shipped defaults, defined once: the broker's
+// DefaultClusterPolicy() and the simulator read them from here.
 struct PolicyParams {
   double buffer_percent = 20.0;
   uint64_t host_free_margin_bytes = uint64_t{128} << 20;
@@ -61,14 +82,13 @@ struct PolicyParams {
   double idle_tax_percent = 75.0;
   uint64_t default_min_bytes = uint64_t{256} << 20;
   uint32_t default_weight = 100;
-  double protect_margin_percent = 10.0;
   // Share of the step-3 surplus handed back to VMs, 0..100. 100 gives all
   // of it by weight up to max; 0 keeps it in the host's free pool, where it
   // is reclaimed memory and room for any VM to grow into at once.
   double surplus_percent = 100.0;
   // Relative hysteresis: a change is ignored when it is smaller than
   // max(hysteresis_bytes, hysteresis_percent of the previous target).
-  double hysteresis_percent = 0.0;
+  double hysteresis_percent = 5.0;
   // Step 4 shares memory up to every VM's demand before any buffer.
   bool needs_before_buffers = true;
 };
@@ -104,12 +124,17 @@ struct VmDecision {
   uint64_t target_bytes = 0;  // after smoothing
   double effective_weight = 0;
   Reason reason = Reason::kUnspecified;
+  Smoothing smoothing = Smoothing::kNone;
+  uint64_t previous_target_bytes = 0;  // what step 6 smoothed against (0: none)
+  uint64_t hysteresis_band_bytes = 0;  // the band step 6 applied
 };
 
 // One host's decision. `vms` is in the order of HostInput::vms.
 struct HostDecision {
   std::vector<VmDecision> vms;
-  bool overcommitted = false;
+  bool overcommitted = false;  // regime == kOvercommitted
+  Regime regime = Regime::kFits;
+  uint64_t usable_bytes = 0;   // capacity - free margin
   uint64_t floor_bytes = 0;    // sum of floors
   uint64_t desired_bytes = 0;  // sum of desired
   uint64_t target_bytes = 0;   // sum of targets

@@ -27,7 +27,7 @@
 
 namespace membroker::policy {
 
-// Tunables of the estimator.
+// Tunables of the estimator; the initializers are the shipped defaults.
 struct DemandParams {
   double decay_half_life_seconds = 30.0;
   double protect_margin_percent = 10.0;
@@ -38,7 +38,7 @@ struct DemandParams {
   double pressure_memory_seconds = 0;
   // Caps the protect margin in bytes (0: no cap), so a large guest's floor
   // does not hold back memory its neighbours need.
-  uint64_t protect_margin_max_bytes = 0;
+  uint64_t protect_margin_max_bytes = uint64_t{32} << 20;
   // Extra demand per pressure event, on top of the swapped-in bytes.
   uint64_t pressure_step_bytes = uint64_t{128} << 20;
   // Swap-in below this rate (bytes/s) is noise, not pressure.

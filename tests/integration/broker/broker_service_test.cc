@@ -508,6 +508,70 @@ TEST_F(BrokerServiceTest, HealthCheckingServes) {
   EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // status: SERVING
 }
 
+TEST_F(BrokerServiceTest, WatchDecisionsStreamsEachNewGenerationOfTheWatchedHost) {
+  // One watcher of every host, one of h2 only.
+  grpc::ClientContext all_ctx, h2_ctx;
+  all_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  h2_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::WatchDecisionsRequest all_req, h2_req;
+  h2_req.set_host_id("h2");
+  auto all = admin_->WatchDecisions(&all_ctx, all_req);
+  auto h2_only = admin_->WatchDecisions(&h2_ctx, h2_req);
+  // A decision made before a watch is registered is not sent to it: wait
+  // (bounded) until the broker holds both.
+  for (int i = 0; i < 500 && broker_->fleet().WatcherCount() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(broker_->fleet().WatcherCount(), 2u);
+
+  Stream s1 = Open();
+  ASSERT_TRUE(s1.rw->Write(Hello("h1", 8 * kGiB)));
+  v1::BrokerMessage m;
+  ASSERT_TRUE(s1.rw->Read(&m));
+  ASSERT_TRUE(s1.rw->Write(Report(1, {Vm("vm-a", "a", 4 * kGiB, 4 * kGiB, 1 * kGiB)})));
+  ASSERT_TRUE(s1.rw->Read(&m));
+  ASSERT_TRUE(m.has_targets());
+
+  v1::Decision d;
+  ASSERT_TRUE(all->Read(&d));
+  EXPECT_EQ(d.host_id(), "h1");
+  EXPECT_EQ(d.generation(), m.targets().generation());
+  ASSERT_EQ(d.targets_size(), 1);
+  EXPECT_EQ(d.targets(0).vm_id(), "vm-a");
+  EXPECT_EQ(d.targets(0).target_bytes(), m.targets().targets(0).target_bytes());
+  EXPECT_TRUE(d.has_decided_at());
+
+  Stream s2 = Open();
+  ASSERT_TRUE(s2.rw->Write(Hello("h2", 8 * kGiB)));
+  ASSERT_TRUE(s2.rw->Read(&m));
+  ASSERT_TRUE(s2.rw->Write(Report(1, {Vm("vm-b", "b", 2 * kGiB, 2 * kGiB, 1 * kGiB)})));
+  ASSERT_TRUE(s2.rw->Read(&m));
+  // The filtered watcher's first decision is h2's: h1's was not sent to it.
+  ASSERT_TRUE(h2_only->Read(&d));
+  EXPECT_EQ(d.host_id(), "h2");
+  EXPECT_EQ(d.targets(0).vm_id(), "vm-b");
+  ASSERT_TRUE(all->Read(&d));
+  EXPECT_EQ(d.host_id(), "h2");
+
+  // Cancelling a watcher ends its stream; the broker forgets it.
+  all_ctx.TryCancel();
+  while (all->Read(&d)) {
+  }
+  EXPECT_EQ(all->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  h2_ctx.TryCancel();
+  while (h2_only->Read(&d)) {
+  }
+  h2_only->Finish();
+  for (int i = 0; i < 500 && broker_->fleet().WatcherCount() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(broker_->fleet().WatcherCount(), 0u);
+  s1.rw->WritesDone();
+  s2.rw->WritesDone();
+  s1.rw->Finish();
+  s2.rw->Finish();
+}
+
 TEST(BrokerOptionsTest, BadOptionsNameTheFlag) {
   BrokerOptions o;
   o.state_dir = "/tmp/x";

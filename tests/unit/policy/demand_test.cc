@@ -20,8 +20,9 @@ GuestObservation Obs(uint64_t total, uint64_t available, double elapsed = 1.0) {
 }
 
 TEST(DemandTest, FirstValidSampleSetsUsedAndProtect) {
-  // used = 4 - 3 = 1 GiB; protect = 1 GiB * 1.10.
+  // used = 4 - 3 = 1 GiB; protect = 1 GiB * 1.10 (margin not capped).
   DemandParams p;
+  p.protect_margin_max_bytes = 0;
   DemandState s;
   UpdateDemand(Obs(4 * kGiB, 3 * kGiB), p, s);
   EXPECT_EQ(s.used_bytes, kGiB);

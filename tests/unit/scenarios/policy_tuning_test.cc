@@ -123,8 +123,10 @@ GuestObservation Obs(uint64_t total, uint64_t available) {
 }
 
 TEST(PolicyTuningTest, ProtectMarginCap) {
-  // used 8 GiB: 10 % margin is 819.2 MiB; capped at 32 MiB.
+  // used 8 GiB: 10 % margin is 819.2 MiB; capped at 32 MiB (the shipped
+  // cap), uncapped with 0.
   DemandParams p;
+  p.protect_margin_max_bytes = 0;
   DemandState s;
   UpdateDemand(Obs(12 * kGiB, 4 * kGiB), p, s);
   EXPECT_NEAR(static_cast<double>(s.protect_bytes), 8.8 * kGiB, 1.0);

@@ -1,0 +1,104 @@
+#include "broker/policy/explain.h"
+
+#include <cstdio>
+
+#include "common/units.h"
+
+namespace membroker::policy {
+namespace {
+
+std::string B(uint64_t bytes) { return FormatBytes(bytes); }
+
+std::string Fmt(const char* fmt, double a) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), fmt, a);
+  return buf;
+}
+
+}  // namespace
+
+std::vector<std::string> ExplainSteps(const std::string& host_id, const HostStepState& host,
+                                      const VmStepState& vm, const StatsNote& stats) {
+  const VmInput& in = vm.input;
+  const VmDecision& d = vm.decision;
+  const PolicyParams& p = host.params;
+  const HostDecision& hd = host.decision;
+  std::vector<std::string> steps;
+  if (!stats.trusted) {
+    steps.push_back("0. guest statistics not used: " + stats.untrusted_reason +
+                    "; demand kept at " + B(in.demand_bytes));
+  } else {
+    steps.push_back("0. guest used = total " + B(stats.total_bytes) + " - available " +
+                    B(stats.available_bytes) + " = " + B(vm.demand.used_bytes) +
+                    "; demand estimate " + B(in.demand_bytes) +
+                    (vm.demand.pressure ? " (raised: guest is swapping)" : ""));
+  }
+  if (in.pinned) {
+    steps.push_back("1. pinned by policy: floor = max = " + B(d.floor_bytes));
+  } else if (!in.balloon_healthy) {
+    steps.push_back("1. balloon unhealthy (" + stats.health + "): floor = current size " +
+                    B(d.floor_bytes) + ", nothing is reclaimed");
+  } else {
+    steps.push_back("1. floor = clamp(max(min " + B(in.min_bytes) + ", protect " +
+                    B(in.protect_bytes) + "), 0, max " + B(in.max_bytes) + ") = " +
+                    B(d.floor_bytes));
+  }
+  steps.push_back("2. desired = clamp(demand " + B(in.demand_bytes) + " x (1 + " +
+                  Fmt("%.0f", p.buffer_percent) + "%), floor, max) = " + B(d.desired_bytes));
+  const std::string host_line = "host " + host_id + ": capacity " + B(host.capacity_bytes) +
+                                " - free margin " + B(p.host_free_margin_bytes) + " = " +
+                                B(hd.usable_bytes) + "; sum of desired " + B(hd.desired_bytes) +
+                                ", sum of floors " + B(hd.floor_bytes);
+  switch (hd.regime) {
+    case Regime::kOvercommitted:
+      steps.push_back("3. " + host_line +
+                      ": even the floors do not fit; host overcommitted, every VM kept at its "
+                      "floor");
+      break;
+    case Regime::kFits:
+      steps.push_back("3. " + host_line + ": everything fits; share = desired " +
+                      B(d.desired_bytes) + " + surplus by weight (" +
+                      Fmt("%.0f", p.surplus_percent) + "% of what is left) = " +
+                      B(d.share_bytes));
+      break;
+    case Regime::kShared:
+      steps.push_back("3. " + host_line + ": memory is short; " +
+                      B(hd.usable_bytes - hd.floor_bytes) +
+                      " above the floors shared by weight (weight " + std::to_string(in.weight) +
+                      ", after idle tax " + Fmt("%.0f", p.idle_tax_percent) +
+                      "%: " + Fmt("%.1f", d.effective_weight) +
+                      "), needs before buffers -> share " + B(d.share_bytes));
+      break;
+  }
+  std::string smooth;
+  switch (d.smoothing) {
+    case Smoothing::kNone:
+      smooth = d.previous_target_bytes == 0 && !vm.decided
+                   ? "first decision: target = share = " + B(d.target_bytes)
+                   : "target = share = " + B(d.target_bytes);
+      if (d.target_bytes != d.share_bytes) {
+        smooth = "target " + B(d.target_bytes) + " (share " + B(d.share_bytes) +
+                 ", held within capacity)";
+      }
+      break;
+    case Smoothing::kHysteresis:
+      smooth = "change from previous " + B(d.previous_target_bytes) +
+               " inside the hysteresis band " + B(d.hysteresis_band_bytes) + " (max of " +
+               B(p.hysteresis_bytes) + " and " + Fmt("%.0f", p.hysteresis_percent) +
+               "% of the previous target): target stays " + B(d.target_bytes);
+      break;
+    case Smoothing::kStepLimit:
+      smooth = "previous target " + B(d.previous_target_bytes) + "; reclaim limited to a step of " +
+               B(p.reclaim_step_bytes) + " per decision: target " + B(d.target_bytes);
+      break;
+    case Smoothing::kGrowthCut:
+      smooth = "previous target " + B(d.previous_target_bytes) +
+               "; growth waits for memory other VMs still give back in steps: target " +
+               B(d.target_bytes);
+      break;
+  }
+  steps.push_back("4. " + smooth + " (reason: " + ReasonName(d.reason) + ")");
+  return steps;
+}
+
+}  // namespace membroker::policy

@@ -1,0 +1,85 @@
+#include "broker/policy/host_step.h"
+
+#include <algorithm>
+#include <set>
+
+namespace membroker::policy {
+
+ObserveResult ObserveHost(const HostObservation& obs, const DemandParams& demand,
+                          HostStepState& state) {
+  ObserveResult result;
+  if (obs.capacity_bytes != 0) state.capacity_bytes = obs.capacity_bytes;
+  std::set<std::string> present;
+  for (const VmObservation& o : obs.vms) {
+    present.insert(o.vm_id);
+    auto [it, inserted] = state.vms.try_emplace(o.vm_id);
+    VmStepState& vm = it->second;
+    if (inserted) result.added.push_back(o.vm_id);
+    GuestObservation g = o.guest;
+    g.actual_bytes = o.actual_bytes;
+    g.max_bytes = o.max_bytes;
+    g.elapsed_seconds = inserted ? 0.0 : std::max(0.0, obs.now_seconds - vm.observed_seconds);
+    UpdateDemand(g, demand, vm.demand);
+    vm.observed_seconds = obs.now_seconds;
+    vm.max_bytes = o.max_bytes;
+    vm.actual_bytes = o.actual_bytes;
+    vm.balloon_healthy = o.balloon_healthy;
+  }
+  for (auto it = state.vms.begin(); it != state.vms.end();) {
+    if (present.count(it->first) == 0) {
+      result.removed.push_back(it->first);
+      it = state.vms.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return result;
+}
+
+VmInput BuildVmInput(const std::string& vm_id, const VmStepState& vm, const PolicySet& policies) {
+  const PolicyParams& p = policies.params;
+  auto pit = policies.vms.find(vm_id);
+  const VmPolicySpec* spec = pit == policies.vms.end() ? nullptr : &pit->second;
+  VmInput in;
+  in.vm_id = vm_id;
+  in.max_bytes = vm.max_bytes;
+  if (spec && spec->max_bytes) in.max_bytes = std::min(in.max_bytes, *spec->max_bytes);
+  in.min_bytes = spec && spec->min_bytes ? *spec->min_bytes : p.default_min_bytes;
+  in.weight = spec && spec->weight ? *spec->weight : p.default_weight;
+  in.pinned = spec && spec->pinned;
+  in.balloon_healthy = vm.balloon_healthy;
+  in.actual_bytes = vm.actual_bytes;
+  // Without a decision of its own yet (new VM, reconnected agent, restarted
+  // broker) the VM's current size is the baseline, so memory is still taken
+  // back in steps.
+  in.previous_target_bytes = vm.decided ? vm.decision.target_bytes : vm.actual_bytes;
+  SetDemandInputs(vm.demand, in);
+  return in;
+}
+
+bool DecideStep(const PolicySet& policies, HostStepState& state) {
+  HostInput input;
+  input.capacity_bytes = state.capacity_bytes;
+  input.vms.reserve(state.vms.size());
+  for (const auto& [id, vm] : state.vms) input.vms.push_back(BuildVmInput(id, vm, policies));
+  HostDecision decision = DecideHost(input, policies.params);
+  bool changed = false;
+  size_t i = 0;
+  for (auto& [id, vm] : state.vms) {
+    const VmDecision& d = decision.vms[i];
+    if (!vm.decided || vm.decision.target_bytes != d.target_bytes) changed = true;
+    vm.input = std::move(input.vms[i]);
+    vm.decision = d;
+    vm.decided = true;
+    ++i;
+  }
+  state.decision = std::move(decision);
+  state.params = policies.params;
+  return changed;
+}
+
+void ForgetDecisions(HostStepState& state) {
+  for (auto& [id, vm] : state.vms) vm.decided = false;
+}
+
+}  // namespace membroker::policy

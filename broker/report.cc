@@ -1,0 +1,143 @@
+#include "broker/report.h"
+
+#include <cctype>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "common/units.h"
+
+namespace membroker::broker {
+namespace {
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+constexpr uint64_t kMaxBytes = uint64_t{1} << 50;
+constexpr int kMaxVmsPerHost = 10000;
+// Guest statistics may report a little more than the balloon's size.
+constexpr uint64_t kStatsSlackBytes = 64 * kMiB;
+
+absl::Status ValidateId(absl::string_view field, absl::string_view id) {
+  if (id.empty() || id.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": must be 1..128 characters"));
+  }
+  for (char c : id) {
+    if (!std::isprint(static_cast<unsigned char>(c)) || c == ' ') {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": must be printable ASCII without spaces"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool BalloonHealthy(v1::BalloonHealth h) {
+  return h != v1::BALLOON_HEALTH_STUCK && h != v1::BALLOON_HEALTH_NO_DRIVER;
+}
+
+std::string StatsProblem(const v1::VmSample& s, absl::Duration interval) {
+  const v1::GuestStats& g = s.stats();
+  if (g.untrusted()) return g.untrusted_reason().empty() ? "flagged by agent" : g.untrusted_reason();
+  if (!g.has_total_bytes() || !g.has_available_bytes()) return "total or available missing";
+  if (g.total_bytes() == 0) return "total is 0";
+  if (g.available_bytes() > g.total_bytes()) return "available above total";
+  if (g.total_bytes() > s.max_bytes() + kStatsSlackBytes) return "total above the VM's max";
+  if (g.has_age_seconds() && (g.age_seconds() < 0 || g.age_seconds() > 10 * absl::ToDoubleSeconds(interval))) {
+    return "stale";
+  }
+  return "";
+}
+
+absl::Status ValidateHello(const v1::Hello& hello) {
+  absl::Status id = ValidateHostId(hello.host_id());
+  if (!id.ok()) return absl::InvalidArgumentError(absl::StrCat("hello.", id.message()));
+  if (hello.capacity_bytes() == 0 || hello.capacity_bytes() > kMaxBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hello.capacity_bytes: must be in 1..", kMaxBytes));
+  }
+  if (hello.host_total_bytes() != 0 && hello.capacity_bytes() > hello.host_total_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hello.capacity_bytes (", hello.capacity_bytes(), ") is above hello.host_total_bytes (",
+        hello.host_total_bytes(), ")"));
+  }
+  if (hello.backend().size() > 64 || hello.agent_version().size() > 128) {
+    return absl::InvalidArgumentError("hello.backend or hello.agent_version: too long");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateReport(const v1::HostReport& report) {
+  if (report.sequence() == 0) {
+    return absl::InvalidArgumentError("report.sequence: must be > 0");
+  }
+  if (report.vms_size() > kMaxVmsPerHost) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("report.vms: at most ", kMaxVmsPerHost, " VMs per host"));
+  }
+  if (report.capacity_bytes() > kMaxBytes) {
+    return absl::InvalidArgumentError("report.capacity_bytes: out of range");
+  }
+  std::set<std::string> seen;
+  for (int i = 0; i < report.vms_size(); ++i) {
+    const v1::VmSample& vm = report.vms(i);
+    const std::string field = absl::StrCat("report.vms[", i, "]");
+    RETURN_IF_ERROR(ValidateId(field + ".vm_id", vm.vm_id()));
+    if (!seen.insert(vm.vm_id()).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".vm_id: duplicate id \"", vm.vm_id(), "\""));
+    }
+    if (vm.name().size() > 256) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".name: at most 256 characters"));
+    }
+    if (vm.max_bytes() == 0 || vm.max_bytes() > kMaxBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".max_bytes: must be in 1..", kMaxBytes));
+    }
+    if (vm.actual_bytes() > vm.max_bytes()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".actual_bytes (", vm.actual_bytes(),
+                                                     ") is above max_bytes (", vm.max_bytes(), ")"));
+    }
+    if (!v1::BalloonHealth_IsValid(vm.health())) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".health: unknown value"));
+    }
+  }
+  const v1::HostSample& h = report.host();
+  if (h.mem_available_bytes() > h.mem_total_bytes() && h.mem_total_bytes() != 0) {
+    return absl::InvalidArgumentError("report.host.mem_available_bytes: above mem_total_bytes");
+  }
+  for (double v : {h.psi_some_avg10_percent(), h.psi_full_avg10_percent()}) {
+    if (!(v >= 0 && v <= 100)) {
+      return absl::InvalidArgumentError("report.host.psi_*_avg10_percent: must be in 0..100");
+    }
+  }
+  return absl::OkStatus();
+}
+
+policy::HostObservation ToHostObservation(const v1::HostReport& report, double now_seconds,
+                                          absl::Duration interval,
+                                          std::vector<std::string>* problems) {
+  policy::HostObservation obs;
+  obs.now_seconds = now_seconds;
+  obs.capacity_bytes = report.capacity_bytes();
+  obs.vms.reserve(report.vms_size());
+  if (problems) problems->clear();
+  for (const v1::VmSample& s : report.vms()) {
+    policy::VmObservation o;
+    o.vm_id = s.vm_id();
+    o.max_bytes = s.max_bytes();
+    o.actual_bytes = s.actual_bytes();
+    o.balloon_healthy = BalloonHealthy(s.health());
+    const std::string problem = StatsProblem(s, interval);
+    const v1::GuestStats& g = s.stats();
+    o.guest.stats_valid = problem.empty();
+    o.guest.total_bytes = g.total_bytes();
+    o.guest.available_bytes = g.available_bytes();
+    o.guest.swap_in_bytes_total = g.swap_in_bytes_total();
+    o.guest.major_faults_total = g.major_faults_total();
+    o.guest.swap_out_bytes_total = g.swap_out_bytes_total();
+    obs.vms.push_back(std::move(o));
+    if (problems) problems->push_back(problem);
+  }
+  return obs;
+}
+
+}  // namespace membroker::broker
