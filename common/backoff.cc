@@ -43,8 +43,8 @@ absl::Duration Backoff::Next() {
   current_ = std::min(params_.max, current_ * params_.multiplier);
   if (failures_ < std::numeric_limits<int>::max()) ++failures_;
   if (params_.jitter == 0.0) return base;
-  const double factor = std::uniform_real_distribution<double>(1.0 - params_.jitter,
-                                                               1.0 + params_.jitter)(rng_);
+  const double factor =
+      std::uniform_real_distribution<double>(1.0 - params_.jitter, 1.0 + params_.jitter)(rng_);
   return base * factor;
 }
 

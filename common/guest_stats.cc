@@ -23,8 +23,8 @@ void CheckCounter(const char* name, bool had, uint64_t before, bool has, uint64_
 
 }  // namespace
 
-std::string GuestStatsProblem(const membroker::v1::VmSample& sample,
-                              absl::Duration report_interval, const GuestStats* previous) {
+std::string GuestStatsProblem(const membroker::v1::VmSample& sample, absl::Duration report_interval,
+                              const GuestStats* previous) {
   const GuestStats& g = sample.stats();
   // 1. The agent's verdict stands.
   if (g.untrusted()) {
@@ -36,9 +36,8 @@ std::string GuestStatsProblem(const membroker::v1::VmSample& sample,
     problems.push_back("stale: the guest never sent statistics");
   } else {
     const double age = g.age_seconds();
-    const double limit =
-        kStaleReportIntervals *
-        absl::ToDoubleSeconds(std::max(report_interval, kGuestStatsGranularity));
+    const double limit = kStaleReportIntervals *
+                         absl::ToDoubleSeconds(std::max(report_interval, kGuestStatsGranularity));
     if (std::isnan(age)) {
       problems.push_back("stale: age is not a number");
     } else if (age < 0) {
@@ -60,14 +59,12 @@ std::string GuestStatsProblem(const membroker::v1::VmSample& sample,
           absl::StrCat("available_bytes ", g.available_bytes(), " above total_bytes ", total));
     }
     if (g.has_free_bytes() && g.free_bytes() > total) {
-      problems.push_back(
-          absl::StrCat("free_bytes ", g.free_bytes(), " above total_bytes ", total));
+      problems.push_back(absl::StrCat("free_bytes ", g.free_bytes(), " above total_bytes ", total));
     }
     // 5. More memory than the VM was given.
     if (total > sample.max_bytes() && total - sample.max_bytes() > kGuestTotalSlackBytes) {
-      problems.push_back(
-          absl::StrCat("total_bytes ", total, " above the VM's max_bytes ", sample.max_bytes(),
-                       " (+64 MiB slack)"));
+      problems.push_back(absl::StrCat("total_bytes ", total, " above the VM's max_bytes ",
+                                      sample.max_bytes(), " (+64 MiB slack)"));
     }
   }
   // 6. Cumulative counters only grow.

@@ -44,8 +44,7 @@ inline constexpr absl::Duration kGuestStatsGranularity = absl::Seconds(1);
 // agent's report interval; `previous` (may be null) is the same VM's
 // statistics of the previous report, for the counter checks. Pure: no
 // clock reads, never fails.
-std::string GuestStatsProblem(const membroker::v1::VmSample& sample,
-                              absl::Duration report_interval,
+std::string GuestStatsProblem(const membroker::v1::VmSample& sample, absl::Duration report_interval,
                               const membroker::v1::GuestStats* previous = nullptr);
 
 }  // namespace membroker

@@ -190,9 +190,9 @@ absl::Status LibvirtHypervisor::EnsureConnected() {
   }
   absl::Time now = clock_->Now();
   if (!backoff_.Ready(now)) {
-    return absl::UnavailableError(absl::StrCat("libvirt ", options_.uri, " unreachable (",
-                                               last_error_, "); next attempt in ",
-                                               absl::FormatDuration(backoff_.next_attempt() - now)));
+    return absl::UnavailableError(
+        absl::StrCat("libvirt ", options_.uri, " unreachable (", last_error_, "); next attempt in ",
+                     absl::FormatDuration(backoff_.next_attempt() - now)));
   }
   conn_ = virConnectOpen(options_.uri.c_str());
   if (conn_ == nullptr) {

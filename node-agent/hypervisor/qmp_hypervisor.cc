@@ -455,8 +455,7 @@ absl::StatusOr<std::vector<VmStatus>> QmpHypervisor::ListVms() {
   for (const auto& [p, named] : present) {
     auto& slot = vms_[p];
     if (slot == nullptr) {
-      const uint64_t seed =
-          options_.backoff_seed == 0 ? 0 : Fnv1a64(p, options_.backoff_seed) | 1;
+      const uint64_t seed = options_.backoff_seed == 0 ? 0 : Fnv1a64(p, options_.backoff_seed) | 1;
       slot = std::make_unique<Vm>(p, params, seed);
       if (!named) spdlog::info("qmp {}: new socket", p);
     }
@@ -556,8 +555,7 @@ absl::Status QmpHypervisor::SetStatsPeriod(const std::string& vm_id, absl::Durat
 }
 
 absl::StatusOr<std::unique_ptr<Hypervisor>> MakeQmpHypervisor(
-    const std::vector<std::string>& sockets_or_globs, const std::string& socket_dir,
-    Clock* clock) {
+    const std::vector<std::string>& sockets_or_globs, const std::string& socket_dir, Clock* clock) {
   QmpHypervisorOptions options;
   options.sockets_or_globs = sockets_or_globs;
   options.socket_dir = socket_dir;

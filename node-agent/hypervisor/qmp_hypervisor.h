@@ -141,7 +141,6 @@ std::string QmpIdFromPath(const std::string& path);
 // Builds the QMP backend for the agent's --backend=qmp from --qmp-socket
 // entries and --qmp-socket-dir (may be empty). INVALID_ARGUMENT as Create.
 absl::StatusOr<std::unique_ptr<Hypervisor>> MakeQmpHypervisor(
-    const std::vector<std::string>& sockets_or_globs, const std::string& socket_dir,
-    Clock* clock);
+    const std::vector<std::string>& sockets_or_globs, const std::string& socket_dir, Clock* clock);
 
 }  // namespace membroker::agent
