@@ -1,11 +1,9 @@
 #include "node-agent/agent_options.h"
 
 #include <dirent.h>
-#include <glob.h>
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <set>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -37,8 +35,6 @@ absl::Status Prefix(const std::string& source, const absl::Status& status) {
   if (status.ok()) return status;
   return absl::Status(status.code(), absl::StrCat(source, ": ", status.message()));
 }
-
-bool HasGlobChars(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
 
 }  // namespace
 
@@ -77,39 +73,24 @@ std::vector<std::string> NormalizeCommandLine(const std::vector<std::string>& ar
   return out;
 }
 
-absl::StatusOr<std::vector<std::string>> ExpandQmpSockets(const std::vector<std::string>& sockets,
-                                                          const std::string& dir) {
-  std::set<std::string> out;
+absl::Status ValidateQmpSockets(const std::vector<std::string>& sockets, const std::string& dir) {
   for (const std::string& entry : sockets) {
     if (entry.empty()) return absl::InvalidArgumentError("--qmp-socket: empty path");
-    if (!HasGlobChars(entry)) {
-      out.insert(entry);
-      continue;
-    }
-    glob_t g{};
-    const int rc = glob(entry.c_str(), 0, nullptr, &g);
-    if (rc != 0) {
-      globfree(&g);
-      return absl::InvalidArgumentError(
-          absl::StrCat("--qmp-socket: pattern \"", entry, "\" matches nothing"));
-    }
-    for (size_t i = 0; i < g.gl_pathc; ++i) out.insert(g.gl_pathv[i]);
-    globfree(&g);
   }
   if (!dir.empty()) {
+    struct stat st {};
+    if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--qmp-socket-dir: \"", dir, "\" is not a directory"));
+    }
     DIR* d = opendir(dir.c_str());
     if (d == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("--qmp-socket-dir: cannot read directory \"", dir, "\""));
     }
-    while (struct dirent* e = readdir(d)) {
-      const std::string path = absl::StrCat(dir, "/", e->d_name);
-      struct stat st {};
-      if (stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) out.insert(path);
-    }
     closedir(d);
   }
-  return std::vector<std::string>(out.begin(), out.end());
+  return absl::OkStatus();
 }
 
 absl::StatusOr<uint64_t> ComputeCapacity(uint64_t host_total_bytes,
@@ -178,8 +159,10 @@ absl::StatusOr<AgentOptions> BuildAgentOptions(const AgentFlags& flags) {
   if (sockets.empty() && flags.qmp_socket_dir.empty()) {
     sockets.assign(config.qmp_sockets().begin(), config.qmp_sockets().end());
   }
-  ASSIGN_OR_RETURN(options.qmp_sockets, ExpandQmpSockets(sockets, flags.qmp_socket_dir));
-  if (options.backend == "qmp" && options.qmp_sockets.empty()) {
+  RETURN_IF_ERROR(ValidateQmpSockets(sockets, flags.qmp_socket_dir));
+  options.qmp_sockets = std::move(sockets);
+  options.qmp_socket_dir = flags.qmp_socket_dir;
+  if (options.backend == "qmp" && options.qmp_sockets.empty() && options.qmp_socket_dir.empty()) {
     return absl::InvalidArgumentError(
         "--backend=qmp needs --qmp-socket (comma-separated, globs allowed) or --qmp-socket-dir");
   }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "membroker/v1/config.pb.h"
@@ -46,8 +47,12 @@ struct AgentOptions {
   std::string host_id;
   std::string backend;
   std::string libvirt_uri = "qemu:///system";
-  // Expanded QMP socket paths (globs resolved, directory scanned), sorted.
+  // --qmp-socket entries as given (socket paths and glob patterns), and
+  // --qmp-socket-dir ("" for none). Not expanded here: the QMP backend
+  // rescans the globs and the directory on every listing, so VMs started
+  // after the agent are found and VMs that exit are dropped.
   std::vector<std::string> qmp_sockets;
+  std::string qmp_socket_dir;
   // Loaded from --sim-config (backend "sim").
   membroker::v1::SimConfig sim_config;
   std::optional<uint64_t> host_capacity_bytes;
@@ -71,11 +76,11 @@ absl::StatusOr<uint64_t> ComputeCapacity(uint64_t host_total_bytes,
                                          std::optional<uint64_t> capacity_bytes,
                                          std::optional<uint64_t> reserve_bytes);
 
-// Expands QMP socket arguments: entries with glob characters are globbed
-// (no match is an error), plain paths are kept; every socket in `dir` (if
-// not empty) is added. Sorted, without duplicates. INVALID_ARGUMENT naming
-// the flag for a glob without match or an unreadable directory.
-absl::StatusOr<std::vector<std::string>> ExpandQmpSockets(const std::vector<std::string>& sockets,
-                                                          const std::string& dir);
+// Checks QMP socket arguments: no entry may be empty, and `dir` (if not
+// empty) must be a directory that can be read now. A glob that matches
+// nothing yet and a socket path that does not exist yet are accepted: the
+// backend keeps looking (and logs a named socket it cannot reach).
+// INVALID_ARGUMENT naming the flag otherwise.
+absl::Status ValidateQmpSockets(const std::vector<std::string>& sockets, const std::string& dir);
 
 }  // namespace membroker::agent

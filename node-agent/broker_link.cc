@@ -12,21 +12,6 @@ namespace membroker::agent {
 using membroker::v1::AgentMessage;
 using membroker::v1::BrokerMessage;
 
-Backoff::Backoff(BackoffParams params, uint64_t seed)
-    : params_(params),
-      current_(params.initial),
-      rng_(seed != 0 ? seed : std::random_device{}()) {}
-
-absl::Duration Backoff::Next() {
-  const absl::Duration base = current_;
-  current_ = std::min(params_.max, current_ * params_.multiplier);
-  const double jitter = std::clamp(params_.jitter, 0.0, 1.0);
-  const double factor = std::uniform_real_distribution<double>(1.0 - jitter, 1.0 + jitter)(rng_);
-  return base * factor;
-}
-
-void Backoff::Reset() { current_ = params_.initial; }
-
 BrokerLink::BrokerLink(std::shared_ptr<grpc::Channel> channel, membroker::v1::Hello hello,
                        Callbacks callbacks, const Clock* clock, BackoffParams backoff)
     : stub_(membroker::v1::AgentService::NewStub(channel)),

@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <random>
 #include <string>
 #include <thread>
 
@@ -20,37 +19,11 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/backoff.h"
 #include "common/clock.h"
 #include "membroker/v1/agent.grpc.pb.h"
 
 namespace membroker::agent {
-
-// Reconnect timing.
-struct BackoffParams {
-  absl::Duration initial = absl::Milliseconds(100);
-  absl::Duration max = absl::Seconds(10);
-  double multiplier = 2.0;
-  // Each delay is scaled by a uniform factor in [1 - jitter, 1 + jitter].
-  double jitter = 0.2;
-  // A stream that was welcomed and lasted this long resets the backoff.
-  absl::Duration healthy_after = absl::Seconds(5);
-};
-
-// Exponential backoff with jitter. Thread-compatible.
-class Backoff {
- public:
-  // `seed` makes the jitter reproducible (0: seeded from the system).
-  explicit Backoff(BackoffParams params, uint64_t seed = 0);
-  // The delay before the next attempt; grows for the one after.
-  absl::Duration Next();
-  // Starts over at the initial delay.
-  void Reset();
-
- private:
-  BackoffParams params_;
-  absl::Duration current_;
-  std::mt19937_64 rng_;
-};
 
 // Streams to the broker. Thread-safe.
 class BrokerLink {

@@ -132,6 +132,7 @@ int main(int argc, char** argv) {
   backend.backend = options->backend;
   backend.libvirt_uri = options->libvirt_uri;
   backend.qmp_sockets = options->qmp_sockets;
+  backend.qmp_socket_dir = options->qmp_socket_dir;
   backend.sim_config = options->sim_config;
   backend.clock = clock;
   absl::StatusOr<std::unique_ptr<Hypervisor>> hypervisor = MakeHypervisor(backend);

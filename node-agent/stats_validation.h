@@ -1,22 +1,19 @@
 #pragma once
-// Guest statistics are untrusted input: a guest can be slow, rebooted, or
-// hostile. ValidateGuestStats decides whether the broker may use them.
+// The agent's side of guest-statistics trust: converts what a backend read
+// into the report's GuestStats and applies the shared rule,
+// membroker::GuestStatsProblem (common/guest_stats.h), the same function
+// the broker applies when the report arrives.
 
 #include <cstdint>
 #include <optional>
 #include <string>
 
 #include "absl/time/time.h"
+#include "common/guest_stats.h"
+#include "membroker/v1/types.pb.h"
 #include "node-agent/hypervisor/hypervisor.h"
 
 namespace membroker::agent {
-
-// Slack above the VM's max that a guest's reported total may have
-// (firmware and rounding differences).
-inline constexpr uint64_t kGuestTotalSlackBytes = uint64_t{64} << 20;
-
-// Statistics older than this many report intervals are stale.
-inline constexpr int kStaleReportIntervals = 3;
 
 // The verdict on one VM's statistics.
 struct StatsVerdict {
@@ -28,13 +25,14 @@ struct StatsVerdict {
   std::optional<absl::Duration> age;
 };
 
-// Checks `current` (with `previous`, the last statistics read for the same
-// VM, or null) for a VM of `max_bytes`. Untrusted when: last_update is
-// missing, older than kStaleReportIntervals * `report_interval`, or more
-// than one report interval in the future; available or free above total;
-// total above max_bytes + kGuestTotalSlackBytes; a cumulative counter
-// (swap in/out, major/minor faults, OOM kills) below its previous value.
-// Pure: no clock reads.
+// The report's form of `stats` read at `now`: every field the guest sent,
+// and age_seconds = now - last_update when it ever sent statistics (may be
+// negative: the rule treats that as untrusted). untrusted is left unset.
+membroker::v1::GuestStats ToProtoGuestStats(const GuestMemoryStats& stats, absl::Time now);
+
+// Applies membroker::GuestStatsProblem to `current` (with `previous`, the
+// last statistics read for the same VM, or null) for a VM of `max_bytes`
+// at `now`. Pure: no clock reads.
 StatsVerdict ValidateGuestStats(const GuestMemoryStats* previous, const GuestMemoryStats& current,
                                 uint64_t max_bytes, absl::Time now, absl::Duration report_interval);
 

@@ -35,12 +35,12 @@ absl::StatusOr<std::unique_ptr<Hypervisor>> MakeHypervisor(const BackendOptions&
 #endif
   }
   if (options.backend == "qmp") {
-    if (options.qmp_sockets.empty()) {
+    if (options.qmp_sockets.empty() && options.qmp_socket_dir.empty()) {
       return absl::InvalidArgumentError(
           "--backend=qmp needs at least one --qmp-socket or --qmp-socket-dir");
     }
 #ifdef MB_HAVE_REAL_BACKENDS
-    return MakeQmpHypervisor(options.qmp_sockets, options.clock);
+    return MakeQmpHypervisor(options.qmp_sockets, options.qmp_socket_dir, options.clock);
 #else
     return absl::UnimplementedError("--backend=qmp: this binary was built without the QMP backend");
 #endif

@@ -19,8 +19,11 @@ struct BackendOptions {
   std::string backend;
   // libvirt connection URI.
   std::string libvirt_uri = "qemu:///system";
-  // QMP socket paths, one per VM.
+  // QMP socket paths and glob patterns (--qmp-socket), one socket per VM.
   std::vector<std::string> qmp_sockets;
+  // A directory of QMP sockets (--qmp-socket-dir), rescanned by the
+  // backend; "" for none.
+  std::string qmp_socket_dir;
   // The simulated host (backend "sim").
   membroker::v1::SimConfig sim_config;
   // Time source; not owned, must outlive the backend. Never null.

@@ -129,8 +129,23 @@ GuestMemoryStats LibvirtGuestStats(const virDomainMemoryStatStruct* stats, int c
   return out;
 }
 
+namespace {
+
+membroker::BackoffParams LibvirtBackoffParams(const LibvirtHypervisorOptions& options) {
+  membroker::BackoffParams params;
+  params.initial = options.min_backoff;
+  params.max = options.max_backoff;
+  params.multiplier = 2.0;
+  params.jitter = options.backoff_jitter;
+  return params;
+}
+
+}  // namespace
+
 LibvirtHypervisor::LibvirtHypervisor(LibvirtHypervisorOptions options, Clock* clock)
-    : options_(std::move(options)), clock_(clock) {}
+    : options_(std::move(options)),
+      clock_(clock),
+      backoff_(LibvirtBackoffParams(options_), options_.backoff_seed) {}
 
 LibvirtHypervisor::~LibvirtHypervisor() { Disconnect(); }
 
@@ -142,6 +157,7 @@ absl::StatusOr<std::unique_ptr<LibvirtHypervisor>> LibvirtHypervisor::Create(
     return absl::InvalidArgumentError(
         "libvirt backoff: min_backoff must be positive and at most max_backoff");
   }
+  RETURN_IF_ERROR(ValidateBackoffParams(LibvirtBackoffParams(options), "libvirt backoff"));
   InstallSilentErrorHandler();
   return std::unique_ptr<LibvirtHypervisor>(new LibvirtHypervisor(std::move(options), clock));
 }
@@ -173,10 +189,10 @@ absl::Status LibvirtHypervisor::EnsureConnected() {
     Disconnect();
   }
   absl::Time now = clock_->Now();
-  if (now < next_attempt_) {
-    return absl::UnavailableError(absl::StrCat("libvirt ", options_.uri, " unreachable (",
-                                               last_error_, "); next attempt in ",
-                                               absl::FormatDuration(next_attempt_ - now)));
+  if (!backoff_.Ready(now)) {
+    return absl::UnavailableError(
+        absl::StrCat("libvirt ", options_.uri, " unreachable (", last_error_, "); next attempt in ",
+                     absl::FormatDuration(backoff_.next_attempt() - now)));
   }
   conn_ = virConnectOpen(options_.uri.c_str());
   if (conn_ == nullptr) {
@@ -184,11 +200,7 @@ absl::Status LibvirtHypervisor::EnsureConnected() {
     std::string message =
         err != nullptr && err->message != nullptr ? err->message : "unknown libvirt error";
     virResetLastError();
-    failures_ = std::min(failures_ + 1, 30);
-    absl::Duration wait = options_.min_backoff;
-    for (int i = 1; i < failures_ && wait < options_.max_backoff; ++i) wait *= 2;
-    wait = std::min(wait, options_.max_backoff);
-    next_attempt_ = now + wait;
+    const absl::Duration wait = backoff_.Fail(now);
     if (message != last_error_) {
       spdlog::warn("libvirt {}: cannot connect: {} (retrying in {})", options_.uri, message,
                    absl::FormatDuration(wait));
@@ -197,9 +209,8 @@ absl::Status LibvirtHypervisor::EnsureConnected() {
     return absl::UnavailableError(
         absl::StrCat("cannot connect to libvirt ", options_.uri, ": ", message));
   }
-  if (failures_ > 0) spdlog::info("libvirt {}: connected", options_.uri);
-  failures_ = 0;
-  next_attempt_ = absl::InfinitePast();
+  if (backoff_.failures() > 0) spdlog::info("libvirt {}: connected", options_.uri);
+  backoff_.Reset();
   last_error_.clear();
   known_.clear();  // a new connection: re-apply stats periods
   return absl::OkStatus();

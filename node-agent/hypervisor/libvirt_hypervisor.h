@@ -3,7 +3,8 @@
 //
 // Every ListVms:
 //   1. (re)connects when there is no live connection, at most once per
-//      backoff step (1 s doubling up to 30 s on the injected clock);
+//      backoff step (membroker::Backoff: 1 s doubling up to 30 s, +-20 %
+//      jitter, on the injected clock);
 //   2. lists the active domains (so domains that start, stop or migrate
 //      away are followed without events; a domain paused for an incoming or
 //      outgoing migration is left out);
@@ -27,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/backoff.h"
 #include "common/clock.h"
 #include "node-agent/hypervisor/hypervisor.h"
 
@@ -36,15 +38,21 @@ namespace membroker::agent {
 struct LibvirtHypervisorOptions {
   // The libvirt connection URI, e.g. qemu:///system or test:///default.
   std::string uri = "qemu:///system";
-  // Backoff between reconnection attempts.
+  // Backoff between reconnection attempts: the first wait, and the most a
+  // wait grows to (before jitter).
   absl::Duration min_backoff = absl::Seconds(1);
   absl::Duration max_backoff = absl::Seconds(30);
+  // Each wait is scaled by a uniform factor in [1 - jitter, 1 + jitter].
+  double backoff_jitter = 0.2;
+  // Seeds the jitter (0: from the system); tests pass a fixed one.
+  uint64_t backoff_seed = 0;
 };
 
 // Drives domains through libvirt. Thread-compatible (one caller at a time).
 class LibvirtHypervisor : public Hypervisor {
  public:
-  // Validates `options` (INVALID_ARGUMENT naming the field) and installs the
+  // Validates `options` (INVALID_ARGUMENT naming the field: min_backoff
+  // positive and at most max_backoff, jitter in [0, 1]) and installs the
   // silent error handler. Does not connect yet: ListVms does, so an agent
   // started before libvirtd keeps retrying.
   static absl::StatusOr<std::unique_ptr<LibvirtHypervisor>> Create(
@@ -90,8 +98,7 @@ class LibvirtHypervisor : public Hypervisor {
   LibvirtHypervisorOptions options_;
   Clock* clock_;
   virConnectPtr conn_ = nullptr;
-  int failures_ = 0;
-  absl::Time next_attempt_ = absl::InfinitePast();
+  membroker::Backoff backoff_;
   std::string last_error_;
   // The period last asked for with SetStatsPeriod, applied to new domains.
   std::optional<absl::Duration> stats_period_;

@@ -127,6 +127,9 @@ std::string QmpIdFromPath(const std::string& path) {
 
 // One QEMU process behind one socket.
 struct QmpHypervisor::Vm {
+  Vm(std::string socket_path, const membroker::BackoffParams& params, uint64_t seed)
+      : path(std::move(socket_path)), backoff(params, seed) {}
+
   std::string path;
   std::unique_ptr<QmpClient> client;
   // Identity, learned once per connection.
@@ -140,11 +143,23 @@ struct QmpHypervisor::Vm {
   // Stats period asked for this VM, and the one applied on this connection.
   std::optional<absl::Duration> wanted_period;
   std::optional<absl::Duration> applied_period;
-  // Backoff.
-  int failures = 0;
-  absl::Time next_attempt = absl::InfinitePast();
+  // Reconnection attempts.
+  membroker::Backoff backoff;
   std::string last_error;
 };
+
+namespace {
+
+membroker::BackoffParams QmpBackoffParams(const QmpHypervisorOptions& options) {
+  membroker::BackoffParams params;
+  params.initial = options.min_backoff;
+  params.max = options.max_backoff;
+  params.multiplier = 2.0;
+  params.jitter = options.backoff_jitter;
+  return params;
+}
+
+}  // namespace
 
 QmpHypervisor::QmpHypervisor(QmpHypervisorOptions options, Clock* clock)
     : options_(std::move(options)), clock_(clock) {}
@@ -154,8 +169,9 @@ QmpHypervisor::~QmpHypervisor() = default;
 absl::StatusOr<std::unique_ptr<QmpHypervisor>> QmpHypervisor::Create(QmpHypervisorOptions options,
                                                                       Clock* clock) {
   if (clock == nullptr) return absl::InvalidArgumentError("qmp backend needs a clock");
-  if (options.sockets_or_globs.empty()) {
-    return absl::InvalidArgumentError("--qmp-socket: at least one socket, directory or glob");
+  if (options.sockets_or_globs.empty() && options.socket_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "--qmp-socket or --qmp-socket-dir: at least one socket, directory or glob");
   }
   for (const std::string& entry : options.sockets_or_globs) {
     if (entry.empty()) return absl::InvalidArgumentError("--qmp-socket: empty entry");
@@ -164,6 +180,7 @@ absl::StatusOr<std::unique_ptr<QmpHypervisor>> QmpHypervisor::Create(QmpHypervis
     return absl::InvalidArgumentError(
         "qmp backoff: min_backoff must be positive and at most max_backoff");
   }
+  RETURN_IF_ERROR(ValidateBackoffParams(QmpBackoffParams(options), "qmp backoff"));
   if (options.client.max_message_bytes < 1024 ||
       options.client.io_timeout <= absl::ZeroDuration() ||
       options.client.max_events_per_reply < 1) {
@@ -174,42 +191,45 @@ absl::StatusOr<std::unique_ptr<QmpHypervisor>> QmpHypervisor::Create(QmpHypervis
   return std::unique_ptr<QmpHypervisor>(new QmpHypervisor(std::move(options), clock));
 }
 
-std::vector<std::string> QmpHypervisor::ScanSockets() const {
-  std::set<std::string> found;
+std::map<std::string, bool> QmpHypervisor::ScanSockets() const {
+  // Path -> named explicitly.
+  std::map<std::string, bool> found;
+  auto add_sockets_in = [&found](const std::string& dir) {
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return;
+    // Bounded: a directory has finitely many entries; cap it anyway.
+    for (int i = 0; i < 100000; ++i) {
+      dirent* de = ::readdir(d);
+      if (de == nullptr) break;
+      std::string p = absl::StrCat(dir, dir.back() == '/' ? "" : "/", de->d_name);
+      if (IsSocket(p)) found.emplace(p, false);
+    }
+    ::closedir(d);
+  };
   for (const std::string& entry : options_.sockets_or_globs) {
     if (IsGlob(entry)) {
       glob_t g{};
       if (::glob(entry.c_str(), 0, nullptr, &g) == 0) {
         for (size_t i = 0; i < g.gl_pathc; ++i) {
-          if (IsSocket(g.gl_pathv[i])) found.insert(g.gl_pathv[i]);
+          if (IsSocket(g.gl_pathv[i])) found.emplace(g.gl_pathv[i], false);
         }
       }
       ::globfree(&g);
     } else if (IsDirectory(entry)) {
-      DIR* dir = ::opendir(entry.c_str());
-      if (dir == nullptr) continue;
-      // Bounded: a directory has finitely many entries; cap it anyway.
-      for (int i = 0; i < 100000; ++i) {
-        dirent* de = ::readdir(dir);
-        if (de == nullptr) break;
-        std::string p = absl::StrCat(entry, entry.back() == '/' ? "" : "/", de->d_name);
-        if (IsSocket(p)) found.insert(p);
-      }
-      ::closedir(dir);
-    } else {
-      // A named socket is kept even while it is missing: it is retried.
-      found.insert(entry);
+      add_sockets_in(entry);
     }
   }
-  return {found.begin(), found.end()};
+  if (!options_.socket_dir.empty()) add_sockets_in(options_.socket_dir);
+  // A named socket is kept even while it is missing: it is retried, and
+  // its failures stay in the log.
+  for (const std::string& entry : options_.sockets_or_globs) {
+    if (!IsGlob(entry) && !IsDirectory(entry)) found[entry] = true;
+  }
+  return found;
 }
 
-void QmpHypervisor::Backoff(Vm& vm, const absl::Status& status) {
-  vm.failures = std::min(vm.failures + 1, 30);
-  absl::Duration wait = options_.min_backoff;
-  for (int i = 1; i < vm.failures && wait < options_.max_backoff; ++i) wait *= 2;
-  wait = std::min(wait, options_.max_backoff);
-  vm.next_attempt = clock_->Now() + wait;
+void QmpHypervisor::RecordFailure(Vm& vm, const absl::Status& status) {
+  const absl::Duration wait = vm.backoff.Fail(clock_->Now());
   std::string error(status.message());
   if (error != vm.last_error) {
     // Most errors already name the socket.
@@ -226,7 +246,7 @@ void QmpHypervisor::Backoff(Vm& vm, const absl::Status& status) {
 
 absl::Status QmpHypervisor::EnsureConnected(Vm& vm) {
   if (vm.client != nullptr && vm.client->connected() && vm.identified) return absl::OkStatus();
-  if (clock_->Now() < vm.next_attempt) {
+  if (!vm.backoff.Ready(clock_->Now())) {
     return absl::UnavailableError(absl::StrCat("qmp ", vm.path, ": waiting to retry (",
                                                vm.last_error, ")"));
   }
@@ -338,10 +358,10 @@ absl::Status QmpHypervisor::Identify(Vm& vm) {
   vm.max_bytes = max_bytes;
   vm.balloon_path = balloon;
   vm.identified = true;
-  if (vm.failures > 0 || !vm.last_error.empty()) {
+  if (vm.backoff.failures() > 0 || !vm.last_error.empty()) {
     spdlog::info("qmp {}: connected to VM {} ({})", vm.path, name, id);
   }
-  vm.failures = 0;
+  vm.backoff.Reset();
   vm.last_error.clear();
   return absl::OkStatus();
 }
@@ -411,21 +431,33 @@ absl::StatusOr<VmStatus> QmpHypervisor::ReadVm(Vm& vm) {
 }
 
 absl::StatusOr<std::vector<VmStatus>> QmpHypervisor::ListVms() {
-  std::vector<std::string> paths = ScanSockets();
-  std::set<std::string> present(paths.begin(), paths.end());
+  const std::map<std::string, bool> present = ScanSockets();
   for (auto it = vms_.begin(); it != vms_.end();) {
-    if (present.count(it->first) == 0) {
-      spdlog::info("qmp {}: socket gone, forgetting it", it->first);
+    Vm& vm = *it->second;
+    bool connected = vm.client != nullptr && vm.client->connected();
+    if (present.count(it->first) == 0 && connected) {
+      // The file is gone; is QEMU? A closed peer shows as end of file on a
+      // read that does not block.
+      if (!vm.client->PollEvents().ok()) {
+        vm.client->Close();
+        connected = false;
+      }
+    }
+    if (present.count(it->first) == 0 && !connected) {
+      spdlog::info("qmp {}: socket gone{}, forgetting it", it->first,
+                   vm.identified ? absl::StrCat(" (VM ", vm.name, ", ", vm.vm_id, ")") : "");
       it = vms_.erase(it);
     } else {
       ++it;
     }
   }
-  for (const std::string& p : paths) {
+  const membroker::BackoffParams params = QmpBackoffParams(options_);
+  for (const auto& [p, named] : present) {
     auto& slot = vms_[p];
     if (slot == nullptr) {
-      slot = std::make_unique<Vm>();
-      slot->path = p;
+      const uint64_t seed = options_.backoff_seed == 0 ? 0 : Fnv1a64(p, options_.backoff_seed) | 1;
+      slot = std::make_unique<Vm>(p, params, seed);
+      if (!named) spdlog::info("qmp {}: new socket", p);
     }
   }
 
@@ -434,7 +466,7 @@ absl::StatusOr<std::vector<VmStatus>> QmpHypervisor::ListVms() {
   for (auto& [path, vm] : vms_) {
     absl::Status connected = EnsureConnected(*vm);
     if (!connected.ok()) {
-      if (clock_->Now() >= vm->next_attempt) Backoff(*vm, connected);
+      if (vm->backoff.Ready(clock_->Now())) RecordFailure(*vm, connected);
       if (vm->client != nullptr) vm->client->Close();
       continue;
     }
@@ -443,7 +475,7 @@ absl::StatusOr<std::vector<VmStatus>> QmpHypervisor::ListVms() {
     }
     auto status = ReadVm(*vm);
     if (!status.ok()) {
-      Backoff(*vm, status.status());
+      RecordFailure(*vm, status.status());
       continue;
     }
     if (!seen_ids.insert(status->vm_id).second) {
@@ -484,7 +516,7 @@ absl::Status QmpHypervisor::SetBalloonTarget(const std::string& vm_id, uint64_t 
   auto reply = vm->client->Execute("balloon", &args);
   if (!reply.ok()) {
     if (IsConnectionError(reply.status())) {
-      Backoff(*vm, reply.status());
+      RecordFailure(*vm, reply.status());
     }
     return reply.status();
   }
@@ -512,7 +544,7 @@ absl::Status QmpHypervisor::SetStatsPeriod(const std::string& vm_id, absl::Durat
   auto reply = vm->client->Execute("qom-set", &args);
   if (!reply.ok()) {
     if (IsConnectionError(reply.status())) {
-      Backoff(*vm, reply.status());
+      RecordFailure(*vm, reply.status());
     }
     return reply.status();
   }
@@ -523,9 +555,10 @@ absl::Status QmpHypervisor::SetStatsPeriod(const std::string& vm_id, absl::Durat
 }
 
 absl::StatusOr<std::unique_ptr<Hypervisor>> MakeQmpHypervisor(
-    const std::vector<std::string>& sockets_or_globs, Clock* clock) {
+    const std::vector<std::string>& sockets_or_globs, const std::string& socket_dir, Clock* clock) {
   QmpHypervisorOptions options;
   options.sockets_or_globs = sockets_or_globs;
+  options.socket_dir = socket_dir;
   ASSIGN_OR_RETURN(std::unique_ptr<QmpHypervisor> qmp,
                    QmpHypervisor::Create(std::move(options), clock));
   return std::unique_ptr<Hypervisor>(std::move(qmp));

@@ -12,12 +12,22 @@
 //      /machine/peripheral-anon);
 //   2. every ListVms: query-balloon (actual) and qom-get guest-stats;
 //      BALLOON_CHANGE events seen meanwhile update actual too;
-//   3. a failed connection is retried with exponential backoff (1 s up to
-//      30 s, on the injected clock); a VM whose socket fails is left out of
-//      the list until it answers again.
-// Entries that are directories or glob patterns are rescanned on every
-// ListVms, so sockets of VMs that start later are picked up and sockets
-// that disappear are dropped.
+//   3. a failed connection is retried with the shared jittered exponential
+//      backoff (membroker::Backoff: 1 s doubling up to 30 s, +-20 %, on
+//      the injected clock); a VM whose socket fails is left out of the list
+//      until it answers again.
+// Where the sockets come from is rescanned on every ListVms (a rescan per
+// report interval is cheap: one readdir or glob, and it needs no inotify
+// descriptor, thread or event queue, and cannot miss an event):
+//   - an explicit socket path is always tried: while it is missing or
+//     refuses, each attempt fails, is logged (once per distinct error) and
+//     retried after the backoff, so an operator's typo stays visible;
+//   - every socket in `socket_dir`, and every socket a glob matches, is
+//     added when it appears (anything that is not a socket is ignored);
+//   - a VM whose socket disappeared from the directory or glob is dropped
+//     as soon as its connection is closed too (QEMU exited): it leaves the
+//     listing. While the connection is still open (the file was removed
+//     under a running QEMU) it stays.
 
 #include <cstdint>
 #include <map>
@@ -31,6 +41,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/backoff.h"
 #include "common/clock.h"
 #include "node-agent/hypervisor/hypervisor.h"
 #include "node-agent/hypervisor/qmp_client.h"
@@ -39,21 +50,31 @@ namespace membroker::agent {
 
 // Settings of the QMP backend.
 struct QmpHypervisorOptions {
-  // Socket paths, directories (every socket inside) or glob patterns.
+  // Socket paths, directories (every socket inside) or glob patterns
+  // (--qmp-socket).
   std::vector<std::string> sockets_or_globs;
+  // A directory whose sockets are QMP sockets, rescanned on every ListVms
+  // (--qmp-socket-dir); empty for none.
+  std::string socket_dir;
   // Limits of each QMP connection.
   QmpClientOptions client;
-  // Backoff between reconnection attempts of one socket.
+  // Backoff between reconnection attempts of one socket: the first wait,
+  // and the most a wait grows to (before jitter).
   absl::Duration min_backoff = absl::Seconds(1);
   absl::Duration max_backoff = absl::Seconds(30);
+  // Each wait is scaled by a uniform factor in [1 - jitter, 1 + jitter].
+  double backoff_jitter = 0.2;
+  // Seeds the jitter (0: from the system); tests pass a fixed one.
+  uint64_t backoff_seed = 0;
 };
 
 // Drives QEMU guests over QMP. Thread-compatible (one caller at a time).
 class QmpHypervisor : public Hypervisor {
  public:
-  // Validates `options` (at least one non-empty entry, sane backoff):
-  // INVALID_ARGUMENT naming the field otherwise. Does not connect yet: a
-  // socket that is not there is retried by ListVms.
+  // Validates `options` (at least one non-empty socket entry or a socket
+  // directory, sane backoff): INVALID_ARGUMENT naming the field otherwise.
+  // Does not connect or scan yet: ListVms does, so sockets that are not
+  // there yet are found later.
   static absl::StatusOr<std::unique_ptr<QmpHypervisor>> Create(QmpHypervisorOptions options,
                                                                Clock* clock);
   ~QmpHypervisor() override;
@@ -61,8 +82,9 @@ class QmpHypervisor : public Hypervisor {
   // "qmp".
   std::string backend() const override { return "qmp"; }
 
-  // Every VM whose socket answers. A socket that fails is logged, left out
-  // and retried after its backoff; the call itself does not fail.
+  // Rescans the directory and globs, then lists every VM whose socket
+  // answers. A socket that fails is logged, left out and retried after its
+  // backoff; the call itself does not fail.
   absl::StatusOr<std::vector<VmStatus>> ListVms() override;
 
   // Sends `balloon` with the value in bytes. NOT_FOUND for an unknown VM
@@ -80,8 +102,9 @@ class QmpHypervisor : public Hypervisor {
   struct Vm;
   QmpHypervisor(QmpHypervisorOptions options, Clock* clock);
 
-  // Finds the socket paths the configured entries name now.
-  std::vector<std::string> ScanSockets() const;
+  // Finds the socket paths the configured entries name now, each with
+  // whether it was named explicitly.
+  std::map<std::string, bool> ScanSockets() const;
   // Connects `vm` if needed and allowed by its backoff; learns identity.
   absl::Status EnsureConnected(Vm& vm);
   // Learns a freshly connected VM's id, name, max and balloon device.
@@ -89,7 +112,7 @@ class QmpHypervisor : public Hypervisor {
   // Reads one VM's status.
   absl::StatusOr<VmStatus> ReadVm(Vm& vm);
   // Records a failure of `vm` and schedules its next attempt.
-  void Backoff(Vm& vm, const absl::Status& status);
+  void RecordFailure(Vm& vm, const absl::Status& status);
   // The VM with `vm_id` among connected ones, or nullptr.
   Vm* FindVm(const std::string& vm_id);
 
@@ -115,8 +138,9 @@ std::optional<uint64_t> QmpUint(const google::protobuf::Struct& object, const st
 // A stable VM id derived from a socket path, formatted as a UUID.
 std::string QmpIdFromPath(const std::string& path);
 
-// Builds the QMP backend for the agent's --backend=qmp.
+// Builds the QMP backend for the agent's --backend=qmp from --qmp-socket
+// entries and --qmp-socket-dir (may be empty). INVALID_ARGUMENT as Create.
 absl::StatusOr<std::unique_ptr<Hypervisor>> MakeQmpHypervisor(
-    const std::vector<std::string>& sockets_or_globs, Clock* clock);
+    const std::vector<std::string>& sockets_or_globs, const std::string& socket_dir, Clock* clock);
 
 }  // namespace membroker::agent

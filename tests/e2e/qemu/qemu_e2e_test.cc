@@ -16,9 +16,7 @@
 //    the broker gives it memory back before it runs out (no OOM in its
 //    console).
 
-#include <netinet/in.h>
 #include <stdlib.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -28,6 +26,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_join.h"
 #include "common/clock.h"
 #include "gtest/gtest.h"
@@ -42,6 +41,7 @@ using agent::QmpClient;
 using agent::QmpHypervisor;
 using agent::QmpHypervisorOptions;
 using agent::VmStatus;
+using ::membroker::testing::WaitUntil;
 
 constexpr uint64_t kMiB = 1ULL << 20;
 
@@ -78,23 +78,6 @@ bool OnPath(const std::string& program) {
       GTEST_SKIP() << "skipped: " << (what) << " (set CI=true to make it fail)"; \
     }                                                                          \
   } while (0)
-
-// A free loopback TCP port (bound and released; the daemons need a number).
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = -1;
-  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  if (fd >= 0) ::close(fd);
-  return port;
-}
 
 // query-balloon actual through a QMP socket of the test's own (0 on error).
 uint64_t WatchActual(QmpClient& client, const std::string& socket) {
@@ -181,14 +164,14 @@ TEST_F(QemuE2eTest, QmpBackendDrivesRealBalloons) {
 
   // Both VMs, with the identity QEMU was started with.
   std::vector<VmStatus> vms;
-  absl::Time deadline = absl::Now() + absl::Seconds(60);
-  for (int i = 0; i < 600 && absl::Now() < deadline; ++i) {
-    auto listed = qmp.ListVms();
-    ASSERT_TRUE(listed.ok()) << listed.status();
-    vms = *listed;
-    if (vms.size() == 2) break;
-    absl::SleepFor(absl::Milliseconds(100));
-  }
+  WaitUntil(
+      [&] {
+        auto listed = qmp.ListVms();
+        EXPECT_TRUE(listed.ok()) << listed.status();
+        if (listed.ok()) vms = *listed;
+        return vms.size() == 2;
+      },
+      absl::Seconds(60), absl::Milliseconds(100));
   ASSERT_EQ(vms.size(), 2u);
   const VmStatus* va = vms[0].name == "mb-a" ? &vms[0] : &vms[1];
   const VmStatus* vb = vms[0].name == "mb-a" ? &vms[1] : &vms[0];
@@ -207,17 +190,18 @@ TEST_F(QemuE2eTest, QmpBackendDrivesRealBalloons) {
   ASSERT_TRUE(qmp.SetBalloonTarget(id_a, 256 * kMiB).ok());
   uint64_t actual_a = 0;
   uint64_t actual_b = 0;
-  deadline = absl::Now() + absl::Seconds(90);
-  for (int i = 0; i < 900 && absl::Now() < deadline; ++i) {
-    auto listed = qmp.ListVms();
-    ASSERT_TRUE(listed.ok());
-    for (const VmStatus& vm : *listed) {
-      if (vm.vm_id == id_a) actual_a = vm.actual_bytes;
-      if (vm.vm_id == id_b) actual_b = vm.actual_bytes;
-    }
-    if (actual_a <= 256 * kMiB) break;
-    absl::SleepFor(absl::Milliseconds(100));
-  }
+  WaitUntil(
+      [&] {
+        auto listed = qmp.ListVms();
+        EXPECT_TRUE(listed.ok()) << listed.status();
+        if (!listed.ok()) return false;
+        for (const VmStatus& vm : *listed) {
+          if (vm.vm_id == id_a) actual_a = vm.actual_bytes;
+          if (vm.vm_id == id_b) actual_b = vm.actual_bytes;
+        }
+        return actual_a != 0 && actual_a <= 256 * kMiB;
+      },
+      absl::Seconds(90), absl::Milliseconds(100));
   EXPECT_EQ(actual_a, 256 * kMiB);
   EXPECT_EQ(actual_b, 512 * kMiB);
   // The test's own monitor sees the same.
@@ -226,20 +210,19 @@ TEST_F(QemuE2eTest, QmpBackendDrivesRealBalloons) {
 
   // Guest statistics arrive (the driver polls every second now).
   agent::GuestMemoryStats stats;
-  deadline = absl::Now() + absl::Seconds(60);
-  for (int i = 0; i < 600 && absl::Now() < deadline; ++i) {
-    auto listed = qmp.ListVms();
-    ASSERT_TRUE(listed.ok());
-    for (const VmStatus& vm : *listed) {
-      if (vm.vm_id == id_a) stats = vm.stats;
-    }
-    // The first statistics may predate the inflation: wait for fresh ones.
-    if (stats.last_update.has_value() && stats.total_bytes.has_value() &&
-        *stats.total_bytes <= 256 * kMiB) {
-      break;
-    }
-    absl::SleepFor(absl::Milliseconds(200));
-  }
+  WaitUntil(
+      [&] {
+        auto listed = qmp.ListVms();
+        EXPECT_TRUE(listed.ok()) << listed.status();
+        if (!listed.ok()) return false;
+        for (const VmStatus& vm : *listed) {
+          if (vm.vm_id == id_a) stats = vm.stats;
+        }
+        // The first statistics may predate the inflation: wait for fresh ones.
+        return stats.last_update.has_value() && stats.total_bytes.has_value() &&
+               *stats.total_bytes <= 256 * kMiB;
+      },
+      absl::Seconds(60), absl::Milliseconds(200));
   ASSERT_TRUE(stats.last_update.has_value());
   ASSERT_TRUE(stats.total_bytes.has_value());
   ASSERT_TRUE(stats.available_bytes.has_value());
@@ -251,11 +234,8 @@ TEST_F(QemuE2eTest, QmpBackendDrivesRealBalloons) {
 
   // Deflate again.
   ASSERT_TRUE(qmp.SetBalloonTarget(id_a, 512 * kMiB).ok());
-  deadline = absl::Now() + absl::Seconds(90);
-  for (int i = 0; i < 900 && absl::Now() < deadline; ++i) {
-    if (WatchActual(watch, a->watch_socket()) == 512 * kMiB) break;
-    absl::SleepFor(absl::Milliseconds(100));
-  }
+  WaitUntil([&] { return WatchActual(watch, a->watch_socket()) == 512 * kMiB; },
+            absl::Seconds(90), absl::Milliseconds(100));
   EXPECT_EQ(WatchActual(watch, a->watch_socket()), 512 * kMiB);
   EXPECT_EQ(a->Console().find("Out of memory"), std::string::npos) << a->Console();
 }
@@ -277,10 +257,6 @@ TEST_F(QemuE2eTest, BrokerGivesMemoryBackBeforeOom) {
   WaitReady(load);
   if (HasFatalFailure()) return;
 
-  const int port = FreePort();
-  const int metrics_port = FreePort();
-  ASSERT_GT(port, 0);
-  ASSERT_GT(metrics_port, 0);
   ASSERT_EQ(::mkdir((dir_ + "/state").c_str(), 0755), 0);
   // These guests are small: the default floor (256 MiB) would keep half of
   // the host's 640 MiB on the idle guest, and the load guest needs ~400 MiB
@@ -290,18 +266,19 @@ TEST_F(QemuE2eTest, BrokerGivesMemoryBackBeforeOom) {
     config << "cluster_policy { default_min_bytes: " << 64 * kMiB
            << " host_free_margin_bytes: " << 64 * kMiB << " }\n";
   }
-  Process broker;
+  ChildProcess broker;
   ASSERT_TRUE(broker
-                  .Start({broker_bin, absl::StrCat("--listen=127.0.0.1:", port),
-                          absl::StrCat("--metrics-listen=127.0.0.1:", metrics_port),
+                  .Start({broker_bin, "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
                           "--state-dir=" + dir_ + "/state", "--config=" + dir_ + "/broker.textproto",
                           "--insecure"},
                          dir_ + "/broker.log")
                   .ok());
+  const absl::StatusOr<std::string> port = broker.WaitForLog("grpc port ([0-9]+)", absl::Seconds(30));
+  ASSERT_TRUE(port.ok()) << port.status();
   // The guests' total is 1 GiB; the host allows 640 MiB.
-  Process agent_process;
+  ChildProcess agent_process;
   ASSERT_TRUE(agent_process
-                  .Start({agent_bin, absl::StrCat("--broker=127.0.0.1:", port), "--host-id=h1",
+                  .Start({agent_bin, absl::StrCat("--broker=127.0.0.1:", *port), "--host-id=h1",
                           "--backend=qmp",
                           "--qmp-socket=" + idle->agent_socket() + "," + load->agent_socket(),
                           absl::StrCat("--host-capacity-bytes=", 640 * kMiB),
@@ -317,33 +294,33 @@ TEST_F(QemuE2eTest, BrokerGivesMemoryBackBeforeOom) {
   // Bounded: the load reaches its maximum ~80 s after boot; allow 4 min.
   const absl::Time started = absl::Now();
   std::string timeline;
-  absl::Time deadline = started + absl::Minutes(4);
-  for (int i = 0; i < 2400 && absl::Now() < deadline; ++i) {
-    uint64_t ai = WatchActual(watch_idle, idle->watch_socket());
-    uint64_t al = WatchActual(watch_load, load->watch_socket());
-    if (ai > 0) idle_min = std::min(idle_min, ai);
-    if (al > 0) load_min = std::min(load_min, al);
-    std::string console = load->Console();
-    if (i % 20 == 0) {  // every ~2 s: the balloons and the load's last line
-      size_t end = console.find_last_not_of("\r\n");
-      size_t begin = end == std::string::npos ? 0 : console.find_last_of('\n', end);
-      begin = begin == std::string::npos ? 0 : begin + 1;
-      absl::StrAppend(&timeline, absl::FormatDuration(absl::Now() - started), ": idle ",
-                      ai / kMiB, " MiB, load ", al / kMiB, " MiB | ",
-                      end == std::string::npos ? "" : console.substr(begin, end + 1 - begin),
-                      "\n");
-    }
-    if (console.find("Out of memory") != std::string::npos) break;
-    if (console.find("memload: reached") != std::string::npos) {
-      reached = true;
-      break;
-    }
-    if (!broker.Running() || !agent_process.Running()) break;
-    absl::SleepFor(absl::Milliseconds(100));
-  }
+  int polls = 0;
+  WaitUntil(
+      [&] {
+        uint64_t ai = WatchActual(watch_idle, idle->watch_socket());
+        uint64_t al = WatchActual(watch_load, load->watch_socket());
+        if (ai > 0) idle_min = std::min(idle_min, ai);
+        if (al > 0) load_min = std::min(load_min, al);
+        std::string console = load->Console();
+        if (polls++ % 20 == 0) {  // every ~2 s: the balloons and the load's last line
+          size_t end = console.find_last_not_of("\r\n");
+          size_t begin = end == std::string::npos ? 0 : console.find_last_of('\n', end);
+          begin = begin == std::string::npos ? 0 : begin + 1;
+          absl::StrAppend(&timeline, absl::FormatDuration(absl::Now() - started), ": idle ",
+                          ai / kMiB, " MiB, load ", al / kMiB, " MiB | ",
+                          end == std::string::npos ? "" : console.substr(begin, end + 1 - begin),
+                          "\n");
+        }
+        if (console.find("Out of memory") != std::string::npos) return true;
+        if (console.find("memload: reached") != std::string::npos) {
+          reached = true;
+          return true;
+        }
+        return !broker.Running() || !agent_process.Running();
+      },
+      absl::Minutes(4), absl::Milliseconds(100));
+  // The daemons' logs are printed by their ChildProcess when the test fails.
   const std::string logs = absl::StrCat("\n--- balloons (actual) over time:\n", timeline,
-                                        "\n--- broker log:\n", broker.Log(),
-                                        "\n--- agent log:\n", agent_process.Log(),
                                         "\n--- load console:\n", load->Console());
   EXPECT_TRUE(broker.Running()) << "membroker exited";
   EXPECT_TRUE(agent_process.Running()) << "membroker-agent exited";

@@ -1,112 +1,33 @@
 #pragma once
-// Helpers of the QEMU end-to-end test: a child process with a log file, an
-// initramfs writer (newc cpio, no external tool), and a QEMU guest booted
-// under TCG with a virtio balloon and two QMP sockets (one for the agent,
-// one for the test to watch).
+// Helpers of the QEMU end-to-end test: an initramfs writer (newc cpio, no
+// external tool), and a QEMU guest booted under TCG with a virtio balloon
+// and two QMP sockets (one for the agent, one for the test to watch). The
+// QEMU process is a tests/util ChildProcess.
 
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/time/clock.h"
 #include "absl/time/time.h"
-
-extern char** environ;
+#include "tests/util/child_process.h"
+#include "tests/util/wait.h"
 
 namespace membroker::e2e {
 
-// Reads a whole file ("" when it cannot be read).
-inline std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using ::membroker::testing::ChildProcess;
+using ::membroker::testing::ReadWholeFile;
 
 inline bool FileExists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
 }
-
-// A child process whose stdout and stderr go to a log file. Stopped (TERM,
-// then KILL after a bounded wait) when destroyed.
-class Process {
- public:
-  Process() = default;
-  ~Process() { Stop(); }
-  Process(const Process&) = delete;
-  Process& operator=(const Process&) = delete;
-
-  // Starts `argv` (argv[0] is looked up in PATH) with output to `log_path`.
-  absl::Status Start(const std::vector<std::string>& argv, const std::string& log_path) {
-    log_path_ = log_path;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    int rc = posix_spawnp(&pid_, args[0], &actions, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) {
-      pid_ = -1;
-      return absl::InternalError(absl::StrCat("cannot start ", argv[0], ": ", strerror(rc)));
-    }
-    return absl::OkStatus();
-  }
-
-  // True while the child has not exited.
-  bool Running() {
-    if (pid_ <= 0) return false;
-    int status = 0;
-    pid_t r = ::waitpid(pid_, &status, WNOHANG);
-    if (r == pid_) {
-      pid_ = -1;
-      return false;
-    }
-    return true;
-  }
-
-  void Stop() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGTERM);
-    for (int i = 0; i < 100; ++i) {  // up to 5 s
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return;
-      }
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-  }
-
-  std::string Log() const { return ReadFile(log_path_); }
-  pid_t pid() const { return pid_; }
-
- private:
-  pid_t pid_ = -1;
-  std::string log_path_;
-};
 
 // Writes a newc ("070701") cpio archive, the format of a Linux initramfs.
 class CpioWriter {
@@ -178,15 +99,15 @@ inline absl::Status BuildInitramfs(const std::string& kernel_dir, const std::str
   }
   cpio.CharDevice("dev/console", 5, 1);
   cpio.CharDevice("dev/null", 1, 3);
-  std::string bb = ReadFile(busybox);
+  std::string bb = ReadWholeFile(busybox);
   if (bb.empty()) return absl::NotFoundError(absl::StrCat("busybox not readable at ", busybox));
   cpio.File("bin/busybox", bb, 0755);
   cpio.Symlink("bin/sh", "busybox");
-  std::string load = ReadFile(memload);
+  std::string load = ReadWholeFile(memload);
   if (load.empty()) return absl::NotFoundError(absl::StrCat("memload not readable at ", memload));
   cpio.File("memload", load, 0755);
   for (const char* m : kModules) {
-    std::string ko = ReadFile(absl::StrCat(kernel_dir, "/", m, ".ko"));
+    std::string ko = ReadWholeFile(absl::StrCat(kernel_dir, "/", m, ".ko"));
     if (ko.empty()) {
       return absl::NotFoundError(absl::StrCat("module ", m, ".ko missing in ", kernel_dir));
     }
@@ -223,16 +144,13 @@ class QemuGuest {
   // Waits until the console shows `text`; false at the deadline or if QEMU
   // exited. Polls every 100 ms.
   bool WaitForConsole(const std::string& text, absl::Duration timeout) {
-    absl::Time deadline = absl::Now() + timeout;
-    for (int i = 0; i < 100000 && absl::Now() < deadline; ++i) {
-      if (Console().find(text) != std::string::npos) return true;
-      if (!process_.Running()) return false;
-      absl::SleepFor(absl::Milliseconds(100));
-    }
+    membroker::testing::WaitUntil(
+        [&] { return Console().find(text) != std::string::npos || !process_.Running(); },
+        timeout, absl::Milliseconds(100));
     return Console().find(text) != std::string::npos;
   }
 
-  std::string Console() const { return ReadFile(console_path()); }
+  std::string Console() const { return ReadWholeFile(console_path()); }
   std::string QemuLog() const { return process_.Log(); }
   std::string agent_socket() const { return absl::StrCat(dir_, "/", name_, ".agent.sock"); }
   std::string watch_socket() const { return absl::StrCat(dir_, "/", name_, ".watch.sock"); }
@@ -246,7 +164,7 @@ class QemuGuest {
   std::string dir_;
   std::string name_;
   std::string uuid_;
-  Process process_;
+  ChildProcess process_;
 };
 
 }  // namespace membroker::e2e

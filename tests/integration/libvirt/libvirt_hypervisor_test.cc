@@ -58,6 +58,7 @@ class LibvirtHypervisorTest : public ::testing::Test {
   std::unique_ptr<LibvirtHypervisor> Make(const std::string& uri) {
     LibvirtHypervisorOptions options;
     options.uri = uri;
+    options.backoff_seed = 17;  // reproducible jitter
     auto hv = LibvirtHypervisor::Create(options, &clock_);
     EXPECT_TRUE(hv.ok()) << hv.status();
     return hv.ok() ? std::move(hv).value() : nullptr;
@@ -236,6 +237,26 @@ TEST_F(LibvirtHypervisorTest, UnreachableUriIsUnavailableAndRetriedWithBackoff) 
   EXPECT_TRUE(hv->connected());
 }
 
+TEST_F(LibvirtHypervisorTest, ReconnectWaitsAreJitteredAroundTheDoubling) {
+  // The shared backoff: 1 s, 2 s, 4 s ... each within +-20 %.
+  const std::string path = dir_ + "/never.xml";
+  auto hv = Make(absl::StrCat("test://", path));
+  absl::Duration base = absl::Seconds(1);
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    // A failed attempt now; the next is refused until its wait passed.
+    auto vms = hv->ListVms();
+    ASSERT_EQ(vms.status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(std::string(vms.status().message()), HasSubstr("cannot connect"))
+        << "no attempt after the longest jittered wait, attempt " << attempt;
+    clock_.Advance(base * 0.8 - absl::Milliseconds(1));
+    vms = hv->ListVms();
+    EXPECT_THAT(std::string(vms.status().message()), HasSubstr("next attempt"))
+        << "retried before the shortest jittered wait, attempt " << attempt;
+    clock_.Advance(base * 0.4 + absl::Milliseconds(1));  // now past 1.2 x base
+    base *= 2;
+  }
+}
+
 TEST_F(LibvirtHypervisorTest, MalformedNodeFileIsAnErrorNotACrash) {
   std::string node = WriteNode("bad.xml", "<domain type='test'><name>x</name>");
   auto hv = Make(absl::StrCat("test://", node));
@@ -261,6 +282,11 @@ TEST_F(LibvirtHypervisorTest, CreateRejectsBadOptions) {
   options.max_backoff = absl::Seconds(1);
   EXPECT_EQ(LibvirtHypervisor::Create(options, &clock_).status().code(),
             absl::StatusCode::kInvalidArgument);
+  options.max_backoff = absl::Seconds(30);
+  options.backoff_jitter = 2;
+  absl::Status jitter = LibvirtHypervisor::Create(options, &clock_).status();
+  EXPECT_EQ(jitter.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(jitter.message()), HasSubstr("jitter"));
   EXPECT_EQ(MakeLibvirtHypervisor("test:///default", nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(MakeLibvirtHypervisor("test:///default", &clock_).ok());

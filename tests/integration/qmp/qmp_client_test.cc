@@ -13,6 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/integration/qmp/fake_qmp_server.h"
+#include "tests/util/wait.h"
 
 namespace membroker::agent {
 namespace {
@@ -258,13 +259,13 @@ TEST_F(QmpClientTest, PollEventsDrainsWithoutBlocking) {
   client.set_event_handler([&](const google::protobuf::Struct&) { ++events; });
   ASSERT_TRUE(client.Connect(server_->path()).ok());
   ASSERT_TRUE(client.Execute("query-name").ok());
-  // The events were sent right after the reply; poll until both arrived,
-  // bounded by count and deadline.
-  absl::Time deadline = absl::Now() + absl::Seconds(5);
-  for (int i = 0; i < 500 && events < 2 && absl::Now() < deadline; ++i) {
-    ASSERT_TRUE(client.PollEvents().ok());
-    if (events < 2) absl::SleepFor(absl::Milliseconds(10));
-  }
+  // The events were sent right after the reply; poll until both arrived.
+  EXPECT_TRUE(membroker::testing::WaitUntil(
+      [&] {
+        EXPECT_TRUE(client.PollEvents().ok());
+        return events >= 2;
+      },
+      absl::Seconds(5), absl::Milliseconds(10)));
   EXPECT_EQ(events, 2);
   EXPECT_TRUE(client.connected());
 }

@@ -3,9 +3,11 @@
 #include "node-agent/hypervisor/qmp_hypervisor.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -52,9 +54,15 @@ class QmpHypervisorTest : public ::testing::Test {
     return servers_.back().get();
   }
 
-  std::unique_ptr<QmpHypervisor> Make(std::vector<std::string> entries) {
+  // A backend over `entries` (and `socket_dir`), with reproducible jitter
+  // of `jitter` (the shipped 0.2 unless a test needs exact waits).
+  std::unique_ptr<QmpHypervisor> Make(std::vector<std::string> entries,
+                                      const std::string& socket_dir = "", double jitter = 0.2) {
     QmpHypervisorOptions options;
     options.sockets_or_globs = std::move(entries);
+    options.socket_dir = socket_dir;
+    options.backoff_jitter = jitter;
+    options.backoff_seed = 17;
     options.client.io_timeout = absl::Seconds(2);
     auto hv = QmpHypervisor::Create(std::move(options), &clock_);
     EXPECT_TRUE(hv.ok()) << hv.status();
@@ -227,6 +235,103 @@ TEST_F(QmpHypervisorTest, GlobAndDirectoryFollowSocketsThatComeAndGo) {
   EXPECT_GE(a->connections(), 2);
 }
 
+TEST_F(QmpHypervisorTest, SocketDirectoryIsWatchedForVmsThatStartAndExitLater) {
+  // The backend starts over an empty directory.
+  const std::string qmp_dir = dir_ + "/run";
+  ASSERT_EQ(::mkdir(qmp_dir.c_str(), 0700), 0);
+  auto hv = Make({}, qmp_dir);
+  ASSERT_NE(hv, nullptr);
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_TRUE(vms->empty());
+  // What is not a socket is ignored.
+  { std::ofstream(qmp_dir + "/notes.txt") << "not a socket"; }
+  ASSERT_EQ(::mkdir((qmp_dir + "/sub.sock").c_str(), 0700), 0);
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_TRUE(vms->empty());
+
+  // A VM starts after the backend: listed at the next call, with no wait
+  // (a new socket has no backoff to serve).
+  auto a = std::make_unique<FakeQmpServer>(qmp_dir + "/a.sock");
+  ASSERT_TRUE(a->Start());
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].name, "guest-a");
+  const std::string id = (*vms)[0].vm_id;
+  EXPECT_TRUE(hv->SetBalloonTarget(id, 256 * kMiB).ok());
+  EXPECT_EQ(a->state().actual, 256 * kMiB);
+
+  // A second one joins.
+  FakeVmState other;
+  other.uuid = "11111111-2222-3333-4444-555555555555";
+  other.name = "guest-b";
+  auto b = std::make_unique<FakeQmpServer>(qmp_dir + "/b.sock");
+  b->set_state(other);
+  ASSERT_TRUE(b->Start());
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_EQ(vms->size(), 2u);
+
+  // The first exits (connection closed, socket file removed): it leaves
+  // the listing and is unknown from then on.
+  a->Stop();
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].name, "guest-b");
+  EXPECT_EQ(hv->SetBalloonTarget(id, 256 * kMiB).code(), absl::StatusCode::kNotFound);
+  b->Stop();
+  ::unlink((qmp_dir + "/notes.txt").c_str());
+  ::rmdir((qmp_dir + "/sub.sock").c_str());
+  ::rmdir(qmp_dir.c_str());
+}
+
+TEST_F(QmpHypervisorTest, SocketFileRemovedUnderALiveConnectionKeepsTheVm) {
+  FakeQmpServer* a = AddServer("a.sock", FakeVmState{});
+  auto hv = Make({}, dir_);
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  // Someone removes the file; QEMU still runs and its connection is open.
+  ASSERT_EQ(::unlink(a->path().c_str()), 0);
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_TRUE(hv->SetBalloonTarget((*vms)[0].vm_id, 300 * kMiB).ok());
+  // QEMU exits: now it is gone.
+  a->Stop();
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_TRUE(vms->empty());
+}
+
+TEST_F(QmpHypervisorTest, ExplicitSocketThatGoesAwayStaysKnownAndUnavailable) {
+  FakeQmpServer* a = AddServer("a.sock", FakeVmState{});
+  auto hv = Make({a->path()});
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  const std::string id = (*vms)[0].vm_id;
+  a->Stop();  // the socket file is gone too
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_TRUE(vms->empty());
+  // Named by the operator: retry later, not "gone".
+  EXPECT_EQ(hv->SetBalloonTarget(id, 300 * kMiB).code(), absl::StatusCode::kUnavailable);
+  // QEMU comes back on the same path: found again after the backoff.
+  FakeQmpServer* again = AddServer("a.sock", FakeVmState{});
+  for (int i = 0; i < 40 && again->connections() == 0; ++i) {
+    clock_.Advance(absl::Seconds(1));
+    ASSERT_TRUE(hv->ListVms().ok());
+  }
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_EQ((*vms)[0].vm_id, id);
+}
+
 TEST_F(QmpHypervisorTest, MissingSocketIsRetriedWithBackoff) {
   const std::string path = dir_ + "/late.sock";
   auto hv = Make({path});
@@ -235,12 +340,17 @@ TEST_F(QmpHypervisorTest, MissingSocketIsRetriedWithBackoff) {
   EXPECT_TRUE(vms->empty());
 
   FakeQmpServer* server = AddServer("late.sock", FakeVmState{});
-  // The first retry waits the minimum backoff (1 s on the injected clock).
+  // The first retry waits the minimum backoff (1 s +- 20 % jitter on the
+  // injected clock).
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_TRUE(vms->empty());
+  clock_.Advance(absl::Milliseconds(799));
   vms = hv->ListVms();
   ASSERT_TRUE(vms.ok());
   EXPECT_TRUE(vms->empty());
   EXPECT_EQ(server->connections(), 0);
-  clock_.Advance(absl::Seconds(1));
+  clock_.Advance(absl::Milliseconds(401));
   vms = hv->ListVms();
   ASSERT_TRUE(vms.ok());
   EXPECT_EQ(vms->size(), 1u);
@@ -248,7 +358,7 @@ TEST_F(QmpHypervisorTest, MissingSocketIsRetriedWithBackoff) {
 }
 
 TEST_F(QmpHypervisorTest, BackoffDoublesUpToTheMaximum) {
-  auto hv = Make({dir_ + "/never.sock"});
+  auto hv = Make({dir_ + "/never.sock"}, "", /*jitter=*/0);
   // Failed attempts at t=0, 1, 3, 7, 15, 31, 61 (waits 1, 2, 4, 8, 16, 30,
   // 30 s): the next one is at t=91.
   FakeQmpServer* server = nullptr;
@@ -329,7 +439,7 @@ TEST_F(QmpHypervisorTest, DroppedConnectionIsReconnectedAfterTheBackoff) {
   ASSERT_TRUE(vms.ok());
   EXPECT_TRUE(vms->empty());
   EXPECT_EQ(server->connections(), 1);
-  clock_.Advance(absl::Seconds(1));
+  clock_.Advance(absl::Milliseconds(1200));  // the longest jittered first wait
   vms = hv->ListVms();
   ASSERT_TRUE(vms.ok());
   ASSERT_EQ(vms->size(), 1u);
@@ -386,8 +496,13 @@ TEST_F(QmpHypervisorTest, CreateRejectsBadOptions) {
   backoff.min_backoff = absl::Seconds(1);
   EXPECT_EQ(QmpHypervisor::Create(backoff, nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(MakeQmpHypervisor({"/x"}, &clock_).ok());
-  EXPECT_FALSE(MakeQmpHypervisor({}, &clock_).ok());
+  backoff.backoff_jitter = 1.5;
+  absl::Status jitter = QmpHypervisor::Create(backoff, &clock_).status();
+  EXPECT_EQ(jitter.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(jitter.message()), HasSubstr("jitter"));
+  EXPECT_TRUE(MakeQmpHypervisor({"/x"}, "", &clock_).ok());
+  EXPECT_TRUE(MakeQmpHypervisor({}, dir_, &clock_).ok());
+  EXPECT_FALSE(MakeQmpHypervisor({}, "", &clock_).ok());
 }
 
 // Guest statistics are untrusted input.

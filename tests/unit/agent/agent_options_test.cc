@@ -107,8 +107,9 @@ TEST_F(AgentOptionsTest, EachBadFlagIsNamed) {
          f.qmp_sockets.clear();
        },
        "--qmp-socket"},
-      {[](AgentFlags& f) { f.qmp_sockets = {"/nonexistent/*.sock"}; }, "matches nothing"},
+      {[](AgentFlags& f) { f.qmp_sockets = {"/run/a.sock", ""}; }, "--qmp-socket: empty"},
       {[](AgentFlags& f) { f.qmp_socket_dir = "/nonexistent-dir"; }, "--qmp-socket-dir"},
+      {[](AgentFlags& f) { f.qmp_socket_dir = "/etc/hostname"; }, "is not a directory"},
       {[](AgentFlags& f) { f.config = "/nonexistent/agent.textproto"; }, "--config"},
   };
   for (const Case& c : cases) {
@@ -147,7 +148,7 @@ TEST_F(AgentOptionsTest, BadConfigFileIsNamed) {
   ExpectError("--config field broker");
 }
 
-TEST_F(AgentOptionsTest, QmpSocketsFromGlobAndDirectory) {
+TEST_F(AgentOptionsTest, QmpSocketEntriesAndDirectoryArePassedOnForRescanning) {
   const std::string sockdir = absl::StrCat(dir_, "/qmp");
   ASSERT_EQ(mkdir(sockdir.c_str(), 0700), 0);
   for (const char* name : {"vm1.sock", "vm2.sock"}) {
@@ -162,18 +163,28 @@ TEST_F(AgentOptionsTest, QmpSocketsFromGlobAndDirectory) {
     close(fd);
   }
   WriteFile(sockdir, "notes.txt", "not a socket");
-  absl::StatusOr<std::vector<std::string>> from_dir = ExpandQmpSockets({}, sockdir);
-  ASSERT_TRUE(from_dir.ok()) << from_dir.status();
-  EXPECT_THAT(*from_dir, ElementsAre(sockdir + "/vm1.sock", sockdir + "/vm2.sock"));
-  absl::StatusOr<std::vector<std::string>> from_glob =
-      ExpandQmpSockets({sockdir + "/vm2*", "/run/explicit.sock"}, "");
-  ASSERT_TRUE(from_glob.ok()) << from_glob.status();
-  EXPECT_THAT(*from_glob, ElementsAre("/run/explicit.sock", sockdir + "/vm2.sock"));
+  EXPECT_TRUE(ValidateQmpSockets({}, sockdir).ok());
+  // Not there yet is fine: the backend keeps looking.
+  EXPECT_TRUE(ValidateQmpSockets({sockdir + "/later*.sock", "/run/explicit.sock"}, "").ok());
+
+  // The entries reach the backend as given, not expanded: it rescans them.
   flags_.backend = "qmp";
+  flags_.qmp_sockets = {sockdir + "/vm2*", "/run/explicit.sock"};
   flags_.qmp_socket_dir = sockdir;
   absl::StatusOr<AgentOptions> o = BuildAgentOptions(flags_);
   ASSERT_TRUE(o.ok()) << o.status();
-  EXPECT_EQ(o->qmp_sockets.size(), 2u);
+  EXPECT_THAT(o->qmp_sockets, ElementsAre(sockdir + "/vm2*", "/run/explicit.sock"));
+  EXPECT_EQ(o->qmp_socket_dir, sockdir);
+
+  // A directory alone is enough for --backend=qmp, even while it is empty.
+  const std::string empty_dir = absl::StrCat(dir_, "/empty");
+  ASSERT_EQ(mkdir(empty_dir.c_str(), 0700), 0);
+  flags_.qmp_sockets.clear();
+  flags_.qmp_socket_dir = empty_dir;
+  o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->qmp_sockets.empty());
+  EXPECT_EQ(o->qmp_socket_dir, empty_dir);
 }
 
 TEST(NormalizeCommandLineTest, DashesBecomeUnderscoresInNamesOnly) {
