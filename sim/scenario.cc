@@ -183,7 +183,9 @@ bool PeakWorkingSetsFit(const Scenario& scenario) {
           static_cast<double>(v.kernel_bytes() == 0 ? kDefaultKernelBytes : v.kernel_bytes());
       const double peak = static_cast<double>(WorkloadPeakBytes(v.workload())) *
                           (1.0 + v.workload().noise_fraction());
-      sum += std::min(kernel + peak, static_cast<double>(v.max_bytes()));
+      // A guest without a balloon driver holds its max whatever it uses.
+      sum += v.no_balloon_driver() ? static_cast<double>(v.max_bytes())
+                                   : std::min(kernel + peak, static_cast<double>(v.max_bytes()));
     }
     if (sum > static_cast<double>(h.capacity_bytes())) return false;
   }

@@ -38,7 +38,8 @@ absl::StatusOr<membroker::v1::Scenario> SwaplessVariant(const membroker::v1::Sce
 
 // True when on every host of an expanded scenario the guests' peak working
 // sets (kernel + workload peak with its noise at the top, each at most the
-// VM's max) fit in the host's capacity at the same time: a policy with
+// VM's max; a guest without a balloon driver at its max) fit in the host's
+// capacity at the same time: a policy with
 // foresight can then keep every guest alive without swap. A sufficient
 // condition (peaks that never coincide may fit when this says no).
 bool PeakWorkingSetsFit(const membroker::v1::Scenario& scenario);
