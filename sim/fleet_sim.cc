@@ -27,6 +27,8 @@ constexpr uint64_t kEpisodeStartBytes = 64 * kMiB;
 constexpr uint64_t kEpisodeEndBytes = 1 * kMiB;
 // Swap-in since the last decision above this is a pressure event.
 constexpr uint64_t kPressureSwapInBytes = 256 * 1024;
+// So are major faults (swap-ins or page-cache refaults) above this many.
+constexpr uint64_t kPressureMajorFaults = kPressureSwapInBytes / kPageBytes;
 
 // The broker's decision for one host, as the broker runs it: the report an
 // agent would send (ReportOf), the broker's edge (ToHostObservation: the
@@ -74,6 +76,7 @@ struct VmTrack {
   double episode_start = -1;
   bool responded = false;
   uint64_t last_swap_in = 0;
+  uint64_t last_major_faults = 0;
 };
 
 struct HostRun {
@@ -277,7 +280,10 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
           }
           t.episode_start = -1;
         }
-        if (s.swap_in_bytes_total > t.last_swap_in + kPressureSwapInBytes) pressure = true;
+        if (s.swap_in_bytes_total > t.last_swap_in + kPressureSwapInBytes ||
+            s.major_faults_total > t.last_major_faults + kPressureMajorFaults) {
+          pressure = true;
+        }
       }
       const double overflow = resident - static_cast<double>(host.capacity);
       if (overflow > 0) overflow_byte_seconds += overflow * kTickSeconds;
@@ -312,6 +318,7 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
           v.swap_out_bytes_total = s.swap_out_bytes_total;
           view.vms.push_back(std::move(v));
           host.vms[i].last_swap_in = s.swap_in_bytes_total;
+          host.vms[i].last_major_faults = s.major_faults_total;
         }
         const std::vector<uint64_t> targets = host.controller->Decide(view);
         for (size_t j = 0; j < view.vms.size() && j < targets.size(); ++j) {
@@ -386,6 +393,8 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
       stall += s.stall_byte_seconds;
       fig.stall_by_vm.emplace_back(s.name, s.stall_byte_seconds / kGiB);
       fig.oom_kills += s.oom_kills_total;
+      fig.oom_deflations += s.oom_deflations_total;
+      fig.oom_deflated_gib += static_cast<double>(s.oom_deflated_bytes_total) / kGiB;
       reversals += host.vms[i].reversals;
       if (host.vms[i].episode_start >= 0) {
         // Still short at the end: count the episode so far.

@@ -7,9 +7,10 @@
 //   2. the figures accumulate from the guests' truth (deficit, OOM kills,
 //      memory held, targets set);
 //   3. each host's controller decides when its period is due, or at once
-//      when it reacts early and a guest shows pressure (swap-in since its
-//      last decision): it sees only what an agent reports (balloon actual,
-//      guest statistics), never the truth (except the oracle);
+//      when it reacts early and a guest shows pressure (swap-in or major
+//      faults since its last decision, as the agent's actuator detects
+//      them): it sees only what an agent reports (balloon actual, guest
+//      statistics), never the truth (except the oracle);
 //   4. targets are applied. With free-then-grow ordering a shrink is set at
 //      once and a growth only as far as memory already freed on the host
 //      allows (retried each tick); otherwise every target is set at once.
@@ -124,6 +125,10 @@ struct QualityFigures {
   double host_overflow_gib_seconds = 0;  // the host part of the stall
   // Guest OOM kills, all VMs.
   uint64_t oom_kills = 0;
+  // Deflate-on-oom: times a guest took memory back from its balloon instead
+  // of an OOM kill, and the GiB it took (all VMs).
+  uint64_t oom_deflations = 0;
+  double oom_deflated_gib = 0;
   // Mean memory the hosts got back against no ballooning (running VMs).
   double reclaimed_gib = 0;
   // Deficit episodes (a guest short by more than 64 MiB) and their length

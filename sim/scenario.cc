@@ -1,5 +1,6 @@
 #include "sim/scenario.h"
 
+#include <algorithm>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -8,6 +9,7 @@
 #include "common/textproto.h"
 #include "sim/rng.h"
 #include "sim/sim_host.h"
+#include "sim/workload.h"
 
 namespace membroker::sim {
 namespace {
@@ -150,8 +152,44 @@ v1::SimConfig HostSimConfig(const Scenario& s, int index) {
   config.set_host_total_bytes(h.capacity_bytes());
   config.set_seed(Hash64(s.seed(), 0x686f7374, static_cast<uint64_t>(index)));
   config.set_balloon_rate_bytes_per_second(s.balloon_rate_bytes_per_second());
-  for (const auto& vm : h.vms()) *config.add_vms() = vm.vm();
+  for (const auto& vm : h.vms()) {
+    v1::SimVm* out = config.add_vms();
+    *out = vm.vm();
+    if (s.deflate_on_oom()) out->set_deflate_on_oom(true);
+  }
   return config;
+}
+
+absl::StatusOr<Scenario> SwaplessVariant(const Scenario& scenario, bool deflate_on_oom) {
+  RETURN_IF_ERROR(ValidateScenario(scenario));
+  Scenario out = scenario;
+  out.set_name(scenario.name() + (deflate_on_oom ? "-swapless-deflate" : "-swapless"));
+  out.set_deflate_on_oom(deflate_on_oom);
+  for (ScenarioHost& h : *out.mutable_hosts()) {
+    for (auto& vm : *h.mutable_vms()) {
+      vm.mutable_vm()->set_swap_bytes(0);
+      vm.mutable_vm()->set_deflate_on_oom(deflate_on_oom);
+    }
+  }
+  return out;
+}
+
+bool PeakWorkingSetsFit(const Scenario& scenario) {
+  for (const ScenarioHost& h : scenario.hosts()) {
+    double sum = 0;
+    for (const auto& vm : h.vms()) {
+      const v1::SimVm& v = vm.vm();
+      const double kernel =
+          static_cast<double>(v.kernel_bytes() == 0 ? kDefaultKernelBytes : v.kernel_bytes());
+      const double peak = static_cast<double>(WorkloadPeakBytes(v.workload())) *
+                          (1.0 + v.workload().noise_fraction());
+      // A guest without a balloon driver holds its max whatever it uses.
+      sum += v.no_balloon_driver() ? static_cast<double>(v.max_bytes())
+                                   : std::min(kernel + peak, static_cast<double>(v.max_bytes()));
+    }
+    if (sum > static_cast<double>(h.capacity_bytes())) return false;
+  }
+  return true;
 }
 
 }  // namespace membroker::sim

@@ -142,7 +142,11 @@ struct GuestModel {
   double swap_in = 0;
   double swap_out = 0;
   double major = 0;
+  double refaults = 0;
   double minor = 0;
+  // The balloon driver works toward the target (set by SetTarget and at
+  // boot, cleared when it gets there).
+  bool balloon_busy = false;
 };
 
 struct SimHost::Impl {
@@ -180,38 +184,57 @@ struct SimHost::Impl {
       // moves toward the target.
       s.running = true;
       s.actual_bytes = s.max_bytes;
+      m.balloon_busy = true;
       dt = std::min(dt, t - m.start_seconds);
     }
-    // Balloon.
-    if (s.balloon_driver) {
-      const uint64_t goal = std::clamp(s.target_bytes, m.kernel, s.max_bytes);
-      const double step = rate * dt;
-      if (s.actual_bytes < goal) {
-        s.actual_bytes = static_cast<uint64_t>(
-            std::min(static_cast<double>(goal), static_cast<double>(s.actual_bytes) + step));
-      } else if (s.actual_bytes > goal) {
-        s.actual_bytes = static_cast<uint64_t>(
-            std::max(static_cast<double>(goal), static_cast<double>(s.actual_bytes) - step));
-      }
-    }
-    const double actual = static_cast<double>(s.actual_bytes);
+    const double swap = static_cast<double>(m.config.swap_bytes());
     double ws = WorkloadAt(i, t);
     double need = static_cast<double>(m.kernel) + ws;
     m.swapped = std::min(m.swapped, ws);
+    // Balloon.
+    if (s.balloon_driver && m.balloon_busy) {
+      const uint64_t goal = std::clamp(s.target_bytes, m.kernel, s.max_bytes);
+      const double step = rate * dt;
+      const double actual = static_cast<double>(s.actual_bytes);
+      if (s.actual_bytes < goal) {
+        s.actual_bytes = static_cast<uint64_t>(std::min(static_cast<double>(goal), actual + step));
+      } else if (s.actual_bytes > goal) {
+        // Inflating takes free memory, page cache and what the guest can
+        // swap out, never the rest of its working set.
+        const double floor = std::max(static_cast<double>(goal), need - swap);
+        if (actual > floor) {
+          s.actual_bytes = static_cast<uint64_t>(std::ceil(std::max(floor, actual - step)));
+        }
+      }
+      if (s.actual_bytes == goal) m.balloon_busy = false;
+    }
+    double actual = static_cast<double>(s.actual_bytes);
     double deficit = std::max(0.0, need - actual);
     if (deficit > m.swapped) {
       // Pages go out to swap at the device's speed, while there is swap.
       const double out =
           std::min({deficit - m.swapped, static_cast<double>(kSwapOutRateBytesPerSecond) * dt,
-                    std::max(0.0, static_cast<double>(m.config.swap_bytes()) - m.swapped)});
+                    std::max(0.0, swap - m.swapped)});
       m.swap_out += out;
       m.swapped += out;
     }
-    if (deficit > 0) {
-      if (deficit > static_cast<double>(m.config.swap_bytes()) &&
-          m.swapped >= static_cast<double>(m.config.swap_bytes())) {
-        // Out of memory and swap: the kernel kills the workload; it starts
-        // again later from its base.
+    if (deficit > 0 && deficit > swap && m.swapped >= swap) {
+      // Out of memory and swap.
+      if (s.deflate_on_oom && s.balloon_driver && s.actual_bytes < s.max_bytes) {
+        // The balloon driver's OOM notifier gives pages back, a step at a
+        // time, until the allocation succeeds: no kill. The target stays.
+        const double step = static_cast<double>(kOomDeflateStepBytes);
+        const double give = std::min(std::ceil((deficit - swap) / step) * step,
+                                     static_cast<double>(s.max_bytes - s.actual_bytes));
+        s.actual_bytes += static_cast<uint64_t>(give);
+        ++s.oom_deflations_total;
+        s.oom_deflated_bytes_total += static_cast<uint64_t>(give);
+        actual = static_cast<double>(s.actual_bytes);
+        deficit = std::max(0.0, need - actual);
+      }
+      if (deficit > swap) {
+        // The kernel kills the workload; it starts again later from its
+        // base.
         ++s.oom_kills_total;
         m.restart_at = t + kOomRestartSeconds;
         if (m.config.workload().model_case() == Workload::kLeak) m.origin = m.restart_at;
@@ -246,12 +269,22 @@ struct SimHost::Impl {
                           m.cache + static_cast<double>(kCacheFillBytesPerSecond) * dt});
       m.cache = std::max(m.cache, 0.0);
     }
+    // Refaults: pressure left less room than the mapped hot files.
+    const double hot = static_cast<double>(std::min(m.config.page_cache_bytes(), kMappedFileBytes));
+    if (room < hot) {
+      const double bytes = std::min((hot - room) * kRefaultFractionPerSecond,
+                                    static_cast<double>(kMaxRefaultBytesPerSecond)) *
+                           dt;
+      m.refaults += bytes / kPageBytes;
+      m.major += bytes / kPageBytes;
+    }
     const double free = std::max(0.0, actual - anon - m.cache);
 
     s.working_set_bytes = static_cast<uint64_t>(need);
     s.deficit_bytes = static_cast<uint64_t>(deficit);
     s.swapped_bytes = static_cast<uint64_t>(m.swapped);
     s.resident_bytes = static_cast<uint64_t>(anon + m.cache);
+    s.refault_major_faults_total = static_cast<uint64_t>(m.refaults);
     if (s.balloon_driver) {
       s.total_bytes = s.actual_bytes;
       s.free_bytes = static_cast<uint64_t>(free);
@@ -288,6 +321,7 @@ absl::StatusOr<std::unique_ptr<SimHost>> SimHost::Create(const SimConfig& config
     s.vm_id = EffectiveId(vm);
     s.name = vm.name();
     s.balloon_driver = !vm.no_balloon_driver();
+    s.deflate_on_oom = vm.deflate_on_oom();
     s.max_bytes = vm.max_bytes();
     s.target_bytes = vm.max_bytes();
     impl.vms.push_back(std::move(s));
@@ -325,6 +359,7 @@ absl::Status SimHost::SetTarget(const std::string& vm_id, uint64_t target_bytes)
   for (SimVmState& s : impl_->vms) {
     if (s.vm_id == vm_id) {
       s.target_bytes = std::clamp(target_bytes, std::min(kMiB, s.max_bytes), s.max_bytes);
+      impl_->models[static_cast<size_t>(&s - impl_->vms.data())].balloon_busy = true;
       return absl::OkStatus();
     }
   }

@@ -56,12 +56,14 @@ double WorkloadBytes(const Workload& w, double t) {
       const double start = Seconds(s.start());
       const double duration = Seconds(s.duration());
       const double every = Seconds(s.every());
-      bool peak = false;
-      if (t >= start) {
-        const double since = t - start;
-        peak = every > 0 ? std::fmod(since, every) < duration : since < duration;
-      }
-      return static_cast<double>(peak ? s.peak_bytes() : s.base_bytes());
+      const double rise = Seconds(s.rise());
+      if (t < start) return static_cast<double>(s.base_bytes());
+      const double since = every > 0 ? std::fmod(t - start, every) : t - start;
+      if (since >= duration) return static_cast<double>(s.base_bytes());
+      const double base = static_cast<double>(s.base_bytes());
+      const double peak = static_cast<double>(s.peak_bytes());
+      if (rise > 0 && since < rise) return base + (peak - base) * since / rise;
+      return peak;
     }
     case Workload::kStep: {
       const auto& s = w.step();
@@ -136,6 +138,12 @@ absl::Status ValidateWorkload(const Workload& w, absl::string_view field) {
       }
       if (absl::Status st = CheckDuration(s.every(), absl::StrCat(f, ".every"), false); !st.ok()) {
         return st;
+      }
+      if (absl::Status st = CheckDuration(s.rise(), absl::StrCat(f, ".rise"), false); !st.ok()) {
+        return st;
+      }
+      if (Seconds(s.rise()) > Seconds(s.duration())) {
+        return absl::InvalidArgumentError(absl::StrCat(f, ".rise: must be at most the duration"));
       }
       if (Seconds(s.every()) > 0 && Seconds(s.every()) < Seconds(s.duration())) {
         return absl::InvalidArgumentError(

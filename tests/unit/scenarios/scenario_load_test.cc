@@ -1,8 +1,8 @@
+#include <gtest/gtest.h>
+
 #include <cstdio>
 #include <fstream>
 #include <string>
-
-#include <gtest/gtest.h>
 
 #include "common/textproto.h"
 #include "sim/scenario.h"
@@ -12,9 +12,9 @@ namespace {
 
 using membroker::v1::Scenario;
 
-const char* const kScenarios[] = {"idle_fleet",    "noisy_neighbour", "boot_storm",
-                                  "diurnal_mix",   "slow_leak",       "overcommitted",
-                                  "heterogeneous", "no_driver",       "fleet_100"};
+const char* const kScenarios[] = {"idle_fleet", "noisy_neighbour", "boot_storm",    "diurnal_mix",
+                                  "slow_leak",  "overcommitted",   "heterogeneous", "no_driver",
+                                  "fleet_100",  "swapless_surge"};
 
 std::string PathOf(const std::string& name) {
   return std::string(MB_SCENARIOS_DIR) + "/" + name + ".textproto";
@@ -39,8 +39,7 @@ TEST(ScenarioLoadTest, FleetHasOneHundredHostsWithUniqueNames) {
 }
 
 TEST(ScenarioLoadTest, MissingFileIsNotFound) {
-  EXPECT_EQ(LoadScenario("/nonexistent/x.textproto").status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(LoadScenario("/nonexistent/x.textproto").status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(ScenarioLoadTest, IncludeOfAMissingFileFails) {
@@ -54,8 +53,7 @@ TEST(ScenarioLoadTest, IncludeOfAMissingFileFails) {
 }
 
 TEST(ScenarioLoadTest, ValidationNamesTheField) {
-  const std::string vm =
-      "vm { name: 'a' max_bytes: 1073741824 workload { constant {} } }";
+  const std::string vm = "vm { name: 'a' max_bytes: 1073741824 workload { constant {} } }";
   struct Case {
     std::string text;
     const char* field;

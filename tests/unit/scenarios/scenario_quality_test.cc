@@ -2,12 +2,21 @@
 // policy (broker/policy) has no guest OOM kills, never sets a target below a
 // floor, reacts to a surge within one report interval, and stalls guests
 // less than every baseline. Comparisons of simulated figures, never timings.
-
-#include <map>
-#include <string>
-#include <utility>
+//
+// Every scenario also runs in its swapless variants (sim/scenario.h
+// SwaplessVariant): the OOM kills of every policy are printed (and recorded
+// as test properties); what is asserted there is what holds today: the
+// oracle keeps every guest alive where the peak working sets fit, a guest
+// at its full size is never killed, floors hold, and deflate-on-oom guests
+// are never killed.
 
 #include <gtest/gtest.h>
+
+#include <cstdio>
+#include <map>
+#include <string>
+#include <tuple>
+#include <utility>
 
 #include "common/textproto.h"
 #include "sim/fleet_sim.h"
@@ -38,15 +47,42 @@ QualityFigures RunPolicy(const Scenario& s, PolicyKind kind, const RunOptions& o
   return f.ok() ? *f : QualityFigures();
 }
 
-// Runs are deterministic, so the suite runs each (scenario, policy) once
-// with the default options and shares the figures between tests.
-QualityFigures Cached(const std::string& name, PolicyKind kind) {
-  static auto* cache = new std::map<std::pair<std::string, PolicyKind>, QualityFigures>();
-  auto it = cache->find({name, kind});
+// The variants every scenario runs in.
+enum class Variant { kNormal, kSwapless, kSwaplessDeflate };
+
+Scenario LoadVariant(const std::string& name, Variant variant) {
+  const Scenario s = Load(name);
+  if (variant == Variant::kNormal) return s;
+  auto v = SwaplessVariant(s, variant == Variant::kSwaplessDeflate);
+  EXPECT_TRUE(v.ok()) << v.status();
+  return v.ok() ? *v : Scenario();
+}
+
+// Runs are deterministic, so the suite runs each (scenario, variant,
+// policy) once with the default options and shares the figures.
+QualityFigures Cached(const std::string& name, PolicyKind kind,
+                      Variant variant = Variant::kNormal) {
+  using Key = std::tuple<std::string, Variant, PolicyKind>;
+  static auto* cache = new std::map<Key, QualityFigures>();
+  auto it = cache->find({name, variant, kind});
   if (it != cache->end()) return it->second;
-  const QualityFigures f = RunPolicy(Load(name), kind, OptionsFor(name));
-  cache->emplace(std::make_pair(name, kind), f);
+  const QualityFigures f = RunPolicy(LoadVariant(name, variant), kind, OptionsFor(name));
+  cache->emplace(Key{name, variant, kind}, f);
   return f;
+}
+
+// The baselines operators run today (not the oracle, not "none").
+constexpr PolicyKind kBaselines[] = {PolicyKind::kProxmox, PolicyKind::kMom, PolicyKind::kSqueezed};
+
+// What the response check can say about one run.
+enum class Response { kNoSurge, kWithin, kLate };
+
+// The broker must respond to a surge (a deficit episode) within `limit`
+// seconds. A run with no surge has nothing to respond to: kNoSurge, never
+// a pass.
+Response CheckResponse(const QualityFigures& f, double limit) {
+  if (f.surges == 0) return Response::kNoSurge;
+  return f.response_seconds_max <= limit ? Response::kWithin : Response::kLate;
 }
 
 class ScenarioQualityTest : public ::testing::TestWithParam<const char*> {};
@@ -63,14 +99,45 @@ TEST_P(ScenarioQualityTest, BrokerRespondsWithinOneReportInterval) {
   const std::string name = GetParam();
   const QualityFigures broker = Cached(name, PolicyKind::kBroker);
   // The report interval of every scenario is 1 s.
-  EXPECT_LE(broker.response_seconds_max, 1.0) << broker.surges << " surges";
+  switch (CheckResponse(broker, 1.0)) {
+    case Response::kNoSurge: {
+      uint64_t baseline_surges = 0;
+      for (PolicyKind kind : kBaselines) baseline_surges += Cached(name, kind).surges;
+      GTEST_SKIP() << name << ": the broker left no guest short by more than 64 MiB (0 surges; "
+                   << baseline_surges << " under the baselines), so there is no response to time";
+    }
+    case Response::kWithin:
+      SUCCEED();
+      break;
+    case Response::kLate:
+      ADD_FAILURE() << name << ": " << broker.surges << " surges, longest response "
+                    << broker.response_seconds_max << " s (" << broker.response_max_vm << ")";
+      break;
+  }
+}
+
+// The response check fails when it must: a policy that responds late (the
+// Proxmox baseline decides every 10 s and moves 100 MiB a round) is caught,
+// a run without surges is not taken for a pass, and a prompt response
+// passes.
+TEST(ScenarioResponseCheckTest, CatchesALateResponseAndNeverPassesWithoutSurges) {
+  const QualityFigures proxmox = Cached("noisy_neighbour", PolicyKind::kProxmox);
+  EXPECT_GT(proxmox.surges, 0u);
+  EXPECT_EQ(CheckResponse(proxmox, 1.0), Response::kLate) << proxmox.response_seconds_max;
+  const QualityFigures none = Cached("noisy_neighbour", PolicyKind::kNoBallooning);
+  EXPECT_EQ(CheckResponse(none, 1.0), Response::kNoSurge);
+  const QualityFigures broker = Cached("noisy_neighbour", PolicyKind::kBroker);
+  ASSERT_GT(broker.surges, 0u) << "noisy_neighbour no longer exercises the response check";
+  EXPECT_EQ(CheckResponse(broker, broker.response_seconds_max), Response::kWithin);
+  // A limit just under the broker's own longest response fails it.
+  EXPECT_EQ(CheckResponse(broker, broker.response_seconds_max - 0.25), Response::kLate);
 }
 
 TEST_P(ScenarioQualityTest, BrokerStallsLessThanEveryBaseline) {
   const std::string name = GetParam();
   const QualityFigures broker = Cached(name, PolicyKind::kBroker);
-  for (PolicyKind kind : {PolicyKind::kNoBallooning, PolicyKind::kProxmox, PolicyKind::kMom,
-                          PolicyKind::kSqueezed}) {
+  for (PolicyKind kind :
+       {PolicyKind::kNoBallooning, PolicyKind::kProxmox, PolicyKind::kMom, PolicyKind::kSqueezed}) {
     const QualityFigures base = Cached(name, kind);
     // Where a baseline stalls at all the broker must stall strictly less;
     // where the stall is forced on everyone (floors above capacity) it may
@@ -123,6 +190,93 @@ INSTANTIATE_TEST_SUITE_P(Scenarios, QuarterOfBestBaselineTest,
                          ::testing::Values("idle_fleet", "noisy_neighbour", "boot_storm",
                                            "diurnal_mix", "slow_leak", "no_driver"));
 
+// Swapless variants: the figures are printed for every policy; the
+// assertions are the simulator's and the oracle's, not the broker's (the
+// broker still OOM-kills swapless guests today; see the printed table).
+class SwaplessVariantTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(SwaplessVariantTest, CountsOomKillsAndTheOracleKeepsGuestsAliveWhereTheyFit) {
+  const std::string name = GetParam();
+  const Scenario swapless = LoadVariant(name, Variant::kSwapless);
+  ASSERT_EQ(swapless.name(), name + "-swapless");
+  for (const auto& h : swapless.hosts()) {
+    for (const auto& vm : h.vms()) ASSERT_EQ(vm.vm().swap_bytes(), 0u) << vm.vm().name();
+  }
+  const bool fits = PeakWorkingSetsFit(swapless);
+  const QualityFigures broker = Cached(name, PolicyKind::kBroker, Variant::kSwapless);
+  const QualityFigures oracle = Cached(name, PolicyKind::kOracle, Variant::kSwapless);
+  const QualityFigures none = Cached(name, PolicyKind::kNoBallooning, Variant::kSwapless);
+  uint64_t best = UINT64_MAX;
+  const char* best_name = "";
+  for (PolicyKind kind : kBaselines) {
+    const QualityFigures f = Cached(name, kind, Variant::kSwapless);
+    if (f.oom_kills < best) {
+      best = f.oom_kills;
+      best_name = PolicyName(kind);
+    }
+    EXPECT_GT(f.vm_hours, 0.0) << PolicyName(kind);
+  }
+  std::printf(
+      "[ swapless ] %-16s fits=%-3s OOM kills: broker %llu, best baseline %llu (%s), "
+      "oracle %llu, none %llu\n",
+      name.c_str(), fits ? "yes" : "no", static_cast<unsigned long long>(broker.oom_kills),
+      static_cast<unsigned long long>(best), best_name,
+      static_cast<unsigned long long>(oracle.oom_kills),
+      static_cast<unsigned long long>(none.oom_kills));
+  RecordProperty("broker_oom_kills", static_cast<int>(broker.oom_kills));
+  RecordProperty("best_baseline_oom_kills", static_cast<int>(best));
+  RecordProperty("oracle_oom_kills", static_cast<int>(oracle.oom_kills));
+  // A guest left at its full size has room for its peak: never killed.
+  EXPECT_EQ(none.oom_kills, 0u);
+  // With foresight every guest lives where the peaks fit the host.
+  if (fits) EXPECT_EQ(oracle.oom_kills, 0u);
+  // Floors hold without swap too.
+  EXPECT_EQ(broker.floor_violations, 0u);
+  EXPECT_GT(broker.vm_hours, 0.0);
+}
+
+TEST_P(SwaplessVariantTest, DeflateOnOomGuestsAreNeverKilled) {
+  const std::string name = GetParam();
+  const Scenario deflate = LoadVariant(name, Variant::kSwaplessDeflate);
+  ASSERT_EQ(deflate.name(), name + "-swapless-deflate");
+  ASSERT_TRUE(deflate.deflate_on_oom());
+  for (PolicyKind kind : AllPolicies()) {
+    const QualityFigures swapless = Cached(name, kind, Variant::kSwapless);
+    const QualityFigures f = Cached(name, kind, Variant::kSwaplessDeflate);
+    std::printf(
+        "[ deflate  ] %-16s %-9s OOM kills %llu (swapless %llu), deflations %llu "
+        "(%.1f GiB), host overflow %.1f GiB*s\n",
+        name.c_str(), PolicyName(kind), static_cast<unsigned long long>(f.oom_kills),
+        static_cast<unsigned long long>(swapless.oom_kills),
+        static_cast<unsigned long long>(f.oom_deflations), f.oom_deflated_gib,
+        f.host_overflow_gib_seconds);
+    // The guest takes back what it needs (its peak is below its max).
+    EXPECT_EQ(f.oom_kills, 0u) << PolicyName(kind);
+    // Where the guest without the option died, this one took memory back.
+    if (swapless.oom_kills > 0) EXPECT_GT(f.oom_deflations, 0u) << PolicyName(kind);
+    if (f.oom_deflations == 0) EXPECT_EQ(f.oom_deflated_gib, 0.0) << PolicyName(kind);
+  }
+  // Where even the oracle had to let swapless guests die, the host was
+  // short: the memory deflating guests take back lands above its capacity.
+  if (Cached(name, PolicyKind::kOracle, Variant::kSwapless).oom_kills > 0) {
+    EXPECT_GT(
+        Cached(name, PolicyKind::kOracle, Variant::kSwaplessDeflate).host_overflow_gib_seconds,
+        0.0);
+  }
+}
+
+// swapless_surge is swapless as written (the case of a real user's host:
+// an idle guest, a guest whose load climbs 400 MiB in 3 s, a guest without
+// a balloon driver, on an operator's budget); it runs only here.
+INSTANTIATE_TEST_SUITE_P(Scenarios, SwaplessVariantTest,
+                         ::testing::Values("idle_fleet", "noisy_neighbour", "boot_storm",
+                                           "diurnal_mix", "slow_leak", "overcommitted",
+                                           "heterogeneous", "no_driver", "fleet_100",
+                                           "swapless_surge"));
+
+TEST(SwaplessVariantTest, InvalidScenarioIsRefused) {
+  EXPECT_EQ(SwaplessVariant(Scenario(), false).status().code(), absl::StatusCode::kInvalidArgument);
+}
 
 bool SameFigures(const QualityFigures& a, const QualityFigures& b) {
   return a.stall_gib_seconds == b.stall_gib_seconds && a.oom_kills == b.oom_kills &&
@@ -164,8 +318,8 @@ TEST(ScenarioFiguresTest, OracleReclaimsAtLeastAsMuchAsAnyBaseline) {
   const Scenario s = Load("idle_fleet");
   const QualityFigures oracle = RunPolicy(s, PolicyKind::kOracle, {});
   EXPECT_EQ(oracle.stall_gib_seconds, 0.0);
-  for (PolicyKind kind : {PolicyKind::kProxmox, PolicyKind::kMom, PolicyKind::kSqueezed,
-                          PolicyKind::kBroker}) {
+  for (PolicyKind kind :
+       {PolicyKind::kProxmox, PolicyKind::kMom, PolicyKind::kSqueezed, PolicyKind::kBroker}) {
     EXPECT_GE(oracle.reclaimed_gib, RunPolicy(s, kind, {}).reclaimed_gib) << PolicyName(kind);
   }
 }

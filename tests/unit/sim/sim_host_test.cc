@@ -122,7 +122,11 @@ TEST(SimHostTest, SwapAndFaultsGrowWithTheDeficit) {
   EXPECT_EQ(a.available_bytes, 0u);
   EXPECT_GE(a.swapped_bytes, 100 * kMiB);
   EXPECT_GT(a.swap_in_bytes_total, 0u);
-  EXPECT_EQ(a.major_faults_total, a.swap_in_bytes_total / kPageBytes);
+  // Major faults are the swapped-in pages plus the page-cache refaults of a
+  // guest with no cache left (its 32 MiB of mapped hot files).
+  EXPECT_GT(a.refault_major_faults_total, 0u);
+  EXPECT_NEAR(static_cast<double>(a.major_faults_total - a.refault_major_faults_total),
+              static_cast<double>(a.swap_in_bytes_total / kPageBytes), 2.0);
   EXPECT_GT(a.stall_byte_seconds, 0.0);
   host->Advance(absl::Seconds(10));
   const SimVmState b = host->vms()[0];
@@ -145,25 +149,162 @@ TEST(SimHostTest, SwapAndFaultsGrowWithTheDeficit) {
   EXPECT_EQ(host->vms()[0].swapped_bytes, 0u);
 }
 
-TEST(SimHostTest, OomKillPastSwapThenRestart) {
+TEST(SimHostTest, BalloonCannotTakeWhatTheGuestCannotSwap) {
+  // 50 MiB of swap, target 100 MiB below the 576 MiB working set: the
+  // balloon inflates only as far as the guest can swap out (576 - 50 =
+  // 526 MiB) and stays above its target; nobody is killed.
   SimConfig c = OneGuest();
   c.mutable_vms(0)->set_swap_bytes(50 * kMiB);
   auto host = Make(c);
   ASSERT_NE(host, nullptr);
+  ASSERT_TRUE(host->SetTarget(host->vms()[0].vm_id, 476 * kMiB).ok());
+  host->Advance(absl::Seconds(10));
+  const SimVmState& vm = host->vms()[0];
+  EXPECT_EQ(vm.target_bytes, 476 * kMiB);
+  EXPECT_EQ(vm.actual_bytes, 526 * kMiB);
+  EXPECT_EQ(vm.deficit_bytes, 50 * kMiB);
+  EXPECT_EQ(vm.swapped_bytes, 50 * kMiB);
+  EXPECT_EQ(vm.oom_kills_total, 0u);
+}
+
+// A guest of 64 MiB kernel whose working set steps from 512 to 700 MiB at
+// 10 s, with `swap` bytes of swap.
+SimConfig SteppingGuest(uint64_t swap, const std::string& extra = "") {
+  return Parse(absl::StrCat(R"(
+    host_total_bytes: 8589934592
+    vms {
+      name: "g1" max_bytes: 2147483648 kernel_bytes: 67108864
+      page_cache_bytes: 1073741824 swap_bytes: )", swap, R"(
+      workload { step { before_bytes: 536870912 after_bytes: 734003200 at { seconds: 10 } } }
+      )", extra, "\n}"));
+}
+
+TEST(SimHostTest, OomKillPastSwapThenRestart) {
+  // Held at 600 MiB with 50 MiB of swap: when the working set steps to
+  // 764 MiB the deficit (164 MiB) is beyond the swap; once the swap is full
+  // (0.2 s at 256 MiB/s) the workload is killed.
+  auto host = Make(SteppingGuest(50 * kMiB));
+  ASSERT_NE(host, nullptr);
   const std::string id = host->vms()[0].vm_id;
-  ASSERT_TRUE(host->SetTarget(id, 476 * kMiB).ok());  // deficit 100 MiB > 50 MiB swap
-  host->Advance(absl::Seconds(5));
+  ASSERT_TRUE(host->SetTarget(id, 600 * kMiB).ok());
+  host->Advance(absl::Seconds(9));
+  EXPECT_EQ(host->vms()[0].oom_kills_total, 0u);
+  host->Advance(absl::Seconds(2));
   EXPECT_EQ(host->vms()[0].oom_kills_total, 1u);
   EXPECT_EQ(host->vms()[0].working_set_bytes, 64 * kMiB);  // only the kernel left
   EXPECT_EQ(host->vms()[0].deficit_bytes, 0u);
-  // The workload restarts after 30 s and is killed again under the same target.
-  host->Advance(absl::Seconds(40));
+  // The workload restarts after 30 s (past its step) and is killed again.
+  host->Advance(absl::Seconds(31));
   EXPECT_EQ(host->vms()[0].oom_kills_total, 2u);
   // With room, it restarts and lives.
   ASSERT_TRUE(host->SetTarget(id, 2 * kGiB).ok());
   host->Advance(absl::Seconds(40));
   EXPECT_EQ(host->vms()[0].oom_kills_total, 2u);
-  EXPECT_EQ(host->vms()[0].working_set_bytes, 576 * kMiB);
+  EXPECT_EQ(host->vms()[0].working_set_bytes, 764 * kMiB);
+}
+
+TEST(SimHostTest, SwaplessGuestIsKilledAtOnceWithoutASwapSignal) {
+  auto host = Make(SteppingGuest(0));
+  ASSERT_NE(host, nullptr);
+  const std::string id = host->vms()[0].vm_id;
+  // Squeezed toward 400 MiB, below its 576 MiB working set: without swap
+  // the balloon can take only the page cache and free memory, so it stops
+  // at the working set, above the target, with no cache left.
+  ASSERT_TRUE(host->SetTarget(id, 400 * kMiB).ok());
+  host->Advance(absl::Seconds(9));
+  SimVmState a = host->vms()[0];
+  EXPECT_EQ(a.actual_bytes, 576 * kMiB);
+  EXPECT_EQ(a.target_bytes, 400 * kMiB);
+  EXPECT_EQ(a.disk_caches_bytes, 0u);
+  EXPECT_EQ(a.available_bytes, 0u);
+  EXPECT_EQ(a.oom_kills_total, 0u);
+  // Its only signal: refaults of its mapped hot files. No swap traffic.
+  EXPECT_EQ(a.swap_in_bytes_total, 0u);
+  EXPECT_EQ(a.swap_out_bytes_total, 0u);
+  EXPECT_GT(a.major_faults_total, 0u);
+  EXPECT_EQ(a.major_faults_total, a.refault_major_faults_total);
+  // The working set steps up at 10 s: killed in that very step (0.25 s),
+  // no stall accrued, no swap-in ever seen.
+  host->Advance(absl::Milliseconds(1250));
+  const SimVmState b = host->vms()[0];
+  EXPECT_EQ(b.oom_kills_total, 1u);
+  EXPECT_EQ(b.stall_byte_seconds, 0.0);
+  EXPECT_EQ(b.swap_in_bytes_total, 0u);
+  EXPECT_EQ(b.deflate_on_oom, false);
+  EXPECT_EQ(b.oom_deflations_total, 0u);
+}
+
+TEST(SimHostTest, SwaplessNoisyGuestSqueezedBelowItsWorkingSetDiesWithinSeconds) {
+  // A noisy working set moves up and down: the stalled balloon takes what
+  // each dip frees, and the next rise finds no memory.
+  SimConfig c = OneGuest();
+  c.mutable_vms(0)->set_swap_bytes(0);
+  c.mutable_vms(0)->mutable_workload()->set_noise_fraction(0.1);
+  auto host = Make(c);
+  ASSERT_NE(host, nullptr);
+  ASSERT_TRUE(host->SetTarget(host->vms()[0].vm_id, 400 * kMiB).ok());
+  host->Advance(absl::Seconds(30));
+  EXPECT_GE(host->vms()[0].oom_kills_total, 1u);
+  EXPECT_EQ(host->vms()[0].swap_in_bytes_total, 0u);
+  // The same guest with its target at its noisy peak lives.
+  auto roomy = Make(c);
+  ASSERT_TRUE(roomy->SetTarget(roomy->vms()[0].vm_id, (64 + 564) * kMiB).ok());
+  roomy->Advance(absl::Seconds(300));
+  EXPECT_EQ(roomy->vms()[0].oom_kills_total, 0u);
+}
+
+TEST(SimHostTest, DeflateOnOomGivesMemoryBackInsteadOfAKill) {
+  auto host = Make(SteppingGuest(0, "deflate_on_oom: true"));
+  ASSERT_NE(host, nullptr);
+  const std::string id = host->vms()[0].vm_id;
+  ASSERT_TRUE(host->SetTarget(id, 400 * kMiB).ok());
+  host->Advance(absl::Seconds(9));
+  EXPECT_TRUE(host->vms()[0].deflate_on_oom);
+  EXPECT_EQ(host->vms()[0].actual_bytes, 576 * kMiB);
+  // At the step to 764 MiB the guest takes 188 MiB back from its balloon:
+  // no kill, no deficit; the target is untouched and actual sits above it.
+  host->Advance(absl::Milliseconds(1250));
+  SimVmState a = host->vms()[0];
+  EXPECT_EQ(a.oom_kills_total, 0u);
+  EXPECT_EQ(a.oom_deflations_total, 1u);
+  EXPECT_EQ(a.oom_deflated_bytes_total, 188 * kMiB);
+  EXPECT_EQ(a.actual_bytes, 764 * kMiB);
+  EXPECT_EQ(a.target_bytes, 400 * kMiB);
+  EXPECT_EQ(a.deficit_bytes, 0u);
+  EXPECT_EQ(a.resident_bytes, 764 * kMiB);
+  host->Advance(absl::Seconds(60));
+  EXPECT_EQ(host->vms()[0].oom_kills_total, 0u);
+  EXPECT_EQ(host->vms()[0].actual_bytes, 764 * kMiB);
+  EXPECT_EQ(host->vms()[0].target_bytes, 400 * kMiB);
+}
+
+TEST(SimHostTest, DeflatedBalloonStaysUntilANewTarget) {
+  // Working set 256 MiB, 512 MiB from 10 s to 20 s. The balloon reaches its
+  // 400 MiB target; the spike takes 176 MiB back (576 MiB). When the spike
+  // ends the balloon stays deflated: only a new target inflates it again.
+  auto host = Make(Parse(R"(
+    host_total_bytes: 8589934592
+    vms {
+      name: "g1" max_bytes: 2147483648 kernel_bytes: 67108864
+      page_cache_bytes: 1073741824 deflate_on_oom: true
+      workload { spike { base_bytes: 268435456 peak_bytes: 536870912 start { seconds: 10 }
+                         duration { seconds: 10 } every { seconds: 1000 } } }
+    })"));
+  ASSERT_NE(host, nullptr);
+  const std::string id = host->vms()[0].vm_id;
+  ASSERT_TRUE(host->SetTarget(id, 400 * kMiB).ok());
+  host->Advance(absl::Seconds(9));
+  EXPECT_EQ(host->vms()[0].actual_bytes, 400 * kMiB);
+  host->Advance(absl::Seconds(2));
+  EXPECT_EQ(host->vms()[0].actual_bytes, 576 * kMiB);
+  EXPECT_EQ(host->vms()[0].oom_deflated_bytes_total, 176 * kMiB);
+  host->Advance(absl::Seconds(20));  // spike over at 20 s
+  EXPECT_EQ(host->vms()[0].working_set_bytes, 320 * kMiB);
+  EXPECT_EQ(host->vms()[0].actual_bytes, 576 * kMiB);
+  EXPECT_EQ(host->vms()[0].oom_kills_total, 0u);
+  ASSERT_TRUE(host->SetTarget(id, 400 * kMiB).ok());  // the same target, set again
+  host->Advance(absl::Seconds(1));
+  EXPECT_EQ(host->vms()[0].actual_bytes, 400 * kMiB);
 }
 
 TEST(SimHostTest, LeakRestartsFromItsStartAfterOom) {

@@ -59,6 +59,22 @@ TEST(WorkloadTest, SpikeOnceAndRepeating) {
   EXPECT_EQ(WorkloadBytes(every, 130), 9);  // 10 + 120
 }
 
+TEST(WorkloadTest, SpikeRisesOverItsRiseTime) {
+  // base 100 MiB, peak 500 MiB, rising over 4 s from t=10 (and again at
+  // t=70): t=11 -> 100 + 400 / 4 = 200 MiB; t=13 -> 400 MiB; t=14 -> peak.
+  Workload w = Parse(
+      "spike { base_bytes: 104857600 peak_bytes: 524288000 start { seconds: 10 } "
+      "duration { seconds: 20 } every { seconds: 60 } rise { seconds: 4 } }");
+  EXPECT_NEAR(WorkloadBytes(w, 9.9), 100 * kMiB, 1);
+  EXPECT_NEAR(WorkloadBytes(w, 11), 200 * kMiB, 1);
+  EXPECT_NEAR(WorkloadBytes(w, 13), 400 * kMiB, 1);
+  EXPECT_NEAR(WorkloadBytes(w, 14), 500 * kMiB, 1);
+  EXPECT_NEAR(WorkloadBytes(w, 29.9), 500 * kMiB, 1);
+  EXPECT_NEAR(WorkloadBytes(w, 30), 100 * kMiB, 1);
+  EXPECT_NEAR(WorkloadBytes(w, 72), 300 * kMiB, 1);
+  EXPECT_EQ(WorkloadPeakBytes(w), 500u << 20);
+}
+
 TEST(WorkloadTest, StepSwitchesAtItsTime) {
   Workload w = Parse("step { before_bytes: 5 after_bytes: 7 at { seconds: 30 } }");
   EXPECT_EQ(WorkloadBytes(w, 29.99), 5);
@@ -104,6 +120,8 @@ TEST(WorkloadTest, ValidationNamesTheField) {
       {"spike { duration { seconds: 0 } }", "w.spike.duration"},
       {"spike { duration { seconds: 10 } every { seconds: 5 } }", "w.spike.every"},
       {"spike { duration { seconds: 10 } start { seconds: -5 } }", "w.spike.start"},
+      {"spike { duration { seconds: 10 } rise { seconds: 11 } }", "w.spike.rise"},
+      {"spike { duration { seconds: 10 } rise { seconds: -1 } }", "w.spike.rise"},
       {"step { at { seconds: -1 } }", "w.step.at"},
       {"leak { start_bytes: 10 cap_bytes: 5 }", "w.leak.cap_bytes"},
   };
