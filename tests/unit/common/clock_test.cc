@@ -98,7 +98,7 @@ TEST(ManualClockTest, PastDeadlineReturnsAtOnceAndSleepFollowsAdvance) {
   EXPECT_TRUE(woke.load());
 }
 
-TEST(ManualClockTest, ManyWaitersWakeInDeadlineOrderAsTimeAdvances) {
+TEST(ManualClockTest, ManyWaitersWakeAsTheirDeadlinesPass) {
   ManualClock clock;
   absl::Mutex mu;
   bool never = false;
