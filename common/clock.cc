@@ -55,11 +55,11 @@ bool ManualClock::AwaitWithDeadline(absl::Mutex* mu, const absl::Condition& cond
 }
 
 void ManualClock::Advance(absl::Duration d) {
-  if (d <= absl::ZeroDuration()) return;
   std::vector<std::shared_ptr<Waiter>> due;
   {
     absl::MutexLock lock(&mu_);
     wall_ += d;
+    if (d <= absl::ZeroDuration()) return;
     monotonic_ += d;
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if ((*it)->deadline <= monotonic_) {

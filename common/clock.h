@@ -112,8 +112,10 @@ class ManualClock : public Clock {
   bool AwaitWithDeadline(absl::Mutex* mu, const absl::Condition& cond, absl::Time deadline) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) override;
 
-  // Moves wall and monotonic time forward by `d` (negative: no-op) and
-  // wakes the waiters whose deadline is reached, before returning.
+  // Moves wall and monotonic time forward by `d` and wakes the waiters
+  // whose deadline is reached, before returning. A negative `d` moves only
+  // the wall clock back (a wall clock jump): monotonic time never goes
+  // back.
   void Advance(absl::Duration d);
 
   // Sets the wall time only (a wall clock jump); monotonic time and waiters

@@ -543,12 +543,26 @@ TEST_F(AgentLinkTest, AHungVmDoesNotStallReportsOrTheOtherVms) {
   EXPECT_EQ(fake_->target("b"), 2048 * kMiB);
   EXPECT_EQ(fake_->hanging_calls(), 1);  // h's first call, still in the backend
 
-  // The agent stops while the call hangs; the call returns later, safely.
-  agent_->Stop();
-  EXPECT_EQ(fake_->hanging_calls(), 1);
+  // The hung call returns late: its result is dropped, its lane is free
+  // again, and a later step applies h's target (first step: 2048 - 128)
+  // and reports it healthy.
   fake_->Release("h");
   ASSERT_TRUE(WaitUntilReal([&] { return fake_->released_calls() == 1; }));
-  agent_.reset();
+  ASSERT_TRUE(broker_.service.WaitFor([](const std::vector<AgentMessage>& m, int) {
+    for (auto it = m.rbegin(); it != m.rend(); ++it) {
+      if (!it->has_report()) continue;
+      for (const auto& vm : it->report().vms()) {
+        if (vm.vm_id() != "h") continue;
+        return vm.health() != membroker::v1::BALLOON_HEALTH_STUCK &&
+               vm.last_target_bytes() == 1920 * kMiB &&
+               vm.stats().untrusted_reason().find("hung") == std::string::npos;
+      }
+      return false;
+    }
+    return false;
+  }));
+  EXPECT_EQ(VmMetricValue(*registry_, "membroker_agent_vm_stuck", "vm-h"), 0);
+  agent_->Stop();
 }
 
 // With a thread-compatible backend (one call at a time, the default), a
@@ -580,6 +594,7 @@ TEST_F(AgentLinkTest, AHungCallOnASerialBackendFailsTheOthersFast) {
   const int before = CountReports(broker_.service.received());
   ASSERT_TRUE(broker_.service.WaitFor([before](const std::vector<AgentMessage>& m, int) {
     if (CountReports(m) < before + 2) return false;
+    // The newest report decides.
     for (auto it = m.rbegin(); it != m.rend(); ++it) {
       if (!it->has_report()) continue;
       for (const auto& vm : it->report().vms()) {
@@ -589,7 +604,10 @@ TEST_F(AgentLinkTest, AHungCallOnASerialBackendFailsTheOthersFast) {
     }
     return false;
   }));
+  // The agent stops while the call hangs (Stop returns); the call returns
+  // later, on its own thread, with the backend still alive.
   agent_->Stop();
+  EXPECT_EQ(fake_->hanging_calls(), 1);
   fake_->Release("h");
   ASSERT_TRUE(WaitUntilReal([&] { return fake_->released_calls() == 1; }));
   agent_.reset();
