@@ -226,6 +226,7 @@ absl::Status Agent::Step() {
     listed = vms_;
   }
   UpdateVmMetrics(listed, actuations, hung);
+  metrics_.SetHypervisorCallsHung(hypervisor_.hung_calls());
   metrics_.AddTargetsApplied(result.targets_applied);
   metrics_.AddTargetErrors(result.errors.size());
 

@@ -526,7 +526,11 @@ TEST_F(AgentLinkTest, AHungVmDoesNotStallReportsOrTheOtherVms) {
     }
     return false;
   }));
-  EXPECT_EQ(VmMetricValue(*registry_, "membroker_agent_vm_stuck", "vm-h"), 1);
+  // The step updates its metrics right after publishing.
+  EXPECT_TRUE(WaitUntilReal([&] {
+    return VmMetricValue(*registry_, "membroker_agent_vm_stuck", "vm-h") == 1 &&
+           MetricValue(*registry_, "membroker_agent_hypervisor_calls_hung") == 1;
+  }));
 
   // A new TargetSet while h still hangs: a and b are applied; h fails at
   // once instead of waiting behind its hung call.
@@ -561,7 +565,10 @@ TEST_F(AgentLinkTest, AHungVmDoesNotStallReportsOrTheOtherVms) {
     }
     return false;
   }));
-  EXPECT_EQ(VmMetricValue(*registry_, "membroker_agent_vm_stuck", "vm-h"), 0);
+  EXPECT_TRUE(WaitUntilReal([&] {
+    return VmMetricValue(*registry_, "membroker_agent_vm_stuck", "vm-h") == 0 &&
+           MetricValue(*registry_, "membroker_agent_hypervisor_calls_hung") == 0;
+  }));
   agent_->Stop();
 }
 
