@@ -57,7 +57,7 @@ Actuator::Actuator(Hypervisor* hypervisor, const Clock* clock, ActuatorParams pa
     : hypervisor_(hypervisor),
       clock_(clock),
       params_(std::move(params)),
-      disconnected_since_(clock->Now()) {}
+      disconnected_since_(clock->MonotonicNow()) {}
 
 void Actuator::SetSafety(const SafetyParams& safety) { params_.safety = safety; }
 
@@ -67,7 +67,7 @@ void Actuator::SetBrokerConnected(bool connected) {
   if (connected == broker_connected_) return;
   broker_connected_ = connected;
   if (!connected) {
-    disconnected_since_ = clock_->Now();
+    disconnected_since_ = clock_->MonotonicNow();
     return;
   }
   // Generations count per broker stream: a restarted broker starts over.
@@ -200,7 +200,7 @@ bool Actuator::Apply(VmRecord& rec, uint64_t target, TickResult& result) {
   if (!rec.tracking && Distance(rec.view.actual_bytes, target) >= kBalloonProgressBytes) {
     rec.tracking = true;
     rec.ref_actual = rec.view.actual_bytes;
-    rec.ref_time = clock_->Now();
+    rec.ref_time = clock_->MonotonicNow();
   }
   ++result.targets_applied;
   return true;
@@ -208,7 +208,9 @@ bool Actuator::Apply(VmRecord& rec, uint64_t target, TickResult& result) {
 
 TickResult Actuator::Tick(const std::vector<VmStatus>& vms) {
   TickResult result;
-  const absl::Time now = clock_->Now();
+  // Monotonic: only intervals are measured here (guest statistics carry
+  // their own wall timestamps).
+  const absl::Time now = clock_->MonotonicNow();
 
   // 1. Refresh the VM set.
   absl::flat_hash_set<std::string> present;

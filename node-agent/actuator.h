@@ -105,7 +105,9 @@ struct TickResult {
 };
 
 // Applies targets through a Hypervisor. Thread-compatible: the caller
-// serializes calls (and all use of the hypervisor).
+// serializes calls (and all use of the hypervisor). Every interval (stuck
+// timeout, fail-static grace and steps) is measured on the clock's
+// monotonic time; the actuator never sleeps or waits.
 class Actuator {
  public:
   // `hypervisor` and `clock` are not owned and must outlive the actuator.
@@ -151,7 +153,7 @@ class Actuator {
     // Progress tracking toward the applied target.
     bool tracking = false;
     uint64_t ref_actual = 0;
-    absl::Time ref_time;
+    absl::Time ref_time;  // monotonic
     // The actual when the balloon was declared unhealthy.
     uint64_t unhealthy_actual = 0;
     // Previous guest counters, for pressure rates.
@@ -170,6 +172,7 @@ class Actuator {
   std::map<std::string, VmRecord> vms_;
   uint64_t generation_ = 0;
   bool broker_connected_ = false;
+  // Monotonic times (Clock::MonotonicNow).
   absl::Time disconnected_since_;
   bool walking_back_ = false;
   absl::Time last_walk_step_ = absl::InfinitePast();

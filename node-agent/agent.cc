@@ -1,7 +1,6 @@
 #include "node-agent/agent.h"
 
 #include <algorithm>
-#include <set>
 #include <utility>
 
 #include <spdlog/spdlog.h>
@@ -72,8 +71,9 @@ Agent::Agent(AgentParams params, std::unique_ptr<Hypervisor> hypervisor, HostSam
       registry_(std::move(registry)),
       metrics_(*registry_),
       host_sampler_(std::move(host_sampler)),
-      hypervisor_(std::move(hypervisor)),
-      actuator_(hypervisor_.get(), clock, [this] {
+      hypervisor_(std::shared_ptr<Hypervisor>(std::move(hypervisor)), clock,
+                  params_.hypervisor_calls),
+      actuator_(&hypervisor_, clock, [this] {
         ActuatorParams a = params_.actuator;
         a.capacity_bytes = params_.capacity_bytes;
         return a;
@@ -84,15 +84,14 @@ Agent::Agent(AgentParams params, std::unique_ptr<Hypervisor> hypervisor, HostSam
   membroker::v1::Hello hello;
   hello.set_host_id(params_.host_id);
   hello.set_agent_version(MB_VERSION);
-  {
-    absl::MutexLock lock(&mu_);
-    hello.set_backend(hypervisor_->backend());
-  }
+  hello.set_backend(hypervisor_.backend());
   hello.set_capacity_bytes(params_.capacity_bytes);
   hello.set_host_total_bytes(params_.host_total_bytes);
   BrokerLink::Callbacks callbacks;
   callbacks.on_welcome = [this](const membroker::v1::Welcome& w) { OnWelcome(w); };
-  callbacks.on_targets = [this](const membroker::v1::TargetSet& t) { return OnTargets(t); };
+  callbacks.on_targets = [this](const membroker::v1::TargetSet& t, uint64_t stream) {
+    OnTargets(t, stream);
+  };
   callbacks.on_connection = [this](bool connected) { OnConnection(connected); };
   link_ = std::make_unique<BrokerLink>(std::move(channel), std::move(hello), std::move(callbacks),
                                        clock_, params_.backoff);
@@ -103,14 +102,15 @@ Agent::~Agent() { Stop(); }
 void Agent::Start() {
   {
     absl::MutexLock lock(&mu_);
-    if (started_) return;
+    if (started_ || stopping_) return;
     started_ = true;
   }
   // Know the VMs before the broker asks about them.
   absl::Status first = Tick();
   if (!first.ok()) spdlog::warn("first VM listing failed: {}", first.ToString());
   link_->Start();
-  loop_ = std::thread([this] { Loop(); });
+  apply_thread_ = std::thread([this] { ApplyLoop(); });
+  report_thread_ = std::thread([this] { ReportLoop(); });
 }
 
 void Agent::Stop() {
@@ -118,8 +118,11 @@ void Agent::Stop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
+  // A step waiting on a hung call returns at once.
+  hypervisor_.Shutdown();
   link_->Stop();
-  if (loop_.joinable()) loop_.join();
+  if (apply_thread_.joinable()) apply_thread_.join();
+  if (report_thread_.joinable()) report_thread_.join();
 }
 
 bool Agent::connected() const { return link_->connected(); }
@@ -130,20 +133,37 @@ absl::Duration Agent::report_interval() const {
 }
 
 absl::Status Agent::Tick() {
-  TickOutcome outcome;
-  {
-    absl::MutexLock lock(&mu_);
-    outcome = TickLocked();
-    if (outcome.result.pressure_event) report_now_ = pressure_pending_ = true;
-  }
-  metrics_.AddTargetsApplied(outcome.result.targets_applied);
-  metrics_.AddTargetErrors(outcome.result.errors.size());
-  return outcome.status;
+  absl::MutexLock step(&step_mu_);
+  return Step();
 }
 
-Agent::TickOutcome Agent::TickLocked() {
-  TickOutcome outcome;
-  absl::StatusOr<std::vector<VmStatus>> vms = hypervisor_->ListVms();
+absl::Status Agent::Step() {
+  // 1. Take what the link's reader recorded.
+  StepInputs in;
+  {
+    absl::MutexLock lock(&mu_);
+    in.safety = std::move(pending_safety_);
+    pending_safety_.reset();
+    in.connection_events = std::move(pending_connection_events_);
+    pending_connection_events_.clear();
+    in.targets = std::move(pending_targets_);
+    pending_targets_.reset();
+    in.report_interval = report_interval_;
+  }
+  if (in.safety.has_value()) actuator_.SetSafety(*in.safety);
+  for (bool connected : in.connection_events) actuator_.SetBrokerConnected(connected);
+  std::map<std::string, std::string> refused;
+  if (in.targets.has_value()) {
+    const auto& list = in.targets->set.targets();
+    refused = actuator_.SetTargets(in.targets->set.generation(),
+                                   std::vector<membroker::v1::VmTarget>(list.begin(), list.end()));
+  }
+
+  // 2. List the VMs (bounded) and validate their statistics.
+  absl::Status status;
+  TickResult result;
+  absl::StatusOr<std::vector<VmStatus>> vms = hypervisor_.ListVms();
+  std::optional<std::map<std::string, StatsVerdict>> verdicts;
   if (!vms.ok()) {
     // Once per outage at warning level; the rest at debug.
     if (list_failures_++ == 0) {
@@ -152,51 +172,100 @@ Agent::TickOutcome Agent::TickLocked() {
       spdlog::debug("listing VMs failed ({} in a row): {}", list_failures_,
                     vms.status().ToString());
     }
-    outcome.status = vms.status();
-    return outcome;
-  }
-  if (list_failures_ > 0) {
-    spdlog::info("listing VMs works again after {} failures", list_failures_);
-    list_failures_ = 0;
-  }
-  const absl::Time now = clock_->Now();
-  std::map<std::string, StatsVerdict> verdicts;
-  std::map<std::string, GuestMemoryStats> previous;
-  std::map<std::string, bool> period_set;
-  for (const VmStatus& vm : *vms) {
-    auto prev = previous_stats_.find(vm.vm_id);
-    verdicts[vm.vm_id] =
-        ValidateGuestStats(prev == previous_stats_.end() ? nullptr : &prev->second, vm.stats,
-                           vm.max_bytes, now, report_interval_);
-    previous[vm.vm_id] = vm.stats;
-    bool done = stats_period_set_[vm.vm_id];
-    if (!done) {
-      absl::Status st = hypervisor_->SetStatsPeriod(vm.vm_id, params_.stats_period);
-      if (st.ok()) {
-        done = true;
-      } else {
-        spdlog::warn("VM {}: setting the stats period failed: {}", vm.name, st.ToString());
-      }
+    status = vms.status();
+  } else {
+    if (list_failures_ > 0) {
+      spdlog::info("listing VMs works again after {} failures", list_failures_);
+      list_failures_ = 0;
     }
-    period_set[vm.vm_id] = done;
+    const absl::Time now = clock_->Now();  // wall: compared with guest timestamps
+    verdicts.emplace();
+    std::map<std::string, GuestMemoryStats> previous;
+    std::map<std::string, bool> period_set;
+    for (const VmStatus& vm : *vms) {
+      auto prev = previous_stats_.find(vm.vm_id);
+      (*verdicts)[vm.vm_id] =
+          ValidateGuestStats(prev == previous_stats_.end() ? nullptr : &prev->second, vm.stats,
+                             vm.max_bytes, now, in.report_interval);
+      previous[vm.vm_id] = vm.stats;
+      bool done = stats_period_set_[vm.vm_id];
+      if (!done) {
+        absl::Status st = hypervisor_.SetStatsPeriod(vm.vm_id, params_.stats_period);
+        if (st.ok()) {
+          done = true;
+        } else {
+          spdlog::warn("VM {}: setting the stats period failed: {}", vm.name, st.ToString());
+        }
+      }
+      period_set[vm.vm_id] = done;
+    }
+    previous_stats_ = std::move(previous);
+    stats_period_set_ = std::move(period_set);
+    // 3. Run the actuator (bounded SetBalloonTarget calls).
+    result = actuator_.Tick(*vms);
   }
-  listed_once_ = true;
-  verdicts_ = std::move(verdicts);
-  previous_stats_ = std::move(previous);
-  stats_period_set_ = std::move(period_set);
-  vms_ = *std::move(vms);
-  outcome.result = actuator_.Tick(vms_);
-  UpdateVmMetricsLocked();
-  return outcome;
-}
 
-void Agent::UpdateVmMetricsLocked() {
-  std::map<std::string, int> name_count;
-  for (const VmStatus& vm : vms_) ++name_count[vm.name];
+  // 4. Publish.
   std::map<std::string, VmActuation> actuations;
   for (VmActuation& a : actuator_.Snapshot()) actuations[a.vm_id] = std::move(a);
+  std::map<std::string, std::string> hung = hypervisor_.HungVms();
+  std::vector<VmStatus> listed;
+  {
+    absl::MutexLock lock(&mu_);
+    if (vms.ok()) {
+      vms_ = *vms;
+      verdicts_ = std::move(*verdicts);
+      listed_once_ = true;
+    }
+    actuations_ = actuations;
+    for (const auto& [vm, reason] : hung) {
+      if (hung_.count(vm) == 0) report_now_ = true;  // the broker must know at once
+    }
+    hung_ = hung;
+    if (result.pressure_event) report_now_ = pressure_pending_ = true;
+    listed = vms_;
+  }
+  UpdateVmMetrics(listed, actuations, hung);
+  metrics_.SetHypervisorCallsHung(hypervisor_.hung_calls());
+  metrics_.AddTargetsApplied(result.targets_applied);
+  metrics_.AddTargetErrors(result.errors.size());
+
+  // 5. Ack the TargetSet: refusals, failed calls of its VMs, or the whole
+  // set when the VMs could not be listed.
+  if (in.targets.has_value()) {
+    std::map<std::string, std::string> errors = refused;
+    for (const auto& t : in.targets->set.targets()) {
+      const std::string& vm = t.vm_id();
+      if (errors.count(vm) != 0) continue;
+      auto failed = result.errors.find(vm);
+      if (failed != result.errors.end()) {
+        errors[vm] = failed->second;
+      } else if (auto h = hung.find(vm); h != hung.end()) {
+        errors[vm] = h->second;
+      } else if (!status.ok()) {
+        errors[vm] = absl::StrCat("hypervisor unavailable: ", status.message());
+      }
+    }
+    // Refusals count here; failed calls were counted above.
+    uint64_t refusals = 0;
+    for (const auto& [vm, error] : errors) refusals += result.errors.count(vm) == 0 ? 1 : 0;
+    metrics_.AddTargetErrors(refusals);
+    membroker::v1::TargetAck ack;
+    ack.set_generation(in.targets->set.generation());
+    for (const auto& [vm, error] : errors) (*ack.mutable_errors())[vm] = error;
+    absl::Status sent = link_->SendAck(in.targets->stream, ack);
+    if (!sent.ok()) spdlog::info("{}", std::string(sent.message()));
+  }
+  return status;
+}
+
+void Agent::UpdateVmMetrics(const std::vector<VmStatus>& vms,
+                            const std::map<std::string, VmActuation>& actuations,
+                            const std::map<std::string, std::string>& hung) {
+  std::map<std::string, int> name_count;
+  for (const VmStatus& vm : vms) ++name_count[vm.name];
   std::map<std::string, AgentMetrics::VmValues> values;
-  for (const VmStatus& vm : vms_) {
+  for (const VmStatus& vm : vms) {
     AgentMetrics::VmValues v;
     // The name is the label people read; the id when the name is missing
     // or shared.
@@ -207,6 +276,7 @@ void Agent::UpdateVmMetricsLocked() {
       v.target_bytes = it->second.applied_bytes;
       v.stuck = it->second.state != BalloonState::kOk;
     }
+    if (hung.count(vm.vm_id) != 0) v.stuck = true;
     values[vm.vm_id] = std::move(v);
   }
   metrics_.SetVms(values);
@@ -218,13 +288,19 @@ membroker::v1::HostReport Agent::BuildReport(bool pressure_event) {
   {
     absl::MutexLock lock(&mu_);
     vms = vms_;
-    std::map<std::string, VmActuation> actuations;
-    for (VmActuation& a : actuator_.Snapshot()) actuations[a.vm_id] = std::move(a);
     for (const VmStatus& vm : vms_) {
-      auto a = actuations.find(vm.vm_id);
+      auto a = actuations_.find(vm.vm_id);
       auto v = verdicts_.find(vm.vm_id);
-      *report.add_vms() = ToVmSample(vm, a == actuations.end() ? nullptr : &a->second,
-                                     v == verdicts_.end() ? nullptr : &v->second);
+      membroker::v1::VmSample& sample = *report.add_vms();
+      sample = ToVmSample(vm, a == actuations_.end() ? nullptr : &a->second,
+                          v == verdicts_.end() ? nullptr : &v->second);
+      if (auto h = hung_.find(vm.vm_id); h != hung_.end()) {
+        // What we know of it is from before the hang: do not trust it, and
+        // do not take memory from a balloon nobody can move.
+        sample.set_health(membroker::v1::BALLOON_HEALTH_STUCK);
+        sample.mutable_stats()->set_untrusted(true);
+        sample.mutable_stats()->set_untrusted_reason(h->second);
+      }
     }
   }
   absl::StatusOr<HostMemorySample> host = host_sampler_(vms);
@@ -242,7 +318,7 @@ membroker::v1::HostReport Agent::BuildReport(bool pressure_event) {
 }
 
 void Agent::SendReport(bool pressure_event) {
-  const absl::Time start = clock_->Now();
+  const absl::Time start = clock_->MonotonicNow();
   {
     absl::MutexLock lock(&mu_);
     if (!listed_once_) {
@@ -260,7 +336,7 @@ void Agent::SendReport(bool pressure_event) {
     spdlog::debug("report {} not sent: {}", report.sequence(), status.ToString());
     return;
   }
-  metrics_.ObserveReportDuration(absl::ToDoubleSeconds(clock_->Now() - start));
+  metrics_.ObserveReportDuration(absl::ToDoubleSeconds(clock_->MonotonicNow() - start));
   SyncLinkCounters();
 }
 
@@ -287,7 +363,7 @@ void Agent::OnWelcome(const membroker::v1::Welcome& welcome) {
     absl::StatusOr<SafetyParams> safety =
         SafetyFromProto(welcome.safety(), params_.actuator.safety);
     if (safety.ok()) {
-      actuator_.SetSafety(*safety);
+      pending_safety_ = *safety;
     } else {
       spdlog::warn("Welcome: {}; keeping the current safety parameters",
                    safety.status().ToString());
@@ -295,76 +371,66 @@ void Agent::OnWelcome(const membroker::v1::Welcome& welcome) {
   }
 }
 
-membroker::v1::TargetAck Agent::OnTargets(const membroker::v1::TargetSet& targets) {
-  membroker::v1::TargetAck ack;
-  std::map<std::string, std::string> errors;
-  TickOutcome outcome;
-  {
-    absl::MutexLock lock(&mu_);
-    std::vector<membroker::v1::VmTarget> list(targets.targets().begin(), targets.targets().end());
-    errors = actuator_.SetTargets(targets.generation(), list);
-    // Apply at once rather than at the next tick.
-    outcome = TickLocked();
-    if (outcome.result.pressure_event) report_now_ = pressure_pending_ = true;
+void Agent::OnTargets(const membroker::v1::TargetSet& targets, uint64_t stream) {
+  absl::MutexLock lock(&mu_);
+  if (pending_targets_.has_value()) {
+    // Not applied yet: the newer full set replaces it, and its ack stands
+    // for both (the broker keeps the highest acked generation).
+    spdlog::debug("target generation {} replaced by {} before it was applied",
+                  pending_targets_->set.generation(), targets.generation());
   }
-  std::set<std::string> in_set;
-  for (const auto& t : targets.targets()) in_set.insert(t.vm_id());
-  for (const auto& [vm, error] : outcome.result.errors) {
-    if (in_set.count(vm) != 0 && errors.count(vm) == 0) errors[vm] = error;
-  }
-  if (!outcome.status.ok()) {
-    for (const std::string& vm : in_set) {
-      if (errors.count(vm) == 0) {
-        errors[vm] = absl::StrCat("hypervisor unavailable: ", outcome.status.message());
-      }
-    }
-  }
-  metrics_.AddTargetsApplied(outcome.result.targets_applied);
-  // Refusals count here; failed applications of other VMs were counted by
-  // the tick.
-  uint64_t refused = 0;
-  for (const auto& [vm, error] : errors) {
-    if (outcome.result.errors.count(vm) == 0) ++refused;
-  }
-  metrics_.AddTargetErrors(outcome.result.errors.size() + refused);
-  for (const auto& [vm, error] : errors) (*ack.mutable_errors())[vm] = error;
-  ack.set_generation(targets.generation());
-  return ack;
+  pending_targets_ = PendingTargets{targets, stream};
 }
 
 void Agent::OnConnection(bool connected) {
   metrics_.SetBrokerConnected(connected);
   absl::MutexLock lock(&mu_);
-  actuator_.SetBrokerConnected(connected);
+  pending_connection_events_.push_back(connected);
+  // Targets of a stream that is gone are not applied; the next broker
+  // stream sends its own.
+  pending_targets_.reset();
   if (connected) report_now_ = true;  // The broker needs a snapshot at once.
 }
 
-void Agent::Loop() {
-  absl::Time next_report = clock_->Now();
+void Agent::ApplyLoop() {
+  absl::Time next_tick = clock_->MonotonicNow() + params_.tick_interval;
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return stopping_ || pending_targets_.has_value();
+      };
+      clock_->AwaitWithDeadline(&mu_, absl::Condition(&wake), next_tick);
+      if (stopping_) return;
+    }
+    // A TargetSet is applied at once; the tick keeps its own rhythm.
+    if (clock_->MonotonicNow() >= next_tick) {
+      next_tick = clock_->MonotonicNow() + params_.tick_interval;
+    }
+    absl::MutexLock step(&step_mu_);
+    Step().IgnoreError();
+  }
+}
+
+void Agent::ReportLoop() {
+  absl::Time next_report = clock_->MonotonicNow();
   while (true) {
     bool report = false;
     bool pressure = false;
     {
       absl::MutexLock lock(&mu_);
+      auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_ || report_now_; };
+      clock_->AwaitWithDeadline(&mu_, absl::Condition(&wake), next_report);
       if (stopping_) return;
       pressure = pressure_pending_;
-      report = report_now_ || clock_->Now() >= next_report;
+      report = report_now_ || clock_->MonotonicNow() >= next_report;
       report_now_ = pressure_pending_ = false;
     }
     if (report) {
       SendReport(pressure);
-      next_report = clock_->Now() + report_interval();
+      next_report = clock_->MonotonicNow() + report_interval();
     }
     SyncLinkCounters();
-    const absl::Duration wait = std::min(params_.tick_interval, std::max(absl::ZeroDuration(),
-                                                                         next_report - clock_->Now()));
-    {
-      absl::MutexLock lock(&mu_);
-      auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_ || report_now_; };
-      mu_.AwaitWithTimeout(absl::Condition(&wake), wait);
-      if (stopping_) return;
-    }
-    Tick().IgnoreError();
   }
 }
 

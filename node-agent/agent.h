@@ -2,16 +2,28 @@
 // The agent: wires the hypervisor backend, the host probe, the actuator and
 // the broker link.
 //
-// A control loop ticks every tick_interval: list the VMs, validate their
-// statistics, run the actuator. Every report interval (and at once on guest
-// pressure or a new connection) it sends a full HostReport. TargetSets from
-// the broker go to the actuator and are applied at once; the ack carries
-// per-VM errors.
+// Three threads, none of which waits on another's I/O:
+//   - the link's reader records a Welcome, a connection change or a
+//     TargetSet under the agent's mutex and returns at once;
+//   - the apply worker runs the control steps: every tick_interval, and at
+//     once when a TargetSet is pending. A step lists the VMs, validates
+//     their statistics, hands the pending targets to the actuator, runs
+//     it, publishes what it saw, and acks the TargetSet with per-VM errors.
+//     Every hypervisor call goes through a DeadlineHypervisor: a call that
+//     has not returned by its deadline marks its VM hung (reported with
+//     BALLOON_HEALTH_STUCK and the reason, error in the ack) and the step
+//     goes on with the other VMs;
+//   - the report loop sends a full HostReport every report interval (and
+//     at once on guest pressure or a new connection) from what the last
+//     step published, so reports keep flowing while a call hangs.
+// The agent's mutex is never held across hypervisor I/O. Every interval,
+// timeout and wait is on the injected clock.
 
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -28,6 +40,7 @@
 #include "node-agent/actuator.h"
 #include "node-agent/agent_metrics.h"
 #include "node-agent/broker_link.h"
+#include "node-agent/deadline_hypervisor.h"
 #include "node-agent/host_probe.h"
 #include "node-agent/hypervisor/hypervisor.h"
 #include "node-agent/stats_validation.h"
@@ -54,13 +67,16 @@ struct AgentParams {
   absl::Duration stats_period = absl::Seconds(1);
   ActuatorParams actuator;
   BackoffParams backoff;
+  // Deadlines of hypervisor calls.
+  HypervisorCallParams hypervisor_calls;
 };
 
 // One host's agent. Thread-safe.
 class Agent {
  public:
   // `clock` is not owned and must outlive the agent; `channel` reaches the
-  // broker; metrics go to `registry`.
+  // broker; metrics go to `registry`. `hypervisor` is called only through
+  // a DeadlineHypervisor (params.hypervisor_calls).
   Agent(AgentParams params, std::unique_ptr<Hypervisor> hypervisor, HostSampler host_sampler,
         const Clock* clock, std::shared_ptr<grpc::Channel> channel,
         std::shared_ptr<prometheus::Registry> registry);
@@ -69,18 +85,22 @@ class Agent {
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
 
-  // Starts the broker link and the control loop. Call once.
+  // Runs one control step, then starts the broker link, the apply worker
+  // and the report loop. Call once.
   void Start();
 
-  // Stops both promptly. Idempotent.
+  // Stops all three promptly, even while a hypervisor call hangs (that
+  // call finishes on its own thread and keeps the backend alive until it
+  // returns). Idempotent.
   void Stop();
 
-  // One control step: list the VMs and run the actuator. UNAVAILABLE (or
-  // the backend's error) when the VMs cannot be listed; the actuator then
-  // keeps its state.
+  // One control step: list the VMs, apply pending targets and run the
+  // actuator. UNAVAILABLE, DEADLINE_EXCEEDED (or the backend's error) when
+  // the VMs cannot be listed; the actuator then keeps its state. Serialized
+  // with the apply worker's steps.
   absl::Status Tick();
 
-  // The full report as of the last tick (sequence not yet assigned).
+  // The full report as of the last step (sequence not yet assigned).
   membroker::v1::HostReport BuildReport(bool pressure_event);
 
   // True while the broker stream is welcomed.
@@ -90,36 +110,64 @@ class Agent {
   absl::Duration report_interval() const;
 
  private:
-  struct TickOutcome {
-    absl::Status status;
-    TickResult result;
+  // A TargetSet waiting for the apply worker, with the stream it came on.
+  struct PendingTargets {
+    membroker::v1::TargetSet set;
+    uint64_t stream = 0;
   };
 
-  TickOutcome TickLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void UpdateVmMetricsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What the link's reader recorded for the next step.
+  struct StepInputs {
+    std::optional<SafetyParams> safety;
+    std::vector<bool> connection_events;
+    std::optional<PendingTargets> targets;
+    absl::Duration report_interval;
+  };
+
+  absl::Status Step() ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_) ABSL_LOCKS_EXCLUDED(mu_);
+  void UpdateVmMetrics(const std::vector<VmStatus>& vms,
+                       const std::map<std::string, VmActuation>& actuations,
+                       const std::map<std::string, std::string>& hung);
   void OnWelcome(const membroker::v1::Welcome& welcome);
-  membroker::v1::TargetAck OnTargets(const membroker::v1::TargetSet& targets);
+  void OnTargets(const membroker::v1::TargetSet& targets, uint64_t stream);
   void OnConnection(bool connected);
   void SendReport(bool pressure_event);
   void SyncLinkCounters();
-  void Loop();
+  void ApplyLoop();
+  void ReportLoop();
 
   const AgentParams params_;
   const Clock* const clock_;
   std::shared_ptr<prometheus::Registry> registry_;
   AgentMetrics metrics_;
   HostSampler host_sampler_;
+  // Thread-safe as far as its lanes allow; only steps call it.
+  DeadlineHypervisor hypervisor_;
 
+  // Lock order: step_mu_, then mu_, then counters_mu_.
+  //
+  // One control step at a time. Held across hypervisor calls, which are
+  // bounded by their deadline; never taken by the link's reader or the
+  // report loop.
+  absl::Mutex step_mu_;
+  Actuator actuator_ ABSL_GUARDED_BY(step_mu_);
+  std::map<std::string, GuestMemoryStats> previous_stats_ ABSL_GUARDED_BY(step_mu_);
+  std::map<std::string, bool> stats_period_set_ ABSL_GUARDED_BY(step_mu_);
+  int list_failures_ ABSL_GUARDED_BY(step_mu_) = 0;
+
+  // The agent's state: what the last step published and what the link's
+  // reader recorded. Never held across hypervisor I/O.
   mutable absl::Mutex mu_;
-  std::unique_ptr<Hypervisor> hypervisor_ ABSL_GUARDED_BY(mu_);
-  Actuator actuator_ ABSL_GUARDED_BY(mu_);
   std::vector<VmStatus> vms_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, StatsVerdict> verdicts_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, GuestMemoryStats> previous_stats_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, bool> stats_period_set_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, VmActuation> actuations_ ABSL_GUARDED_BY(mu_);
+  // VM id -> why it is hung (a hypervisor call past its deadline).
+  std::map<std::string, std::string> hung_ ABSL_GUARDED_BY(mu_);
   absl::Duration report_interval_ ABSL_GUARDED_BY(mu_);
+  std::optional<SafetyParams> pending_safety_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> pending_connection_events_ ABSL_GUARDED_BY(mu_);
+  std::optional<PendingTargets> pending_targets_ ABSL_GUARDED_BY(mu_);
   uint64_t sequence_ ABSL_GUARDED_BY(mu_) = 0;
-  int list_failures_ ABSL_GUARDED_BY(mu_) = 0;
   // No report goes out before the VMs were listed once.
   bool listed_once_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -132,7 +180,8 @@ class Agent {
   BrokerLink::Counters synced_ ABSL_GUARDED_BY(counters_mu_);
 
   std::unique_ptr<BrokerLink> link_;
-  std::thread loop_;
+  std::thread apply_thread_;
+  std::thread report_thread_;
 };
 
 // Converts one VM (its status, the actuator's view and the statistics

@@ -36,6 +36,9 @@ AgentMetrics::AgentMetrics(prometheus::Registry& registry)
                                "Host MemAvailable.")),
       host_pressure_some_(NewGauge(registry, "membroker_agent_host_memory_pressure_some_ratio",
                                    "Host memory PSI some avg10 as a ratio (0..1).")),
+      hypervisor_calls_hung_(
+          NewGauge(registry, "membroker_agent_hypervisor_calls_hung",
+                   "Hypervisor calls past their deadline that have not returned yet.")),
       report_duration_(prometheus::BuildHistogram()
                            .Name("membroker_agent_report_duration_seconds")
                            .Help("Time to build and send one host report.")
@@ -67,6 +70,9 @@ void AgentMetrics::AddTargetsApplied(uint64_t n) {
 void AgentMetrics::AddTargetErrors(uint64_t n) { target_errors_.Increment(static_cast<double>(n)); }
 void AgentMetrics::SetHostCapacity(uint64_t bytes) {
   host_capacity_.Set(static_cast<double>(bytes));
+}
+void AgentMetrics::SetHypervisorCallsHung(int n) {
+  hypervisor_calls_hung_.Set(static_cast<double>(n));
 }
 void AgentMetrics::SetHostMemory(uint64_t available_bytes, double pressure_some_ratio) {
   host_available_.Set(static_cast<double>(available_bytes));

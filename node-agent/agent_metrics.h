@@ -39,6 +39,9 @@ class AgentMetrics {
   // membroker_agent_host_memory_available_bytes and
   // membroker_agent_host_memory_pressure_some_ratio (avg10 / 100).
   void SetHostMemory(uint64_t available_bytes, double pressure_some_ratio);
+  // membroker_agent_hypervisor_calls_hung: hypervisor calls past their
+  // deadline that have not returned yet.
+  void SetHypervisorCallsHung(int n);
   // membroker_agent_report_duration_seconds: time to build and send one
   // report.
   void ObserveReportDuration(double seconds);
@@ -69,6 +72,7 @@ class AgentMetrics {
   prometheus::Gauge& host_capacity_;
   prometheus::Gauge& host_available_;
   prometheus::Gauge& host_pressure_some_;
+  prometheus::Gauge& hypervisor_calls_hung_;
   prometheus::Histogram& report_duration_;
   prometheus::Family<prometheus::Gauge>& vm_actual_;
   prometheus::Family<prometheus::Gauge>& vm_target_;

@@ -63,6 +63,24 @@ bool BrokerLink::Write(const AgentMessage& message) {
   return stream_->Write(message);
 }
 
+absl::Status BrokerLink::SendAck(uint64_t stream, const membroker::v1::TargetAck& ack) {
+  AgentMessage message;
+  *message.mutable_ack() = ack;
+  // Checked under write_mu_ so the ack cannot land on a newer stream.
+  absl::MutexLock write_lock(&write_mu_);
+  bool current = false;
+  {
+    absl::MutexLock lock(&mu_);
+    current = connected_ && stream == stream_id_;
+  }
+  if (!current || stream_ == nullptr || stream_id_of_writer_ != stream) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ack of generation ", ack.generation(), " not sent: its stream ", stream, " is gone"));
+  }
+  if (!stream_->Write(message)) return absl::UnavailableError("ack write failed: stream lost");
+  return absl::OkStatus();
+}
+
 absl::Status BrokerLink::SendReport(const membroker::v1::HostReport& report) {
   if (!connected()) return absl::FailedPreconditionError("not connected to the broker");
   AgentMessage message;
@@ -96,23 +114,26 @@ void BrokerLink::Run() {
     failed_attempts_ = healthy ? 0 : failed_attempts_ + 1;
     absl::MutexLock lock(&mu_);
     auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
-    mu_.AwaitWithTimeout(absl::Condition(&stopping), delay);
+    clock_->AwaitWithTimeout(&mu_, absl::Condition(&stopping), delay);
     if (stopping_) return;
   }
 }
 
 bool BrokerLink::RunStream() {
   grpc::ClientContext context;
+  uint64_t stream_id = 0;
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return false;
     context_ = &context;
+    stream_id = ++stream_id_;
   }
   std::unique_ptr<grpc::ClientReaderWriter<AgentMessage, BrokerMessage>> stream =
       stub_->Connect(&context);
   {
     absl::MutexLock lock(&write_mu_);
     stream_ = stream.get();
+    stream_id_of_writer_ = stream_id;
   }
   absl::Time welcomed_at = absl::InfiniteFuture();
   AgentMessage hello;
@@ -122,7 +143,7 @@ bool BrokerLink::RunStream() {
     while (stream->Read(&message)) {
       switch (message.msg_case()) {
         case BrokerMessage::kWelcome:
-          if (welcomed_at == absl::InfiniteFuture()) welcomed_at = clock_->Now();
+          if (welcomed_at == absl::InfiniteFuture()) welcomed_at = clock_->MonotonicNow();
           spdlog::info("broker welcomed host {} (report interval {}s)", hello_.host_id(),
                        message.welcome().report_interval().seconds());
           if (callbacks_.on_welcome) callbacks_.on_welcome(message.welcome());
@@ -133,12 +154,7 @@ bool BrokerLink::RunStream() {
             spdlog::warn("broker sent targets before Welcome; ignored");
             break;
           }
-          membroker::v1::TargetAck ack;
-          if (callbacks_.on_targets) ack = callbacks_.on_targets(message.targets());
-          ack.set_generation(message.targets().generation());
-          AgentMessage out;
-          *out.mutable_ack() = std::move(ack);
-          if (!Write(out)) spdlog::warn("ack write failed: stream lost");
+          if (callbacks_.on_targets) callbacks_.on_targets(message.targets(), stream_id);
           break;
         }
         default:
@@ -166,7 +182,7 @@ bool BrokerLink::RunStream() {
                  static_cast<int>(status.error_code()));
   }
   return welcomed_at != absl::InfiniteFuture() &&
-         clock_->Now() - welcomed_at >= backoff_params_.healthy_after;
+         clock_->MonotonicNow() - welcomed_at >= backoff_params_.healthy_after;
 }
 
 }  // namespace membroker::agent

@@ -3,9 +3,13 @@
 // stream to the broker, re-established with jittered exponential backoff.
 //
 // Per stream: send Hello; the broker answers Welcome (the link is then
-// "connected"); TargetSet messages are handed to a callback whose TargetAck
-// goes back on the stream; reports are written by the caller through
-// SendReport. One reader thread; writes are serialized by a mutex.
+// "connected"); TargetSet messages are handed to a callback that only
+// records them (the reader never waits for a hypervisor); the caller
+// applies them elsewhere and sends the TargetAck through SendAck, and
+// reports through SendReport. One reader thread; writes are serialized by
+// a mutex. Reconnect delays and stream health are timed on the injected
+// clock (monotonic time, clock-driven waits); the gRPC stream itself has no
+// deadline.
 
 #include <cstdint>
 #include <functional>
@@ -32,8 +36,9 @@ class BrokerLink {
   struct Callbacks {
     // A Welcome arrived (the stream is now connected).
     std::function<void(const membroker::v1::Welcome&)> on_welcome;
-    // A TargetSet arrived; returns the ack to send.
-    std::function<membroker::v1::TargetAck(const membroker::v1::TargetSet&)> on_targets;
+    // A TargetSet arrived on stream `stream`. Must return promptly (record
+    // it; apply elsewhere); the ack goes back through SendAck(stream, ...).
+    std::function<void(const membroker::v1::TargetSet&, uint64_t stream)> on_targets;
     // The connection state changed (true after Welcome, false when lost).
     std::function<void(bool connected)> on_connection;
   };
@@ -45,7 +50,7 @@ class BrokerLink {
   };
 
   // `channel` reaches the broker; `hello` is sent first on every stream.
-  // `clock` (not owned) times stream health.
+  // `clock` (not owned) times stream health and the reconnect delays.
   BrokerLink(std::shared_ptr<grpc::Channel> channel, membroker::v1::Hello hello,
              Callbacks callbacks, const Clock* clock, BackoffParams backoff = {});
   ~BrokerLink();
@@ -64,6 +69,12 @@ class BrokerLink {
   // connected (no Welcome yet); UNAVAILABLE when the write fails (the
   // stream is then being re-established).
   absl::Status SendReport(const membroker::v1::HostReport& report);
+
+  // Sends the ack of a TargetSet that arrived on stream `stream`.
+  // FAILED_PRECONDITION when that stream is no longer the current welcomed
+  // one (the new broker stream sends its own targets); UNAVAILABLE when the
+  // write fails.
+  absl::Status SendAck(uint64_t stream, const membroker::v1::TargetAck& ack);
 
   // True between a Welcome and the loss of its stream.
   bool connected() const;
@@ -91,6 +102,8 @@ class BrokerLink {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool connected_ ABSL_GUARDED_BY(mu_) = false;
+  // Number of the current stream (counts from 1; 0: none yet).
+  uint64_t stream_id_ ABSL_GUARDED_BY(mu_) = 0;
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
   Counters counters_ ABSL_GUARDED_BY(mu_);
 
@@ -98,6 +111,8 @@ class BrokerLink {
   absl::Mutex write_mu_;
   grpc::ClientReaderWriter<membroker::v1::AgentMessage, membroker::v1::BrokerMessage>* stream_
       ABSL_GUARDED_BY(write_mu_) = nullptr;
+  // The stream id `stream_` belongs to.
+  uint64_t stream_id_of_writer_ ABSL_GUARDED_BY(write_mu_) = 0;
 };
 
 }  // namespace membroker::agent

@@ -338,18 +338,43 @@ TEST_F(ActuatorTest, WalkBackRespectsCapacity) {
 }
 
 TEST_F(ActuatorTest, NeverInflatesOnItsOwn) {
+  // a is below its max and under guest pressure once; b sits at its max.
+  // Over 100 s the broker comes and goes, pressure deflates a, and the
+  // fail-static walk back moves a toward its max: many calls, none of them
+  // an inflation (a target below the balloon's actual at the time).
+  params_.safety.fail_static_grace = absl::Seconds(20);
   fake_.AddVm("a", 4096 * kMiB, 3000 * kMiB);
   fake_.AddVm("b", 4096 * kMiB, 4096 * kMiB);
+  GuestMemoryStats stats;
+  stats.swap_in_bytes_total = 0;
+  stats.last_update = clock_.Now();
+  fake_.SetStats("a", stats);
   Actuator& act = Make();
   act.SetBrokerConnected(true);
   for (int i = 0; i < 100; ++i) {
     clock_.Advance(absl::Seconds(1));
+    if (i == 10) {
+      stats.swap_in_bytes_total = 100 * kMiB;  // ~9 MiB/s over 11 s: above 1 MiB/s
+      stats.last_update = clock_.Now();
+      fake_.SetStats("a", stats);
+    }
     Tick();
+    fake_.MoveBalloons(64 * kMiB);
     if (i == 50) act.SetBrokerConnected(false);
   }
-  for (const auto& [vm, target] : fake_.calls()) {
-    EXPECT_GE(target, vm == "a" ? 3000 * kMiB : 4096 * kMiB) << vm;
-  }
+  // The actuator acted (pressure deflate, then the walk back to max)...
+  EXPECT_FALSE(fake_.calls().empty());
+  EXPECT_EQ(fake_.target("a"), 4096 * kMiB);
+  EXPECT_TRUE(act.walking_back());
+  // ...and never inflated.
+  EXPECT_EQ(fake_.inflate_calls(), 0);
+
+  // Positive control: a broker target below the actual is an inflation,
+  // and the same count sees it.
+  act.SetBrokerConnected(true);
+  EXPECT_THAT(act.SetTargets(1, {Target("a", 2048 * kMiB)}), IsEmpty());
+  Tick();
+  EXPECT_EQ(fake_.inflate_calls(), 1);
 }
 
 TEST_F(ActuatorTest, RefusesBadTargetsPerVm) {
@@ -374,6 +399,12 @@ TEST_F(ActuatorTest, RefusesBadTargetsPerVm) {
   EXPECT_THAT(errors["a"], HasSubstr("not above"));
   Tick();
   EXPECT_THAT(fake_.calls(), IsEmpty());
+  // Positive control: the same target in a newer generation is applied at
+  // the next tick (a first inflate step of 256 MiB), so the empty call
+  // lists above are the refusals' doing.
+  EXPECT_THAT(act.SetTargets(6, {Target("a", 1024 * kMiB)}), IsEmpty());
+  Tick();
+  EXPECT_THAT(fake_.calls(), ElementsAre(Pair("a", 3840 * kMiB)));
 }
 
 TEST_F(ActuatorTest, NewConnectionStartsGenerationsOver) {

@@ -1,6 +1,7 @@
 #pragma once
 // A Hypervisor test double: VMs held in memory; balloons move only when the
-// test says so.
+// test says so; a VM can be made to hang every call about it until the test
+// releases it.
 
 #include <cstdint>
 #include <map>
@@ -24,6 +25,7 @@ class FakeHypervisor : public Hypervisor {
     uint64_t target = 0;   // last target set (0: none)
     bool frozen = false;   // balloon never moves
     absl::Status fail_set;  // error SetBalloonTarget returns
+    bool hang = false;     // calls about this VM block until released
   };
 
   std::string backend() const override { return "fake"; }
@@ -38,12 +40,14 @@ class FakeHypervisor : public Hypervisor {
 
   absl::Status SetBalloonTarget(const std::string& vm_id, uint64_t target_bytes) override {
     absl::MutexLock lock(&mu_);
+    HangWhileAsked(vm_id);
     auto it = vms_.find(vm_id);
     if (it == vms_.end()) return absl::NotFoundError(absl::StrCat("no VM ", vm_id));
     if (!it->second.fail_set.ok()) return it->second.fail_set;
     if (target_bytes == 0 || target_bytes > it->second.status.max_bytes) {
       return absl::InvalidArgumentError("target out of range");
     }
+    if (target_bytes < it->second.status.actual_bytes) ++inflate_calls_;
     it->second.target = target_bytes;
     calls_.emplace_back(vm_id, target_bytes);
     return absl::OkStatus();
@@ -51,6 +55,7 @@ class FakeHypervisor : public Hypervisor {
 
   absl::Status SetStatsPeriod(const std::string& vm_id, absl::Duration) override {
     absl::MutexLock lock(&mu_);
+    HangWhileAsked(vm_id);
     if (vms_.count(vm_id) == 0) return absl::NotFoundError(absl::StrCat("no VM ", vm_id));
     ++stats_period_calls_;
     return absl::OkStatus();
@@ -123,13 +128,61 @@ class FakeHypervisor : public Hypervisor {
     absl::MutexLock lock(&mu_);
     return stats_period_calls_;
   }
+  // Successful SetBalloonTarget calls below the VM's actual (inflations).
+  int inflate_calls() {
+    absl::MutexLock lock(&mu_);
+    return inflate_calls_;
+  }
+
+  // From now on every call about `id` blocks (forever) until Release(id).
+  void Hang(const std::string& id) {
+    absl::MutexLock lock(&mu_);
+    vms_[id].hang = true;
+  }
+  // Lets the calls about `id` go on.
+  void Release(const std::string& id) {
+    absl::MutexLock lock(&mu_);
+    vms_[id].hang = false;
+  }
+  // Calls blocked in Hang right now.
+  int hanging_calls() {
+    absl::MutexLock lock(&mu_);
+    return hanging_calls_;
+  }
+  // Waits (really, up to `bound`) until `n` calls are blocked in Hang.
+  bool WaitForHangingCalls(int n, absl::Duration bound) {
+    absl::MutexLock lock(&mu_);
+    auto reached = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return hanging_calls_ == n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&reached), bound);
+  }
+  // Calls that were blocked in Hang and have returned.
+  int released_calls() {
+    absl::MutexLock lock(&mu_);
+    return released_calls_;
+  }
 
  private:
+  void HangWhileAsked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = vms_.find(id);
+    if (it == vms_.end() || !it->second.hang) return;
+    ++hanging_calls_;
+    auto released = [this, &id]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      auto vm = vms_.find(id);
+      return vm == vms_.end() || !vm->second.hang;
+    };
+    mu_.Await(absl::Condition(&released));
+    --hanging_calls_;
+    ++released_calls_;
+  }
+
   absl::Mutex mu_;
   std::map<std::string, Vm> vms_ ABSL_GUARDED_BY(mu_);
   std::vector<std::pair<std::string, uint64_t>> calls_ ABSL_GUARDED_BY(mu_);
   absl::Status list_error_ ABSL_GUARDED_BY(mu_);
   int stats_period_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int inflate_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int hanging_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int released_calls_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace membroker::agent
