@@ -24,8 +24,10 @@ bool LooksLikeUuid(absl::string_view s) {
   return true;
 }
 
-// Seconds on the clock, for the decision step's elapsed times.
-double Seconds(absl::Time t) { return absl::ToDoubleSeconds(t - absl::UnixEpoch()); }
+// Monotonic seconds, for the decision step's elapsed times.
+double Seconds(absl::Time monotonic) {
+  return absl::ToDoubleSeconds(monotonic - absl::UnixEpoch());
+}
 
 }  // namespace
 
@@ -131,7 +133,8 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
   std::shared_ptr<const PolicySnapshot> policies = policies_.Snapshot();
   std::vector<std::string> problems;
   const policy::HostObservation obs =
-      ToHostObservation(report, Seconds(received), policies->report_interval, &problems);
+      ToHostObservation(report, Seconds(clock_->MonotonicNow()), policies->report_interval,
+                        &problems);
 
   absl::MutexLock lock(&host->mu);
   if (host->conn != conn || !host->connected) {

@@ -4,17 +4,15 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/guest_stats.h"
 #include "common/status.h"
 #include "common/units.h"
 
 namespace membroker::broker {
 namespace {
 
-constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kMaxBytes = uint64_t{1} << 50;
 constexpr int kMaxVmsPerHost = 10000;
-// Guest statistics may report a little more than the balloon's size.
-constexpr uint64_t kStatsSlackBytes = 64 * kMiB;
 
 absl::Status ValidateId(absl::string_view field, absl::string_view id) {
   if (id.empty() || id.size() > 128) {
@@ -33,19 +31,6 @@ absl::Status ValidateId(absl::string_view field, absl::string_view id) {
 
 bool BalloonHealthy(v1::BalloonHealth h) {
   return h != v1::BALLOON_HEALTH_STUCK && h != v1::BALLOON_HEALTH_NO_DRIVER;
-}
-
-std::string StatsProblem(const v1::VmSample& s, absl::Duration interval) {
-  const v1::GuestStats& g = s.stats();
-  if (g.untrusted()) return g.untrusted_reason().empty() ? "flagged by agent" : g.untrusted_reason();
-  if (!g.has_total_bytes() || !g.has_available_bytes()) return "total or available missing";
-  if (g.total_bytes() == 0) return "total is 0";
-  if (g.available_bytes() > g.total_bytes()) return "available above total";
-  if (g.total_bytes() > s.max_bytes() + kStatsSlackBytes) return "total above the VM's max";
-  if (g.has_age_seconds() && (g.age_seconds() < 0 || g.age_seconds() > 10 * absl::ToDoubleSeconds(interval))) {
-    return "stale";
-  }
-  return "";
 }
 
 absl::Status ValidateHello(const v1::Hello& hello) {
@@ -126,7 +111,7 @@ policy::HostObservation ToHostObservation(const v1::HostReport& report, double n
     o.max_bytes = s.max_bytes();
     o.actual_bytes = s.actual_bytes();
     o.balloon_healthy = BalloonHealthy(s.health());
-    const std::string problem = StatsProblem(s, interval);
+    const std::string problem = GuestStatsProblem(s, interval);
     const v1::GuestStats& g = s.stats();
     o.guest.stats_valid = problem.empty();
     o.guest.total_bytes = g.total_bytes();

@@ -1,6 +1,7 @@
 #pragma once
-// The agent stream's edge: validation of Hello and HostReport, the one rule
-// for trusting a guest's statistics, and the conversion of a report into the
+// The agent stream's edge: validation of Hello and HostReport, the guest
+// statistics' trust verdict (the one rule the agent applies too,
+// common/guest_stats.h), and the conversion of a report into the
 // plain observation the decision step reads (broker/policy/host_step.h).
 // Used by the broker and by the fleet simulator, so both read reports alike.
 
@@ -21,11 +22,6 @@ absl::Status ValidateHello(const v1::Hello& hello);
 // statistics are not checked here: they are untrusted input that is
 // flagged, not rejected. INVALID_ARGUMENT naming the field.
 absl::Status ValidateReport(const v1::HostReport& report);
-
-// Whether a VM's guest statistics may be used for a decision: "" when they
-// may, else why not ("stale", "available above total", ...). `interval` is
-// the report interval (statistics older than 10 intervals are stale).
-std::string StatsProblem(const v1::VmSample& sample, absl::Duration interval);
 
 // Whether a balloon can move (not stuck, has a driver).
 bool BalloonHealthy(v1::BalloonHealth health);

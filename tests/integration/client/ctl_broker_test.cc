@@ -43,6 +43,7 @@ v1::VmSample Sample(const std::string& id, const std::string& name, uint64_t max
   s.set_health(v1::BALLOON_HEALTH_OK);
   s.mutable_stats()->set_total_bytes(max);
   s.mutable_stats()->set_available_bytes(max - used);
+  s.mutable_stats()->set_age_seconds(0);
   s.mutable_stats()->set_free_bytes(max - used);
   s.mutable_stats()->set_swap_in_bytes_total(0);
   s.mutable_stats()->set_major_faults_total(0);
