@@ -68,17 +68,26 @@ class CpioWriter {
   uint32_t ino_ = 0;
 };
 
-// The guest's /init: loads the balloon driver stack, says MB-READY, then
-// runs the role given on the kernel command line (mb_role=idle|load,
-// mb_load=START,STEP,SECONDS,MAX,HOLD for memload).
-inline constexpr char kGuestInit[] = R"(#!/bin/busybox sh
+// The guest's /init: loads the balloon driver stack (all but
+// virtio_balloon when the kernel command line has mb_balloon=off: a
+// driverless guest whose balloon never moves), prints the guest's swap
+// ("MB-SWAP <SwapTotal in kB> <lines of /proc/swaps>"; the guest never
+// enables swap: no swap device exists and nothing runs swapon), says
+// MB-READY, then runs the role given on the kernel command line
+// (mb_role=idle|load, mb_load=START,STEP,SECONDS,MAX,HOLD for memload).
+inline constexpr char kGuestInit[] = R"INIT(#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon; do
+  if [ "$m" = virtio_balloon ] && [ "$mb_balloon" = off ]; then
+    echo "MB-NO-BALLOON-DRIVER"
+    continue
+  fi
   insmod /lib/modules/$m.ko || echo "MB-INSMOD-FAILED $m"
 done
+echo "MB-SWAP $(awk '/^SwapTotal:/ {print $2}' /proc/meminfo) $(wc -l < /proc/swaps)"
 echo "MB-READY role=$mb_role"
 if [ "$mb_role" = load ]; then
   set -- $(echo "$mb_load" | tr , ' ')
@@ -86,7 +95,7 @@ if [ "$mb_role" = load ]; then
   echo "MB-MEMLOAD-EXITED $?"
 fi
 while true; do sleep 3600; done
-)";
+)INIT";
 
 // Builds the initramfs of the test guests.
 inline absl::Status BuildInitramfs(const std::string& kernel_dir, const std::string& busybox,

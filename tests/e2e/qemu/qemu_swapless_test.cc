@@ -1,0 +1,513 @@
+// End to end with real swapless QEMU guests under TCG on an operator's
+// host budget, the broker and agent at their shipped defaults (no policy
+// overrides; only --host-capacity-bytes).
+//
+// Three guests, none with swap (no swap device, nothing runs swapon; each
+// guest prints its SwapTotal and the test checks it is 0):
+//   sw-idle   384 MiB, idle (~70-80 MiB used by the kernel and busybox);
+//   sw-surge  448 MiB, holds 16 MiB for kHoldSeconds after boot, then its
+//             load grows by 64 MiB a second to 272 MiB (256 MiB in 4 s)
+//             and keeps touching all of it;
+//   sw-nodrv  320 MiB, booted without the virtio_balloon driver: its
+//             balloon never moves whatever target it is given.
+//
+// 1. WorkingSetsFitNoGuestOoms (test A, DISABLED_ today: see below): the budget (960 MiB) holds
+// every
+//    guest's working set (idle ~80 + surge ~330 + the driverless guest's
+//    full 320 = ~730 MiB, plus the default 128 MiB free margin) but not
+//    every configured size (1152 MiB). No guest may OOM, the driverless
+//    guest is flagged (NO_DRIVER or STUCK) and its target never goes below
+//    its size, the idle guest is reclaimed, the surge completes.
+// 2. SurgeCannotFitBrokerSaysSo (test B): the budget (640 MiB) is below
+//    the surge's working set plus the driverless guest's size, so no
+//    sacrifice can make room. The broker must say so: the host is
+//    overcommitted in ListHosts, membroker_host_overcommitted is 1 on the
+//    broker's /metrics, and ExplainVm of the surging guest names it.
+//
+// Guest OOM kills: the agent exports an OOM count only where the
+// hypervisor backend supplies one (GuestMemoryStats::oom_kills_total, set
+// by the simulator backend alone). QEMU 7.2's virtio-balloon statistics
+// have no OOM counter, so with --backend=qmp the product cannot see a
+// guest's OOM kill at all today: no metric, no report field, no log line.
+// These tests therefore count OOM kills from each guest's serial console
+// (the kernel's "Out of memory" / "Killed process" lines) and print them.
+//
+// Each test prints a timeline (on failure and on success), one line a
+// second: per guest the broker's target, the balloon's actual size (seen
+// on the test's own QMP socket), guest used memory and balloon health as
+// the broker reports them, and whether the host is overcommitted.
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/clock.h"
+#include "gtest/gtest.h"
+#include "membroker/v1/admin.grpc.pb.h"
+#include "node-agent/hypervisor/qmp_client.h"
+#include "tests/e2e/qemu/qemu_guest.h"
+#include "tests/util/http.h"
+
+namespace membroker::e2e {
+namespace {
+
+using agent::QmpClient;
+using ::membroker::testing::HttpGet;
+
+constexpr uint64_t kMiB = 1ULL << 20;
+
+// The surge's shape (memload arguments): START,STEP,STEP_SECONDS,MAX,HOLD.
+constexpr int kSurgeStartMib = 16;
+constexpr int kSurgeStepMib = 64;
+constexpr int kSurgeMaxMib = 272;
+// Long enough after boot for the broker to see every guest and reclaim the
+// idle one before the surge (the agent's stuck timeout is 30 s).
+constexpr int kHoldSeconds = 45;
+
+constexpr int kIdleMib = 384;
+constexpr int kSurgeMib = 448;
+constexpr int kNoDriverMib = 320;
+
+bool InCi() {
+  const char* ci = std::getenv("CI");
+  return ci != nullptr && std::string(ci) == "true";
+}
+
+std::string Env(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : fallback;
+}
+
+bool OnPath(const std::string& program) {
+  for (absl::string_view dir : absl::StrSplit(Env("PATH", "/usr/bin:/bin"), ':')) {
+    if (access(absl::StrCat(dir, "/", program).c_str(), X_OK) == 0) return true;
+  }
+  return false;
+}
+
+// Skips (outside CI) or fails (in CI) the test when a prerequisite is
+// missing.
+#define MB_REQUIRE(cond, what)                                                   \
+  do {                                                                           \
+    if (!(cond)) {                                                               \
+      if (InCi()) FAIL() << "missing in CI: " << (what);                         \
+      GTEST_SKIP() << "skipped: " << (what) << " (set CI=true to make it fail)"; \
+    }                                                                            \
+  } while (0)
+
+// query-balloon actual through the test's own QMP socket (0 on error).
+uint64_t WatchActual(QmpClient& client, const std::string& socket) {
+  if (!client.connected() && !client.Connect(socket).ok()) return 0;
+  auto reply = client.Execute("query-balloon");
+  if (!reply.ok() || reply->kind_case() != google::protobuf::Value::kStructValue) return 0;
+  auto it = reply->struct_value().fields().find("actual");
+  if (it == reply->struct_value().fields().end()) return 0;
+  return static_cast<uint64_t>(it->second.number_value());
+}
+
+// The kernel's OOM-killer lines in a console: each kill prints one
+// "Killed process" line (and "Out of memory" on most kernels).
+int OomKills(const std::string& console) {
+  int kills = 0;
+  for (size_t at = console.find("Killed process"); at != std::string::npos;
+       at = console.find("Killed process", at + 1)) {
+    ++kills;
+  }
+  if (kills == 0 && console.find("Out of memory") != std::string::npos) kills = 1;
+  return kills;
+}
+
+// The last non-empty line of a console.
+std::string LastLine(const std::string& console) {
+  size_t end = console.find_last_not_of("\r\n");
+  if (end == std::string::npos) return "";
+  size_t begin = console.find_last_of('\n', end);
+  begin = begin == std::string::npos ? 0 : begin + 1;
+  return console.substr(begin, end + 1 - begin);
+}
+
+std::string Mib(uint64_t bytes) { return absl::StrCat(bytes / kMiB); }
+
+std::string HealthName(v1::BalloonHealth h) {
+  std::string name = v1::BalloonHealth_Name(h);
+  const std::string prefix = "BALLOON_HEALTH_";
+  return name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name;
+}
+
+// What one run saw, per guest and for the host.
+struct GuestSeen {
+  uint64_t size_bytes = 0;
+  uint64_t min_actual = UINT64_MAX;  // on the test's QMP socket
+  uint64_t min_target = UINT64_MAX;  // the broker's, once it decided one
+  uint64_t last_target = 0;
+  bool flagged_unhealthy = false;  // health NO_DRIVER or STUCK
+  std::string flagged_as;
+};
+
+struct RunResult {
+  std::map<std::string, GuestSeen> guests;
+  bool surge_reached = false;
+  bool surge_started = false;               // memload printed its first growth
+  bool host_overcommitted_seen = false;     // ListHosts, after the surge began
+  bool metrics_overcommitted_seen = false;  // /metrics, after the surge began
+  bool explain_overcommitted_seen = false;  // ExplainVm sw-surge, after the surge began
+  std::string explain_sample;               // one ExplainVm of sw-surge
+  std::string timeline;
+  bool daemons_alive = true;
+};
+
+class QemuSwaplessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    kernel_dir_ = Env("MB_GUEST_KERNEL_DIR", MB_DEFAULT_GUEST_KERNEL_DIR);
+    busybox_ = Env("MB_BUSYBOX", "/bin/busybox");
+    char tmpl[] = "/tmp/mb-qemu-sw-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    for (auto& g : guests_) g->Stop();
+    if (HasFailure()) {
+      std::printf("kept the test's files for inspection in %s\n", dir_.c_str());
+    } else {
+      std::string cmd = absl::StrCat("rm -rf '", dir_, "'");
+      if (std::system(cmd.c_str()) != 0) std::printf("could not remove %s\n", dir_.c_str());
+    }
+  }
+
+  // Checks the prerequisites, builds the initramfs and boots the three
+  // guests; sets ready_ or fails or skips the test.
+  void BootGuests() {
+    MB_REQUIRE(!std::string(MB_BROKER_PATH).empty() && FileExists(MB_BROKER_PATH),
+               "the membroker binary");
+    MB_REQUIRE(!std::string(MB_AGENT_PATH).empty() && FileExists(MB_AGENT_PATH),
+               "the membroker-agent binary");
+    MB_REQUIRE(OnPath("qemu-system-x86_64"), "qemu-system-x86_64 (apt: qemu-system-x86)");
+    MB_REQUIRE(FileExists(busybox_), "busybox at " + busybox_ + " (apt: busybox-static)");
+    MB_REQUIRE(FileExists(kernel_dir_ + "/vmlinuz"), "guest kernel in " + kernel_dir_ +
+                                                         " (run scripts/fetch-guest-kernel.sh " +
+                                                         kernel_dir_ + ")");
+    absl::Status built =
+        BuildInitramfs(kernel_dir_, busybox_, MB_MEMLOAD_PATH, dir_ + "/initrd.cpio");
+    ASSERT_TRUE(built.ok()) << built;
+
+    idle_ = Boot("sw-idle", "e0000000-0000-4000-8000-000000000001", "mb_role=idle", kIdleMib);
+    surge_ = Boot("sw-surge", "e0000000-0000-4000-8000-000000000002",
+                  absl::StrFormat("mb_role=load mb_load=%d,%d,1,%d,%d", kSurgeStartMib,
+                                  kSurgeStepMib, kSurgeMaxMib, kHoldSeconds),
+                  kSurgeMib);
+    nodrv_ = Boot("sw-nodrv", "e0000000-0000-4000-8000-000000000003", "mb_role=idle mb_balloon=off",
+                  kNoDriverMib);
+    for (QemuGuest* g : {idle_, surge_, nodrv_}) {
+      ASSERT_TRUE(g->WaitForConsole("MB-READY", absl::Minutes(3)))
+          << g->name() << " did not boot; console:\n"
+          << g->Console() << "\nqemu:\n"
+          << g->QemuLog();
+      const std::string console = g->Console();
+      EXPECT_EQ(console.find("MB-INSMOD-FAILED"), std::string::npos) << console;
+      // Swapless: no swap configured (SwapTotal 0 kB, /proc/swaps only has
+      // its header line).
+      EXPECT_NE(console.find("MB-SWAP 0 1"), std::string::npos)
+          << g->name() << " has swap; console:\n"
+          << console;
+    }
+    EXPECT_NE(nodrv_->Console().find("MB-NO-BALLOON-DRIVER"), std::string::npos);
+    EXPECT_EQ(idle_->Console().find("MB-NO-BALLOON-DRIVER"), std::string::npos);
+    if (HasFatalFailure()) return;
+    ready_ = true;
+  }
+
+  QemuGuest* Boot(const std::string& name, const std::string& uuid, const std::string& append,
+                  int memory_mib) {
+    guests_.push_back(std::make_unique<QemuGuest>(dir_, name, uuid));
+    QemuGuest* g = guests_.back().get();
+    absl::Status st = g->Start(kernel_dir_ + "/vmlinuz", dir_ + "/initrd.cpio", append, memory_mib);
+    EXPECT_TRUE(st.ok()) << st;
+    return g;
+  }
+
+  // Starts the broker (no config: the shipped defaults) and the agent with
+  // the host budget, then samples once a second until the surge has held
+  // its maximum for 10 s, a guest OOMs (plus 10 s more), a daemon exits, or
+  // the deadline.
+  RunResult Run(uint64_t capacity_bytes) {
+    RunResult r;
+    EXPECT_EQ(::mkdir((dir_ + "/state").c_str(), 0755), 0);
+    ChildProcess broker;
+    EXPECT_TRUE(broker
+                    .Start({MB_BROKER_PATH, "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
+                            "--state-dir=" + dir_ + "/state", "--insecure"},
+                           dir_ + "/broker.log")
+                    .ok());
+    const absl::StatusOr<std::string> port =
+        broker.WaitForLog("grpc port ([0-9]+)", absl::Seconds(30));
+    const absl::StatusOr<std::string> metrics_port =
+        broker.WaitForLog("metrics port ([0-9]+)", absl::Seconds(30));
+    EXPECT_TRUE(port.ok()) << port.status();
+    EXPECT_TRUE(metrics_port.ok()) << metrics_port.status();
+    int metrics = 0;
+    if (!port.ok() || !metrics_port.ok() || !absl::SimpleAtoi(*metrics_port, &metrics)) {
+      r.daemons_alive = false;
+      return r;
+    }
+    ChildProcess agent_process;
+    EXPECT_TRUE(agent_process
+                    .Start({MB_AGENT_PATH, absl::StrCat("--broker=127.0.0.1:", *port),
+                            "--host-id=h1", "--backend=qmp",
+                            absl::StrCat("--qmp-socket=", idle_->agent_socket(), ",",
+                                         surge_->agent_socket(), ",", nodrv_->agent_socket()),
+                            absl::StrCat("--host-capacity-bytes=", capacity_bytes),
+                            "--metrics-listen=127.0.0.1:0", "--insecure"},
+                           dir_ + "/agent.log")
+                    .ok());
+    auto stub = v1::AdminService::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port), grpc::InsecureChannelCredentials()));
+
+    std::map<std::string, std::unique_ptr<QmpClient>> watch;
+    for (QemuGuest* g : {idle_, surge_, nodrv_}) {
+      watch[g->name()] = std::make_unique<QmpClient>(RealClock::Get());
+    }
+    r.guests["sw-idle"].size_bytes = kIdleMib * kMiB;
+    r.guests["sw-surge"].size_bytes = kSurgeMib * kMiB;
+    r.guests["sw-nodrv"].size_bytes = kNoDriverMib * kMiB;
+
+    const absl::Time started = absl::Now();
+    // The surge begins ~kHoldSeconds after boot; allow it 100 s more, so a
+    // test stays under ~3 minutes with the boot.
+    const absl::Time deadline = started + absl::Seconds(kHoldSeconds + 100);
+    absl::Time end_after = absl::InfiniteFuture();
+    absl::StrAppend(&r.timeline,
+                    "t(s)  per guest: target/actual/used MiB health | host | surge console\n");
+    while (absl::Now() < deadline && absl::Now() < end_after) {
+      const absl::Time tick = absl::Now();
+      // The broker's view.
+      std::map<std::string, v1::Vm> vms;
+      {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+        v1::ListVmsResponse listed;
+        if (stub->ListVms(&ctx, {}, &listed).ok()) {
+          for (const v1::Vm& vm : listed.vms()) vms[vm.name()] = vm;
+        }
+      }
+      bool overcommitted = false;
+      uint64_t host_target = 0;
+      {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+        v1::ListHostsResponse hosts;
+        if (stub->ListHosts(&ctx, {}, &hosts).ok()) {
+          for (const v1::Host& h : hosts.hosts()) {
+            overcommitted = overcommitted || h.overcommitted();
+            host_target += h.target_bytes();
+          }
+        }
+      }
+      const std::string surge_console = surge_->Console();
+      if (surge_console.find("memload: growing") != std::string::npos) r.surge_started = true;
+      if (surge_console.find("memload: reached") != std::string::npos) r.surge_reached = true;
+
+      std::string line = absl::StrFormat("%5.1f ", absl::ToDoubleSeconds(tick - started));
+      for (QemuGuest* g : {idle_, surge_, nodrv_}) {
+        GuestSeen& seen = r.guests[g->name()];
+        const uint64_t actual = WatchActual(*watch[g->name()], g->watch_socket());
+        if (actual > 0) seen.min_actual = std::min(seen.min_actual, actual);
+        auto it = vms.find(g->name());
+        if (it == vms.end()) {
+          absl::StrAppend(&line, " ", g->name(), " -/", Mib(actual), "/- ?");
+          continue;
+        }
+        const v1::Vm& vm = it->second;
+        if (vm.target_bytes() > 0) {
+          seen.min_target = std::min(seen.min_target, vm.target_bytes());
+          seen.last_target = vm.target_bytes();
+        }
+        if (vm.health() == v1::BALLOON_HEALTH_NO_DRIVER ||
+            vm.health() == v1::BALLOON_HEALTH_STUCK) {
+          if (!seen.flagged_unhealthy) {
+            seen.flagged_as = absl::StrFormat("%s at %.0f s", HealthName(vm.health()),
+                                              absl::ToDoubleSeconds(tick - started));
+          }
+          seen.flagged_unhealthy = true;
+        }
+        absl::StrAppend(&line, " ", g->name(), " ", Mib(vm.target_bytes()), "/", Mib(actual), "/",
+                        Mib(vm.guest_used_bytes()), " ", HealthName(vm.health()));
+      }
+      absl::StrAppend(&line, " | host target ", Mib(host_target),
+                      overcommitted ? " OVERCOMMITTED" : "", " | ", LastLine(surge_console));
+
+      if (r.surge_started) {
+        if (overcommitted) r.host_overcommitted_seen = true;
+        auto reply = HttpGet(metrics, "/metrics", absl::Seconds(2));
+        if (reply.ok()) {
+          for (absl::string_view l : absl::StrSplit(reply->body, '\n')) {
+            if (absl::StartsWith(l, "membroker_host_overcommitted{") &&
+                absl::StrContains(l, "host=\"h1\"") && absl::EndsWith(l, " 1")) {
+              r.metrics_overcommitted_seen = true;
+            }
+          }
+        }
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+        v1::ExplainVmRequest req;
+        req.set_vm("sw-surge");
+        v1::Explanation explanation;
+        if (stub->ExplainVm(&ctx, req, &explanation).ok()) {
+          const std::string steps = absl::StrJoin(explanation.steps(), "\n");
+          if (absl::StrContains(steps, "overcommitted")) {
+            r.explain_overcommitted_seen = true;
+            r.explain_sample = steps;
+          } else if (r.explain_sample.empty()) {
+            r.explain_sample = steps;
+          }
+        }
+      }
+      int kills = 0;
+      for (QemuGuest* g : {idle_, surge_, nodrv_}) kills += OomKills(g->Console());
+      if (kills > 0) absl::StrAppend(&line, " [OOM kills so far: ", kills, "]");
+      absl::StrAppend(&r.timeline, line, "\n");
+
+      if (end_after == absl::InfiniteFuture() && (r.surge_reached || kills > 0)) {
+        end_after = absl::Now() + absl::Seconds(10);
+      }
+      if (!broker.Running() || !agent_process.Running()) {
+        r.daemons_alive = false;
+        break;
+      }
+      const absl::Duration left = absl::Seconds(1) - (absl::Now() - tick);
+      if (left > absl::ZeroDuration()) absl::SleepFor(left);
+    }
+    EXPECT_TRUE(broker.Running()) << "membroker exited";
+    EXPECT_TRUE(agent_process.Running()) << "membroker-agent exited";
+    return r;
+  }
+
+  // Prints what a run saw (always: these figures are the point of the test).
+  void PrintSummary(const RunResult& r) {
+    for (QemuGuest* g : {idle_, surge_, nodrv_}) {
+      const GuestSeen& s = r.guests.at(g->name());
+      std::printf(
+          "%s: size %s MiB, lowest actual %s MiB, lowest target %s MiB, flagged %s, "
+          "OOM kills in console %d\n",
+          g->name().c_str(), Mib(s.size_bytes).c_str(),
+          s.min_actual == UINT64_MAX ? "-" : Mib(s.min_actual).c_str(),
+          s.min_target == UINT64_MAX ? "-" : Mib(s.min_target).c_str(),
+          s.flagged_unhealthy ? s.flagged_as.c_str() : "no", OomKills(g->Console()));
+    }
+    std::printf("surge reached its working set: %s\n", r.surge_reached ? "yes" : "no");
+  }
+
+  // Prints the run's timeline and the surging guest's console.
+  void PrintTimeline(const RunResult& r) {
+    std::printf("\n--- timeline (one line a second):\n%s\n--- sw-surge console:\n%s\n",
+                r.timeline.c_str(), surge_->Console().c_str());
+  }
+
+  std::string kernel_dir_;
+  std::string busybox_;
+  std::string dir_;
+  bool ready_ = false;
+  std::vector<std::unique_ptr<QemuGuest>> guests_;
+  QemuGuest* idle_ = nullptr;
+  QemuGuest* surge_ = nullptr;
+  QemuGuest* nodrv_ = nullptr;
+};
+
+// DISABLED_ until the policy work of the swapless issue lands (floors that
+// yield, demand that sees a full guest, the free margin lent under acute
+// pressure). Observed on 2026-11-30 at the shipped defaults, budget
+// 960 MiB (targets/actual/guest used, MiB):
+//   t=1..44 s   idle 256/256/66, surge 256/256/85, nodrv 320/320/0
+//               (health STATS_UNAVAILABLE); host target 832 = 960 - the
+//               128 MiB free margin; not overcommitted;
+//   t=45 s      the surge begins: surge 256/256/85 -> 149 -> 214 MiB used;
+//   t=47 s      sw-surge OOM-killed at 208 MiB of load ("Out of memory:
+//               Killed process 93 (memload) ... anon-rss:186584kB"), its
+//               target still 256 MiB: the broker never raised it.
+// Failed checks: surge OOM-killed and never reached 272 MiB; the idle
+// guest held at the default 256 MiB floor (lowest actual 256 MiB, not
+// <= 192); the driverless guest never flagged NO_DRIVER/STUCK (its health
+// stayed STATS_UNAVAILABLE: it was never given a target below its size, so
+// the agent never saw its balloon fail to move). Passed: no target below
+// the driverless guest's size. Run it with
+// --gtest_also_run_disabled_tests.
+TEST_F(QemuSwaplessTest, DISABLED_WorkingSetsFitNoGuestOoms) {
+  BootGuests();
+  if (!ready_) return;
+  const RunResult r = Run(960 * kMiB);
+  PrintSummary(r);
+
+  // No guest OOM anywhere: the budget holds every working set.
+  for (QemuGuest* g : {idle_, surge_, nodrv_}) {
+    EXPECT_EQ(OomKills(g->Console()), 0) << g->name() << " was OOM-killed";
+  }
+  // The surge completed and is still running.
+  EXPECT_TRUE(r.surge_reached) << "the surging guest's load never reached its working set";
+  EXPECT_EQ(surge_->Console().find("MB-MEMLOAD-EXITED"), std::string::npos)
+      << "the surging guest's load died";
+  // The driverless guest is flagged, and never counted as reclaimable: the
+  // broker never gives it a target below its size.
+  const GuestSeen& nodrv = r.guests.at("sw-nodrv");
+  EXPECT_TRUE(nodrv.flagged_unhealthy) << "the driverless guest was never flagged";
+  EXPECT_NE(nodrv.min_target, UINT64_MAX) << "the broker never decided the driverless guest";
+  if (nodrv.min_target != UINT64_MAX) {
+    EXPECT_GE(nodrv.min_target, nodrv.size_bytes)
+        << "the driverless guest was counted as reclaimable: target " << Mib(nodrv.min_target)
+        << " MiB below its size";
+  }
+  // The idle guest (~80 MiB used) is reclaimed well below its size: at
+  // least half of its 384 MiB goes back.
+  const GuestSeen& idle = r.guests.at("sw-idle");
+  EXPECT_LE(idle.min_actual, idle.size_bytes / 2)
+      << "the idle guest was not reclaimed: lowest actual " << Mib(idle.min_actual) << " MiB";
+  EXPECT_TRUE(r.daemons_alive);
+  PrintTimeline(r);
+}
+
+TEST_F(QemuSwaplessTest, SurgeCannotFitBrokerSaysSo) {
+  BootGuests();
+  if (!ready_) return;
+  // The surge's working set (~330 MiB) plus the driverless guest's 320 MiB
+  // is more than 640 MiB, whatever the idle guest gives.
+  const RunResult r = Run(640 * kMiB);
+  PrintSummary(r);
+
+  EXPECT_TRUE(r.surge_started) << "the surge never began";
+  EXPECT_TRUE(r.host_overcommitted_seen)
+      << "ListHosts never flagged the host overcommitted after the surge began";
+  EXPECT_TRUE(r.metrics_overcommitted_seen)
+      << "membroker_host_overcommitted{host=\"h1\"} was never 1 after the surge began";
+  EXPECT_TRUE(r.explain_overcommitted_seen)
+      << "ExplainVm sw-surge never named the overcommitment; it said:\n"
+      << r.explain_sample;
+  // The OOM, if any: the product cannot count a QEMU guest's OOM kill
+  // (see the top of this file), so only the guest's console tells.
+  int kills = 0;
+  for (QemuGuest* g : {idle_, surge_, nodrv_}) kills += OomKills(g->Console());
+  std::printf("guest OOM kills seen on the consoles (not visible to the product): %d\n", kills);
+  // Nothing but the surge may die for it: the idle and driverless guests
+  // hold their working sets.
+  EXPECT_EQ(OomKills(idle_->Console()), 0) << "the idle guest was OOM-killed";
+  EXPECT_EQ(OomKills(nodrv_->Console()), 0) << "the driverless guest was OOM-killed";
+  EXPECT_TRUE(r.daemons_alive);
+  PrintTimeline(r);
+}
+
+}  // namespace
+}  // namespace membroker::e2e
