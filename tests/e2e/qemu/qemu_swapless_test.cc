@@ -24,11 +24,12 @@
 //    overcommitted in ListHosts, membroker_host_overcommitted is 1 on the
 //    broker's /metrics, and ExplainVm of the surging guest names it.
 //
-// Guest OOM kills: the agent exports an OOM count only where the
-// hypervisor backend supplies one (GuestMemoryStats::oom_kills_total, set
-// by the simulator backend alone). QEMU 7.2's virtio-balloon statistics
-// have no OOM counter, so with --backend=qmp the product cannot see a
-// guest's OOM kill at all today: no metric, no report field, no log line.
+// Guest OOM kills: the agent reports a guest's OOM count
+// (GuestStats.oom_kills_total) only where the hypervisor backend supplies
+// one, and only the simulator backend does; neither the agent's nor the
+// broker's /metrics exports it. QEMU 7.2's virtio-balloon statistics have
+// no OOM counter, so with --backend=qmp the product cannot see a guest's
+// OOM kill at all today: the field stays unset, no metric, no log line.
 // These tests therefore count OOM kills from each guest's serial console
 // (the kernel's "Out of memory" / "Killed process" lines) and print them.
 //
