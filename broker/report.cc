@@ -103,6 +103,8 @@ policy::HostObservation ToHostObservation(const v1::HostReport& report, double n
   policy::HostObservation obs;
   obs.now_seconds = now_seconds;
   obs.capacity_bytes = report.capacity_bytes();
+  obs.host_available_bytes = report.host().mem_available_bytes();
+  obs.host_psi_some_avg10_percent = report.host().psi_some_avg10_percent();
   obs.vms.reserve(report.vms_size());
   if (problems) problems->clear();
   for (const v1::VmSample& s : report.vms()) {
@@ -119,6 +121,7 @@ policy::HostObservation ToHostObservation(const v1::HostReport& report, double n
     o.guest.swap_in_bytes_total = g.swap_in_bytes_total();
     o.guest.major_faults_total = g.major_faults_total();
     o.guest.swap_out_bytes_total = g.swap_out_bytes_total();
+    o.guest.last_target_bytes = s.last_target_bytes();
     obs.vms.push_back(std::move(o));
     if (problems) problems->push_back(problem);
   }

@@ -19,10 +19,19 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
       state.active_fraction = 1.0;
     }
     state.pressure = false;
+    state.acute = false;
+    state.full = false;
+    state.deflated = false;
     state.swap_in_bytes_per_second = 0;
     state.major_faults_per_second = 0;
     return;
   }
+  // Deflate-on-oom: the balloon grew above the target the agent applied
+  // without being asked (actual rises while the target stays below it).
+  constexpr uint64_t kMoveSlackBytes = uint64_t{8} << 20;
+  const bool deflated = state.initialized && obs.last_target_bytes != 0 &&
+                        obs.actual_bytes > obs.last_target_bytes + kMoveSlackBytes &&
+                        obs.actual_bytes > state.last_actual_bytes + kMoveSlackBytes;
   // The guest's total excludes what its kernel reserved at boot, but
   // targets are balloon sizes: count that gap (actual - total) as used.
   // It is measured only when the balloon did not move since the previous
@@ -68,12 +77,37 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
   state.last_swap_out_bytes_total = obs.swap_out_bytes_total;
   state.swap_in_bytes_per_second = swap_in_rate;
   state.major_faults_per_second = fault_rate;
+  // Growth trend of used memory, exponentially weighted over the reports.
+  if (state.initialized && obs.elapsed_seconds > 0) {
+    const double rate =
+        (used - static_cast<double>(state.last_used_bytes)) / obs.elapsed_seconds;
+    const double keep =
+        std::pow(0.5, obs.elapsed_seconds / std::max(params.trend_half_life_seconds, 1e-3));
+    state.used_trend_bytes_per_second = rate + (state.used_trend_bytes_per_second - rate) * keep;
+  }
+  state.last_used_bytes = used_u;
+  const double growth = state.used_trend_bytes_per_second > params.trend_noise_bytes_per_second
+                            ? state.used_trend_bytes_per_second * params.landing_seconds
+                            : 0.0;
+  const double total = static_cast<double>(obs.total_bytes);
+  const double full_at = std::max(static_cast<double>(params.full_available_bytes),
+                                  total * params.full_available_percent / 100.0);
+  state.full = static_cast<double>(obs.available_bytes) <= full_at;
+  state.deflated = deflated;
+  state.seconds_since_deflate =
+      deflated ? 0 : state.seconds_since_deflate + std::max(obs.elapsed_seconds, 0.0);
   state.pressure = swap_in_rate > params.swap_in_noise_bytes_per_second ||
-                   fault_rate > params.major_fault_noise_per_second;
+                   fault_rate > params.major_fault_noise_per_second || state.full || deflated;
 
   state.seconds_since_pressure =
       state.pressure ? 0 : state.seconds_since_pressure + std::max(obs.elapsed_seconds, 0.0);
+  state.acute = state.seconds_since_pressure < params.acute_hold_seconds;
   double raw = used;
+  if (state.full || deflated) {
+    // Censored: a full guest shows only what it has. Ask for more in
+    // proportion to its growth, at least a step.
+    raw = std::max(raw, actual + std::max(growth, static_cast<double>(params.pressure_step_bytes)));
+  }
   if (state.pressure) {
     // The guest is short: it needs at least what it has, plus what it had
     // to read back from swap, plus a step.
@@ -94,7 +128,12 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
   state.initialized = true;
   state.estimate_bytes = std::min(state.estimate_bytes, max > 0 ? max : state.estimate_bytes);
   state.used_bytes = used_u;
-  state.demand_bytes = static_cast<uint64_t>(std::llround(state.estimate_bytes));
+  // What the guest will use by the time a target lands, if it keeps
+  // growing: the projection is added after the filter, so it goes away as
+  // soon as the growth stops.
+  const double projected = std::max(state.estimate_bytes, used + growth);
+  state.demand_bytes =
+      static_cast<uint64_t>(std::llround(max > 0 ? std::min(projected, max) : projected));
   double margin = used * params.protect_margin_percent / 100.0;
   if (params.protect_margin_max_bytes > 0) {
     margin = std::min(margin, static_cast<double>(params.protect_margin_max_bytes));
@@ -105,6 +144,11 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
     // balloon into them.
     protect = std::max(protect, used + state.swapped_estimate_bytes);
   }
+  if (state.seconds_since_deflate < params.deflate_hold_seconds) {
+    // The guest just took pages back from the balloon to stay alive: never
+    // inflate into it again while the hold lasts.
+    protect = std::max(protect, actual);
+  }
   state.protect_bytes = static_cast<uint64_t>(std::llround(max > 0 ? std::min(protect, max) : protect));
   state.active_fraction = actual > 0 ? std::clamp(used / actual, 0.0, 1.0) : 1.0;
 }
@@ -113,7 +157,7 @@ void SetDemandInputs(const DemandState& state, VmInput& input) {
   input.demand_bytes = state.demand_bytes;
   input.protect_bytes = state.protect_bytes;
   input.active_fraction = state.active_fraction;
-  input.under_pressure = state.pressure;
+  input.under_pressure = state.acute;
 }
 
 }  // namespace membroker::policy

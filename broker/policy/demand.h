@@ -15,10 +15,22 @@
 //      balance of swap-out minus swap-in since the guest was first seen
 //      (never below 0): how much of its memory the guest pushed out, so
 //      one report is enough to ask for the whole deficit.
-//   4. protect = used + min(used * protect margin, protect margin cap);
+//   4. A full guest is pressure too, and its real demand is unknown
+//      (censored): when available memory is near zero (at most
+//      max(full_available_bytes, full_available_percent of total)), demand
+//      becomes at least actual + max(pressure step, the growth of used
+//      memory over the time a target takes to land). The growth is a
+//      trend: an exponentially weighted rate of used memory over the last
+//      reports. A guest that is not full yet but whose projected use (used
+//      + trend x landing time) would fill it is asked that much already.
+//   5. Deflate-on-oom: a balloon that grew above its last target without
+//      being asked (the guest took pages back before its OOM killer ran) is
+//      pressure; for deflate_hold_seconds after it, protect is at least the
+//      balloon's size: the broker never re-inflates into that guest.
+//   6. protect = used + min(used * protect margin, protect margin cap);
 //      under pressure at least used + the estimated swap occupancy (pages
 //      being read back are working set); never more than max.
-//   5. Untrusted or missing statistics keep the previous estimate (or, for
+//   7. Untrusted or missing statistics keep the previous estimate (or, for
 //      a VM never seen with valid stats, its current size: no reclaim).
 
 #include <cstdint>
@@ -45,6 +57,23 @@ struct DemandParams {
   double swap_in_noise_bytes_per_second = 64.0 * 1024;
   // Major faults below this rate (1/s) are noise.
   double major_fault_noise_per_second = 50.0;
+  // A guest is full when its available memory is at most the larger of
+  // these (MemAvailable keeps a few per cent for the kernel's watermarks).
+  uint64_t full_available_bytes = uint64_t{48} << 20;
+  double full_available_percent = 4.0;
+  // Seconds a target takes to land (report, decision, balloon): the horizon
+  // over which growth of used memory is projected.
+  double landing_seconds = 3.0;
+  // Half-life of the used-memory growth trend.
+  double trend_half_life_seconds = 2.0;
+  // Growth below this rate (bytes/s) is noise.
+  double trend_noise_bytes_per_second = 2.0 * 1024 * 1024;
+  // After a deflate-on-oom, reclaim below the balloon's size waits this long.
+  double deflate_hold_seconds = 120.0;
+  // A guest stays under acute pressure (what the allocator's sacrifices and
+  // tiers serve) this long after its last pressure sample, so a guest that
+  // just got room is not left short again the next second.
+  double acute_hold_seconds = 30.0;
 };
 
 // One guest observation.
@@ -57,6 +86,7 @@ struct GuestObservation {
   uint64_t swap_out_bytes_total = 0;  // 0 when the guest does not send it
   uint64_t actual_bytes = 0;
   uint64_t max_bytes = 0;
+  uint64_t last_target_bytes = 0;  // the target the agent applied (0: none)
   double elapsed_seconds = 0;      // since the previous observation
 };
 
@@ -74,13 +104,22 @@ struct DemandState {
   uint64_t last_actual_bytes = 0;
   // Seconds since the last pressure sample (large: never).
   double seconds_since_pressure = 1e18;
+  // Used memory at the previous observation and its growth trend (bytes/s,
+  // exponentially weighted; may be negative).
+  uint64_t last_used_bytes = 0;
+  double used_trend_bytes_per_second = 0;
+  // Seconds since the last deflate-on-oom (large: never).
+  double seconds_since_deflate = 1e18;
   // Outputs of the last update.
   uint64_t demand_bytes = 0;
   uint64_t protect_bytes = 0;
   uint64_t used_bytes = 0;
   double swap_in_bytes_per_second = 0;
   double major_faults_per_second = 0;
-  bool pressure = false;
+  bool pressure = false;   // pressure in this sample
+  bool acute = false;      // pressure within acute_hold_seconds
+  bool full = false;       // available memory near zero: demand censored
+  bool deflated = false;   // the balloon deflated on its own this sample
   double active_fraction = 1.0;
 };
 

@@ -32,8 +32,10 @@ TEST(DemandTest, FirstValidSampleSetsUsedAndProtect) {
 }
 
 TEST(DemandTest, RisesAtOnceFallsWithHalfLife) {
+  // The filter alone: no growth projection.
   DemandParams p;
   p.decay_half_life_seconds = 10;
+  p.landing_seconds = 0;
   DemandState s;
   UpdateDemand(Obs(4 * kGiB, 3 * kGiB), p, s);  // used 1 GiB
   UpdateDemand(Obs(4 * kGiB, 1 * kGiB), p, s);  // used 3 GiB: at once
@@ -108,8 +110,12 @@ TEST(DemandTest, InvalidStatsKeepThePreviousEstimate) {
 TEST(DemandTest, BalloonSizeTheGuestDoesNotSeeCountsAsUsed) {
   // Balloon 256 MiB; the guest sees 224 MiB (32 MiB kept by its kernel),
   // 32 MiB available. First sample: used = 224 - 32 = 192 MiB. Second,
-  // balloon unchanged: the 32 MiB gap is measured -> used = 224 MiB.
+  // balloon unchanged: the 32 MiB gap is measured -> used = 224 MiB. (The
+  // full-guest rule is off here: 32 MiB available would count as full.)
   DemandParams p;
+  p.full_available_bytes = 0;
+  p.full_available_percent = 0;
+  p.landing_seconds = 0;
   DemandState s;
   GuestObservation o = Obs(224 * kMiB, 32 * kMiB);
   o.actual_bytes = 256 * kMiB;
@@ -155,13 +161,88 @@ TEST(DemandTest, EstimatorOutputsReachTheAllocationInput) {
   s.demand_bytes = 3;
   s.protect_bytes = 2;
   s.active_fraction = 0.5;
-  s.pressure = true;
+  s.acute = true;
   VmInput in;
   SetDemandInputs(s, in);
   EXPECT_EQ(in.demand_bytes, 3u);
   EXPECT_EQ(in.protect_bytes, 2u);
   EXPECT_DOUBLE_EQ(in.active_fraction, 0.5);
   EXPECT_TRUE(in.under_pressure);
+}
+
+TEST(DemandTest, AFullGuestIsPressureAndAsksForItsGrowth) {
+  // A swapless guest of 1 GiB: used 600 MiB, then 800 MiB one second later
+  // (200 MiB/s), then full (available 16 MiB, under the 48 MiB mark).
+  DemandParams p;
+  p.trend_half_life_seconds = 1;
+  p.landing_seconds = 3;
+  DemandState s;
+  GuestObservation o = Obs(1 * kGiB, 1 * kGiB - 600 * kMiB);
+  o.max_bytes = 4 * kGiB;
+  UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.full);
+  EXPECT_FALSE(s.pressure);
+  EXPECT_EQ(s.demand_bytes, 600 * kMiB);
+  o.available_bytes = 1 * kGiB - 800 * kMiB;
+  UpdateDemand(o, p, s);
+  // Trend after one second with a 1 s half-life: 200 x (1 - 0.5) = 100 MiB/s;
+  // projected over 3 s: demand = 800 + 300 = 1100 MiB before it is full.
+  EXPECT_NEAR(s.used_trend_bytes_per_second, 100.0 * kMiB, 1.0);
+  EXPECT_EQ(s.demand_bytes, 1100 * kMiB);
+  EXPECT_FALSE(s.full);
+  o.available_bytes = 16 * kMiB;
+  UpdateDemand(o, p, s);
+  // Full: censored. used 1008 MiB, rate 208 MiB/s, trend 100 + (208 - 100) /
+  // 2 = 154 MiB/s, growth 462 MiB: demand at least actual 1 GiB + 462 MiB.
+  EXPECT_TRUE(s.full);
+  EXPECT_TRUE(s.pressure);
+  EXPECT_NEAR(static_cast<double>(s.demand_bytes), 1024.0 * kMiB + 462.0 * kMiB, 1.0 * kMiB);
+  // Growth stopped and the guest got room: the projection goes away, the
+  // estimate decays from what it was.
+  o.total_bytes = o.actual_bytes = 2 * kGiB;
+  o.available_bytes = 2 * kGiB - 1008 * kMiB;
+  for (int i = 0; i < 10; ++i) UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.full);
+  EXPECT_LT(s.used_trend_bytes_per_second, 1.0 * kMiB);
+  EXPECT_LT(s.demand_bytes, 1486 * kMiB);
+  EXPECT_GT(s.demand_bytes, 1008 * kMiB);
+}
+
+TEST(DemandTest, DeflateOnOomIsPressureAndHoldsTheBalloon) {
+  // Target 512 MiB applied, balloon at 512 MiB; the guest takes 128 MiB
+  // back on its own (deflate-on-oom): actual 640 MiB above the target.
+  DemandParams p;
+  p.deflate_hold_seconds = 60;
+  DemandState s;
+  GuestObservation o = Obs(512 * kMiB, 200 * kMiB);
+  o.last_target_bytes = 512 * kMiB;
+  o.max_bytes = 2 * kGiB;
+  UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.deflated);
+  o.actual_bytes = o.total_bytes = 640 * kMiB;
+  o.available_bytes = 100 * kMiB;
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.deflated);
+  EXPECT_TRUE(s.pressure);
+  // Protect holds the balloon where the guest took it: never re-inflated.
+  EXPECT_GE(s.protect_bytes, 640 * kMiB);
+  EXPECT_GE(s.demand_bytes, 640 * kMiB + p.pressure_step_bytes);
+  // The guest calms down; the hold lasts 60 s, then protect is use-based.
+  o.available_bytes = 400 * kMiB;
+  for (int i = 0; i < 30; ++i) UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.deflated);
+  EXPECT_GE(s.protect_bytes, 640 * kMiB);
+  for (int i = 0; i < 40; ++i) UpdateDemand(o, p, s);
+  EXPECT_LT(s.protect_bytes, 640 * kMiB);
+  // A balloon still deflating toward a higher target is not an event.
+  DemandState t;
+  GuestObservation g = Obs(512 * kMiB, 200 * kMiB);
+  g.max_bytes = 2 * kGiB;
+  g.last_target_bytes = 1 * kGiB;
+  UpdateDemand(g, p, t);
+  g.actual_bytes = g.total_bytes = 700 * kMiB;
+  UpdateDemand(g, p, t);
+  EXPECT_FALSE(t.deflated);
 }
 
 }  // namespace
