@@ -185,7 +185,40 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
 }
 
 void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::Time started) {
+  const bool was_overcommitted =
+      host.step.decision.overcommitted || !host.step.decision.pressure_unmet.empty();
   const bool changed = policy::DecideStep(policies.set, host.step);
+  const policy::HostDecision& now = host.step.decision;
+  // Overcommitted as operators see it: the floors do not fit, or a guest
+  // under acute pressure is short of its demand after every sacrifice.
+  const bool overcommitted = now.overcommitted || !now.pressure_unmet.empty();
+  if (overcommitted && !was_overcommitted) {
+    // Once per episode: the host cannot hold its VMs' floors. Name the VMs
+    // that hold it there, largest floor first.
+    std::vector<std::pair<uint64_t, std::string>> holders;
+    for (const auto& [id, s] : host.step.vms) {
+      auto it = host.vms.find(id);
+      const std::string& name = it == host.vms.end() || it->second.sample.name().empty()
+                                    ? id
+                                    : it->second.sample.name();
+      holders.emplace_back(s.decision.floor_bytes,
+                           absl::StrCat(name, " ", FormatBytes(s.decision.floor_bytes), " (",
+                                        policy::FloorSourceName(s.input, s.decision), ")"));
+    }
+    std::sort(holders.rbegin(), holders.rend());
+    std::string list;
+    for (const auto& [bytes, text] : holders) absl::StrAppend(&list, list.empty() ? "" : ", ", text);
+    std::string unmet;
+    for (const std::string& id : now.pressure_unmet) absl::StrAppend(&unmet, unmet.empty() ? "" : ", ", id);
+    spdlog::warn("host {} overcommitted: floors {} against usable {}{}{}; floors held by {}",
+                 host.host_id, FormatBytes(now.floor_bytes), FormatBytes(now.usable_bytes),
+                 unmet.empty() ? "" : "; short of demand under acute pressure: ", unmet, list);
+    host.series.overcommit_episodes->Increment();
+  } else if (!overcommitted && was_overcommitted) {
+    spdlog::info("host {}: floors fit again", host.host_id);
+  }
+  if (now.margin_lent_bytes > 0) host.series.margin_lent->Increment();
+  if (now.floors_yielded) host.series.floors_yielded->Increment();
   for (const auto& [id, s] : host.step.vms) {
     auto it = host.vms.find(id);
     if (it == host.vms.end()) continue;
@@ -199,7 +232,7 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
   const policy::HostDecision& decision = host.step.decision;
   host.series.capacity->Set(static_cast<double>(host.step.capacity_bytes));
   host.series.target->Set(static_cast<double>(decision.target_bytes));
-  host.series.overcommitted->Set(decision.overcommitted ? 1 : 0);
+  host.series.overcommitted->Set(overcommitted ? 1 : 0);
   host.series.pressure->Set(host.sample.psi_some_avg10_percent() / 100.0);
   if (!changed) return;
   ++host.generation;
@@ -207,7 +240,7 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
   record.set_host_id(host.host_id);
   record.set_generation(host.generation);
   *record.mutable_decided_at() = ToProtoTimestamp(clock_->Now());
-  record.set_overcommitted(decision.overcommitted);
+  record.set_overcommitted(overcommitted);
   for (const auto& [id, s] : host.step.vms) {
     v1::VmTarget* t = record.add_targets();
     t->set_vm_id(id);
@@ -271,7 +304,8 @@ v1::Host Fleet::HostProtoLocked(const HostState& h) const {
   out.set_floor_bytes(h.step.decision.floor_bytes);
   out.set_actual_bytes(actual);
   out.set_demand_bytes(demand);
-  out.set_overcommitted(h.step.decision.overcommitted);
+  out.set_overcommitted(h.step.decision.overcommitted ||
+                        !h.step.decision.pressure_unmet.empty());
   out.set_report_sequence(h.sequence);
   if (h.last_report != absl::InfinitePast()) {
     *out.mutable_last_report_time() = ToProtoTimestamp(h.last_report);

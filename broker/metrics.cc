@@ -52,12 +52,25 @@ BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
                        .Register(*registry)),
       host_overcommitted_(prometheus::BuildGauge()
                               .Name("membroker_host_overcommitted")
-                              .Help("1 when even the floors of the host's VMs do not fit.")
+                              .Help("1 when the host cannot hold what its VMs need: their floors, or the demand of a "
+                                    "guest under acute pressure after every sacrifice.")
                               .Register(*registry)),
       host_pressure_(prometheus::BuildGauge()
                          .Name("membroker_host_memory_pressure_some_ratio")
                          .Help("Host memory PSI 'some' avg10 as a ratio (0..1).")
-                         .Register(*registry)) {
+                         .Register(*registry)),
+      host_overcommit_episodes_(
+          prometheus::BuildCounter()
+              .Name("membroker_host_overcommit_episodes_total")
+              .Help("Times the host became overcommitted at its floors (logged with the VMs "
+                    "holding it there).")
+              .Register(*registry)),
+      host_sacrifices_(prometheus::BuildCounter()
+                           .Name("membroker_host_sacrifices_total")
+                           .Help("Decisions that lent the free margin (kind=margin) or let "
+                                 "default floors yield (kind=default_floor) for a guest under "
+                                 "acute pressure.")
+                           .Register(*registry)) {
   connected_agents_ = &prometheus::BuildGauge()
                            .Name("membroker_connected_agents")
                            .Help("Agents with an open stream.")
@@ -102,9 +115,13 @@ void BrokerMetrics::RemoveVm(const std::string& host, const std::string& vm) {
 BrokerMetrics::HostSeries BrokerMetrics::AddHost(const std::string& host) {
   absl::MutexLock lock(&mu_);
   const std::map<std::string, std::string> labels{{"host", host}};
-  return HostSeries{&host_capacity_.Add(labels),      &host_target_.Add(labels),
+  HostSeries series{&host_capacity_.Add(labels),      &host_target_.Add(labels),
                     &host_overcommitted_.Add(labels), &host_pressure_.Add(labels),
                     &reports_received_.Add(labels),   &targets_pushed_.Add(labels)};
+  series.overcommit_episodes = &host_overcommit_episodes_.Add(labels);
+  series.margin_lent = &host_sacrifices_.Add({{"host", host}, {"kind", "margin"}});
+  series.floors_yielded = &host_sacrifices_.Add({{"host", host}, {"kind", "default_floor"}});
+  return series;
 }
 
 }  // namespace membroker::broker

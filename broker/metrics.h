@@ -47,6 +47,9 @@ class BrokerMetrics {
     prometheus::Gauge* pressure = nullptr;
     prometheus::Counter* reports_received = nullptr;
     prometheus::Counter* targets_pushed = nullptr;
+    prometheus::Counter* overcommit_episodes = nullptr;
+    prometheus::Counter* margin_lent = nullptr;     // sacrifice a
+    prometheus::Counter* floors_yielded = nullptr;  // sacrifice b
   };
   HostSeries AddHost(const std::string& host);
 
@@ -67,6 +70,8 @@ class BrokerMetrics {
   prometheus::Family<prometheus::Gauge>& host_target_;
   prometheus::Family<prometheus::Gauge>& host_overcommitted_;
   prometheus::Family<prometheus::Gauge>& host_pressure_;
+  prometheus::Family<prometheus::Counter>& host_overcommit_episodes_;
+  prometheus::Family<prometheus::Counter>& host_sacrifices_;
   absl::Mutex mu_;
 };
 

@@ -114,6 +114,13 @@ v1::HostReport ReportOf(const HostView& view, uint64_t sequence) {
   v1::HostReport report;
   report.set_sequence(sequence);
   report.set_capacity_bytes(view.capacity_bytes);
+  // The simulated host's memory is its budget: what the VMs do not hold is
+  // free (the simulator has no host pressure of its own).
+  uint64_t held = 0;
+  for (const VmView& vm : view.vms) held += vm.actual_bytes;
+  report.mutable_host()->set_mem_total_bytes(view.capacity_bytes);
+  report.mutable_host()->set_mem_available_bytes(
+      view.capacity_bytes > held ? view.capacity_bytes - held : 0);
   for (const VmView& vm : view.vms) {
     v1::VmSample* s = report.add_vms();
     s->set_vm_id(vm.vm_id);

@@ -98,29 +98,52 @@ HostDecision DecideHost(const HostInput& input, const PolicyParams& params) {
   out.vms.resize(n);
   std::vector<double> weight(n);
 
-  // Steps 1-2: floors and desired sizes.
-  for (size_t i = 0; i < n; ++i) {
-    const VmInput& vm = input.vms[i];
-    VmDecision& d = out.vms[i];
-    d.vm_id = vm.vm_id;
-    const uint64_t max = vm.max_bytes;
-    uint64_t floor = Clamp(std::max(vm.min_bytes, vm.protect_bytes), 0, max);
-    if (vm.pinned) {
-      floor = max;
-    } else if (!vm.balloon_healthy) {
-      // A balloon that does not move cannot give memory: its current size
-      // is all it can be counted at.
-      floor = Clamp(std::max(floor, vm.actual_bytes), 0, max);
+  // Steps 1-2: floors and desired sizes. `yield` lowers default floors to
+  // the protect floor for VMs not under pressure (sacrifice b).
+  auto floors = [&](bool yield) {
+    out.floor_bytes = 0;
+    out.desired_bytes = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const VmInput& vm = input.vms[i];
+      VmDecision& d = out.vms[i];
+      d.vm_id = vm.vm_id;
+      const uint64_t max = vm.max_bytes;
+      const bool yields = yield && vm.min_is_default && !vm.under_pressure;
+      const uint64_t min = yields ? 0 : vm.min_bytes;
+      uint64_t floor = Clamp(std::max(min, vm.protect_bytes), 0, max);
+      if (vm.pinned) {
+        floor = max;
+      } else if (!vm.balloon_healthy) {
+        // A balloon that does not move cannot give memory: its current size
+        // is all it can be counted at.
+        floor = Clamp(std::max(floor, vm.actual_bytes), 0, max);
+      }
+      d.floor_yielded = yields && floor < Clamp(std::max(vm.min_bytes, vm.protect_bytes), 0, max);
+      d.floor_bytes = floor;
+      d.desired_bytes = Clamp(Scale(vm.demand_bytes, params.buffer_percent), floor, max);
+      d.effective_weight = EffectiveWeight(vm.weight, vm.active_fraction, params.idle_tax_percent);
+      weight[i] = d.effective_weight;
+      out.floor_bytes += floor;
+      out.desired_bytes += d.desired_bytes;
     }
-    d.floor_bytes = floor;
-    d.desired_bytes = Clamp(Scale(vm.demand_bytes, params.buffer_percent), floor, max);
-    d.effective_weight = EffectiveWeight(vm.weight, vm.active_fraction, params.idle_tax_percent);
-    weight[i] = d.effective_weight;
-    out.floor_bytes += floor;
-    out.desired_bytes += d.desired_bytes;
-  }
+  };
+  floors(false);
 
-  const uint64_t usable = SatSub(input.capacity_bytes, params.host_free_margin_bytes);
+  uint64_t usable = SatSub(input.capacity_bytes, params.host_free_margin_bytes);
+  // Is a guest under acute pressure left short of its demand? (It is when
+  // the desired sizes do not fit: steps 4-5 may not give it all of it.)
+  bool acute = false;
+  for (const VmInput& vm : input.vms) acute |= vm.under_pressure && vm.balloon_healthy && !vm.pinned;
+  if (acute && out.desired_bytes > usable && input.host_has_room) {
+    // Sacrifice a: lend the free margin.
+    out.margin_lent_bytes = input.capacity_bytes - usable;
+    usable = input.capacity_bytes;
+  }
+  if (acute && out.desired_bytes > usable) {
+    // Sacrifice b: default floors yield to the protect floor.
+    floors(true);
+    for (const VmDecision& d : out.vms) out.floors_yielded |= d.floor_yielded;
+  }
   out.usable_bytes = usable;
   if (out.desired_bytes <= usable) {
     out.regime = Regime::kFits;
@@ -274,6 +297,13 @@ HostDecision DecideHost(const HostInput& input, const PolicyParams& params) {
     }
   }
   for (const VmDecision& d : out.vms) out.target_bytes += d.target_bytes;
+  for (size_t i = 0; i < n; ++i) {
+    const VmInput& vm = input.vms[i];
+    if (vm.under_pressure && vm.balloon_healthy && !vm.pinned &&
+        out.vms[i].share_bytes < std::min(vm.demand_bytes, vm.max_bytes)) {
+      out.pressure_unmet.push_back(vm.vm_id);
+    }
+  }
   return out;
 }
 

@@ -20,6 +20,18 @@
 //      k = 1 / (1 - tax).
 //   5. If even the floors do not fit, the host is overcommitted: every VM
 //      is kept at its floor and the host is flagged.
+//   Before a guest under acute pressure is left short (steps 3-4 cannot
+//   give it its demand), sacrifices are made in this order, each only if
+//   the previous one was not enough:
+//     a. the host free margin is lent (usable = capacity) when the host
+//        itself has room (HostInput::host_has_room: its MemAvailable and
+//        PSI); smoothing takes it back in steps once the pressure is gone;
+//     b. default floors (a VM without an operator's min) yield down to the
+//        VM's protect floor, for VMs not under pressure themselves.
+//   An operator's explicit min and the protect floor never yield. A guest
+//   under acute pressure still left below its demand after every sacrifice
+//   marks the host short (HostDecision::pressure_unmet): the host cannot
+//   hold what its VMs need, which operators see as overcommitted.
 //   6. Smooth against the previous target: give memory at once; take it
 //      back at most reclaim_step per decision; ignore a change smaller than
 //      the hysteresis band, max(hysteresis_bytes, hysteresis_percent of the
@@ -80,7 +92,10 @@ struct PolicyParams {
   uint64_t reclaim_step_bytes = uint64_t{256} << 20;
   uint64_t hysteresis_bytes = uint64_t{8} << 20;
   double idle_tax_percent = 75.0;
-  uint64_t default_min_bytes = uint64_t{256} << 20;
+  // The floor of a VM without an operator min. Floors are protect-based
+  // (what the guest uses plus its margin); this is only the least any guest
+  // is left (a kernel and its init), and it yields under acute pressure.
+  uint64_t default_min_bytes = uint64_t{64} << 20;
   uint32_t default_weight = 100;
   // Share of the step-3 surplus handed back to VMs, 0..100. 100 gives all
   // of it by weight up to max; 0 keeps it in the host's free pool, where it
@@ -91,6 +106,9 @@ struct PolicyParams {
   double hysteresis_percent = 5.0;
   // Step 4 shares memory up to every VM's demand before any buffer.
   bool needs_before_buffers = true;
+  // Sacrifice a (see above): the free margin is lent only while the host's
+  // own memory pressure (PSI some avg10) is below this.
+  double lend_margin_max_psi_percent = 10.0;
 };
 
 // One VM's inputs to the decision.
@@ -106,13 +124,17 @@ struct VmInput {
   uint64_t actual_bytes = 0;      // balloon actual now
   uint64_t previous_target_bytes = 0;  // 0: no previous decision
   double active_fraction = 1.0;   // 0..1, share of its memory in active use
-  bool under_pressure = false;    // the guest is swapping now (DemandState::pressure)
+  bool under_pressure = false;    // acute pressure now or lately (DemandState::acute)
+  bool min_is_default = false;    // no operator min: the floor may yield
 };
 
 // One host's inputs.
 struct HostInput {
   uint64_t capacity_bytes = 0;  // already net of reserve and reservations
   std::vector<VmInput> vms;
+  // The host itself has the free margin's worth of memory and no memory
+  // pressure of its own: the margin may be lent (sacrifice a).
+  bool host_has_room = false;
 };
 
 // One VM's decision, with every intermediate number for `explain`.
@@ -127,6 +149,7 @@ struct VmDecision {
   Smoothing smoothing = Smoothing::kNone;
   uint64_t previous_target_bytes = 0;  // what step 6 smoothed against (0: none)
   uint64_t hysteresis_band_bytes = 0;  // the band step 6 applied
+  bool floor_yielded = false;  // its default floor yielded (sacrifice b)
 };
 
 // One host's decision. `vms` is in the order of HostInput::vms.
@@ -134,7 +157,12 @@ struct HostDecision {
   std::vector<VmDecision> vms;
   bool overcommitted = false;  // regime == kOvercommitted
   Regime regime = Regime::kFits;
-  uint64_t usable_bytes = 0;   // capacity - free margin
+  uint64_t usable_bytes = 0;   // capacity - free margin (+ margin lent)
+  uint64_t margin_lent_bytes = 0;  // sacrifice a: free margin lent
+  bool floors_yielded = false;     // sacrifice b: default floors yielded
+  // A VM under acute pressure is left below its demand after every
+  // sacrifice (ids in input order).
+  std::vector<std::string> pressure_unmet;
   uint64_t floor_bytes = 0;    // sum of floors
   uint64_t desired_bytes = 0;  // sum of desired
   uint64_t target_bytes = 0;   // sum of targets

@@ -1,5 +1,6 @@
 #include "broker/policy/explain.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "common/units.h"
@@ -16,6 +17,18 @@ std::string Fmt(const char* fmt, double a) {
 }
 
 }  // namespace
+
+std::string FloorSourceName(const VmInput& in, const VmDecision& d) {
+  if (in.pinned) return "pinned";
+  if (!in.balloon_healthy && d.floor_bytes == std::min(in.actual_bytes, in.max_bytes) &&
+      in.actual_bytes > std::max(in.min_bytes, in.protect_bytes)) {
+    return "balloon unhealthy";
+  }
+  if (!d.floor_yielded && in.min_bytes > in.protect_bytes) {
+    return in.min_is_default ? "default min" : "operator min";
+  }
+  return "protect";
+}
 
 std::vector<std::string> ExplainSteps(const std::string& host_id, const HostStepState& host,
                                       const VmStepState& vm, const StatsNote& stats) {
@@ -38,23 +51,40 @@ std::vector<std::string> ExplainSteps(const std::string& host_id, const HostStep
   } else if (!in.balloon_healthy) {
     steps.push_back("1. balloon unhealthy (" + stats.health + "): floor = current size " +
                     B(d.floor_bytes) + ", nothing is reclaimed");
-  } else {
-    steps.push_back("1. floor = clamp(max(min " + B(in.min_bytes) + ", protect " +
-                    B(in.protect_bytes) + "), 0, max " + B(in.max_bytes) + ") = " +
+  } else if (d.floor_yielded) {
+    steps.push_back("1. floor = protect " + B(in.protect_bytes) + ": its default min " +
+                    B(in.min_bytes) +
+                    " yields for a neighbour under acute pressure (no operator min is set) = " +
                     B(d.floor_bytes));
+  } else {
+    steps.push_back("1. floor = clamp(max(" + std::string(in.min_is_default ? "default " : "") +
+                    "min " + B(in.min_bytes) + ", protect " + B(in.protect_bytes) + "), 0, max " +
+                    B(in.max_bytes) + ") = " + B(d.floor_bytes));
   }
   steps.push_back("2. desired = clamp(demand " + B(in.demand_bytes) + " x (1 + " +
                   Fmt("%.0f", p.buffer_percent) + "%), floor, max) = " + B(d.desired_bytes));
-  const std::string host_line = "host " + host_id + ": capacity " + B(host.capacity_bytes) +
-                                " - free margin " + B(p.host_free_margin_bytes) + " = " +
-                                B(hd.usable_bytes) + "; sum of desired " + B(hd.desired_bytes) +
-                                ", sum of floors " + B(hd.floor_bytes);
+  std::string host_line = "host " + host_id + ": capacity " + B(host.capacity_bytes) +
+                          " - free margin " + B(p.host_free_margin_bytes);
+  if (hd.margin_lent_bytes > 0) {
+    host_line += " (margin lent to a guest under acute pressure: the host has room)";
+  }
+  host_line += " = usable " + B(hd.usable_bytes) + "; sum of desired " + B(hd.desired_bytes) +
+               ", sum of floors " + B(hd.floor_bytes);
+  if (hd.floors_yielded) host_line += " (default floors yielded to protect floors)";
   switch (hd.regime) {
-    case Regime::kOvercommitted:
+    case Regime::kOvercommitted: {
+      // Name what holds the host there: every VM's floor and its source.
+      std::string held;
+      for (const auto& [id, other] : host.vms) {
+        held += (held.empty() ? "" : ", ") + id + " " + B(other.decision.floor_bytes) + " (" +
+                FloorSourceName(other.input, other.decision) + ")";
+      }
       steps.push_back("3. " + host_line +
-                      ": even the floors do not fit; host overcommitted, every VM kept at its "
-                      "floor");
+                      ": even the floors do not fit after every sacrifice; host overcommitted, "
+                      "every VM kept at its floor; floors: " +
+                      held);
       break;
+    }
     case Regime::kFits:
       steps.push_back("3. " + host_line + ": everything fits; share = desired " +
                       B(d.desired_bytes) + " + surplus by weight (" +
@@ -62,6 +92,12 @@ std::vector<std::string> ExplainSteps(const std::string& host_id, const HostStep
                       B(d.share_bytes));
       break;
     case Regime::kShared:
+      if (!hd.pressure_unmet.empty()) {
+        std::string who;
+        for (const std::string& id : hd.pressure_unmet) who += (who.empty() ? "" : ", ") + id;
+        host_line += "; host overcommitted: under acute pressure and short of demand after every "
+                     "sacrifice: " + who;
+      }
       steps.push_back("3. " + host_line + ": memory is short; " +
                       B(hd.usable_bytes - hd.floor_bytes) +
                       " above the floors shared by weight (weight " + std::to_string(in.weight) +

@@ -20,6 +20,10 @@ struct StatsNote {
   std::string health;  // the balloon's health, e.g. "BALLOON_HEALTH_STUCK"
 };
 
+// What sets a VM's floor: "pinned", "balloon unhealthy", "operator min",
+// "default min", or "protect" (what the guest uses plus its margin).
+std::string FloorSourceName(const VmInput& input, const VmDecision& decision);
+
 // Returns the numbered steps for `vm` of a host whose last decision is in
 // `host` (`vm` must have been decided). `host_id` only labels the text.
 std::vector<std::string> ExplainSteps(const std::string& host_id, const HostStepState& host,

@@ -9,6 +9,8 @@ ObserveResult ObserveHost(const HostObservation& obs, const DemandParams& demand
                           HostStepState& state) {
   ObserveResult result;
   if (obs.capacity_bytes != 0) state.capacity_bytes = obs.capacity_bytes;
+  state.host_available_bytes = obs.host_available_bytes;
+  state.host_psi_some_avg10_percent = obs.host_psi_some_avg10_percent;
   std::set<std::string> present;
   for (const VmObservation& o : obs.vms) {
     present.insert(o.vm_id);
@@ -45,6 +47,7 @@ VmInput BuildVmInput(const std::string& vm_id, const VmStepState& vm, const Poli
   in.max_bytes = vm.max_bytes;
   if (spec && spec->max_bytes) in.max_bytes = std::min(in.max_bytes, *spec->max_bytes);
   in.min_bytes = spec && spec->min_bytes ? *spec->min_bytes : p.default_min_bytes;
+  in.min_is_default = !(spec && spec->min_bytes);
   in.weight = spec && spec->weight ? *spec->weight : p.default_weight;
   in.pinned = spec && spec->pinned;
   in.balloon_healthy = vm.balloon_healthy;
@@ -60,6 +63,19 @@ VmInput BuildVmInput(const std::string& vm_id, const VmStepState& vm, const Poli
 bool DecideStep(const PolicySet& policies, HostStepState& state) {
   HostInput input;
   input.capacity_bytes = state.capacity_bytes;
+  // The host really holds the margin: what it has free covers the margin
+  // beyond what the VMs' last targets may still take from it, and it is not
+  // itself under memory pressure.
+  uint64_t outstanding = 0;
+  for (const auto& [id, vm] : state.vms) {
+    if (vm.decided && vm.decision.target_bytes > vm.actual_bytes) {
+      outstanding += vm.decision.target_bytes - vm.actual_bytes;
+    }
+  }
+  input.host_has_room =
+      state.host_available_bytes > 0 &&
+      state.host_available_bytes >= policies.params.host_free_margin_bytes + outstanding &&
+      state.host_psi_some_avg10_percent < policies.params.lend_margin_max_psi_percent;
   input.vms.reserve(state.vms.size());
   for (const auto& [id, vm] : state.vms) input.vms.push_back(BuildVmInput(id, vm, policies));
   HostDecision decision = DecideHost(input, policies.params);

@@ -14,6 +14,8 @@
 //      health, the estimator's demand / protect / active fraction /
 //      pressure, and the previous target (the VM's last decision; without
 //      one, its current size, so reclaim after a (re)connect is stepped).
+//      The host has room to lend its free margin (allocator.h, sacrifice
+//      a) when its MemAvailable covers the margin and its own PSI is low.
 //   3. Decide with DecideHost (allocator.h) and record, per VM, the input
 //      and the decision (for explain), and whether any target changed.
 
@@ -58,6 +60,9 @@ struct VmObservation {
 struct HostObservation {
   double now_seconds = 0;     // monotonic time the report was received
   uint64_t capacity_bytes = 0;  // 0: keep the previous capacity
+  // The host's own memory: MemAvailable (0: unknown) and PSI "some" avg10.
+  uint64_t host_available_bytes = 0;
+  double host_psi_some_avg10_percent = 0;
   std::vector<VmObservation> vms;
 };
 
@@ -76,6 +81,8 @@ struct VmStepState {
 // What the step keeps per host. Owned by the caller.
 struct HostStepState {
   uint64_t capacity_bytes = 0;
+  uint64_t host_available_bytes = 0;  // last reported (0: unknown)
+  double host_psi_some_avg10_percent = 0;
   std::map<std::string, VmStepState> vms;  // by VM id
   HostDecision decision;  // last decision, VMs in id order
   PolicyParams params;    // of the last decision

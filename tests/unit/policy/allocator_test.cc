@@ -209,6 +209,65 @@ TEST(AllocatorTest, FreeMarginIsLeftUnassigned) {
   EXPECT_EQ(d.vms[0].target_bytes, 7 * kGiB);
 }
 
+// The order of sacrifices for a guest under acute pressure (allocator.h):
+// capacity 4 GiB, free margin 512 MiB (usable 3.5 GiB). "idle" uses 100 MiB
+// under a default floor of 2 GiB; "surge" is under pressure, protect 1 GiB,
+// demand 2 GiB (no buffer).
+HostInput SacrificeHost(bool host_has_room, bool idle_min_is_default) {
+  VmInput idle = Vm("idle", 4 * kGiB, 2 * kGiB, 100 * kMiB);
+  idle.protect_bytes = 100 * kMiB;
+  idle.min_is_default = idle_min_is_default;
+  VmInput surge = Vm("surge", 4 * kGiB, 0, 2 * kGiB);
+  surge.protect_bytes = kGiB;
+  surge.under_pressure = true;
+  surge.min_is_default = true;
+  HostInput in{4 * kGiB, {idle, surge}};
+  in.host_has_room = host_has_room;
+  return in;
+}
+
+TEST(AllocatorTest, MarginIsLentFirstThenDefaultFloorsYield) {
+  PolicyParams p = Simple();
+  p.host_free_margin_bytes = 512 * kMiB;
+  // Without room on the host: floors 2 + 1 = 3 GiB, usable 3.5 GiB: surge
+  // gets 1.5 GiB < demand 2: the default floor yields to protect 100 MiB:
+  // floors 1.1 GiB, desired 0.1 + 2 = 2.1 GiB fits 3.5 GiB: surge gets its
+  // 2 GiB (and a share of the 1.4 GiB surplus: idle 0.1 + 0.7, surge 2.7).
+  HostDecision d = DecideHost(SacrificeHost(false, true), p);
+  EXPECT_EQ(d.margin_lent_bytes, 0u);
+  EXPECT_TRUE(d.floors_yielded);
+  EXPECT_TRUE(d.vms[0].floor_yielded);
+  EXPECT_EQ(d.vms[0].floor_bytes, 100 * kMiB);
+  EXPECT_GE(d.vms[1].target_bytes, 2 * kGiB);
+  EXPECT_LE(d.vms[0].target_bytes + d.vms[1].target_bytes, 3 * kGiB + 512 * kMiB);
+  // With room: desired 2 + 2 = 4 GiB; lending the margin makes usable 4 GiB:
+  // enough, so no floor yields and the idle VM keeps its 2 GiB.
+  d = DecideHost(SacrificeHost(true, true), p);
+  EXPECT_EQ(d.margin_lent_bytes, 512 * kMiB);
+  EXPECT_FALSE(d.floors_yielded);
+  EXPECT_EQ(d.usable_bytes, 4 * kGiB);
+  EXPECT_EQ(d.vms[0].target_bytes, 2 * kGiB);
+  EXPECT_EQ(d.vms[1].target_bytes, 2 * kGiB);
+}
+
+TEST(AllocatorTest, AnOperatorsMinNeverYields) {
+  PolicyParams p = Simple();
+  p.host_free_margin_bytes = 512 * kMiB;
+  // The idle VM's 2 GiB min is the operator's: surge gets only what is
+  // above the floors, 3.5 - 2 - 1 = 0.5 GiB over its 1 GiB protect floor.
+  HostDecision d = DecideHost(SacrificeHost(false, false), p);
+  EXPECT_FALSE(d.floors_yielded);
+  EXPECT_EQ(d.vms[0].floor_bytes, 2 * kGiB);
+  EXPECT_EQ(d.vms[1].target_bytes, kGiB + 512 * kMiB);
+  // Without pressure nothing is sacrificed either.
+  HostInput calm = SacrificeHost(true, true);
+  calm.vms[1].under_pressure = false;
+  d = DecideHost(calm, p);
+  EXPECT_EQ(d.margin_lent_bytes, 0u);
+  EXPECT_FALSE(d.floors_yielded);
+  EXPECT_EQ(d.vms[1].target_bytes, kGiB + 512 * kMiB);
+}
+
 // Random fleets: the invariants of DESIGN.md hold for every decision, and
 // the same input gives the same output.
 TEST(AllocatorPropertyTest, InvariantsHoldOnRandomFleets) {
@@ -239,15 +298,23 @@ TEST(AllocatorPropertyTest, InvariantsHoldOnRandomFleets) {
       v.actual_bytes = pick(0, v.max_bytes);
       v.previous_target_bytes = pick(0, 3) == 0 ? 0 : pick(0, v.max_bytes + kGiB);
       v.active_fraction = static_cast<double>(pick(0, 100)) / 100.0;
+      v.under_pressure = pick(0, 4) == 0;
+      v.min_is_default = pick(0, 1) == 0;
       in.vms.push_back(v);
     }
+    in.host_has_room = pick(0, 1) == 0;
     const HostDecision d = DecideHost(in, p);
     ASSERT_EQ(d.vms.size(), in.vms.size());
     uint64_t sum = 0;
     for (size_t i = 0; i < d.vms.size(); ++i) {
       const VmInput& v = in.vms[i];
       const VmDecision& x = d.vms[i];
-      const uint64_t floor = std::min(std::max(v.min_bytes, v.protect_bytes), v.max_bytes);
+      // An operator's min and the protect floor never yield; a default min
+      // may yield for a neighbour under pressure, never below protect.
+      const bool may_yield = v.min_is_default && !v.under_pressure;
+      const uint64_t floor =
+          std::min(std::max(may_yield ? 0 : v.min_bytes, v.protect_bytes), v.max_bytes);
+      if (x.floor_yielded) ASSERT_TRUE(may_yield) << "round " << round << " vm " << i;
       ASSERT_LE(x.target_bytes, v.max_bytes) << "round " << round << " vm " << i;
       ASSERT_GE(x.target_bytes, floor) << "round " << round << " vm " << i;
       ASSERT_GE(x.target_bytes, x.floor_bytes) << "round " << round << " vm " << i;
@@ -256,9 +323,14 @@ TEST(AllocatorPropertyTest, InvariantsHoldOnRandomFleets) {
     if (!d.overcommitted) {
       ASSERT_LE(sum, in.capacity_bytes) << "round " << round;
     } else {
-      ASSERT_GT(d.floor_bytes, in.capacity_bytes > p.host_free_margin_bytes
-                                   ? in.capacity_bytes - p.host_free_margin_bytes
-                                   : 0);
+      ASSERT_GT(d.floor_bytes, d.usable_bytes);
+    }
+    // The margin is lent only to a guest under pressure, on a host with room.
+    if (d.margin_lent_bytes > 0) {
+      ASSERT_TRUE(in.host_has_room);
+      bool pressured = false;
+      for (const VmInput& v : in.vms) pressured |= v.under_pressure;
+      ASSERT_TRUE(pressured);
     }
     ASSERT_EQ(sum, d.target_bytes);
     const HostDecision again = DecideHost(in, p);
