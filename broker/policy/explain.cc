@@ -44,7 +44,12 @@ std::vector<std::string> ExplainSteps(const std::string& host_id, const HostStep
     steps.push_back("0. guest used = total " + B(stats.total_bytes) + " - available " +
                     B(stats.available_bytes) + " = " + B(vm.demand.used_bytes) +
                     "; demand estimate " + B(in.demand_bytes) +
-                    (vm.demand.pressure ? " (raised: guest is swapping)" : ""));
+                    (vm.demand.full       ? " (guest is full: demand unknown, asked for its "
+                                            "growth over the landing time)"
+                     : vm.demand.deflated ? " (the guest deflated its balloon to stay alive)"
+                     : vm.demand.pressure ? " (raised: guest is swapping)"
+                     : vm.demand.acute    ? " (under acute pressure lately)"
+                                          : ""));
   }
   if (in.pinned) {
     steps.push_back("1. pinned by policy: floor = max = " + B(d.floor_bytes));
