@@ -115,6 +115,8 @@ std::map<std::string, std::string> Actuator::SetTargets(
   for (auto& [rec, target] : accepted) {
     if (errors.count(rec->view.vm_id) != 0) continue;
     rec->view.desired_bytes = target;
+    // The broker's decision replaces any grant the agent made meanwhile.
+    rec->view.local_grant_bytes = 0;
   }
   generation_ = generation;
   walking_back_ = false;
@@ -206,7 +208,43 @@ bool Actuator::Apply(VmRecord& rec, uint64_t target, TickResult& result) {
   return true;
 }
 
-TickResult Actuator::Tick(const std::vector<VmStatus>& vms) {
+void Actuator::GrantLocal(const std::set<std::string>& acute, absl::Time now, TickResult& result) {
+  if (!params_.local_grants || params_.capacity_bytes == 0 || acute.empty()) return;
+  // What the VMs may hold once every pending target lands.
+  auto term = [](const VmActuation& v) {
+    return std::max({v.actual_bytes, v.applied_bytes.value_or(0), v.desired_bytes.value_or(0)});
+  };
+  uint64_t committed = 0;
+  for (const auto& [id, rec] : vms_) committed = SaturatingAdd(committed, term(rec.view));
+  for (const std::string& id : acute) {
+    auto it = vms_.find(id);
+    if (it == vms_.end()) continue;
+    VmRecord& rec = it->second;
+    VmActuation& v = rec.view;
+    if (v.state != BalloonState::kOk) continue;  // It cannot deflate.
+    if (now - rec.last_grant < params_.local_grant_interval) continue;
+    const uint64_t base = term(v);
+    const uint64_t budget = SaturatingAdd(committed, params_.local_grant_margin_bytes);
+    const uint64_t room = params_.capacity_bytes > budget ? params_.capacity_bytes - budget : 0;
+    const uint64_t headroom = v.max_bytes > base ? v.max_bytes - base : 0;
+    const uint64_t grant = std::min({params_.local_grant_max_bytes, room, headroom});
+    if (grant < kBalloonProgressBytes) {
+      spdlog::debug("VM {}: acute pressure, no local grant (room {} bytes, headroom {} bytes)",
+                    v.name, room, headroom);
+      continue;
+    }
+    v.desired_bytes = base + grant;
+    v.local_grant_bytes = SaturatingAdd(v.local_grant_bytes, grant);
+    rec.last_grant = now;
+    committed = SaturatingAdd(committed, grant);
+    ++result.local_grants;
+    result.local_grant_bytes += grant;
+    spdlog::info("VM {}: acute pressure, granting {} bytes locally (target {} bytes)", v.name,
+                 grant, base + grant);
+  }
+}
+
+TickResult Actuator::Tick(const std::vector<VmStatus>& vms, const std::set<std::string>& acute) {
   TickResult result;
   // Monotonic: only intervals are measured here (guest statistics carry
   // their own wall timestamps).
@@ -248,6 +286,9 @@ TickResult Actuator::Tick(const std::vector<VmStatus>& vms) {
       v.desired_bytes = raised;
     }
   }
+
+  // 2b. Local grants from the host's unassigned budget.
+  GrantLocal(acute, now, result);
 
   // 3. Fail-static walk back toward max.
   if (!broker_connected_ && now - disconnected_since_ >= params_.safety.fail_static_grace) {
