@@ -287,7 +287,19 @@ TickResult Actuator::Tick(const std::vector<VmStatus>& vms, const std::set<std::
     }
   }
 
-  // 2b. Local grants from the host's unassigned budget.
+  // 2b. A VM under acute pressure is not inflated further (not even
+  // toward the broker's target) until the broker's next target for it;
+  // then it may get a local grant from the host's unassigned budget.
+  for (const std::string& id : acute) {
+    auto it = vms_.find(id);
+    if (it == vms_.end()) continue;
+    VmActuation& v = it->second.view;
+    if (v.desired_bytes.has_value() && *v.desired_bytes < v.actual_bytes) {
+      spdlog::info("VM {}: acute pressure, holding its balloon at {} bytes", v.name,
+                   v.actual_bytes);
+      v.desired_bytes = v.actual_bytes;
+    }
+  }
   GrantLocal(acute, now, result);
 
   // 3. Fail-static walk back toward max.

@@ -7,7 +7,9 @@
 //      previous statistics is above the threshold is deflated at once by
 //      pressure_deflate_bytes (toward its max), with or without a broker.
 //   2b. Local grants: a VM the agent found under acute pressure (the
-//      `acute` argument, see vm_pressure.h) is deflated at once by
+//      `acute` argument, see vm_pressure.h) is held at its actual if its
+//      target was below (no inflation into a guest under acute pressure
+//      until the broker's next target), and deflated at once by
 //      min(local_grant_max_bytes, capacity - sum over VMs of max(actual,
 //      applied, desired) - local_grant_margin_bytes, max - that sum's term
 //      for this VM), at most once per local_grant_interval per VM, and

@@ -232,6 +232,8 @@ absl::Status Agent::Step() {
     }
     hung_ = hung;
     if (result.pressure_event) report_now_ = pressure_pending_ = true;
+    // The broker learns of a local grant at once, to reconcile it.
+    if (result.local_grants > 0) report_now_ = pressure_pending_ = true;
     if (vms.ok()) {
       // Acute pressure seen in the listing: deflate-on-oom, available near
       // zero. The actuator's own swap-in rule already acted.

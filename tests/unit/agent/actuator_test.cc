@@ -574,6 +574,26 @@ TEST_F(LocalGrantTest, NextTargetSetReplacesTheGrant) {
   EXPECT_EQ(View("a").desired_bytes, 640 * kMiB);
 }
 
+TEST_F(LocalGrantTest, AcutePressureHoldsTheBalloonUntilTheNextTarget) {
+  params_.local_grants = false;
+  fake_.AddVm("a", 2048 * kMiB, 1024 * kMiB);
+  Actuator& act = Make();
+  act.SetBrokerConnected(true);
+  Tick();
+  ASSERT_THAT(act.SetTargets(1, {Target("a", 768 * kMiB)}), IsEmpty());
+  // Under acute pressure before the first step toward 768 MiB: the target
+  // holds the balloon where it is.
+  TickAcute({"a"});
+  Tick();
+  EXPECT_EQ(fake_.inflate_calls(), 0);
+  EXPECT_EQ(fake_.target("a"), 1024 * kMiB);
+  EXPECT_EQ(View("a").desired_bytes, 1024 * kMiB);
+  // The broker's next target is followed again.
+  ASSERT_THAT(act.SetTargets(2, {Target("a", 768 * kMiB)}), IsEmpty());
+  Tick();
+  EXPECT_EQ(fake_.target("a"), 768 * kMiB);  // One 256 MiB step.
+}
+
 TEST_F(LocalGrantTest, NoGrantToAnUnhealthyBalloon) {
   // Room and headroom for a grant, but the balloon does not move.
   fake_.AddVm("a", 4096 * kMiB, 2048 * kMiB);
