@@ -4,7 +4,7 @@
 // Debian cloud kernel (scripts/fetch-guest-kernel.sh), starts the real
 // membroker and membroker-agent (--backend=qmp) on loopback with an
 // operator budget (--host-capacity-bytes) and a policy that reclaims idle
-// memory (surplus_percent 0, 64 MiB default floor), lets the idle guest be
+// memory (surplus_percent 0, a 160 MiB default floor), lets the idle guest be
 // reclaimed, and then the guest's memload grows its working set by a few
 // hundred MiB over a few seconds. Reaction = the console's first "memload:
 // growing" line -> the balloon's actual rising by >= 1 MiB above its
@@ -47,9 +47,13 @@ ABSL_FLAG(std::string, kernel_dir, MB_DEFAULT_GUEST_KERNEL_DIR,
           "Directory of vmlinuz and the virtio modules (scripts/fetch-guest-kernel.sh).");
 ABSL_FLAG(std::string, busybox, "/bin/busybox", "A static busybox for the initramfs.");
 ABSL_FLAG(int, capacity_mib, 512, "The agent's --host-capacity-bytes, in MiB.");
+ABSL_FLAG(int, floor_mib, 160,
+          "The broker's default floor (default_min_bytes) in MiB: where the idle guest is "
+          "reclaimed to.");
 ABSL_FLAG(int, hold_seconds, 20, "Idle time before the load starts (reclaim happens meanwhile).");
 ABSL_FLAG(std::string, load, "16,96,1,304",
           "memload START_MIB,STEP_MIB,STEP_SECONDS,MAX_MIB after the hold.");
+ABSL_FLAG(bool, keep, false, "Keep the runs' logs (guest console, broker, agent) in the temp dir.");
 ABSL_FLAG(int, reaction_timeout_seconds, 30, "A run without a deflation by then counts as none.");
 
 namespace membroker::bench {
@@ -100,17 +104,26 @@ class BalloonWatch {
 
   uint64_t actual() const { return actual_; }
   uint64_t lowest() const { return lowest_; }
-  // When the balloon first rose >= 1 MiB above the lowest value seen before
-  // `ArmRise` was called (InfinitePast: not yet).
+  // When the balloon first rose >= 1 MiB above its actual when `ArmRise`
+  // was called (InfinitePast: not yet).
   absl::Time rose_at() const { return rose_at_; }
-  void ArmRise() { armed_ = true; }
+  void ArmRise() {
+    armed_ = true;
+    base_ = actual_;
+  }
+  // Every value seen, with when.
+  const std::string& timeline() const { return timeline_; }
 
  private:
   void Saw(uint64_t actual) {
+    if (actual != actual_) {
+      absl::StrAppend(&timeline_, absl::FormatTime("%H:%M:%E3S", absl::Now(), absl::UTCTimeZone()),
+                      " actual ", actual / kMiB, " MiB\n");
+    }
     actual_ = actual;
     if (!armed_) {
       lowest_ = std::min(lowest_, actual);
-    } else if (rose_at_ == absl::InfinitePast() && actual >= lowest_ + kMiB) {
+    } else if (rose_at_ == absl::InfinitePast() && actual >= base_ + kMiB) {
       rose_at_ = absl::Now();
     }
   }
@@ -120,12 +133,15 @@ class BalloonWatch {
   uint64_t actual_ = 0;
   uint64_t lowest_ = UINT64_MAX;
   bool armed_ = false;
+  uint64_t base_ = 0;
+  std::string timeline_;
   absl::Time rose_at_ = absl::InfinitePast();
 };
 
 struct RunResult {
   bool ran = false;
   uint64_t reclaimed_to = 0;  // the balloon's lowest before the load
+  uint64_t at_load_start = 0;  // its actual when the load started
   std::optional<absl::Duration> reaction;
   bool oom = false;
   std::string note;
@@ -142,7 +158,8 @@ class Bench {
     ::mkdir((run_dir + "/state").c_str(), 0755);
     {
       std::ofstream config(run_dir + "/broker.textproto");
-      config << "cluster_policy { default_min_bytes: " << 64 * kMiB
+      config << "cluster_policy { default_min_bytes: "
+             << uint64_t(absl::GetFlag(FLAGS_floor_mib)) * kMiB
              << " host_free_margin_bytes: " << 64 * kMiB << " surplus_percent: 0 }\n";
     }
     QemuGuest guest(run_dir, "mb-surge", "e0000000-0000-4000-8000-00000000000a");
@@ -175,6 +192,7 @@ class Bench {
         "--qmp-socket=" + guest.agent_socket(),
         absl::StrCat("--host-capacity-bytes=", uint64_t(absl::GetFlag(FLAGS_capacity_mib)) * kMiB),
         "--metrics-listen=127.0.0.1:0", "--insecure"};
+    if (absl::GetFlag(FLAGS_keep)) agent_argv.push_back("--log-level=debug");
     if (mode == "no-rss") agent_argv.push_back("--rss-interval=0");
     if (mode == "no-local-grants") agent_argv.push_back("--local-grants=false");
     ChildProcess agent_process;
@@ -206,6 +224,8 @@ class Bench {
       return result;
     }
     result.reclaimed_to = watch.lowest();
+    watch.Poll(true);
+    result.at_load_start = watch.actual();
     watch.ArmRise();
     const absl::Time react_deadline =
         *load_start + absl::Seconds(absl::GetFlag(FLAGS_reaction_timeout_seconds));
@@ -227,6 +247,9 @@ class Bench {
         },
         absl::Seconds(20), absl::Milliseconds(100));
     result.oom = guest.Console().find("Out of memory") != std::string::npos;
+    std::ofstream(run_dir + "/timeline.txt")
+        << "load start " << absl::FormatTime("%H:%M:%E3S", *load_start, absl::UTCTimeZone())
+        << "\n" << watch.timeline();
     guest.Stop();
     agent_process.Stop();
     broker.Stop();
@@ -268,8 +291,10 @@ int Main() {
     std::fprintf(stderr, "qemu_reaction: %s\n", initrd.ToString().c_str());
     return 1;
   }
-  std::printf("guest 512 MiB, no swap, TCG; capacity %d MiB; load %s after %d s idle; %d runs\n",
-              absl::GetFlag(FLAGS_capacity_mib), absl::GetFlag(FLAGS_load).c_str(),
+  std::printf(
+      "guest 512 MiB, no swap, TCG; capacity %d MiB; floor %d MiB; load %s after %d s idle; "
+      "%d runs\n",
+      absl::GetFlag(FLAGS_capacity_mib), absl::GetFlag(FLAGS_floor_mib), absl::GetFlag(FLAGS_load).c_str(),
               absl::GetFlag(FLAGS_hold_seconds), runs);
   Bench bench(dir);
   std::vector<std::string> summary;
@@ -294,8 +319,10 @@ int Main() {
         ++none;
       }
       ooms += r.oom ? 1 : 0;
-      std::printf("%-16s run %d: reclaimed to %llu MiB, reaction %s%s%s\n", mode.c_str(), i,
+      std::printf("%-16s run %d: reclaimed to %llu MiB, %llu MiB at load start, reaction %s%s%s\n",
+                  mode.c_str(), i,
                   static_cast<unsigned long long>(r.reclaimed_to == UINT64_MAX ? 0 : r.reclaimed_to / kMiB),
+                  static_cast<unsigned long long>(r.at_load_start / kMiB),
                   r.reaction.has_value() ? Ms(*r.reaction).c_str() : "none",
                   r.oom ? ", guest OOM" : "", r.note.empty() ? "" : (", " + r.note).c_str());
       std::fflush(stdout);
@@ -311,6 +338,10 @@ int Main() {
   }
   std::printf("\n");
   for (const std::string& line : summary) std::printf("%s\n", line.c_str());
+  if (absl::GetFlag(FLAGS_keep)) {
+    std::printf("logs kept in %s\n", dir.c_str());
+    return 0;
+  }
   std::string cmd = absl::StrCat("rm -rf '", dir, "'");
   if (std::system(cmd.c_str()) != 0) std::printf("could not remove %s\n", dir.c_str());
   return 0;

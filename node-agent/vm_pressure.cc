@@ -51,12 +51,18 @@ std::vector<PressureReason> PressureDetector::ObserveVm(const VmStatus& vm,
                                                         std::optional<uint64_t> applied_bytes) {
   std::vector<PressureReason> fired;
   VmHistory& h = history_[vm.vm_id];
-  // 2. The balloon gave memory back that no target asked for.
+  // 2. The balloon gave memory back that no target asked for: neither the
+  // target in force now nor the one at the previous observation (a lower
+  // target that just replaced a higher one does not pull actual down at
+  // once).
+  std::optional<uint64_t> asked = applied_bytes;
+  if (asked.has_value() && h.applied_bytes.has_value()) asked = std::max(*asked, *h.applied_bytes);
   if (h.actual_bytes.has_value() && vm.actual_bytes >= *h.actual_bytes + kBalloonProgressBytes &&
-      (!applied_bytes.has_value() || vm.actual_bytes >= *applied_bytes + kBalloonProgressBytes)) {
+      (!asked.has_value() || vm.actual_bytes >= *asked + kBalloonProgressBytes)) {
     fired.push_back(membroker::v1::PRESSURE_REASON_BALLOON_DEFLATE_ON_OOM);
   }
   h.actual_bytes = vm.actual_bytes;
+  h.applied_bytes = applied_bytes;
   // 3. Fresh statistics with available near zero.
   const GuestMemoryStats& s = vm.stats;
   if (s.last_update.has_value() && s.last_update != h.stats_update) {

@@ -9,8 +9,9 @@
 //      and grew by at least rss_growth_bytes since the previous sample. The
 //      guest is touching memory it never touched and has little left.
 //   2. Deflate-on-oom (ObserveVm): the balloon actual rose by at least 1 MiB
-//      since the previous observation to above the target the agent last
-//      applied (or with no target): the guest took pages back on its own.
+//      since the previous observation to above the target the agent
+//      applied, now and at the previous observation (or with no target):
+//      the guest took pages back on its own.
 //   3. Available near zero (ObserveVm, on fresh statistics only): the
 //      guest's available memory is at most max(available_low_bytes,
 //      available_low_percent of its total).
@@ -39,8 +40,8 @@ struct PressureParams {
   // Rule 1: growth since the previous RSS sample that counts as growing.
   uint64_t rss_growth_bytes = uint64_t{4} << 20;
   // Rule 3: available at or below max(this, available_low_percent of total).
-  uint64_t available_low_bytes = uint64_t{32} << 20;
-  double available_low_percent = 3;
+  uint64_t available_low_bytes = uint64_t{8} << 20;
+  double available_low_percent = 2;
 };
 
 // Detects acute pressure. Thread-compatible (the agent holds its mutex).
@@ -77,6 +78,7 @@ class PressureDetector {
     int64_t pid = 0;
     std::optional<uint64_t> rss_bytes;
     std::optional<uint64_t> actual_bytes;
+    std::optional<uint64_t> applied_bytes;
     std::optional<absl::Time> stats_update;
   };
 

@@ -30,7 +30,7 @@ using membroker::v1::PRESSURE_REASON_RSS_NEAR_ACTUAL;
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 
 // near = max(64 MiB, 10 % of actual); growth >= 4 MiB per sample;
-// available low = max(32 MiB, 3 % of total).
+// available low = max(8 MiB, 2 % of total).
 PressureParams Params() { return PressureParams{}; }
 
 VmStatus Vm(const std::string& id, uint64_t actual) {
@@ -81,7 +81,10 @@ TEST(PressureDetectorTest, BalloonRisingWithoutATargetIsDeflateOnOom) {
               ElementsAre(PRESSURE_REASON_BALLOON_DEFLATE_ON_OOM));
   // Rising toward a higher target is the broker's (or a grant's) doing.
   EXPECT_THAT(d.ObserveVm(Vm("a", 700 * kMiB), 1024 * kMiB), IsEmpty());
+  // Still rising toward that target after a lower one replaced it is not.
+  EXPECT_THAT(d.ObserveVm(Vm("a", 800 * kMiB), 512 * kMiB), IsEmpty());
   // Falling never is.
+  EXPECT_THAT(d.ObserveVm(Vm("a", 600 * kMiB), 512 * kMiB), IsEmpty());
   EXPECT_THAT(d.ObserveVm(Vm("a", 600 * kMiB), 512 * kMiB), IsEmpty());
   // Rising with no target at all (none applied yet) is.
   EXPECT_THAT(d.ObserveVm(Vm("a", 650 * kMiB), std::nullopt),
@@ -97,15 +100,22 @@ TEST(PressureDetectorTest, AvailableNearZeroOnFreshStatsOnly) {
   vm.stats.available_bytes = 100 * kMiB;
   vm.stats.last_update = absl::FromUnixSeconds(1000);
   EXPECT_THAT(d.ObserveVm(vm, 1024 * kMiB), IsEmpty());
-  // 31 MiB <= max(32 MiB, 30 MiB).
-  vm.stats.available_bytes = 31 * kMiB;
+  // 21 MiB is above max(8 MiB, 2 % of 1000 MiB = 20 MiB); 20 MiB is not.
+  vm.stats.available_bytes = 21 * kMiB;
+  vm.stats.last_update = absl::FromUnixSeconds(1000) + absl::Milliseconds(500);
+  EXPECT_THAT(d.ObserveVm(vm, 1024 * kMiB), IsEmpty());
+  vm.stats.available_bytes = 20 * kMiB;
   vm.stats.last_update = absl::FromUnixSeconds(1001);
   EXPECT_THAT(d.ObserveVm(vm, 1024 * kMiB), ElementsAre(PRESSURE_REASON_AVAILABLE_NEAR_ZERO));
   // The same statistics again are no news.
   EXPECT_THAT(d.ObserveVm(vm, 1024 * kMiB), IsEmpty());
-  // A large guest: 3 % of 8000 MiB = 240 MiB.
+  // A small guest: 8 MiB; a large one: 2 % of 8000 MiB = 160 MiB.
+  vm.stats.total_bytes = 100 * kMiB;
+  vm.stats.available_bytes = 9 * kMiB;
+  vm.stats.last_update = absl::FromUnixSeconds(1001) + absl::Milliseconds(500);
+  EXPECT_THAT(d.ObserveVm(vm, 1024 * kMiB), IsEmpty());
   vm.stats.total_bytes = 8000 * kMiB;
-  vm.stats.available_bytes = 200 * kMiB;
+  vm.stats.available_bytes = 150 * kMiB;
   vm.stats.last_update = absl::FromUnixSeconds(1002);
   EXPECT_THAT(d.ObserveVm(vm, 1024 * kMiB), ElementsAre(PRESSURE_REASON_AVAILABLE_NEAR_ZERO));
   // Without a total the rule cannot say.
