@@ -293,6 +293,7 @@ TickResult Actuator::Tick(const std::vector<VmStatus>& vms, const std::set<std::
   for (const std::string& id : acute) {
     auto it = vms_.find(id);
     if (it == vms_.end()) continue;
+    it->second.last_acute = now;
     VmActuation& v = it->second.view;
     if (v.desired_bytes.has_value() && *v.desired_bytes < v.actual_bytes) {
       spdlog::info("VM {}: acute pressure, holding its balloon at {} bytes", v.name,
@@ -338,6 +339,8 @@ TickResult Actuator::Tick(const std::vector<VmStatus>& vms, const std::set<std::
       uint64_t step_target;
       if (v.state != BalloonState::kOk) {
         step_target = v.actual_bytes;  // No inflation of an unhealthy balloon.
+      } else if (now - rec.last_acute < params_.acute_hold) {
+        step_target = v.actual_bytes;  // Nor of a guest just under acute pressure.
       } else {
         const uint64_t step = params_.safety.max_inflate_step_bytes;
         step_target = std::max(desired, v.actual_bytes > step ? v.actual_bytes - step : uint64_t{1});

@@ -25,8 +25,9 @@
 //      inflation is cancelled and it is not inflated again until its
 //      balloon moves.
 //   5. Apply: shrinks (inflate) go in steps of at most
-//      max_inflate_step_bytes below the current actual; grows (deflate)
-//      go at once. All shrinks are issued before any grow, and grows are
+//      max_inflate_step_bytes below the current actual, and not at all
+//      within acute_hold of the VM's last acute pressure (the balloon is
+//      held at its actual); grows (deflate) go at once. All shrinks are issued before any grow, and grows are
 //      limited to the host capacity left by max(actual, target) of every
 //      VM (free, then grow).
 // The actuator never inflates on its own: a VM only shrinks toward a target
@@ -89,6 +90,9 @@ struct ActuatorParams {
   uint64_t local_grant_margin_bytes = uint64_t{32} << 20;
   // At most one grant per VM this often.
   absl::Duration local_grant_interval = absl::Milliseconds(500);
+  // A VM is not inflated (reclaimed) until this long after its last acute
+  // pressure, whatever its target: the shrink waits, the target stands.
+  absl::Duration acute_hold = absl::Seconds(5);
 };
 
 // A balloon's health as the actuator sees it.
@@ -186,8 +190,9 @@ class Actuator {
     std::optional<absl::Time> prev_stats_time;
     std::optional<uint64_t> prev_swap_in;
     std::optional<uint64_t> prev_major_faults;
-    // Monotonic time of the last local grant.
+    // Monotonic times of the last local grant and the last acute pressure.
     absl::Time last_grant = absl::InfinitePast();
+    absl::Time last_acute = absl::InfinitePast();
   };
 
   void GrantLocal(const std::set<std::string>& acute, absl::Time now, TickResult& result);

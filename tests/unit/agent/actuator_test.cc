@@ -566,8 +566,10 @@ TEST_F(LocalGrantTest, NextTargetSetReplacesTheGrant) {
   fake_.SettleBalloons();
   ASSERT_EQ(fake_.actual("a"), 768 * kMiB);
   // The broker decides 640 MiB: its target stands, the grant is forgotten
-  // (the shrink goes in the usual bounded steps).
+  // (the shrink goes in the usual bounded steps once the acute hold, 5 s,
+  // has passed).
   ASSERT_THAT(act.SetTargets(2, {Target("a", 640 * kMiB)}), IsEmpty());
+  clock_.Advance(absl::Seconds(5));
   Tick();
   EXPECT_EQ(fake_.target("a"), 640 * kMiB);
   EXPECT_EQ(View("a").local_grant_bytes, 0u);
@@ -588,8 +590,16 @@ TEST_F(LocalGrantTest, AcutePressureHoldsTheBalloonUntilTheNextTarget) {
   EXPECT_EQ(fake_.inflate_calls(), 0);
   EXPECT_EQ(fake_.target("a"), 1024 * kMiB);
   EXPECT_EQ(View("a").desired_bytes, 1024 * kMiB);
-  // The broker's next target is followed again.
+  // The broker's next target replaces the hold, but the shrink waits for
+  // acute_hold (5 s) after the pressure.
   ASSERT_THAT(act.SetTargets(2, {Target("a", 768 * kMiB)}), IsEmpty());
+  Tick();
+  EXPECT_EQ(View("a").desired_bytes, 768 * kMiB);
+  EXPECT_EQ(fake_.target("a"), 1024 * kMiB);
+  clock_.Advance(absl::Seconds(4));
+  Tick();
+  EXPECT_EQ(fake_.inflate_calls(), 0);
+  clock_.Advance(absl::Seconds(1));
   Tick();
   EXPECT_EQ(fake_.target("a"), 768 * kMiB);  // One 256 MiB step.
 }
