@@ -75,7 +75,8 @@ bool Exists(const std::string& path) {
 // they come, query-balloon when asked.
 class BalloonWatch {
  public:
-  explicit BalloonWatch(std::string socket) : socket_(std::move(socket)), client_(RealClock::Get()) {
+  explicit BalloonWatch(std::string socket)
+      : socket_(std::move(socket)), client_(RealClock::Get()) {
     client_.set_event_handler([this](const google::protobuf::Struct& event) {
       auto name = event.fields().find("event");
       if (name == event.fields().end() || name->second.string_value() != "BALLOON_CHANGE") return;
@@ -140,7 +141,7 @@ class BalloonWatch {
 
 struct RunResult {
   bool ran = false;
-  uint64_t reclaimed_to = 0;  // the balloon's lowest before the load
+  uint64_t reclaimed_to = 0;   // the balloon's lowest before the load
   uint64_t at_load_start = 0;  // its actual when the load started
   std::optional<absl::Duration> reaction;
   bool oom = false;
@@ -163,11 +164,11 @@ class Bench {
              << " host_free_margin_bytes: " << 64 * kMiB << " surplus_percent: 0 }\n";
     }
     QemuGuest guest(run_dir, "mb-surge", "e0000000-0000-4000-8000-00000000000a");
-    const std::string load = absl::StrCat(absl::GetFlag(FLAGS_load), ",",
-                                          absl::GetFlag(FLAGS_hold_seconds));
-    absl::Status booted = guest.Start(absl::GetFlag(FLAGS_kernel_dir) + "/vmlinuz",
-                                      dir_ + "/initrd.cpio",
-                                      absl::StrCat("mb_role=load mb_load=", load));
+    const std::string load =
+        absl::StrCat(absl::GetFlag(FLAGS_load), ",", absl::GetFlag(FLAGS_hold_seconds));
+    absl::Status booted =
+        guest.Start(absl::GetFlag(FLAGS_kernel_dir) + "/vmlinuz", dir_ + "/initrd.cpio",
+                    absl::StrCat("mb_role=load mb_load=", load));
     if (!booted.ok()) {
       result.note = absl::StrCat("qemu: ", booted.ToString());
       return result;
@@ -175,8 +176,8 @@ class Bench {
     ChildProcess broker;
     if (!broker
              .Start({MB_BROKER_PATH, "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
-                     "--state-dir=" + run_dir + "/state", "--config=" + run_dir + "/broker.textproto",
-                     "--insecure"},
+                     "--state-dir=" + run_dir + "/state",
+                     "--config=" + run_dir + "/broker.textproto", "--insecure"},
                     run_dir + "/broker.log")
              .ok()) {
       result.note = "membroker did not start";
@@ -188,10 +189,14 @@ class Bench {
       return result;
     }
     std::vector<std::string> agent_argv = {
-        MB_AGENT_PATH, absl::StrCat("--broker=127.0.0.1:", *port), "--host-id=h1", "--backend=qmp",
+        MB_AGENT_PATH,
+        absl::StrCat("--broker=127.0.0.1:", *port),
+        "--host-id=h1",
+        "--backend=qmp",
         "--qmp-socket=" + guest.agent_socket(),
         absl::StrCat("--host-capacity-bytes=", uint64_t(absl::GetFlag(FLAGS_capacity_mib)) * kMiB),
-        "--metrics-listen=127.0.0.1:0", "--insecure"};
+        "--metrics-listen=127.0.0.1:0",
+        "--insecure"};
     if (absl::GetFlag(FLAGS_keep)) agent_argv.push_back("--log-level=debug");
     if (mode == "no-rss") agent_argv.push_back("--rss-interval=0");
     if (mode == "no-local-grants") agent_argv.push_back("--local-grants=false");
@@ -205,8 +210,7 @@ class Bench {
     BalloonWatch watch(guest.watch_socket());
     // Wait for the load to start (bounded by the hold, boot and slack),
     // polling the console and the balloon every 5 ms.
-    const absl::Time deadline =
-        absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_hold_seconds) + 60);
+    const absl::Time deadline = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_hold_seconds) + 60);
     absl::Time last_query = absl::InfinitePast();
     std::optional<absl::Time> load_start;
     while (absl::Now() < deadline && guest.Running()) {
@@ -248,8 +252,8 @@ class Bench {
         absl::Seconds(20), absl::Milliseconds(100));
     result.oom = guest.Console().find("Out of memory") != std::string::npos;
     std::ofstream(run_dir + "/timeline.txt")
-        << "load start " << absl::FormatTime("%H:%M:%E3S", *load_start, absl::UTCTimeZone())
-        << "\n" << watch.timeline();
+        << "load start " << absl::FormatTime("%H:%M:%E3S", *load_start, absl::UTCTimeZone()) << "\n"
+        << watch.timeline();
     guest.Stop();
     agent_process.Stop();
     broker.Stop();
@@ -267,7 +271,8 @@ int Main() {
   const std::string broker = MB_BROKER_PATH;
   const std::string agent = MB_AGENT_PATH;
   for (const auto& [path, what] : std::vector<std::pair<std::string, std::string>>{
-           {kernel_dir + "/vmlinuz", "guest kernel (scripts/fetch-guest-kernel.sh " + kernel_dir + ")"},
+           {kernel_dir + "/vmlinuz",
+            "guest kernel (scripts/fetch-guest-kernel.sh " + kernel_dir + ")"},
            {absl::GetFlag(FLAGS_busybox), "busybox (apt: busybox-static)"},
            {broker, "membroker binary"},
            {agent, "membroker-agent binary"},
@@ -294,8 +299,8 @@ int Main() {
   std::printf(
       "guest 512 MiB, no swap, TCG; capacity %d MiB; floor %d MiB; load %s after %d s idle; "
       "%d runs\n",
-      absl::GetFlag(FLAGS_capacity_mib), absl::GetFlag(FLAGS_floor_mib), absl::GetFlag(FLAGS_load).c_str(),
-              absl::GetFlag(FLAGS_hold_seconds), runs);
+      absl::GetFlag(FLAGS_capacity_mib), absl::GetFlag(FLAGS_floor_mib),
+      absl::GetFlag(FLAGS_load).c_str(), absl::GetFlag(FLAGS_hold_seconds), runs);
   Bench bench(dir);
   std::vector<std::string> summary;
   for (const std::string& mode :
@@ -319,12 +324,13 @@ int Main() {
         ++none;
       }
       ooms += r.oom ? 1 : 0;
-      std::printf("%-16s run %d: reclaimed to %llu MiB, %llu MiB at load start, reaction %s%s%s\n",
-                  mode.c_str(), i,
-                  static_cast<unsigned long long>(r.reclaimed_to == UINT64_MAX ? 0 : r.reclaimed_to / kMiB),
-                  static_cast<unsigned long long>(r.at_load_start / kMiB),
-                  r.reaction.has_value() ? Ms(*r.reaction).c_str() : "none",
-                  r.oom ? ", guest OOM" : "", r.note.empty() ? "" : (", " + r.note).c_str());
+      std::printf(
+          "%-16s run %d: reclaimed to %llu MiB, %llu MiB at load start, reaction %s%s%s\n",
+          mode.c_str(), i,
+          static_cast<unsigned long long>(r.reclaimed_to == UINT64_MAX ? 0 : r.reclaimed_to / kMiB),
+          static_cast<unsigned long long>(r.at_load_start / kMiB),
+          r.reaction.has_value() ? Ms(*r.reaction).c_str() : "none", r.oom ? ", guest OOM" : "",
+          r.note.empty() ? "" : (", " + r.note).c_str());
       std::fflush(stdout);
     }
     std::sort(reactions.begin(), reactions.end());

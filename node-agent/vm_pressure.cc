@@ -69,9 +69,8 @@ std::vector<PressureReason> PressureDetector::ObserveVm(const VmStatus& vm,
     h.stats_update = s.last_update;
     if (s.available_bytes.has_value() && s.total_bytes.has_value() && *s.total_bytes > 0) {
       const uint64_t low = std::max<uint64_t>(
-          params_.available_low_bytes,
-          static_cast<uint64_t>(static_cast<double>(*s.total_bytes) *
-                                params_.available_low_percent / 100));
+          params_.available_low_bytes, static_cast<uint64_t>(static_cast<double>(*s.total_bytes) *
+                                                             params_.available_low_percent / 100));
       if (*s.available_bytes <= low) {
         fired.push_back(membroker::v1::PRESSURE_REASON_AVAILABLE_NEAR_ZERO);
       }

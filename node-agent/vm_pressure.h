@@ -52,8 +52,7 @@ class PressureDetector {
   // Rule 1 for one VM: `rss_bytes` just read from its process `pid`, with
   // its balloon actual as last listed. A new pid starts the VM's history
   // over. Returns true when the rule fires.
-  bool ObserveRss(const std::string& vm_id, int64_t pid, uint64_t rss_bytes,
-                  uint64_t actual_bytes);
+  bool ObserveRss(const std::string& vm_id, int64_t pid, uint64_t rss_bytes, uint64_t actual_bytes);
 
   // Rules 2 and 3 for one VM as just listed, with the target the agent
   // applied last (empty: none). Returns the reasons that fired.

@@ -66,7 +66,9 @@ absl::StatusOr<int64_t> ReadPidFile(const std::string& path) {
   absl::StatusOr<std::string> text = ReadSmallFile(path, 64);
   if (!text.ok()) return text.status();
   absl::StatusOr<int64_t> pid = ParsePidFile(*text);
-  if (!pid.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", pid.status().message()));
+  if (!pid.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", pid.status().message()));
+  }
   return pid;
 }
 

@@ -58,10 +58,14 @@ TEST(PressureDetectorTest, RssNearActualAndGrowingFires) {
 TEST(PressureDetectorTest, IdleRssNearActualDoesNotFire) {
   PressureDetector d(Params());
   // A reclaimed idle guest: RSS above actual (QEMU's own memory) but flat.
-  for (int i = 0; i < 10; ++i) EXPECT_FALSE(d.ObserveRss("a", 7, 200 * kMiB + i * kMiB, 128 * kMiB));
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_FALSE(d.ObserveRss("a", 7, 200 * kMiB + i * kMiB, 128 * kMiB));
+  }
   // A growing guest far from its actual: it still has untouched memory.
   PressureDetector e(Params());
-  for (int i = 0; i < 10; ++i) EXPECT_FALSE(e.ObserveRss("b", 8, (100 + 50 * i) * kMiB, 2048 * kMiB));
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_FALSE(e.ObserveRss("b", 8, (100 + 50 * i) * kMiB, 2048 * kMiB));
+  }
   EXPECT_THAT(e.TakeReasons(), IsEmpty());
 }
 
