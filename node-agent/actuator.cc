@@ -115,6 +115,8 @@ std::map<std::string, std::string> Actuator::SetTargets(
   for (auto& [rec, target] : accepted) {
     if (errors.count(rec->view.vm_id) != 0) continue;
     rec->view.desired_bytes = target;
+    // The broker's decision replaces any grant the agent made meanwhile.
+    rec->view.local_grant_bytes = 0;
   }
   generation_ = generation;
   walking_back_ = false;
@@ -206,7 +208,43 @@ bool Actuator::Apply(VmRecord& rec, uint64_t target, TickResult& result) {
   return true;
 }
 
-TickResult Actuator::Tick(const std::vector<VmStatus>& vms) {
+void Actuator::GrantLocal(const std::set<std::string>& acute, absl::Time now, TickResult& result) {
+  if (!params_.local_grants || params_.capacity_bytes == 0 || acute.empty()) return;
+  // What the VMs may hold once every pending target lands.
+  auto term = [](const VmActuation& v) {
+    return std::max({v.actual_bytes, v.applied_bytes.value_or(0), v.desired_bytes.value_or(0)});
+  };
+  uint64_t committed = 0;
+  for (const auto& [id, rec] : vms_) committed = SaturatingAdd(committed, term(rec.view));
+  for (const std::string& id : acute) {
+    auto it = vms_.find(id);
+    if (it == vms_.end()) continue;
+    VmRecord& rec = it->second;
+    VmActuation& v = rec.view;
+    if (v.state != BalloonState::kOk) continue;  // It cannot deflate.
+    if (now - rec.last_grant < params_.local_grant_interval) continue;
+    const uint64_t base = term(v);
+    const uint64_t budget = SaturatingAdd(committed, params_.local_grant_margin_bytes);
+    const uint64_t room = params_.capacity_bytes > budget ? params_.capacity_bytes - budget : 0;
+    const uint64_t headroom = v.max_bytes > base ? v.max_bytes - base : 0;
+    const uint64_t grant = std::min({params_.local_grant_max_bytes, room, headroom});
+    if (grant < kBalloonProgressBytes) {
+      spdlog::debug("VM {}: acute pressure, no local grant (room {} bytes, headroom {} bytes)",
+                    v.name, room, headroom);
+      continue;
+    }
+    v.desired_bytes = base + grant;
+    v.local_grant_bytes = SaturatingAdd(v.local_grant_bytes, grant);
+    rec.last_grant = now;
+    committed = SaturatingAdd(committed, grant);
+    ++result.local_grants;
+    result.local_grant_bytes += grant;
+    spdlog::info("VM {}: acute pressure, granting {} bytes locally (target {} bytes)", v.name,
+                 grant, base + grant);
+  }
+}
+
+TickResult Actuator::Tick(const std::vector<VmStatus>& vms, const std::set<std::string>& acute) {
   TickResult result;
   // Monotonic: only intervals are measured here (guest statistics carry
   // their own wall timestamps).
@@ -249,6 +287,22 @@ TickResult Actuator::Tick(const std::vector<VmStatus>& vms) {
     }
   }
 
+  // 2b. A VM under acute pressure is not inflated further (not even
+  // toward the broker's target) until the broker's next target for it;
+  // then it may get a local grant from the host's unassigned budget.
+  for (const std::string& id : acute) {
+    auto it = vms_.find(id);
+    if (it == vms_.end()) continue;
+    it->second.last_acute = now;
+    VmActuation& v = it->second.view;
+    if (v.desired_bytes.has_value() && *v.desired_bytes < v.actual_bytes) {
+      spdlog::info("VM {}: acute pressure, holding its balloon at {} bytes", v.name,
+                   v.actual_bytes);
+      v.desired_bytes = v.actual_bytes;
+    }
+  }
+  GrantLocal(acute, now, result);
+
   // 3. Fail-static walk back toward max.
   if (!broker_connected_ && now - disconnected_since_ >= params_.safety.fail_static_grace) {
     if (!walking_back_) {
@@ -285,6 +339,8 @@ TickResult Actuator::Tick(const std::vector<VmStatus>& vms) {
       uint64_t step_target;
       if (v.state != BalloonState::kOk) {
         step_target = v.actual_bytes;  // No inflation of an unhealthy balloon.
+      } else if (now - rec.last_acute < params_.acute_hold) {
+        step_target = v.actual_bytes;  // Nor of a guest just under acute pressure.
       } else {
         const uint64_t step = params_.safety.max_inflate_step_bytes;
         step_target = std::max(desired, v.actual_bytes > step ? v.actual_bytes - step : uint64_t{1});

@@ -6,6 +6,16 @@
 //   2. Guest pressure: a VM whose swap-in or major-fault rate since its
 //      previous statistics is above the threshold is deflated at once by
 //      pressure_deflate_bytes (toward its max), with or without a broker.
+//   2b. Local grants: a VM the agent found under acute pressure (the
+//      `acute` argument, see vm_pressure.h) is held at its actual if its
+//      target was below (no inflation into a guest under acute pressure
+//      until the broker's next target), and deflated at once by
+//      min(local_grant_max_bytes, capacity - sum over VMs of max(actual,
+//      applied, desired) - local_grant_margin_bytes, max - that sum's term
+//      for this VM), at most once per local_grant_interval per VM, and
+//      only with a capacity set and a healthy balloon. The grant is kept in
+//      local_grant_bytes until the broker's next target for the VM
+//      replaces it.
 //   3. Fail-static: while the broker is gone the last targets hold for
 //      fail_static_grace; after that every VM walks back toward its max by
 //      fail_static_step_bytes every fail_static_step_interval.
@@ -15,8 +25,9 @@
 //      inflation is cancelled and it is not inflated again until its
 //      balloon moves.
 //   5. Apply: shrinks (inflate) go in steps of at most
-//      max_inflate_step_bytes below the current actual; grows (deflate)
-//      go at once. All shrinks are issued before any grow, and grows are
+//      max_inflate_step_bytes below the current actual, and not at all
+//      within acute_hold of the VM's last acute pressure (the balloon is
+//      held at its actual); grows (deflate) go at once. All shrinks are issued before any grow, and grows are
 //      limited to the host capacity left by max(actual, target) of every
 //      VM (free, then grow).
 // The actuator never inflates on its own: a VM only shrinks toward a target
@@ -25,6 +36,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -70,6 +82,17 @@ struct ActuatorParams {
   // Fail-static walk back: this much every interval.
   uint64_t fail_static_step_bytes = uint64_t{256} << 20;
   absl::Duration fail_static_step_interval = absl::Seconds(1);
+  // Local grants (step 2b): off when false.
+  bool local_grants = true;
+  // The most one grant adds to a VM.
+  uint64_t local_grant_max_bytes = uint64_t{256} << 20;
+  // Left unassigned below the capacity by grants.
+  uint64_t local_grant_margin_bytes = uint64_t{32} << 20;
+  // At most one grant per VM this often.
+  absl::Duration local_grant_interval = absl::Milliseconds(500);
+  // A VM is not inflated (reclaimed) until this long after its last acute
+  // pressure, whatever its target: the shrink waits, the target stands.
+  absl::Duration acute_hold = absl::Seconds(5);
 };
 
 // A balloon's health as the actuator sees it.
@@ -89,6 +112,9 @@ struct VmActuation {
   BalloonState state = BalloonState::kOk;
   // The guest showed pressure in the last tick.
   bool pressure = false;
+  // Memory granted by the agent on its own (step 2b) since the broker's
+  // last target for this VM; included in desired_bytes.
+  uint64_t local_grant_bytes = 0;
   // The last error of the hypervisor for this VM ("" when the last call
   // succeeded).
   std::string last_error;
@@ -100,6 +126,9 @@ struct TickResult {
   bool pressure_event = false;
   // Number of targets set successfully.
   int targets_applied = 0;
+  // Local grants made in this tick (step 2b) and the bytes they added.
+  int local_grants = 0;
+  uint64_t local_grant_bytes = 0;
   // VM id -> error of the SetBalloonTarget calls that failed.
   std::map<std::string, std::string> errors;
 };
@@ -132,8 +161,9 @@ class Actuator {
   std::map<std::string, std::string> SetTargets(uint64_t generation,
                                                 const std::vector<membroker::v1::VmTarget>& targets);
 
-  // One control step over `vms` (as just read from the hypervisor).
-  TickResult Tick(const std::vector<VmStatus>& vms);
+  // One control step over `vms` (as just read from the hypervisor); VMs
+  // in `acute` are under acute pressure and may get a local grant.
+  TickResult Tick(const std::vector<VmStatus>& vms, const std::set<std::string>& acute = {});
 
   // Every known VM, ordered by id.
   std::vector<VmActuation> Snapshot() const;
@@ -160,7 +190,12 @@ class Actuator {
     std::optional<absl::Time> prev_stats_time;
     std::optional<uint64_t> prev_swap_in;
     std::optional<uint64_t> prev_major_faults;
+    // Monotonic times of the last local grant and the last acute pressure.
+    absl::Time last_grant = absl::InfinitePast();
+    absl::Time last_acute = absl::InfinitePast();
   };
+
+  void GrantLocal(const std::set<std::string>& acute, absl::Time now, TickResult& result);
 
   bool DetectPressure(VmRecord& rec, const GuestMemoryStats& stats);
   void TrackProgress(VmRecord& rec, absl::Time now);

@@ -19,7 +19,10 @@ membroker::v1::VmSample ToVmSample(const VmStatus& vm, const VmActuation* actuat
   out.set_name(vm.name);
   out.set_max_bytes(vm.max_bytes);
   out.set_actual_bytes(vm.actual_bytes);
-  if (actuation != nullptr) out.set_last_target_bytes(actuation->applied_bytes.value_or(0));
+  if (actuation != nullptr) {
+    out.set_last_target_bytes(actuation->applied_bytes.value_or(0));
+    out.set_local_grant_bytes(actuation->local_grant_bytes);
+  }
   membroker::v1::GuestStats& stats = *out.mutable_stats();
   const GuestMemoryStats& s = vm.stats;
   if (s.total_bytes) stats.set_total_bytes(*s.total_bytes);
@@ -78,7 +81,8 @@ Agent::Agent(AgentParams params, std::unique_ptr<Hypervisor> hypervisor, HostSam
         a.capacity_bytes = params_.capacity_bytes;
         return a;
       }()),
-      report_interval_(params_.report_interval) {
+      report_interval_(params_.report_interval),
+      pressure_(params_.pressure) {
   metrics_.SetHostCapacity(params_.capacity_bytes);
   metrics_.SetBrokerConnected(false);
   membroker::v1::Hello hello;
@@ -111,6 +115,9 @@ void Agent::Start() {
   link_->Start();
   apply_thread_ = std::thread([this] { ApplyLoop(); });
   report_thread_ = std::thread([this] { ReportLoop(); });
+  if (params_.vm_probe != nullptr && params_.rss_interval > absl::ZeroDuration()) {
+    rss_thread_ = std::thread([this] { RssLoop(); });
+  }
 }
 
 void Agent::Stop() {
@@ -123,6 +130,7 @@ void Agent::Stop() {
   link_->Stop();
   if (apply_thread_.joinable()) apply_thread_.join();
   if (report_thread_.joinable()) report_thread_.join();
+  if (rss_thread_.joinable()) rss_thread_.join();
 }
 
 bool Agent::connected() const { return link_->connected(); }
@@ -149,6 +157,7 @@ absl::Status Agent::Step() {
     in.targets = std::move(pending_targets_);
     pending_targets_.reset();
     in.report_interval = report_interval_;
+    in.acute.swap(grant_requests_);
   }
   if (in.safety.has_value()) actuator_.SetSafety(*in.safety);
   for (bool connected : in.connection_events) actuator_.SetBrokerConnected(connected);
@@ -202,7 +211,7 @@ absl::Status Agent::Step() {
     previous_stats_ = std::move(previous);
     stats_period_set_ = std::move(period_set);
     // 3. Run the actuator (bounded SetBalloonTarget calls).
-    result = actuator_.Tick(*vms);
+    result = actuator_.Tick(*vms, in.acute);
   }
 
   // 4. Publish.
@@ -223,11 +232,36 @@ absl::Status Agent::Step() {
     }
     hung_ = hung;
     if (result.pressure_event) report_now_ = pressure_pending_ = true;
+    // The broker learns of a local grant at once, to reconcile it.
+    if (result.local_grants > 0) report_now_ = pressure_pending_ = true;
+    if (vms.ok()) {
+      // Acute pressure seen in the listing: deflate-on-oom, available near
+      // zero. The actuator's own swap-in rule already acted.
+      std::set<std::string> present;
+      for (const VmStatus& vm : *vms) {
+        present.insert(vm.vm_id);
+        auto a = actuations.find(vm.vm_id);
+        std::optional<uint64_t> applied;
+        if (a != actuations.end()) {
+          applied = a->second.applied_bytes;
+          if (a->second.pressure) {
+            pressure_.Record(vm.vm_id, membroker::v1::PRESSURE_REASON_GUEST_SWAP_IN);
+          }
+        }
+        std::vector<membroker::v1::PressureReason> fired = pressure_.ObserveVm(vm, applied);
+        for (membroker::v1::PressureReason r : fired) {
+          spdlog::info("VM {}: acute pressure ({})", vm.name, PressureReasonName(r));
+        }
+        if (!fired.empty()) OnAcutePressure(vm.vm_id);
+      }
+      pressure_.Retain(present);
+    }
     listed = vms_;
   }
   UpdateVmMetrics(listed, actuations, hung);
   metrics_.SetHypervisorCallsHung(hypervisor_.hung_calls());
   metrics_.AddTargetsApplied(result.targets_applied);
+  metrics_.AddLocalGrants(result.local_grants, result.local_grant_bytes);
   metrics_.AddTargetErrors(result.errors.size());
 
   // 5. Ack the TargetSet: refusals, failed calls of its VMs, or the whole
@@ -288,6 +322,9 @@ membroker::v1::HostReport Agent::BuildReport(bool pressure_event) {
   {
     absl::MutexLock lock(&mu_);
     vms = vms_;
+    const std::map<std::string, std::set<membroker::v1::PressureReason>> reasons =
+        pressure_.TakeReasons();
+    const std::map<std::string, uint64_t>& rss = pressure_.rss_bytes();
     for (const VmStatus& vm : vms_) {
       auto a = actuations_.find(vm.vm_id);
       auto v = verdicts_.find(vm.vm_id);
@@ -300,6 +337,10 @@ membroker::v1::HostReport Agent::BuildReport(bool pressure_event) {
         sample.set_health(membroker::v1::BALLOON_HEALTH_STUCK);
         sample.mutable_stats()->set_untrusted(true);
         sample.mutable_stats()->set_untrusted_reason(h->second);
+      }
+      if (auto r = rss.find(vm.vm_id); r != rss.end()) sample.set_host_rss_bytes(r->second);
+      if (auto r = reasons.find(vm.vm_id); r != reasons.end()) {
+        for (membroker::v1::PressureReason reason : r->second) sample.add_pressure_reasons(reason);
       }
     }
   }
@@ -398,7 +439,7 @@ void Agent::ApplyLoop() {
     {
       absl::MutexLock lock(&mu_);
       auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-        return stopping_ || pending_targets_.has_value();
+        return stopping_ || pending_targets_.has_value() || !grant_requests_.empty();
       };
       clock_->AwaitWithDeadline(&mu_, absl::Condition(&wake), next_tick);
       if (stopping_) return;
@@ -414,23 +455,92 @@ void Agent::ApplyLoop() {
 
 void Agent::ReportLoop() {
   absl::Time next_report = clock_->MonotonicNow();
+  absl::Time last_early = absl::InfinitePast();
   while (true) {
     bool report = false;
     bool pressure = false;
+    bool early = false;
     {
       absl::MutexLock lock(&mu_);
       auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_ || report_now_; };
       clock_->AwaitWithDeadline(&mu_, absl::Condition(&wake), next_report);
       if (stopping_) return;
+      const absl::Time not_before = last_early + params_.min_early_report_interval;
+      if (report_now_ && clock_->MonotonicNow() < std::min(next_report, not_before)) {
+        // Early reports are rate-bounded: wait out the gap (what arrives
+        // meanwhile goes in the same report).
+        auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
+        clock_->AwaitWithDeadline(&mu_, absl::Condition(&stop), std::min(next_report, not_before));
+        if (stopping_) return;
+      }
+      const absl::Time now = clock_->MonotonicNow();
       pressure = pressure_pending_;
-      report = report_now_ || clock_->MonotonicNow() >= next_report;
+      early = report_now_ && now < next_report;
+      report = report_now_ || now >= next_report;
       report_now_ = pressure_pending_ = false;
     }
     if (report) {
+      if (early) last_early = clock_->MonotonicNow();
       SendReport(pressure);
       next_report = clock_->MonotonicNow() + report_interval();
     }
     SyncLinkCounters();
+  }
+}
+
+void Agent::OnAcutePressure(const std::string& vm_id) {
+  report_now_ = pressure_pending_ = true;
+  grant_requests_.insert(vm_id);
+}
+
+void Agent::SampleRss() {
+  if (params_.vm_probe == nullptr) return;
+  struct Watched {
+    std::string vm_id;
+    std::string name;
+    int64_t pid;
+    uint64_t actual_bytes;
+  };
+  std::vector<Watched> watched;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const VmStatus& vm : vms_) {
+      if (vm.host_pid.has_value()) {
+        watched.push_back({vm.vm_id, vm.name, *vm.host_pid, vm.actual_bytes});
+      }
+    }
+  }
+  // /proc reads, outside the lock.
+  std::vector<std::pair<const Watched*, uint64_t>> read;
+  for (const Watched& w : watched) {
+    absl::StatusOr<uint64_t> rss = params_.vm_probe->ResidentBytes(w.pid);
+    if (rss.ok()) {
+      read.emplace_back(&w, *rss);
+    } else {
+      spdlog::debug("VM {}: reading process {} failed: {}", w.name, w.pid, rss.status().ToString());
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  for (const auto& [w, rss] : read) {
+    if (pressure_.ObserveRss(w->vm_id, w->pid, rss, w->actual_bytes)) {
+      spdlog::info("VM {}: acute pressure (rss_near_actual: {} bytes resident, actual {} bytes)",
+                   w->name, rss, w->actual_bytes);
+      OnAcutePressure(w->vm_id);
+    }
+  }
+}
+
+void Agent::RssLoop() {
+  absl::Time next = clock_->MonotonicNow() + params_.rss_interval;
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
+      clock_->AwaitWithDeadline(&mu_, absl::Condition(&stop), next);
+      if (stopping_) return;
+    }
+    next = clock_->MonotonicNow() + params_.rss_interval;
+    SampleRss();
   }
 }
 

@@ -14,8 +14,16 @@
 //     BALLOON_HEALTH_STUCK and the reason, error in the ack) and the step
 //     goes on with the other VMs;
 //   - the report loop sends a full HostReport every report interval (and
-//     at once on guest pressure or a new connection) from what the last
-//     step published, so reports keep flowing while a call hangs.
+//     at once on guest pressure or a new connection, at most one such
+//     early report per min_early_report_interval) from what the last step
+//     published, so reports keep flowing while a call hangs;
+//   - the RSS watcher (when a VmProcessProbe is given) reads each VM
+//     process's resident memory every rss_interval, between the guest's
+//     statistics (at most once a second), and feeds the PressureDetector.
+// Acute pressure (vm_pressure.h: RSS near actual and growing, deflate-on-
+// oom, available near zero) sends an early report with the VM's reasons
+// and asks the next step for a local grant (actuator step 2b), which the
+// apply worker runs at once.
 // The agent's mutex is never held across hypervisor I/O. Every interval,
 // timeout and wait is on the injected clock.
 
@@ -24,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -44,6 +53,8 @@
 #include "node-agent/host_probe.h"
 #include "node-agent/hypervisor/hypervisor.h"
 #include "node-agent/stats_validation.h"
+#include "node-agent/vm_pressure.h"
+#include "node-agent/vm_process_probe.h"
 
 namespace membroker::agent {
 
@@ -69,6 +80,15 @@ struct AgentParams {
   BackoffParams backoff;
   // Deadlines of hypervisor calls.
   HypervisorCallParams hypervisor_calls;
+  // Reads VM processes' resident memory (null: no RSS signal).
+  std::shared_ptr<const VmProcessProbe> vm_probe;
+  // How often the RSS watcher reads it.
+  absl::Duration rss_interval = absl::Milliseconds(200);
+  // Early (pressure, connection, hung VM) reports are at least this far
+  // apart.
+  absl::Duration min_early_report_interval = absl::Milliseconds(200);
+  // Thresholds of acute pressure.
+  PressureParams pressure;
 };
 
 // One host's agent. Thread-safe.
@@ -100,8 +120,14 @@ class Agent {
   // with the apply worker's steps.
   absl::Status Tick();
 
-  // The full report as of the last step (sequence not yet assigned).
+  // The full report as of the last step (sequence not yet assigned). Takes
+  // the pressure reasons gathered since the previous report.
   membroker::v1::HostReport BuildReport(bool pressure_event);
+
+  // One round of the RSS watcher: reads the resident memory of every
+  // listed VM with a known process and feeds the pressure detector. No-op
+  // without a probe. Never calls the hypervisor.
+  void SampleRss();
 
   // True while the broker stream is welcomed.
   bool connected() const;
@@ -122,6 +148,7 @@ class Agent {
     std::vector<bool> connection_events;
     std::optional<PendingTargets> targets;
     absl::Duration report_interval;
+    std::set<std::string> acute;
   };
 
   absl::Status Step() ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_) ABSL_LOCKS_EXCLUDED(mu_);
@@ -135,6 +162,9 @@ class Agent {
   void SyncLinkCounters();
   void ApplyLoop();
   void ReportLoop();
+  void RssLoop();
+  // Marks acute pressure of `vm_id`: early report and a local grant.
+  void OnAcutePressure(const std::string& vm_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const AgentParams params_;
   const Clock* const clock_;
@@ -174,6 +204,9 @@ class Agent {
   bool report_now_ ABSL_GUARDED_BY(mu_) = false;
   bool pressure_pending_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
+  PressureDetector pressure_ ABSL_GUARDED_BY(mu_);
+  // VMs under acute pressure waiting for the next step's local grant.
+  std::set<std::string> grant_requests_ ABSL_GUARDED_BY(mu_);
 
   // Link counters already added to the metrics.
   absl::Mutex counters_mu_;
@@ -182,6 +215,7 @@ class Agent {
   std::unique_ptr<BrokerLink> link_;
   std::thread apply_thread_;
   std::thread report_thread_;
+  std::thread rss_thread_;
 };
 
 // Converts one VM (its status, the actuator's view and the statistics

@@ -30,6 +30,11 @@ AgentMetrics::AgentMetrics(prometheus::Registry& registry)
                                   "Balloon targets set on the hypervisor.")),
       target_errors_(NewCounter(registry, "membroker_agent_target_errors_total",
                                 "Targets refused or failed to apply.")),
+      local_grants_(NewCounter(registry, "membroker_agent_local_grants_total",
+                               "Balloon deflations the agent granted on its own to VMs under "
+                               "acute pressure, before the broker answered.")),
+      local_grant_bytes_(NewCounter(registry, "membroker_agent_local_grant_bytes_total",
+                                    "Memory granted by those local grants.")),
       host_capacity_(NewGauge(registry, "membroker_agent_host_capacity_bytes",
                               "Memory the operator allows VMs on this host in total.")),
       host_available_(NewGauge(registry, "membroker_agent_host_memory_available_bytes",
@@ -68,6 +73,10 @@ void AgentMetrics::AddTargetsApplied(uint64_t n) {
   targets_applied_.Increment(static_cast<double>(n));
 }
 void AgentMetrics::AddTargetErrors(uint64_t n) { target_errors_.Increment(static_cast<double>(n)); }
+void AgentMetrics::AddLocalGrants(uint64_t n, uint64_t bytes) {
+  local_grants_.Increment(static_cast<double>(n));
+  local_grant_bytes_.Increment(static_cast<double>(bytes));
+}
 void AgentMetrics::SetHostCapacity(uint64_t bytes) {
   host_capacity_.Set(static_cast<double>(bytes));
 }

@@ -32,6 +32,10 @@ class AgentMetrics {
   void AddReconnects(uint64_t n);
   // membroker_agent_targets_applied_total += n.
   void AddTargetsApplied(uint64_t n);
+  // membroker_agent_local_grants_total += n and
+  // membroker_agent_local_grant_bytes_total += bytes: memory the agent gave
+  // VMs under acute pressure before the broker answered.
+  void AddLocalGrants(uint64_t n, uint64_t bytes);
   // membroker_agent_target_errors_total += n.
   void AddTargetErrors(uint64_t n);
   // membroker_agent_host_capacity_bytes.
@@ -69,6 +73,8 @@ class AgentMetrics {
   prometheus::Counter& reconnects_;
   prometheus::Counter& targets_applied_;
   prometheus::Counter& target_errors_;
+  prometheus::Counter& local_grants_;
+  prometheus::Counter& local_grant_bytes_;
   prometheus::Gauge& host_capacity_;
   prometheus::Gauge& host_available_;
   prometheus::Gauge& host_pressure_some_;

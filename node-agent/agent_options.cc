@@ -231,6 +231,25 @@ absl::StatusOr<AgentOptions> BuildAgentOptions(const AgentFlags& flags) {
     }
     options.report_interval = *interval;
   }
+  if (!flags.rss_interval.empty()) {
+    auto interval = ParseDurationArg(flags.rss_interval);
+    if (!interval.ok()) return Prefix("--rss-interval", interval.status());
+    if (*interval != absl::ZeroDuration() &&
+        (*interval < absl::Milliseconds(50) || *interval > absl::Seconds(10))) {
+      return absl::InvalidArgumentError("--rss-interval must be 0 (off) or between 50ms and 10s");
+    }
+    options.rss_interval = *interval;
+  }
+  if (!flags.local_grants.empty()) {
+    if (flags.local_grants == "true") {
+      options.local_grants = true;
+    } else if (flags.local_grants == "false") {
+      options.local_grants = false;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--local-grants must be true or false, not \"", flags.local_grants, "\""));
+    }
+  }
   return options;
 }
 

@@ -33,6 +33,11 @@ struct AgentFlags {
   std::string tls_ca;
   std::string config;
   std::string report_interval;
+  // How often each VM process's resident memory is read ("0": never).
+  std::string rss_interval;
+  // "true"/"false": grant memory to a VM under acute pressure before the
+  // broker answers.
+  std::string local_grants;
 };
 
 // Rewrites a command line for Abseil's flag parser: flag names spelled
@@ -61,6 +66,10 @@ struct AgentOptions {
   bool insecure = false;
   // Until the broker's Welcome says otherwise.
   absl::Duration report_interval = absl::Seconds(1);
+  // Period of the host-side RSS signal; zero turns it off.
+  absl::Duration rss_interval = absl::Milliseconds(200);
+  // Local grants under acute pressure (actuator step 2b).
+  bool local_grants = true;
 };
 
 // Merges `flags` over the --config file (flags win) and validates every

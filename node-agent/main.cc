@@ -25,6 +25,7 @@
 #include "common/flag_names.h"
 #include "common/metrics_server.h"
 #include "node-agent/agent.h"
+#include "node-agent/vm_process_probe.h"
 #include "node-agent/agent_options.h"
 #include "node-agent/host_probe.h"
 #include "node-agent/hypervisor/factory.h"
@@ -49,6 +50,12 @@ ABSL_FLAG(std::string, tls_key, "", "Client key (TLS is not available yet).");
 ABSL_FLAG(std::string, tls_ca, "", "CA bundle (TLS is not available yet).");
 ABSL_FLAG(std::string, config, "", "AgentConfig textproto; flags override its values.");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off.");
+ABSL_FLAG(std::string, rss_interval, "",
+          "How often each VM's QEMU process resident memory is read for acute pressure, e.g. "
+          "200ms (default); 0 turns the signal off.");
+ABSL_FLAG(std::string, local_grants, "",
+          "true (default) or false: deflate a VM under acute pressure from the host's unassigned "
+          "budget before the broker answers.");
 ABSL_FLAG(std::string, report_interval, "",
           "Report interval until the broker sets one, e.g. 1s (default 1s).");
 
@@ -124,6 +131,8 @@ int main(int argc, char** argv) {
   flags.tls_ca = absl::GetFlag(FLAGS_tls_ca);
   flags.config = absl::GetFlag(FLAGS_config);
   flags.report_interval = absl::GetFlag(FLAGS_report_interval);
+  flags.rss_interval = absl::GetFlag(FLAGS_rss_interval);
+  flags.local_grants = absl::GetFlag(FLAGS_local_grants);
   absl::StatusOr<AgentOptions> options = BuildAgentOptions(flags);
   if (!options.ok()) return Fail(kExitUsage, options.status());
 
@@ -174,6 +183,11 @@ int main(int argc, char** argv) {
   params.capacity_bytes = *capacity;
   params.host_total_bytes = host_total;
   params.report_interval = options->report_interval;
+  params.rss_interval = options->rss_interval;
+  if (options->rss_interval > absl::ZeroDuration() && options->backend != "sim") {
+    params.vm_probe = std::make_shared<ProcVmProcessProbe>();
+  }
+  params.actuator.local_grants = options->local_grants;
   Agent agent(params, *std::move(hypervisor), std::move(sampler), clock, channel, registry);
   spdlog::info("membroker-agent {} host {} backend {} capacity {} bytes, broker {}, metrics on "
                "port {}",

@@ -4,7 +4,8 @@
 add_library(mb_backends STATIC
   ${CMAKE_CURRENT_LIST_DIR}/qmp_client.cc
   ${CMAKE_CURRENT_LIST_DIR}/qmp_hypervisor.cc
-  ${CMAKE_CURRENT_LIST_DIR}/libvirt_hypervisor.cc)
+  ${CMAKE_CURRENT_LIST_DIR}/libvirt_hypervisor.cc
+  ${CMAKE_CURRENT_LIST_DIR}/../vm_process_probe.cc)
 target_include_directories(mb_backends PUBLIC ${PROJECT_SOURCE_DIR})
 target_link_libraries(mb_backends PUBLIC
   mb_common

@@ -39,6 +39,9 @@ struct VmStatus {
   uint64_t max_bytes = 0;  // configured memory
   uint64_t actual_bytes = 0;  // balloon actual
   GuestMemoryStats stats;
+  // The VM's process on the host (QEMU), where the backend knows it: the
+  // agent reads its resident memory between guest statistics.
+  std::optional<int64_t> host_pid;
 };
 
 // A hypervisor backend. Implementations are thread-compatible: the agent

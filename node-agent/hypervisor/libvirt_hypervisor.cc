@@ -9,9 +9,11 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "node-agent/vm_process_probe.h"
 
 namespace membroker::agent {
 namespace {
@@ -261,6 +263,11 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
     vm.name = name != nullptr ? name : uuid;
     vm.max_bytes = KibToBytes(info.maxMem).value_or(0);
     vm.actual_bytes = KibToBytes(info.memory).value_or(0);
+    if (!options_.pid_dir.empty() && name != nullptr &&
+        std::string(name).find('/') == std::string::npos) {
+      absl::StatusOr<int64_t> pid = ReadPidFile(absl::StrCat(options_.pid_dir, "/", name, ".pid"));
+      if (pid.ok()) vm.host_pid = *pid;
+    }
 
     virDomainMemoryStatStruct stats[VIR_DOMAIN_MEMORY_STAT_NR];
     int count = virDomainMemoryStats(dom.get(), stats, VIR_DOMAIN_MEMORY_STAT_NR, 0);
@@ -369,6 +376,8 @@ absl::StatusOr<std::unique_ptr<Hypervisor>> MakeLibvirtHypervisor(const std::str
                                                                   Clock* clock) {
   LibvirtHypervisorOptions options;
   if (!uri.empty()) options.uri = uri;
+  // Only libvirt's QEMU driver writes pid files there.
+  if (absl::StartsWith(options.uri, "qemu")) options.pid_dir = "/run/libvirt/qemu";
   ASSIGN_OR_RETURN(std::unique_ptr<LibvirtHypervisor> libvirt,
                    LibvirtHypervisor::Create(std::move(options), clock));
   return std::unique_ptr<Hypervisor>(std::move(libvirt));

@@ -46,6 +46,10 @@ struct LibvirtHypervisorOptions {
   double backoff_jitter = 0.2;
   // Seeds the jitter (0: from the system); tests pass a fixed one.
   uint64_t backoff_seed = 0;
+  // Where libvirtd's QEMU driver writes `<domain name>.pid`, read on every
+  // ListVms to find each VM's QEMU process (VmStatus::host_pid); empty: not
+  // read. A missing or malformed file leaves host_pid empty.
+  std::string pid_dir;
 };
 
 // Drives domains through libvirt. Thread-compatible (one caller at a time).

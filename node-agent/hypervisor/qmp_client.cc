@@ -85,6 +85,17 @@ absl::Status QmpClient::Fail(absl::Status status) {
   return status;
 }
 
+std::optional<int64_t> QmpClient::PeerPid() const {
+  if (fd_ < 0) return std::nullopt;
+  struct ucred cred {};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred) ||
+      cred.pid <= 0) {
+    return std::nullopt;
+  }
+  return static_cast<int64_t>(cred.pid);
+}
+
 absl::Status QmpClient::Connect(const std::string& path) {
   Close();
   sockaddr_un addr{};

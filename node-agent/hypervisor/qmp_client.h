@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <google/protobuf/struct.pb.h>
@@ -65,6 +66,11 @@ class QmpClient {
 
   // Closes the connection (no-op when closed).
   void Close();
+
+  // The pid of the process at the other end of the connection
+  // (getsockopt SO_PEERCRED: QEMU itself). Empty when not connected or the
+  // kernel does not say.
+  std::optional<int64_t> PeerPid() const;
 
   // Sets the handler for events read from now on (may be empty).
   void set_event_handler(EventHandler handler) { event_handler_ = std::move(handler); }

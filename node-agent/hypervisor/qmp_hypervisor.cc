@@ -138,6 +138,8 @@ struct QmpHypervisor::Vm {
   std::string name;
   uint64_t max_bytes = 0;
   std::string balloon_path;  // empty: no balloon device
+  // QEMU's pid (SO_PEERCRED of the connection), learned per connection.
+  std::optional<int64_t> pid;
   // Balloon actual from the last query-balloon or BALLOON_CHANGE event.
   std::optional<uint64_t> actual_bytes;
   // Stats period asked for this VM, and the one applied on this connection.
@@ -357,6 +359,7 @@ absl::Status QmpHypervisor::Identify(Vm& vm) {
   vm.name = name;
   vm.max_bytes = max_bytes;
   vm.balloon_path = balloon;
+  vm.pid = vm.client->PeerPid();
   vm.identified = true;
   if (vm.backoff.failures() > 0 || !vm.last_error.empty()) {
     spdlog::info("qmp {}: connected to VM {} ({})", vm.path, name, id);
@@ -372,6 +375,7 @@ absl::StatusOr<VmStatus> QmpHypervisor::ReadVm(Vm& vm) {
   status.vm_id = vm.vm_id;
   status.name = vm.name;
   status.max_bytes = vm.max_bytes;
+  status.host_pid = vm.pid;
 
   auto balloon = vm.client->Execute("query-balloon");
   if (balloon.ok()) {

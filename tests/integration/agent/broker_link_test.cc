@@ -26,6 +26,7 @@
 #include "membroker/v1/agent.grpc.pb.h"
 #include "common/textproto.h"
 #include "node-agent/agent.h"
+#include "node-agent/vm_process_probe.h"
 #ifdef MB_HAVE_SIM
 #include "node-agent/hypervisor/sim_hypervisor.h"
 #endif
@@ -246,7 +247,8 @@ class AgentLinkTest : public ::testing::Test {
     fake_->SetStats("a", stats);
   }
 
-  void MakeAgent(HypervisorCallParams calls = {}) {
+  void MakeAgent(HypervisorCallParams calls = {},
+                 const std::function<void(AgentParams&)>& tweak = nullptr) {
     AgentParams params;
     params.host_id = "host-1";
     params.capacity_bytes = 8192 * kMiB;
@@ -255,6 +257,7 @@ class AgentLinkTest : public ::testing::Test {
     params.backoff.initial = absl::Milliseconds(20);
     params.backoff.max = absl::Milliseconds(200);
     params.hypervisor_calls = calls;
+    if (tweak) tweak(params);
     registry_ = std::make_shared<prometheus::Registry>();
     auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", broker_.port),
                                        grpc::InsecureChannelCredentials());
@@ -424,6 +427,182 @@ TEST_F(AgentLinkTest, GuestPressureSendsAReportAtOnce) {
   }));
   // And the guest was deflated without waiting for the broker.
   EXPECT_GT(fake_->target("a"), 1024 * kMiB);
+}
+
+// A VmProcessProbe fed by the test: every read of a pid returns its base
+// plus `step` times the number of reads so far.
+class FakeVmProcessProbe : public VmProcessProbe {
+ public:
+  absl::StatusOr<uint64_t> ResidentBytes(int64_t pid) const override {
+    absl::MutexLock lock(&mu_);
+    auto it = rss_.find(pid);
+    if (it == rss_.end()) return absl::NotFoundError("no such process");
+    ++reads_;
+    return it->second + step_ * reads_;
+  }
+  void Set(int64_t pid, uint64_t bytes, uint64_t step = 0) {
+    absl::MutexLock lock(&mu_);
+    rss_[pid] = bytes;
+    step_ = step;
+    reads_ = 0;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::map<int64_t, uint64_t> rss_ ABSL_GUARDED_BY(mu_);
+  uint64_t step_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable uint64_t reads_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+bool HasReason(const membroker::v1::VmSample& vm, membroker::v1::PressureReason reason) {
+  for (int r : vm.pressure_reasons()) {
+    if (r == reason) return true;
+  }
+  return false;
+}
+
+// The sample of `vm_id` in `report`, or nullptr.
+const membroker::v1::VmSample* FindVm(const membroker::v1::HostReport& report,
+                                      const std::string& vm_id) {
+  for (const auto& vm : report.vms()) {
+    if (vm.vm_id() == vm_id) return &vm;
+  }
+  return nullptr;
+}
+
+class AgentPressureTest : public AgentLinkTest {
+ protected:
+  void MakePressureAgent(absl::Duration rss_interval) {
+    probe_ = std::make_shared<FakeVmProcessProbe>();
+    probe_->Set(100, 900 * kMiB);
+    fake_->SetPid("a", 100);
+    MakeAgent({}, [&](AgentParams& p) {
+      p.vm_probe = probe_;
+      p.rss_interval = rss_interval;
+      p.min_early_report_interval = absl::Milliseconds(200);
+      p.tick_interval = absl::Milliseconds(20);
+    });
+  }
+
+  // Waits (real time, bounded) until the agent's three loops are parked on
+  // the clock, so that an Advance is seen by all of them.
+  bool Parked() {
+    return WaitUntilReal([&] { return clock_.pending_waits() >= 3; });
+  }
+
+  // Index of the first report after the `n` messages already received
+  // that satisfies `pred`, waiting in real time only (the clock stays).
+  bool WaitForReportReal(size_t n, const std::function<bool(const membroker::v1::HostReport&)>& pred) {
+    return WaitUntilReal([&] {
+      const std::vector<AgentMessage> m = broker_.service.received();
+      for (size_t i = n; i < m.size(); ++i) {
+        if (m[i].has_report() && pred(m[i].report())) return true;
+      }
+      return false;
+    });
+  }
+
+  std::shared_ptr<FakeVmProcessProbe> probe_;
+};
+
+TEST_F(AgentPressureTest, RssGrowthSendsAReportWithinTheClockStepAndGrantsLocally) {
+  broker_.service.set_report_interval(absl::Minutes(10));
+  MakePressureAgent(absl::Milliseconds(200));
+  agent_->Start();
+  ASSERT_TRUE(broker_.service.WaitFor(
+      [](const std::vector<AgentMessage>& m, int) { return CountReports(m) >= 1; }));
+  // A flat RSS (900 MiB of an actual of 1024 MiB) is no pressure.
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(Parked());
+    clock_.Advance(absl::Milliseconds(200));
+  }
+  ASSERT_TRUE(Parked());
+  const size_t before = broker_.service.received().size();
+  EXPECT_EQ(fake_->target("a"), 0u);
+  // RSS grows by 100 MiB to 1000 MiB: within max(64, 102.4) MiB of actual.
+  probe_->Set(100, 1000 * kMiB);
+  clock_.Advance(absl::Milliseconds(200));
+  // The early report goes out without any further simulated time.
+  ASSERT_TRUE(WaitForReportReal(before, [](const membroker::v1::HostReport& r) {
+    const membroker::v1::VmSample* a = FindVm(r, "a");
+    return r.pressure_event() && a != nullptr && a->host_rss_bytes() == 1000 * kMiB &&
+           HasReason(*a, membroker::v1::PRESSURE_REASON_RSS_NEAR_ACTUAL);
+  }));
+  // And the agent deflated the guest by a bounded grant before the broker
+  // answered: 1024 + min(256, 8192 - (1024 + 2048) - 32) = 1280 MiB.
+  ASSERT_TRUE(WaitUntilReal([&] { return fake_->target("a") == 1280 * kMiB; }));
+  EXPECT_EQ(fake_->target("b"), 0u);
+  ASSERT_TRUE(WaitUntilReal(
+      [&] { return MetricValue(*registry_, "membroker_agent_local_grants_total") == 1; }));
+  EXPECT_EQ(MetricValue(*registry_, "membroker_agent_local_grant_bytes_total"),
+            static_cast<double>(256 * kMiB));
+  // The grant is reported (after the rate bound) for the broker to reconcile.
+  ASSERT_TRUE(Parked());
+  clock_.Advance(absl::Milliseconds(200));
+  ASSERT_TRUE(WaitForReportReal(before, [](const membroker::v1::HostReport& r) {
+    const membroker::v1::VmSample* a = FindVm(r, "a");
+    return a != nullptr && a->local_grant_bytes() == 256 * kMiB &&
+           a->last_target_bytes() == 1280 * kMiB;
+  }));
+  // The broker's next decision replaces the grant.
+  ASSERT_TRUE(broker_.service.Send(Targets(1, {{"a", 1100 * kMiB}, {"b", 2048 * kMiB}})));
+  ASSERT_TRUE(WaitUntil([&] { return FindAck(broker_.service.received(), 1).has_value(); }));
+  EXPECT_EQ(fake_->target("a"), 1100 * kMiB);
+  const membroker::v1::HostReport report = agent_->BuildReport(false);
+  const membroker::v1::VmSample* a = FindVm(report, "a");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->last_target_bytes(), 1100 * kMiB);
+  EXPECT_EQ(a->local_grant_bytes(), 0u);
+}
+
+TEST_F(AgentPressureTest, EarlyReportsAreRateBounded) {
+  broker_.service.set_report_interval(absl::Minutes(10));
+  // RSS grows by 8 MiB at every 50 ms read: pressure at every read.
+  MakePressureAgent(absl::Milliseconds(50));
+  probe_->Set(100, 1000 * kMiB, 8 * kMiB);
+  agent_->Start();
+  ASSERT_TRUE(broker_.service.WaitFor(
+      [](const std::vector<AgentMessage>& m, int) { return CountReports(m) >= 1; }));
+  // Two simulated seconds in 10 ms steps, each seen by every loop.
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(Parked());
+    clock_.Advance(absl::Milliseconds(10));
+  }
+  ASSERT_TRUE(Parked());
+  std::vector<absl::Time> sent;
+  for (const auto& m : broker_.service.received()) {
+    if (m.has_report() && m.report().pressure_event()) sent.push_back(FromProto(m.report().sent_at()));
+  }
+  // Pressure was seen 40 times; reports went out every 200 ms at most.
+  EXPECT_GE(sent.size(), 5u);
+  EXPECT_LE(sent.size(), 11u);
+  for (size_t i = 1; i < sent.size(); ++i) {
+    EXPECT_GE(sent[i] - sent[i - 1], absl::Milliseconds(200)) << i;
+  }
+}
+
+TEST_F(AgentPressureTest, DeflateOnOomIsReportedAtOnce) {
+  broker_.service.set_report_interval(absl::Minutes(10));
+  MakePressureAgent(absl::Milliseconds(200));
+  agent_->Start();
+  ASSERT_TRUE(broker_.service.WaitFor(
+      [](const std::vector<AgentMessage>& m, int) { return CountReports(m) >= 1; }));
+  ASSERT_TRUE(broker_.service.Send(Targets(1, {{"a", 1024 * kMiB}, {"b", 2048 * kMiB}})));
+  ASSERT_TRUE(WaitUntil([&] { return FindAck(broker_.service.received(), 1).has_value(); }));
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(Parked());
+    clock_.Advance(absl::Milliseconds(200));
+  }
+  ASSERT_TRUE(Parked());
+  const size_t before = broker_.service.received().size();
+  // The guest takes 100 MiB back from its balloon, with no target asking.
+  fake_->SetActual("a", 1124 * kMiB);
+  clock_.Advance(absl::Milliseconds(20));  // One tick: the VMs are listed.
+  ASSERT_TRUE(WaitForReportReal(before, [](const membroker::v1::HostReport& r) {
+    const membroker::v1::VmSample* a = FindVm(r, "a");
+    return r.pressure_event() && a != nullptr &&
+           HasReason(*a, membroker::v1::PRESSURE_REASON_BALLOON_DEFLATE_ON_OOM);
+  }));
 }
 
 TEST_F(AgentLinkTest, StopsWithoutABroker) {

@@ -102,6 +102,19 @@ TEST_F(QmpHypervisorTest, ReadsIdentityBalloonAndGuestStats) {
   EXPECT_FALSE(vm.stats.oom_kills_total.has_value());
 }
 
+TEST_F(QmpHypervisorTest, LearnsThePidOfTheProcessBehindTheSocket) {
+  // SO_PEERCRED names the process that serves the socket: here the fake
+  // server's thread, in this test's own process.
+  FakeQmpServer* server = AddServer("a.sock", FakeVmState{});
+  auto hv = Make({server->path()});
+  ASSERT_NE(hv, nullptr);
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok()) << vms.status();
+  ASSERT_EQ(vms->size(), 1u);
+  ASSERT_TRUE((*vms)[0].host_pid.has_value());
+  EXPECT_EQ(*(*vms)[0].host_pid, static_cast<int64_t>(::getpid()));
+}
+
 TEST_F(QmpHypervisorTest, SetsTheBalloonInBytesAndValidatesTheTarget) {
   FakeQmpServer* server = AddServer("a.sock", FakeVmState{});
   auto hv = Make({server->path()});

@@ -1,6 +1,7 @@
 #include "node-agent/actuator.h"
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -436,6 +437,189 @@ TEST_F(ActuatorTest, ReportsHypervisorErrorsAndForgetsGoneVms) {
   fake_.RemoveVm("b");
   Tick();
   EXPECT_EQ(act.Snapshot().size(), 1u);
+}
+
+// Local grants: capacity 3072 MiB, margin 32 MiB, at most 256 MiB a grant.
+class LocalGrantTest : public ActuatorTest {
+ protected:
+  LocalGrantTest() {
+    params_.capacity_bytes = 3072 * kMiB;
+    params_.local_grant_max_bytes = 256 * kMiB;
+    params_.local_grant_margin_bytes = 32 * kMiB;
+    params_.local_grant_interval = absl::Milliseconds(500);
+  }
+
+  TickResult TickAcute(const std::set<std::string>& acute) {
+    absl::StatusOr<std::vector<VmStatus>> vms = fake_.ListVms();
+    EXPECT_TRUE(vms.ok());
+    return actuator_->Tick(*vms, acute);
+  }
+};
+
+TEST_F(LocalGrantTest, GrantIsTheFullStepWhenTheBudgetHasRoom) {
+  fake_.AddVm("a", 2048 * kMiB, 512 * kMiB);
+  fake_.AddVm("b", 2048 * kMiB, 1024 * kMiB);
+  Actuator& act = Make();
+  act.SetBrokerConnected(true);
+  Tick();
+  ASSERT_THAT(act.SetTargets(1, {Target("a", 512 * kMiB), Target("b", 1024 * kMiB)}), IsEmpty());
+  Tick();
+  // Committed 512 + 1024 = 1536; room 3072 - 1536 - 32 = 1504; headroom
+  // 2048 - 512 = 1536: the grant is the 256 MiB step, target 768 MiB.
+  TickResult r = TickAcute({"a"});
+  EXPECT_EQ(r.local_grants, 1);
+  EXPECT_EQ(r.local_grant_bytes, 256 * kMiB);
+  EXPECT_EQ(fake_.target("a"), 768 * kMiB);
+  EXPECT_EQ(View("a").local_grant_bytes, 256 * kMiB);
+  EXPECT_EQ(View("b").local_grant_bytes, 0u);
+}
+
+TEST_F(LocalGrantTest, GrantIsBoundedByTheBudgetLessTheMargin) {
+  fake_.AddVm("a", 2048 * kMiB, 1024 * kMiB);
+  fake_.AddVm("b", 2048 * kMiB, 1920 * kMiB);
+  Actuator& act = Make();
+  act.SetBrokerConnected(true);
+  Tick();
+  ASSERT_THAT(act.SetTargets(1, {Target("a", 1024 * kMiB), Target("b", 1920 * kMiB)}),
+              IsEmpty());
+  Tick();
+  // Committed 1024 + 1920 = 2944; room 3072 - 2944 - 32 = 96 MiB.
+  TickResult r = TickAcute({"a"});
+  EXPECT_EQ(r.local_grant_bytes, 96 * kMiB);
+  EXPECT_EQ(fake_.target("a"), 1120 * kMiB);
+  // The sum of targets stays within capacity minus the margin.
+  EXPECT_LE(fake_.target("a") + fake_.target("b"), 3072 * kMiB - 32 * kMiB);
+  // No room left: a later acute tick grants nothing.
+  fake_.SettleBalloons();
+  clock_.Advance(absl::Seconds(1));
+  r = TickAcute({"a"});
+  EXPECT_EQ(r.local_grants, 0);
+  EXPECT_EQ(fake_.target("a"), 1120 * kMiB);
+}
+
+TEST_F(LocalGrantTest, GrantIsBoundedByTheVmMax) {
+  fake_.AddVm("a", 600 * kMiB, 512 * kMiB);
+  Actuator& act = Make();
+  act.SetBrokerConnected(true);
+  Tick();
+  ASSERT_THAT(act.SetTargets(1, {Target("a", 512 * kMiB)}), IsEmpty());
+  Tick();
+  // Headroom 600 - 512 = 88 MiB < 256 MiB.
+  TickResult r = TickAcute({"a"});
+  EXPECT_EQ(r.local_grant_bytes, 88 * kMiB);
+  EXPECT_EQ(fake_.target("a"), 600 * kMiB);
+  fake_.SettleBalloons();
+  clock_.Advance(absl::Seconds(1));
+  EXPECT_EQ(TickAcute({"a"}).local_grants, 0);  // At max: nothing to grant.
+}
+
+TEST_F(LocalGrantTest, NoGrantWhenTheBudgetHasNoRoom) {
+  fake_.AddVm("a", 2048 * kMiB, 1536 * kMiB);
+  fake_.AddVm("b", 2048 * kMiB, 1520 * kMiB);
+  Actuator& act = Make();
+  act.SetBrokerConnected(true);
+  Tick();
+  // Committed 3056 MiB: 16 MiB below capacity, inside the 32 MiB margin.
+  TickResult r = TickAcute({"a"});
+  EXPECT_EQ(r.local_grants, 0);
+  EXPECT_THAT(fake_.calls(), IsEmpty());
+  EXPECT_EQ(View("a").local_grant_bytes, 0u);
+}
+
+TEST_F(LocalGrantTest, NoGrantWithoutCapacityOrWhenTurnedOff) {
+  params_.capacity_bytes = 0;
+  fake_.AddVm("a", 2048 * kMiB, 512 * kMiB);
+  Make().SetBrokerConnected(true);
+  Tick();
+  EXPECT_EQ(TickAcute({"a"}).local_grants, 0);
+  params_.capacity_bytes = 3072 * kMiB;
+  params_.local_grants = false;
+  Make().SetBrokerConnected(true);
+  Tick();
+  EXPECT_EQ(TickAcute({"a"}).local_grants, 0);
+  EXPECT_THAT(fake_.calls(), IsEmpty());
+}
+
+TEST_F(LocalGrantTest, OneGrantPerIntervalPerVm) {
+  fake_.AddVm("a", 4096 * kMiB, 512 * kMiB);
+  Make().SetBrokerConnected(true);
+  Tick();
+  EXPECT_EQ(TickAcute({"a"}).local_grant_bytes, 256 * kMiB);
+  fake_.SettleBalloons();
+  clock_.Advance(absl::Milliseconds(200));
+  EXPECT_EQ(TickAcute({"a"}).local_grants, 0);  // 200 ms < 500 ms.
+  clock_.Advance(absl::Milliseconds(300));
+  // 768 -> 1024 MiB; grants add up until the broker answers.
+  EXPECT_EQ(TickAcute({"a"}).local_grant_bytes, 256 * kMiB);
+  EXPECT_EQ(fake_.target("a"), 1024 * kMiB);
+  EXPECT_EQ(View("a").local_grant_bytes, 512 * kMiB);
+}
+
+TEST_F(LocalGrantTest, NextTargetSetReplacesTheGrant) {
+  fake_.AddVm("a", 2048 * kMiB, 512 * kMiB);
+  Actuator& act = Make();
+  act.SetBrokerConnected(true);
+  Tick();
+  ASSERT_THAT(act.SetTargets(1, {Target("a", 512 * kMiB)}), IsEmpty());
+  Tick();
+  TickAcute({"a"});
+  fake_.SettleBalloons();
+  ASSERT_EQ(fake_.actual("a"), 768 * kMiB);
+  // The broker decides 640 MiB: its target stands, the grant is forgotten
+  // (the shrink goes in the usual bounded steps once the acute hold, 5 s,
+  // has passed).
+  ASSERT_THAT(act.SetTargets(2, {Target("a", 640 * kMiB)}), IsEmpty());
+  clock_.Advance(absl::Seconds(5));
+  Tick();
+  EXPECT_EQ(fake_.target("a"), 640 * kMiB);
+  EXPECT_EQ(View("a").local_grant_bytes, 0u);
+  EXPECT_EQ(View("a").desired_bytes, 640 * kMiB);
+}
+
+TEST_F(LocalGrantTest, AcutePressureHoldsTheBalloonUntilTheNextTarget) {
+  params_.local_grants = false;
+  fake_.AddVm("a", 2048 * kMiB, 1024 * kMiB);
+  Actuator& act = Make();
+  act.SetBrokerConnected(true);
+  Tick();
+  ASSERT_THAT(act.SetTargets(1, {Target("a", 768 * kMiB)}), IsEmpty());
+  // Under acute pressure before the first step toward 768 MiB: the target
+  // holds the balloon where it is.
+  TickAcute({"a"});
+  Tick();
+  EXPECT_EQ(fake_.inflate_calls(), 0);
+  EXPECT_EQ(fake_.target("a"), 1024 * kMiB);
+  EXPECT_EQ(View("a").desired_bytes, 1024 * kMiB);
+  // The broker's next target replaces the hold, but the shrink waits for
+  // acute_hold (5 s) after the pressure.
+  ASSERT_THAT(act.SetTargets(2, {Target("a", 768 * kMiB)}), IsEmpty());
+  Tick();
+  EXPECT_EQ(View("a").desired_bytes, 768 * kMiB);
+  EXPECT_EQ(fake_.target("a"), 1024 * kMiB);
+  clock_.Advance(absl::Seconds(4));
+  Tick();
+  EXPECT_EQ(fake_.inflate_calls(), 0);
+  clock_.Advance(absl::Seconds(1));
+  Tick();
+  EXPECT_EQ(fake_.target("a"), 768 * kMiB);  // One 256 MiB step.
+}
+
+TEST_F(LocalGrantTest, NoGrantToAnUnhealthyBalloon) {
+  // Room and headroom for a grant, but the balloon does not move.
+  fake_.AddVm("a", 4096 * kMiB, 2048 * kMiB);
+  Actuator& act = Make();
+  act.SetBrokerConnected(true);
+  Tick();
+  fake_.SetFrozen("a", true);
+  ASSERT_THAT(act.SetTargets(1, {Target("a", 1024 * kMiB)}), IsEmpty());
+  for (int i = 0; i < 30 && View("a").state == BalloonState::kOk; ++i) {
+    clock_.Advance(absl::Seconds(1));
+    Tick();
+  }
+  ASSERT_NE(View("a").state, BalloonState::kOk);
+  fake_.ClearCalls();
+  clock_.Advance(absl::Seconds(1));
+  EXPECT_EQ(TickAcute({"a"}).local_grants, 0);
 }
 
 TEST(SafetyFromProtoTest, KeepsDefaultsAndRejectsNegative) {

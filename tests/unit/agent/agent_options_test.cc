@@ -72,6 +72,24 @@ TEST_F(AgentOptionsTest, ValidFlags) {
   EXPECT_FALSE(o->host_reserve_bytes.has_value());
   EXPECT_EQ(o->report_interval, absl::Milliseconds(500));
   EXPECT_EQ(o->libvirt_uri, "qemu:///system");
+  // The fast signals are on by default.
+  EXPECT_EQ(o->rss_interval, absl::Milliseconds(200));
+  EXPECT_TRUE(o->local_grants);
+}
+
+TEST_F(AgentOptionsTest, RssIntervalAndLocalGrants) {
+  flags_.rss_interval = "0";
+  flags_.local_grants = "false";
+  absl::StatusOr<AgentOptions> o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->rss_interval, absl::ZeroDuration());
+  EXPECT_FALSE(o->local_grants);
+  flags_.rss_interval = "100ms";
+  flags_.local_grants = "true";
+  o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->rss_interval, absl::Milliseconds(100));
+  EXPECT_TRUE(o->local_grants);
 }
 
 TEST_F(AgentOptionsTest, EachBadFlagIsNamed) {
@@ -102,6 +120,10 @@ TEST_F(AgentOptionsTest, EachBadFlagIsNamed) {
       {[](AgentFlags& f) { f.tls_cert = "/x.pem"; }, "TLS is not available"},
       {[](AgentFlags& f) { f.report_interval = "fast"; }, "--report-interval"},
       {[](AgentFlags& f) { f.report_interval = "1ms"; }, "--report-interval"},
+      {[](AgentFlags& f) { f.rss_interval = "10ms"; }, "--rss-interval"},
+      {[](AgentFlags& f) { f.rss_interval = "1m"; }, "--rss-interval"},
+      {[](AgentFlags& f) { f.rss_interval = "often"; }, "--rss-interval"},
+      {[](AgentFlags& f) { f.local_grants = "yes"; }, "--local-grants"},
       {[](AgentFlags& f) {
          f.backend = "qmp";
          f.qmp_sockets.clear();

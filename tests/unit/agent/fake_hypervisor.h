@@ -103,6 +103,16 @@ class FakeHypervisor : public Hypervisor {
     absl::MutexLock lock(&mu_);
     vms_[id].status.stats = stats;
   }
+  // Sets the VM's balloon actual (the guest moved it on its own).
+  void SetActual(const std::string& id, uint64_t bytes) {
+    absl::MutexLock lock(&mu_);
+    vms_[id].status.actual_bytes = bytes;
+  }
+  // Sets the pid of the VM's process on the host.
+  void SetPid(const std::string& id, int64_t pid) {
+    absl::MutexLock lock(&mu_);
+    vms_[id].status.host_pid = pid;
+  }
   void SetListError(absl::Status status) {
     absl::MutexLock lock(&mu_);
     list_error_ = std::move(status);
