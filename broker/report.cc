@@ -122,6 +122,7 @@ policy::HostObservation ToHostObservation(const v1::HostReport& report, double n
     o.guest.major_faults_total = g.major_faults_total();
     o.guest.swap_out_bytes_total = g.swap_out_bytes_total();
     o.guest.last_target_bytes = s.last_target_bytes();
+    o.guest.agent_pressure = s.pressure_reasons_size() > 0;
     obs.vms.push_back(std::move(o));
     if (problems) problems->push_back(problem);
   }

@@ -35,6 +35,17 @@ struct BackoffParams {
   absl::Duration healthy_after = absl::Seconds(5);
 };
 
+// A doubling backoff from `initial` to `max` with `jitter`: what the
+// hypervisor backends use between reconnection attempts.
+inline BackoffParams DoublingBackoff(absl::Duration initial, absl::Duration max, double jitter) {
+  BackoffParams params;
+  params.initial = initial;
+  params.max = max;
+  params.multiplier = 2.0;
+  params.jitter = jitter;
+  return params;
+}
+
 // INVALID_ARGUMENT naming the field when `params` cannot make a backoff:
 // initial not positive, max below initial, multiplier below 1, jitter
 // outside [0, 1], healthy_after negative. `what` prefixes the message

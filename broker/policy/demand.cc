@@ -97,13 +97,14 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
   state.seconds_since_deflate =
       deflated ? 0 : state.seconds_since_deflate + std::max(obs.elapsed_seconds, 0.0);
   state.pressure = swap_in_rate > params.swap_in_noise_bytes_per_second ||
-                   fault_rate > params.major_fault_noise_per_second || state.full || deflated;
+                   fault_rate > params.major_fault_noise_per_second || state.full || deflated ||
+                   obs.agent_pressure;
 
   state.seconds_since_pressure =
       state.pressure ? 0 : state.seconds_since_pressure + std::max(obs.elapsed_seconds, 0.0);
   state.acute = state.seconds_since_pressure < params.acute_hold_seconds;
   double raw = used;
-  if (state.full || deflated) {
+  if (state.full || deflated || obs.agent_pressure) {
     // Censored: a full guest shows only what it has. Ask for more in
     // proportion to its growth, at least a step.
     raw = std::max(raw, actual + std::max(growth, static_cast<double>(params.pressure_step_bytes)));

@@ -23,6 +23,7 @@
 //      trend: an exponentially weighted rate of used memory over the last
 //      reports. A guest that is not full yet but whose projected use (used
 //      + trend x landing time) would fill it is asked that much already.
+//      Acute pressure the agent saw from the host side counts the same.
 //   5. Deflate-on-oom: a balloon that grew above its last target without
 //      being asked (the guest took pages back before its OOM killer ran) is
 //      pressure; for deflate_hold_seconds after it, protect is at least the
@@ -87,6 +88,11 @@ struct GuestObservation {
   uint64_t actual_bytes = 0;
   uint64_t max_bytes = 0;
   uint64_t last_target_bytes = 0;  // the target the agent applied (0: none)
+  // The agent saw acute pressure from the host side since its last report
+  // (the QEMU process touching nearly all it has and growing, a balloon
+  // deflating on its own, available near zero): faster than the guest's
+  // statistics, treated like a full guest.
+  bool agent_pressure = false;
   double elapsed_seconds = 0;      // since the previous observation
 };
 

@@ -134,12 +134,8 @@ GuestMemoryStats LibvirtGuestStats(const virDomainMemoryStatStruct* stats, int c
 namespace {
 
 membroker::BackoffParams LibvirtBackoffParams(const LibvirtHypervisorOptions& options) {
-  membroker::BackoffParams params;
-  params.initial = options.min_backoff;
-  params.max = options.max_backoff;
-  params.multiplier = 2.0;
-  params.jitter = options.backoff_jitter;
-  return params;
+  return membroker::DoublingBackoff(options.min_backoff, options.max_backoff,
+                                    options.backoff_jitter);
 }
 
 }  // namespace

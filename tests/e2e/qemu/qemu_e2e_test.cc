@@ -33,6 +33,7 @@
 #include "node-agent/hypervisor/qmp_client.h"
 #include "node-agent/hypervisor/qmp_hypervisor.h"
 #include "tests/e2e/qemu/qemu_guest.h"
+#include "tests/e2e/qemu/qemu_test_env.h"
 
 namespace membroker::e2e {
 namespace {
@@ -44,50 +45,6 @@ using agent::VmStatus;
 using ::membroker::testing::WaitUntil;
 
 constexpr uint64_t kMiB = 1ULL << 20;
-
-bool InCi() {
-  const char* ci = std::getenv("CI");
-  return ci != nullptr && std::string(ci) == "true";
-}
-
-std::string Env(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? v : fallback;
-}
-
-bool OnPath(const std::string& program) {
-  std::string path = Env("PATH", "/usr/bin:/bin");
-  size_t start = 0;
-  for (int i = 0; i < 1000 && start <= path.size(); ++i) {
-    size_t end = path.find(':', start);
-    if (end == std::string::npos) end = path.size();
-    if (access(absl::StrCat(path.substr(start, end - start), "/", program).c_str(), X_OK) == 0) {
-      return true;
-    }
-    start = end + 1;
-  }
-  return false;
-}
-
-// Skips (outside CI) or fails (in CI) the test when a prerequisite is
-// missing.
-#define MB_REQUIRE(cond, what)                                                 \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      if (InCi()) FAIL() << "missing in CI: " << (what);                       \
-      GTEST_SKIP() << "skipped: " << (what) << " (set CI=true to make it fail)"; \
-    }                                                                          \
-  } while (0)
-
-// query-balloon actual through a QMP socket of the test's own (0 on error).
-uint64_t WatchActual(QmpClient& client, const std::string& socket) {
-  if (!client.connected() && !client.Connect(socket).ok()) return 0;
-  auto reply = client.Execute("query-balloon");
-  if (!reply.ok() || reply->kind_case() != google::protobuf::Value::kStructValue) return 0;
-  auto it = reply->struct_value().fields().find("actual");
-  if (it == reply->struct_value().fields().end()) return 0;
-  return static_cast<uint64_t>(it->second.number_value());
-}
 
 class QemuE2eTest : public ::testing::Test {
  protected:

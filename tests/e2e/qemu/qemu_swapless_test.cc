@@ -62,6 +62,7 @@
 #include "membroker/v1/admin.grpc.pb.h"
 #include "node-agent/hypervisor/qmp_client.h"
 #include "tests/e2e/qemu/qemu_guest.h"
+#include "tests/e2e/qemu/qemu_test_env.h"
 #include "tests/util/http.h"
 
 namespace membroker::e2e {
@@ -83,43 +84,6 @@ constexpr int kHoldSeconds = 45;
 constexpr int kIdleMib = 384;
 constexpr int kSurgeMib = 448;
 constexpr int kNoDriverMib = 320;
-
-bool InCi() {
-  const char* ci = std::getenv("CI");
-  return ci != nullptr && std::string(ci) == "true";
-}
-
-std::string Env(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? v : fallback;
-}
-
-bool OnPath(const std::string& program) {
-  for (absl::string_view dir : absl::StrSplit(Env("PATH", "/usr/bin:/bin"), ':')) {
-    if (access(absl::StrCat(dir, "/", program).c_str(), X_OK) == 0) return true;
-  }
-  return false;
-}
-
-// Skips (outside CI) or fails (in CI) the test when a prerequisite is
-// missing.
-#define MB_REQUIRE(cond, what)                                                   \
-  do {                                                                           \
-    if (!(cond)) {                                                               \
-      if (InCi()) FAIL() << "missing in CI: " << (what);                         \
-      GTEST_SKIP() << "skipped: " << (what) << " (set CI=true to make it fail)"; \
-    }                                                                            \
-  } while (0)
-
-// query-balloon actual through the test's own QMP socket (0 on error).
-uint64_t WatchActual(QmpClient& client, const std::string& socket) {
-  if (!client.connected() && !client.Connect(socket).ok()) return 0;
-  auto reply = client.Execute("query-balloon");
-  if (!reply.ok() || reply->kind_case() != google::protobuf::Value::kStructValue) return 0;
-  auto it = reply->struct_value().fields().find("actual");
-  if (it == reply->struct_value().fields().end()) return 0;
-  return static_cast<uint64_t>(it->second.number_value());
-}
 
 // The kernel's OOM-killer lines in a console: each kill prints one
 // "Killed process" line (and "Out of memory" on most kernels).

@@ -245,5 +245,21 @@ TEST(DemandTest, DeflateOnOomIsPressureAndHoldsTheBalloon) {
   EXPECT_FALSE(t.deflated);
 }
 
+TEST(DemandTest, AgentPressureCountsLikeAFullGuest) {
+  // Statistics say 300 MiB of 1 GiB used, but the agent saw the guest touch
+  // nearly all of its memory from the host side: pressure, and demand at
+  // least actual 1 GiB + the 128 MiB step.
+  DemandParams p;
+  DemandState s;
+  GuestObservation o = Obs(1 * kGiB, 700 * kMiB);
+  UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.pressure);
+  o.agent_pressure = true;
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.pressure);
+  EXPECT_TRUE(s.acute);
+  EXPECT_EQ(s.demand_bytes, 1 * kGiB + p.pressure_step_bytes);
+}
+
 }  // namespace
 }  // namespace membroker::policy

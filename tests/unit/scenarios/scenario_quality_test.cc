@@ -242,7 +242,9 @@ TEST_P(SwaplessVariantTest, CountsOomKillsAndTheOracleKeepsGuestsAliveWhereTheyF
   // A guest left at its full size has room for its peak: never killed.
   EXPECT_EQ(none.oom_kills, 0u);
   // With foresight every guest lives where the peaks fit the host.
-  if (fits) EXPECT_EQ(oracle.oom_kills, 0u);
+  if (fits) {
+    EXPECT_EQ(oracle.oom_kills, 0u);
+  }
   // Floors hold without swap too.
   EXPECT_EQ(broker.floor_violations, 0u);
   EXPECT_GT(broker.vm_hours, 0.0);
@@ -266,8 +268,12 @@ TEST_P(SwaplessVariantTest, DeflateOnOomGuestsAreNeverKilled) {
     // The guest takes back what it needs (its peak is below its max).
     EXPECT_EQ(f.oom_kills, 0u) << PolicyName(kind);
     // Where the guest without the option died, this one took memory back.
-    if (swapless.oom_kills > 0) EXPECT_GT(f.oom_deflations, 0u) << PolicyName(kind);
-    if (f.oom_deflations == 0) EXPECT_EQ(f.oom_deflated_gib, 0.0) << PolicyName(kind);
+    if (swapless.oom_kills > 0) {
+      EXPECT_GT(f.oom_deflations, 0u) << PolicyName(kind);
+    }
+    if (f.oom_deflations == 0) {
+      EXPECT_EQ(f.oom_deflated_gib, 0.0) << PolicyName(kind);
+    }
   }
   // Where even the oracle had to let swapless guests die, the host was
   // short: the memory deflating guests take back lands above its capacity.
