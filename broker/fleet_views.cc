@@ -10,6 +10,7 @@
 #include "broker/policy_config.h"
 #include "common/proto_time.h"
 #include "common/status.h"
+#include "common/units.h"
 
 namespace membroker::broker {
 
@@ -31,8 +32,29 @@ v1::Host Fleet::HostProtoLocked(const HostState& h) const {
   out.set_floor_bytes(h.step.decision.floor_bytes);
   out.set_actual_bytes(actual);
   out.set_demand_bytes(demand);
-  out.set_overcommitted(h.step.decision.overcommitted ||
-                        !h.step.decision.pressure_unmet.empty());
+  const policy::HostDecision& d = h.step.decision;
+  out.set_overcommitted(d.overcommitted || !d.pressure_unmet.empty());
+  if (out.overcommitted()) {
+    auto name = [&](const std::string& id) {
+      auto it = h.vms.find(id);
+      return it == h.vms.end() || it->second.sample.name().empty() ? id
+                                                                    : it->second.sample.name();
+    };
+    for (const std::string& id : d.pressure_unmet) {
+      out.add_overcommitted_by(absl::StrCat(name(id), ": short of demand under acute pressure"));
+    }
+    if (d.overcommitted) {
+      // Floors an operator or the balloon set (protect floors are what the
+      // guests use: they hold the host only together with these).
+      for (const auto& [id, vm] : h.step.vms) {
+        const std::string source = policy::FloorSourceName(vm.input, vm.decision);
+        if (source == "protect") continue;
+        out.add_overcommitted_by(absl::StrCat(name(id), ": floor ",
+                                              FormatBytes(vm.decision.floor_bytes), " (", source,
+                                              ")"));
+      }
+    }
+  }
   out.set_report_sequence(h.sequence);
   if (h.last_report != absl::InfinitePast()) {
     *out.mutable_last_report_time() = ToProtoTimestamp(h.last_report);

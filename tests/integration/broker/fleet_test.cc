@@ -106,6 +106,12 @@ TEST_F(FleetTest, OvercommitAtTheFloorsIsCountedOncePerEpisodeAndExplained) {
   auto host = fleet_->GetHost("h1");
   ASSERT_TRUE(host.ok());
   EXPECT_TRUE(host->overcommitted());
+  // Exported with what holds it there: both operator mins.
+  ASSERT_EQ(host->overcommitted_by_size(), 2) << host->DebugString();
+  EXPECT_EQ(host->overcommitted_by(0),
+            "00000000-0000-0000-0000-00000000000a: floor 3 GiB (operator min)");
+  EXPECT_EQ(host->overcommitted_by(1),
+            "00000000-0000-0000-0000-00000000000b: floor 2 GiB (operator min)");
   auto e = fleet_->ExplainVm("00000000-0000-0000-0000-00000000000a");
   ASSERT_TRUE(e.ok()) << e.status();
   EXPECT_NE(e->steps(3).find("operator min"), std::string::npos) << e->steps(3);
@@ -113,6 +119,7 @@ TEST_F(FleetTest, OvercommitAtTheFloorsIsCountedOncePerEpisodeAndExplained) {
   ASSERT_TRUE(fleet_->ClearVmPolicy("00000000-0000-0000-0000-00000000000a").ok());
   Report(vms());
   EXPECT_FALSE(fleet_->GetHost("h1")->overcommitted());
+  EXPECT_EQ(fleet_->GetHost("h1")->overcommitted_by_size(), 0);
   ASSERT_TRUE(fleet_->SetVmPolicy("00000000-0000-0000-0000-00000000000a", a, false).ok());
   Report(vms());
   EXPECT_EQ(Counter(*metrics_, "membroker_host_overcommit_episodes_total"), 2);
