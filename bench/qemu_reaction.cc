@@ -38,6 +38,7 @@
 #include "node-agent/hypervisor/qmp_client.h"
 #include "node-agent/hypervisor/qmp_hypervisor.h"
 #include "tests/e2e/qemu/qemu_guest.h"
+#include "tests/util/broker_process.h"
 
 ABSL_FLAG(int, runs, 5, "Runs per mode (1..20).");
 ABSL_FLAG(std::string, modes, "rss,no-rss",
@@ -174,23 +175,16 @@ class Bench {
       return result;
     }
     ChildProcess broker;
-    if (!broker
-             .Start({MB_BROKER_PATH, "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
-                     "--state-dir=" + run_dir + "/state",
-                     "--config=" + run_dir + "/broker.textproto", "--insecure"},
-                    run_dir + "/broker.log")
-             .ok()) {
-      result.note = "membroker did not start";
-      return result;
-    }
-    absl::StatusOr<std::string> port = broker.WaitForLog("grpc port ([0-9]+)", absl::Seconds(30));
-    if (!port.ok()) {
-      result.note = absl::StrCat("membroker: ", port.status().ToString());
+    const absl::StatusOr<membroker::testing::BrokerPorts> ports = membroker::testing::StartBroker(
+        broker, MB_BROKER_PATH, run_dir + "/state", run_dir + "/broker.log", absl::Seconds(30),
+        {"--config=" + run_dir + "/broker.textproto"});
+    if (!ports.ok()) {
+      result.note = absl::StrCat("membroker: ", ports.status().ToString());
       return result;
     }
     std::vector<std::string> agent_argv = {
         MB_AGENT_PATH,
-        absl::StrCat("--broker=127.0.0.1:", *port),
+        absl::StrCat("--broker=127.0.0.1:", ports->grpc),
         "--host-id=h1",
         "--backend=qmp",
         "--qmp-socket=" + guest.agent_socket(),

@@ -21,14 +21,17 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "membroker/v1/admin.grpc.pb.h"
+#include "tests/util/broker_process.h"
 #include "tests/util/child_process.h"
 #include "tests/util/http.h"
 #include "tests/util/wait.h"
 
 namespace {
 
+using ::membroker::testing::BrokerPorts;
 using ::membroker::testing::ChildProcess;
 using ::membroker::testing::RunToCompletion;
+using ::membroker::testing::StartBroker;
 using ::membroker::testing::WaitUntil;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
@@ -76,22 +79,17 @@ TEST_F(ClusterE2eTest, ShortHostMovesMemoryFromIdleToGrowingVm) {
       << " page_cache_bytes: " << 512 * kMiB << " swap_bytes: " << 2 * kGiB << " }\n";
   }
   ChildProcess broker;
-  ASSERT_TRUE(broker
-                  .Start({MB_BROKER_BIN, "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
-                          "--state-dir=" + (dir_ / "state").string(), "--insecure"},
-                         (dir_ / "broker.log").string())
-                  .ok());
-  const absl::StatusOr<std::string> ports =
-      broker.WaitForLog("grpc port ([0-9]+, metrics port [0-9]+)", absl::Seconds(20));
+  const absl::StatusOr<BrokerPorts> ports =
+      StartBroker(broker, MB_BROKER_BIN, (dir_ / "state").string(), (dir_ / "broker.log").string(),
+                  absl::Seconds(20));
   ASSERT_TRUE(ports.ok()) << ports.status();
-  int grpc_port = 0, broker_metrics = 0;
-  ASSERT_EQ(std::sscanf(ports->c_str(), "%d, metrics port %d", &grpc_port, &broker_metrics), 2);
+  const int grpc_port = ports->grpc, broker_metrics = ports->metrics;
   const std::string server = "127.0.0.1:" + std::to_string(grpc_port);
 
   ChildProcess agent;
   ASSERT_TRUE(agent
-                  .Start({MB_AGENT_BIN, "--broker=" + server, "--host-id=e2e-host",
-                          "--backend=sim", "--sim-config=" + sim, "--host-capacity-bytes=5GiB",
+                  .Start({MB_AGENT_BIN, "--broker=" + server, "--host-id=e2e-host", "--backend=sim",
+                          "--sim-config=" + sim, "--host-capacity-bytes=5GiB",
                           "--metrics-listen=127.0.0.1:0", "--insecure"},
                          (dir_ / "agent.log").string())
                   .ok());

@@ -17,9 +17,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "membroker/v1/admin.grpc.pb.h"
 #include "tests/integration/qmp/fake_qmp_server.h"
+#include "tests/util/broker_process.h"
 #include "tests/util/child_process.h"
 #include "tests/util/wait.h"
 
@@ -27,7 +29,9 @@ namespace {
 
 using ::membroker::agent::testing::FakeQmpServer;
 using ::membroker::agent::testing::FakeVmState;
+using ::membroker::testing::BrokerPorts;
 using ::membroker::testing::ChildProcess;
+using ::membroker::testing::StartBroker;
 using ::membroker::testing::WaitUntil;
 
 class QmpWatchE2eTest : public ::testing::Test {
@@ -54,15 +58,10 @@ class QmpWatchE2eTest : public ::testing::Test {
 
 TEST_F(QmpWatchE2eTest, VmStartedAfterTheAgentIsReportedAndLeavesWhenItExits) {
   ChildProcess broker;
-  ASSERT_TRUE(broker
-                  .Start({MB_BROKER_BIN, "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
-                          "--state-dir=" + dir_ + "/state", "--insecure"},
-                         dir_ + "/broker.log")
-                  .ok());
-  const absl::StatusOr<std::string> port =
-      broker.WaitForLog("grpc port ([0-9]+)", absl::Seconds(20));
-  ASSERT_TRUE(port.ok()) << port.status();
-  const std::string server = "127.0.0.1:" + *port;
+  const absl::StatusOr<BrokerPorts> ports =
+      StartBroker(broker, MB_BROKER_BIN, dir_ + "/state", dir_ + "/broker.log", absl::Seconds(20));
+  ASSERT_TRUE(ports.ok()) << ports.status();
+  const std::string server = absl::StrCat("127.0.0.1:", ports->grpc);
 
   ChildProcess agent;
   ASSERT_TRUE(agent

@@ -14,16 +14,19 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "tests/util/broker_process.h"
 #include "tests/util/child_process.h"
 #include "tests/util/http.h"
 #include "tests/util/wait.h"
 
 namespace {
 
+using ::membroker::testing::BrokerPorts;
 using ::membroker::testing::ChildProcess;
 using ::membroker::testing::HttpGet;
 using ::membroker::testing::HttpReply;
 using ::membroker::testing::PickFreeLoopbackPort;
+using ::membroker::testing::StartBroker;
 using ::membroker::testing::UrlEncode;
 using ::membroker::testing::WaitUntil;
 
@@ -74,16 +77,10 @@ TEST_F(PrometheusScrapeTest, BothDaemonsSeriesArrive) {
   ASSERT_FALSE(prometheus.empty()) << "prometheus is not installed (scripts/deps.sh test)";
 
   ChildProcess broker;
-  ASSERT_TRUE(broker
-                  .Start({MB_BROKER_BIN, "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
-                          "--state-dir=" + dir_ + "/state", "--insecure"},
-                         dir_ + "/broker.log")
-                  .ok());
-  const absl::StatusOr<std::string> ports =
-      broker.WaitForLog("grpc port ([0-9]+, metrics port [0-9]+)", absl::Seconds(20));
+  const absl::StatusOr<BrokerPorts> ports =
+      StartBroker(broker, MB_BROKER_BIN, dir_ + "/state", dir_ + "/broker.log", absl::Seconds(20));
   ASSERT_TRUE(ports.ok()) << ports.status();
-  int grpc_port = 0, broker_metrics = 0;
-  ASSERT_EQ(std::sscanf(ports->c_str(), "%d, metrics port %d", &grpc_port, &broker_metrics), 2);
+  const int grpc_port = ports->grpc, broker_metrics = ports->metrics;
 
   ChildProcess agent;
   ASSERT_TRUE(

@@ -25,8 +25,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/clock.h"
 #include "gtest/gtest.h"
@@ -34,6 +34,7 @@
 #include "node-agent/hypervisor/qmp_hypervisor.h"
 #include "tests/e2e/qemu/qemu_guest.h"
 #include "tests/e2e/qemu/qemu_test_env.h"
+#include "tests/util/broker_process.h"
 
 namespace membroker::e2e {
 namespace {
@@ -70,9 +71,9 @@ class QemuE2eTest : public ::testing::Test {
   void Prepare() {
     MB_REQUIRE(OnPath("qemu-system-x86_64"), "qemu-system-x86_64 (apt: qemu-system-x86)");
     MB_REQUIRE(FileExists(busybox_), "busybox at " + busybox_ + " (apt: busybox-static)");
-    MB_REQUIRE(FileExists(kernel_dir_ + "/vmlinuz"),
-               "guest kernel in " + kernel_dir_ + " (run scripts/fetch-guest-kernel.sh " +
-                   kernel_dir_ + ")");
+    MB_REQUIRE(FileExists(kernel_dir_ + "/vmlinuz"), "guest kernel in " + kernel_dir_ +
+                                                         " (run scripts/fetch-guest-kernel.sh " +
+                                                         kernel_dir_ + ")");
     absl::Status built =
         BuildInitramfs(kernel_dir_, busybox_, MB_MEMLOAD_PATH, dir_ + "/initrd.cpio");
     ASSERT_TRUE(built.ok()) << built;
@@ -191,8 +192,8 @@ TEST_F(QemuE2eTest, QmpBackendDrivesRealBalloons) {
 
   // Deflate again.
   ASSERT_TRUE(qmp.SetBalloonTarget(id_a, 512 * kMiB).ok());
-  WaitUntil([&] { return WatchActual(watch, a->watch_socket()) == 512 * kMiB; },
-            absl::Seconds(90), absl::Milliseconds(100));
+  WaitUntil([&] { return WatchActual(watch, a->watch_socket()) == 512 * kMiB; }, absl::Seconds(90),
+            absl::Milliseconds(100));
   EXPECT_EQ(WatchActual(watch, a->watch_socket()), 512 * kMiB);
   EXPECT_EQ(a->Console().find("Out of memory"), std::string::npos) << a->Console();
 }
@@ -224,19 +225,15 @@ TEST_F(QemuE2eTest, BrokerGivesMemoryBackBeforeOom) {
            << " host_free_margin_bytes: " << 64 * kMiB << " }\n";
   }
   ChildProcess broker;
-  ASSERT_TRUE(broker
-                  .Start({broker_bin, "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
-                          "--state-dir=" + dir_ + "/state", "--config=" + dir_ + "/broker.textproto",
-                          "--insecure"},
-                         dir_ + "/broker.log")
-                  .ok());
-  const absl::StatusOr<std::string> port = broker.WaitForLog("grpc port ([0-9]+)", absl::Seconds(30));
-  ASSERT_TRUE(port.ok()) << port.status();
+  const absl::StatusOr<::membroker::testing::BrokerPorts> ports = ::membroker::testing::StartBroker(
+      broker, broker_bin, dir_ + "/state", dir_ + "/broker.log", absl::Seconds(30),
+      {"--config=" + dir_ + "/broker.textproto"});
+  ASSERT_TRUE(ports.ok()) << ports.status();
   // The guests' total is 1 GiB; the host allows 640 MiB.
   ChildProcess agent_process;
   ASSERT_TRUE(agent_process
-                  .Start({agent_bin, absl::StrCat("--broker=127.0.0.1:", *port), "--host-id=h1",
-                          "--backend=qmp",
+                  .Start({agent_bin, absl::StrCat("--broker=127.0.0.1:", ports->grpc),
+                          "--host-id=h1", "--backend=qmp",
                           "--qmp-socket=" + idle->agent_socket() + "," + load->agent_socket(),
                           absl::StrCat("--host-capacity-bytes=", 640 * kMiB),
                           "--metrics-listen=127.0.0.1:0", "--insecure"},

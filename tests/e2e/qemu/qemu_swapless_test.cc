@@ -63,6 +63,7 @@
 #include "node-agent/hypervisor/qmp_client.h"
 #include "tests/e2e/qemu/qemu_guest.h"
 #include "tests/e2e/qemu/qemu_test_env.h"
+#include "tests/util/broker_process.h"
 #include "tests/util/http.h"
 
 namespace membroker::e2e {
@@ -214,25 +215,19 @@ class QemuSwaplessTest : public ::testing::Test {
     RunResult r;
     EXPECT_EQ(::mkdir((dir_ + "/state").c_str(), 0755), 0);
     ChildProcess broker;
-    EXPECT_TRUE(broker
-                    .Start({MB_BROKER_PATH, "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0",
-                            "--state-dir=" + dir_ + "/state", "--insecure"},
-                           dir_ + "/broker.log")
-                    .ok());
-    const absl::StatusOr<std::string> port =
-        broker.WaitForLog("grpc port ([0-9]+)", absl::Seconds(30));
-    const absl::StatusOr<std::string> metrics_port =
-        broker.WaitForLog("metrics port ([0-9]+)", absl::Seconds(30));
-    EXPECT_TRUE(port.ok()) << port.status();
-    EXPECT_TRUE(metrics_port.ok()) << metrics_port.status();
-    int metrics = 0;
-    if (!port.ok() || !metrics_port.ok() || !absl::SimpleAtoi(*metrics_port, &metrics)) {
+    const absl::StatusOr<::membroker::testing::BrokerPorts> ports =
+        ::membroker::testing::StartBroker(broker, MB_BROKER_PATH, dir_ + "/state",
+                                          dir_ + "/broker.log", absl::Seconds(30));
+    EXPECT_TRUE(ports.ok()) << ports.status();
+    if (!ports.ok()) {
       r.daemons_alive = false;
       return r;
     }
+    const std::string port = std::to_string(ports->grpc);
+    const int metrics = ports->metrics;
     ChildProcess agent_process;
     EXPECT_TRUE(agent_process
-                    .Start({MB_AGENT_PATH, absl::StrCat("--broker=127.0.0.1:", *port),
+                    .Start({MB_AGENT_PATH, absl::StrCat("--broker=127.0.0.1:", port),
                             "--host-id=h1", "--backend=qmp",
                             absl::StrCat("--qmp-socket=", idle_->agent_socket(), ",",
                                          surge_->agent_socket(), ",", nodrv_->agent_socket()),
@@ -241,7 +236,7 @@ class QemuSwaplessTest : public ::testing::Test {
                            dir_ + "/agent.log")
                     .ok());
     auto stub = v1::AdminService::NewStub(
-        grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port), grpc::InsecureChannelCredentials()));
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
 
     std::map<std::string, std::unique_ptr<QmpClient>> watch;
     for (QemuGuest* g : {idle_, surge_, nodrv_}) {
@@ -305,8 +300,7 @@ class QemuSwaplessTest : public ::testing::Test {
         // Any health but OK flags it: a guest without the driver sends no
         // statistics (STATS_UNAVAILABLE) until it is asked to move, when
         // its balloon is seen not to (NO_DRIVER / STUCK).
-        if (vm.health() != v1::BALLOON_HEALTH_OK &&
-            vm.health() != v1::BALLOON_HEALTH_UNSPECIFIED) {
+        if (vm.health() != v1::BALLOON_HEALTH_OK && vm.health() != v1::BALLOON_HEALTH_UNSPECIFIED) {
           if (!seen.flagged_unhealthy) {
             seen.flagged_as = absl::StrFormat("%s at %.0f s", HealthName(vm.health()),
                                               absl::ToDoubleSeconds(tick - started));
