@@ -180,6 +180,21 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
       vm.sample.mutable_stats()->set_untrusted_reason(problems[i]);
     }
   }
+  // Guest OOM kills this report showed (once per report, not per
+  // decision: a policy change decides again without a new report).
+  for (const auto& [id, s] : host->step.vms) {
+    if (!s.demand.oom) continue;
+    auto it = host->vms.find(id);
+    const std::string& name =
+        it == host->vms.end() || it->second.sample.name().empty() ? id : it->second.sample.name();
+    spdlog::warn("VM {} on host {}: guest OOM kill ({}) at {}; demand kept at least {} for the "
+                 "OOM hold ({:.0f} s)",
+                 name, host_id, s.demand.oom_inferred ? "inferred" : "reported by the guest",
+                 FormatBytes(s.demand.oom_size_bytes), FormatBytes(s.demand.oom_demand_bytes),
+                 policies->set.demand.oom_hold_seconds);
+    (s.demand.oom_inferred ? host->series.guest_oom_inferred : host->series.guest_oom_reported)
+        ->Increment();
+  }
   DecideLocked(*host, *policies, received);
   return absl::OkStatus();
 }

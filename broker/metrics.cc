@@ -70,7 +70,14 @@ BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
                            .Help("Decisions that lent the free margin (kind=margin) or let "
                                  "default floors yield (kind=default_floor) for a guest under "
                                  "acute pressure.")
-                           .Register(*registry)) {
+                           .Register(*registry)),
+      host_guest_oom_kills_(
+          prometheus::BuildCounter()
+              .Name("membroker_host_guest_oom_kills_total")
+              .Help("Guest OOM kills seen in the host's VMs: source=reported by the guest's own "
+                    "counter, source=inferred from its statistics (used memory and page cache "
+                    "falling at once).")
+              .Register(*registry)) {
   connected_agents_ = &prometheus::BuildGauge()
                            .Name("membroker_connected_agents")
                            .Help("Agents with an open stream.")
@@ -121,6 +128,8 @@ BrokerMetrics::HostSeries BrokerMetrics::AddHost(const std::string& host) {
   series.overcommit_episodes = &host_overcommit_episodes_.Add(labels);
   series.margin_lent = &host_sacrifices_.Add({{"host", host}, {"kind", "margin"}});
   series.floors_yielded = &host_sacrifices_.Add({{"host", host}, {"kind", "default_floor"}});
+  series.guest_oom_reported = &host_guest_oom_kills_.Add({{"host", host}, {"source", "reported"}});
+  series.guest_oom_inferred = &host_guest_oom_kills_.Add({{"host", host}, {"source", "inferred"}});
   return series;
 }
 

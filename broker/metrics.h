@@ -50,6 +50,8 @@ class BrokerMetrics {
     prometheus::Counter* overcommit_episodes = nullptr;
     prometheus::Counter* margin_lent = nullptr;     // sacrifice a
     prometheus::Counter* floors_yielded = nullptr;  // sacrifice b
+    prometheus::Counter* guest_oom_reported = nullptr;
+    prometheus::Counter* guest_oom_inferred = nullptr;
   };
   HostSeries AddHost(const std::string& host);
 
@@ -72,6 +74,7 @@ class BrokerMetrics {
   prometheus::Family<prometheus::Gauge>& host_pressure_;
   prometheus::Family<prometheus::Counter>& host_overcommit_episodes_;
   prometheus::Family<prometheus::Counter>& host_sacrifices_;
+  prometheus::Family<prometheus::Counter>& host_guest_oom_kills_;
   absl::Mutex mu_;
 };
 

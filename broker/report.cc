@@ -123,6 +123,9 @@ policy::HostObservation ToHostObservation(const v1::HostReport& report, double n
     o.guest.swap_out_bytes_total = g.swap_out_bytes_total();
     o.guest.last_target_bytes = s.last_target_bytes();
     o.guest.agent_pressure = s.pressure_reasons_size() > 0;
+    o.guest.has_oom_kills = g.has_oom_kills_total();
+    o.guest.oom_kills_total = g.oom_kills_total();
+    o.guest.disk_caches_bytes = g.disk_caches_bytes();
     obs.vms.push_back(std::move(o));
     if (problems) problems->push_back(problem);
   }

@@ -34,12 +34,13 @@ v1::VmSample Vm(const std::string& id, uint64_t max, uint64_t actual, uint64_t u
   return s;
 }
 
-double Counter(BrokerMetrics& m, const std::string& name, const std::string& kind = "") {
+double Counter(BrokerMetrics& m, const std::string& name, const std::string& kind = "",
+               const std::string& label = "kind") {
   for (const auto& family : m.registry()->Collect()) {
     if (family.name != name) continue;
     for (const auto& metric : family.metric) {
       bool match = kind.empty();
-      for (const auto& l : metric.label) match |= l.name == "kind" && l.value == kind;
+      for (const auto& l : metric.label) match |= l.name == label && l.value == kind;
       if (match) return metric.counter.value;
     }
   }
@@ -147,6 +148,39 @@ TEST_F(FleetTest, AFullGuestBorrowsTheMargin) {
   auto e = fleet_->ExplainVm(full);
   ASSERT_TRUE(e.ok());
   EXPECT_NE(e->steps(0).find("full"), std::string::npos) << e->steps(0);
+}
+
+TEST_F(FleetTest, GuestOomKillsAreCountedOncePerReportAndRaiseDemand) {
+  // A guest whose statistics carry an OOM-kill counter (the agent's count
+  // from its console log): one kill between two reports.
+  const std::string id = "00000000-0000-0000-0000-0000000000c1";
+  auto vm = [&](uint64_t kills, uint64_t used) {
+    v1::VmSample s = Vm(id, 4 * kGiB, 1 * kGiB, used);
+    s.mutable_stats()->set_oom_kills_total(kills);
+    return s;
+  };
+  Report({vm(2, 900 * kMiB)});  // kills before the broker saw it: no event
+  Report({vm(2, 900 * kMiB)});
+  EXPECT_EQ(Counter(*metrics_, "membroker_host_guest_oom_kills_total", "reported", "source"), 0);
+  Report({vm(3, 100 * kMiB)});
+  EXPECT_EQ(Counter(*metrics_, "membroker_host_guest_oom_kills_total", "reported", "source"), 1);
+  EXPECT_EQ(Counter(*metrics_, "membroker_host_guest_oom_kills_total", "inferred", "source"), 0);
+  auto got = fleet_->GetVm(id);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->guest_oom_kills(), 1u);
+  // Demand at least twice the size it died at (1 GiB), and it is offered.
+  EXPECT_GE(got->demand_bytes(), 2 * kGiB);
+  EXPECT_GE(got->target_bytes(), 2 * kGiB);
+  auto e = fleet_->ExplainVm(id);
+  ASSERT_TRUE(e.ok());
+  EXPECT_NE(e->steps(0).find("OOM kill"), std::string::npos) << e->steps(0);
+  // A policy change decides again without a report: not another kill.
+  v1::ClusterPolicy p;
+  p.set_buffer_percent(30);
+  ASSERT_TRUE(fleet_->SetClusterPolicy(p).ok());
+  Report({vm(3, 100 * kMiB)});
+  EXPECT_EQ(Counter(*metrics_, "membroker_host_guest_oom_kills_total", "reported", "source"), 1);
+  EXPECT_EQ(fleet_->GetVm(id)->guest_oom_kills(), 1u);
 }
 
 }  // namespace
