@@ -13,6 +13,7 @@
 #include "common/status.h"
 #include "common/textproto.h"
 #include "common/units.h"
+#include "node-agent/guest_console.h"
 
 namespace membroker::agent {
 namespace {
@@ -239,6 +240,12 @@ absl::StatusOr<AgentOptions> BuildAgentOptions(const AgentFlags& flags) {
       return absl::InvalidArgumentError("--rss-interval must be 0 (off) or between 50ms and 10s");
     }
     options.rss_interval = *interval;
+  }
+  if (!flags.guest_console_logs.empty()) {
+    absl::StatusOr<std::map<std::string, std::string>> logs =
+        ParseConsoleLogs(flags.guest_console_logs);
+    if (!logs.ok()) return logs.status();
+    options.guest_console_logs = *std::move(logs);
   }
   if (!flags.local_grants.empty()) {
     if (flags.local_grants == "true") {

@@ -4,6 +4,7 @@
 // is tested.
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,6 +39,8 @@ struct AgentFlags {
   // "true"/"false": grant memory to a VM under acute pressure before the
   // broker answers.
   std::string local_grants;
+  // "NAME=PATH" entries: where each guest's serial console is logged.
+  std::vector<std::string> guest_console_logs;
 };
 
 // Rewrites a command line for Abseil's flag parser: flag names spelled
@@ -70,6 +73,8 @@ struct AgentOptions {
   absl::Duration rss_interval = absl::Milliseconds(200);
   // Local grants under acute pressure (actuator step 2b).
   bool local_grants = true;
+  // VM name -> console log path (--guest-console-logs).
+  std::map<std::string, std::string> guest_console_logs;
 };
 
 // Merges `flags` over the --config file (flags win) and validates every

@@ -56,6 +56,9 @@ ABSL_FLAG(std::string, rss_interval, "",
 ABSL_FLAG(std::string, local_grants, "",
           "true (default) or false: deflate a VM under acute pressure from the host's unassigned "
           "budget before the broker answers.");
+ABSL_FLAG(std::vector<std::string>, guest_console_logs, {},
+          "NAME=PATH[,NAME=PATH...]: where each guest's serial console is logged; the agent "
+          "counts the guest kernel's OOM-kill lines there and reports them to the broker.");
 ABSL_FLAG(std::string, report_interval, "",
           "Report interval until the broker sets one, e.g. 1s (default 1s).");
 
@@ -133,6 +136,7 @@ int main(int argc, char** argv) {
   flags.report_interval = absl::GetFlag(FLAGS_report_interval);
   flags.rss_interval = absl::GetFlag(FLAGS_rss_interval);
   flags.local_grants = absl::GetFlag(FLAGS_local_grants);
+  flags.guest_console_logs = absl::GetFlag(FLAGS_guest_console_logs);
   absl::StatusOr<AgentOptions> options = BuildAgentOptions(flags);
   if (!options.ok()) return Fail(kExitUsage, options.status());
 
@@ -188,6 +192,9 @@ int main(int argc, char** argv) {
     params.vm_probe = std::make_shared<ProcVmProcessProbe>();
   }
   params.actuator.local_grants = options->local_grants;
+  if (!options->guest_console_logs.empty()) {
+    params.consoles = std::make_shared<GuestConsoleOomCounter>(options->guest_console_logs);
+  }
   Agent agent(params, *std::move(hypervisor), std::move(sampler), clock, channel, registry);
   spdlog::info("membroker-agent {} host {} backend {} capacity {} bytes, broker {}, metrics on "
                "port {}",

@@ -92,6 +92,18 @@ TEST_F(AgentOptionsTest, RssIntervalAndLocalGrants) {
   EXPECT_TRUE(o->local_grants);
 }
 
+TEST_F(AgentOptionsTest, GuestConsoleLogs) {
+  flags_.guest_console_logs = {"web-1=/var/log/web-1.log", "db=/x/db.log"};
+  absl::StatusOr<AgentOptions> o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->guest_console_logs.size(), 2u);
+  EXPECT_EQ(o->guest_console_logs.at("db"), "/x/db.log");
+  flags_.guest_console_logs = {"web-1"};
+  o = BuildAgentOptions(flags_);
+  EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(o.status().message()), HasSubstr("--guest-console-logs"));
+}
+
 TEST_F(AgentOptionsTest, EachBadFlagIsNamed) {
   struct Case {
     void (*mutate)(AgentFlags&);
