@@ -167,8 +167,10 @@ BrokerMetrics::VmGauges BrokerMetrics::AddVm(const std::string& host, const std:
   gauges.major_faults = &vm_major_faults_.Add(labels);
   gauges.oom_kills = &vm_oom_kills_.Add(labels);
   for (int r = 0; r < kReasonCount; ++r) {
-    gauges.reason[r] = &vm_reason_.Add(
-        {{"host", host}, {"vm", vm}, {"reason", policy::ReasonName(static_cast<policy::Reason>(r))}});
+    gauges.reason[r] =
+        &vm_reason_.Add({{"host", host},
+                         {"vm", vm},
+                         {"reason", policy::ReasonName(static_cast<policy::Reason>(r))}});
   }
   return gauges;
 }

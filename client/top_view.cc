@@ -46,9 +46,7 @@ std::vector<std::string> Lines(const std::string& text) {
 
 }  // namespace
 
-bool HostShortOfDemand(const v1::Host& host) {
-  return host.demand_bytes() > host.capacity_bytes();
-}
+bool HostShortOfDemand(const v1::Host& host) { return host.demand_bytes() > host.capacity_bytes(); }
 
 bool BalloonStuck(const v1::Vm& vm) {
   return vm.health() == v1::BALLOON_HEALTH_STUCK || vm.health() == v1::BALLOON_HEALTH_NO_DRIVER;
@@ -112,9 +110,9 @@ std::string RenderTopFrame(const v1::ListHostsResponse& hosts, const v1::ListVms
     for (const v1::Vm& vm : sorted) *by_pressure.add_vms() = vm;
     absl::StrAppend(&out, RenderHostsTable(hosts, options.wide), "\n",
                     RenderVmsTable(by_pressure, options.wide));
-    absl::StrAppend(&out, "short of demand: ",
-                    short_hosts.empty() ? "none" : absl::StrJoin(short_hosts, ", "),
-                    "; stuck balloons: ", stuck.empty() ? "none" : absl::StrJoin(stuck, ", "), "\n");
+    absl::StrAppend(
+        &out, "short of demand: ", short_hosts.empty() ? "none" : absl::StrJoin(short_hosts, ", "),
+        "; stuck balloons: ", stuck.empty() ? "none" : absl::StrJoin(stuck, ", "), "\n");
     return out;
   }
 
@@ -138,14 +136,15 @@ std::string RenderTopFrame(const v1::ListHostsResponse& hosts, const v1::ListVms
   }
 
   absl::StrAppend(&out, "\nVMS by pressure (swap-in + major faults)\n");
-  Table table({"HOST", "NAME", "TARGET", "ACTUAL", "DEMAND", "SWAP_IN", "MAJFLT", "REASON",
-               "HEALTH"});
+  Table table(
+      {"HOST", "NAME", "TARGET", "ACTUAL", "DEMAND", "SWAP_IN", "MAJFLT", "REASON", "HEALTH"});
   for (const v1::Vm& vm : sorted) {
-    table.AddRow({vm.host_id(), vm.name().empty() ? vm.vm_id() : vm.name(),
-                  FormatBytes(vm.target_bytes()), FormatBytes(vm.actual_bytes()),
-                  FormatBytes(vm.demand_bytes()), Rate(vm.swap_in_bytes_per_second(), true),
-                  Rate(vm.major_faults_per_second(), false), ReasonName(vm.reason()),
-                  BalloonStuck(vm) ? absl::StrCat(HealthName(vm.health()), " !") : HealthName(vm.health())});
+    table.AddRow(
+        {vm.host_id(), vm.name().empty() ? vm.vm_id() : vm.name(), FormatBytes(vm.target_bytes()),
+         FormatBytes(vm.actual_bytes()), FormatBytes(vm.demand_bytes()),
+         Rate(vm.swap_in_bytes_per_second(), true), Rate(vm.major_faults_per_second(), false),
+         ReasonName(vm.reason()),
+         BalloonStuck(vm) ? absl::StrCat(HealthName(vm.health()), " !") : HealthName(vm.health())});
   }
   std::vector<std::string> lines = Lines(table.Render());
   for (size_t i = 0; i < lines.size(); ++i) {
@@ -155,12 +154,14 @@ std::string RenderTopFrame(const v1::ListHostsResponse& hosts, const v1::ListVms
   if (!stuck.empty() || !short_hosts.empty()) {
     absl::StrAppend(&out, "\n");
     if (!short_hosts.empty()) {
-      absl::StrAppend(&out, Paint(absl::StrCat("short of demand: ", absl::StrJoin(short_hosts, ", "), "\n"),
-                                  kRed, options.color));
+      absl::StrAppend(
+          &out, Paint(absl::StrCat("short of demand: ", absl::StrJoin(short_hosts, ", "), "\n"),
+                      kRed, options.color));
     }
     if (!stuck.empty()) {
-      absl::StrAppend(&out, Paint(absl::StrCat("stuck balloons: ", absl::StrJoin(stuck, ", "), "\n"),
-                                  kRed, options.color));
+      absl::StrAppend(
+          &out, Paint(absl::StrCat("stuck balloons: ", absl::StrJoin(stuck, ", "), "\n"), kRed,
+                      options.color));
     }
   }
   return out;

@@ -33,7 +33,7 @@ fail() {
 }
 trap cleanup EXIT
 
-compose up -d --no-build >"/tmp/$project.up.log" 2>&1 || { cat "/tmp/$project.up.log"; fail "podman-compose up"; }
+compose up -d >"/tmp/$project.up.log" 2>&1 || { cat "/tmp/$project.up.log"; fail "podman-compose up"; }
 rm -f "/tmp/$project.up.log"
 running=$(podman ps --filter "label=io.podman.compose.project=$project" --format '{{.Names}}' | sort)
 echo "running: $(echo $running)"

@@ -7,9 +7,9 @@
 // interval variables by short ranges. A query fails when it has no sample
 // with a number (NaN does not count) before the deadline.
 
-#include <gtest/gtest.h>
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -201,15 +201,15 @@ TEST_F(DashboardQueriesTest, EveryPanelQueryReturnsDataFromASimulatedCluster) {
   for (int n = 1; n <= 3; ++n) {
     auto agent = std::make_unique<ChildProcess>();
     const std::string host_id = absl::StrCat("sim-", n);
-    ASSERT_TRUE(agent
-                    ->Start({MB_AGENT_BIN, absl::StrCat("--broker=127.0.0.1:", ports->grpc),
-                             "--host-id=" + host_id, "--backend=sim",
-                             absl::StrCat("--sim-config=", (kDeploy / "sim").string(), "/host-", n,
-                                          ".textproto"),
-                             "--host-reserve-bytes=2GiB", "--metrics-listen=127.0.0.1:0",
-                             "--insecure"},
-                            absl::StrCat(dir_, "/agent-", n, ".log"))
-                    .ok());
+    ASSERT_TRUE(
+        agent
+            ->Start({MB_AGENT_BIN, absl::StrCat("--broker=127.0.0.1:", ports->grpc),
+                     "--host-id=" + host_id, "--backend=sim",
+                     absl::StrCat("--sim-config=", (kDeploy / "sim").string(), "/host-", n,
+                                  ".textproto"),
+                     "--host-reserve-bytes=2GiB", "--metrics-listen=127.0.0.1:0", "--insecure"},
+                    absl::StrCat(dir_, "/agent-", n, ".log"))
+            .ok());
     const absl::StatusOr<std::string> port =
         agent->WaitForLog("metrics on[^0-9]*port ([0-9]+)", absl::Seconds(20));
     ASSERT_TRUE(port.ok()) << port.status();

@@ -162,8 +162,8 @@ class KubernetesTest : public ::testing::Test {
       const std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
       const std::string value = eq == std::string::npos ? "" : arg.substr(eq + 1);
       seen.insert(name);
-      EXPECT_EQ(flags.count(Canonical(name)), 1u) << where << ": --" << name << " is not in " << binary
-                                       << " --help";
+      EXPECT_EQ(flags.count(Canonical(name)), 1u)
+          << where << ": --" << name << " is not in " << binary << " --help";
       for (size_t i = value.find("$("); i != std::string::npos; i = value.find("$(", i + 2)) {
         const std::string var = value.substr(i + 2, value.find(')', i) - i - 2);
         EXPECT_EQ(env.count(var), 1u) << where << ": " << arg << " uses undefined $(" << var << ")";
@@ -182,7 +182,8 @@ class KubernetesTest : public ::testing::Test {
           std::set<std::string> keys = {"tls.crt", "tls.key", "ca.crt"};
           if (v["secret"]["items"]) {
             keys.clear();
-            for (const YAML::Node& it : v["secret"]["items"]) keys.insert(it["path"].as<std::string>());
+            for (const YAML::Node& it : v["secret"]["items"])
+              keys.insert(it["path"].as<std::string>());
           }
           EXPECT_EQ(keys.count(value.substr(mp.size() + 1)), 1u)
               << where << ": " << arg << " is no key of Secret " << v["secret"]["secretName"];
@@ -245,7 +246,8 @@ TEST_F(KubernetesTest, ManifestsMatchTheBinaries) {
         for (const YAML::Node& c : pod["containers"]) {
           CheckContainer(where, pod, c, &ports_by_component[component]);
         }
-        EXPECT_EQ(pod["securityContext"]["seccompProfile"]["type"].as<std::string>(), "RuntimeDefault")
+        EXPECT_EQ(pod["securityContext"]["seccompProfile"]["type"].as<std::string>(),
+                  "RuntimeDefault")
             << where;
       }
       if (kind == "DaemonSet") {
