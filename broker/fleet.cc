@@ -234,16 +234,20 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
   }
   if (now.margin_lent_bytes > 0) host.series.margin_lent->Increment();
   if (now.floors_yielded) host.series.floors_yielded->Increment();
+  uint64_t reclaimed_bytes = 0;
   for (const auto& [id, s] : host.step.vms) {
     auto it = host.vms.find(id);
     if (it == host.vms.end()) continue;
-    const VmView& vm = it->second;
+    VmView& vm = it->second;
     vm.gauges.target->Set(static_cast<double>(s.decision.target_bytes));
     vm.gauges.actual->Set(static_cast<double>(s.actual_bytes));
     vm.gauges.demand->Set(static_cast<double>(s.demand.demand_bytes));
     vm.gauges.floor->Set(static_cast<double>(s.decision.floor_bytes));
     vm.gauges.healthy->Set(s.balloon_healthy ? 1 : 0);
+    BrokerMetrics::UpdateVm(vm.gauges, vm.sample, s.max_bytes, static_cast<int>(s.decision.reason));
+    reclaimed_bytes += s.max_bytes - std::min(s.max_bytes, s.decision.target_bytes);
   }
+  BrokerMetrics::UpdateHost(host.series, host.sample, reclaimed_bytes);
   const policy::HostDecision& decision = host.step.decision;
   host.series.capacity->Set(static_cast<double>(host.step.capacity_bytes));
   host.series.target->Set(static_cast<double>(decision.target_bytes));

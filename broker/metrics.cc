@@ -1,8 +1,26 @@
 #include "broker/metrics.h"
 
+#include <algorithm>
+
+#include "broker/policy/allocator.h"
 #include "common/metrics_server.h"
 
 namespace membroker::broker {
+namespace {
+
+static_assert(static_cast<int>(policy::Reason::kSurplus) + 1 == BrokerMetrics::kReasonCount,
+              "one reason series per policy::Reason");
+
+// Adds to `counter` what a cumulative value from a guest or a host grew by
+// since `*last`; a value below `*last` means its source restarted from zero.
+template <typename T>
+void Mirror(prometheus::Counter* counter, T value, T* last) {
+  const T grown = value >= *last ? value - *last : value;
+  counter->Increment(static_cast<double>(grown));
+  *last = value;
+}
+
+}  // namespace
 
 BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
     : registry_(registry),
@@ -41,6 +59,47 @@ BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
       vm_healthy_(prometheus::BuildGauge()
                       .Name("membroker_vm_balloon_healthy")
                       .Help("1 when the VM's balloon follows targets, 0 when stuck or no driver.")
+                      .Register(*registry)),
+      vm_max_(prometheus::BuildGauge()
+                  .Name("membroker_vm_max_bytes")
+                  .Help("The VM's configured (boot) memory: the most its balloon can give.")
+                  .Register(*registry)),
+      vm_stats_untrusted_(prometheus::BuildGauge()
+                              .Name("membroker_vm_stats_untrusted")
+                              .Help("1 when the VM's guest statistics are stale or impossible "
+                                    "and not used for decisions.")
+                              .Register(*registry)),
+      vm_reason_(prometheus::BuildGauge()
+                     .Name("membroker_vm_target_reason")
+                     .Help("1 for the reason of the VM's current target (label reason), 0 for "
+                           "the other reasons.")
+                     .Register(*registry)),
+      vm_swap_in_(prometheus::BuildCounter()
+                      .Name("membroker_vm_swap_in_bytes_total")
+                      .Help("Bytes the guest swapped in (guest statistics): time it stalled "
+                            "on memory.")
+                      .Register(*registry)),
+      vm_major_faults_(prometheus::BuildCounter()
+                           .Name("membroker_vm_major_faults_total")
+                           .Help("Major page faults in the guest (guest statistics).")
+                           .Register(*registry)),
+      vm_oom_kills_(prometheus::BuildCounter()
+                        .Name("membroker_vm_oom_kills_total")
+                        .Help("Processes the guest's OOM killer killed, where the backend "
+                              "knows it.")
+                        .Register(*registry)),
+      host_reclaimed_(prometheus::BuildGauge()
+                          .Name("membroker_host_reclaimed_bytes")
+                          .Help("Memory taken back from the host's VMs: sum of configured max "
+                                "minus target.")
+                          .Register(*registry)),
+      host_pressure_full_(prometheus::BuildGauge()
+                              .Name("membroker_host_memory_pressure_full_ratio")
+                              .Help("Host memory PSI 'full' avg10 as a ratio (0..1).")
+                              .Register(*registry)),
+      host_stall_(prometheus::BuildCounter()
+                      .Name("membroker_host_memory_stall_seconds_total")
+                      .Help("Host memory stall time from PSI totals (kind some or full).")
                       .Register(*registry)),
       host_capacity_(prometheus::BuildGauge()
                          .Name("membroker_host_capacity_bytes")
@@ -107,15 +166,53 @@ void BrokerMetrics::AdminRequest(const std::string& method, const std::string& c
 BrokerMetrics::VmGauges BrokerMetrics::AddVm(const std::string& host, const std::string& vm) {
   absl::MutexLock lock(&mu_);
   const std::map<std::string, std::string> labels{{"host", host}, {"vm", vm}};
-  return VmGauges{&vm_target_.Add(labels), &vm_actual_.Add(labels), &vm_demand_.Add(labels),
+  VmGauges gauges{&vm_target_.Add(labels), &vm_actual_.Add(labels), &vm_demand_.Add(labels),
                   &vm_floor_.Add(labels), &vm_healthy_.Add(labels)};
+  gauges.max = &vm_max_.Add(labels);
+  gauges.stats_untrusted = &vm_stats_untrusted_.Add(labels);
+  gauges.swap_in = &vm_swap_in_.Add(labels);
+  gauges.major_faults = &vm_major_faults_.Add(labels);
+  gauges.oom_kills = &vm_oom_kills_.Add(labels);
+  for (int r = 0; r < kReasonCount; ++r) {
+    gauges.reason[r] =
+        &vm_reason_.Add({{"host", host},
+                         {"vm", vm},
+                         {"reason", policy::ReasonName(static_cast<policy::Reason>(r))}});
+  }
+  return gauges;
+}
+
+void BrokerMetrics::UpdateVm(VmGauges& gauges, const v1::VmSample& sample, uint64_t max_bytes,
+                             int reason) {
+  gauges.max->Set(static_cast<double>(max_bytes));
+  gauges.stats_untrusted->Set(sample.stats().untrusted() ? 1 : 0);
+  for (int r = 0; r < kReasonCount; ++r) gauges.reason[r]->Set(r == reason ? 1 : 0);
+  const v1::GuestStats& stats = sample.stats();
+  if (stats.has_swap_in_bytes_total()) {
+    Mirror(gauges.swap_in, stats.swap_in_bytes_total(), &gauges.last_swap_in_bytes);
+  }
+  if (stats.has_major_faults_total()) {
+    Mirror(gauges.major_faults, stats.major_faults_total(), &gauges.last_major_faults);
+  }
+  if (stats.has_oom_kills_total()) {
+    Mirror(gauges.oom_kills, stats.oom_kills_total(), &gauges.last_oom_kills);
+  }
 }
 
 void BrokerMetrics::RemoveVm(const std::string& host, const std::string& vm) {
   absl::MutexLock lock(&mu_);
   const std::map<std::string, std::string> labels{{"host", host}, {"vm", vm}};
-  for (auto* family : {&vm_target_, &vm_actual_, &vm_demand_, &vm_floor_, &vm_healthy_}) {
+  for (auto* family : {&vm_target_, &vm_actual_, &vm_demand_, &vm_floor_, &vm_healthy_, &vm_max_,
+                       &vm_stats_untrusted_}) {
     if (family->Has(labels)) family->Remove(&family->Add(labels));
+  }
+  for (auto* family : {&vm_swap_in_, &vm_major_faults_, &vm_oom_kills_}) {
+    if (family->Has(labels)) family->Remove(&family->Add(labels));
+  }
+  for (int r = 0; r < kReasonCount; ++r) {
+    const std::map<std::string, std::string> with_reason{
+        {"host", host}, {"vm", vm}, {"reason", policy::ReasonName(static_cast<policy::Reason>(r))}};
+    if (vm_reason_.Has(with_reason)) vm_reason_.Remove(&vm_reason_.Add(with_reason));
   }
 }
 
@@ -130,7 +227,21 @@ BrokerMetrics::HostSeries BrokerMetrics::AddHost(const std::string& host) {
   series.floors_yielded = &host_sacrifices_.Add({{"host", host}, {"kind", "default_floor"}});
   series.guest_oom_reported = &host_guest_oom_kills_.Add({{"host", host}, {"source", "reported"}});
   series.guest_oom_inferred = &host_guest_oom_kills_.Add({{"host", host}, {"source", "inferred"}});
+  series.reclaimed = &host_reclaimed_.Add(labels);
+  series.pressure_full = &host_pressure_full_.Add(labels);
+  series.stall_some = &host_stall_.Add({{"host", host}, {"kind", "some"}});
+  series.stall_full = &host_stall_.Add({{"host", host}, {"kind", "full"}});
   return series;
+}
+
+void BrokerMetrics::UpdateHost(HostSeries& series, const v1::HostSample& sample,
+                               uint64_t reclaimed_bytes) {
+  series.reclaimed->Set(static_cast<double>(reclaimed_bytes));
+  series.pressure_full->Set(sample.psi_full_avg10_percent() / 100.0);
+  Mirror(series.stall_some, std::max(0.0, sample.psi_some_seconds_total()),
+         &series.last_stall_some_seconds);
+  Mirror(series.stall_full, std::max(0.0, sample.psi_full_seconds_total()),
+         &series.last_stall_full_seconds);
 }
 
 }  // namespace membroker::broker

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/output.h"
+#include "client/top_view.h"
 #include "common/proto_time.h"
 #include "common/units.h"
 #include "membroker/v1/admin.grpc.pb.h"
@@ -228,6 +229,16 @@ int TopCmd(Run& r) {
   }
   v1::ListVmsRequest vms_request;
   vms_request.set_host_id(*host);
+  // Bars and colours on a terminal that understands escapes (not
+  // TERM=dumb); colours unless NO_COLOR is set; plain tables otherwise.
+  auto var = [&](const std::string& name) {
+    auto it = r.env.vars.find(name);
+    return it == r.env.vars.end() ? std::string() : it->second;
+  };
+  TopViewOptions view;
+  view.terminal = r.env.out_is_terminal && var("TERM") != "dumb";
+  view.color = view.terminal && r.env.vars.count("NO_COLOR") == 0;
+  view.wide = Wide(r);
   if (r.env.enter_live_view) r.env.enter_live_view();
   int last = kExitOk;
   for (int64_t i = 0;; ++i) {
@@ -241,7 +252,7 @@ int TopCmd(Run& r) {
     }
     const std::string when = FormatUtc(r.env.clock->Now());
     std::string frame;
-    if (r.env.out_is_terminal) {
+    if (view.terminal) {
       frame = absl::StrCat("\x1b[H\x1b[2J", "membrokerctl top  server ", r.inv.global.server, "  ",
                            when, "  every ", absl::FormatDuration(period), " (Ctrl-C to stop)\n\n");
     } else {
@@ -255,11 +266,11 @@ int TopCmd(Run& r) {
         }
         hosts = std::move(filtered);
       }
-      absl::StrAppend(&frame, RenderHostsTable(hosts, Wide(r)), "\n", RenderVmsTable(vms, Wide(r)));
+      absl::StrAppend(&frame, RenderTopFrame(hosts, vms, view));
       last = kExitOk;
     } else {
       const std::string msg = CallError(r, s);
-      if (r.env.out_is_terminal) absl::StrAppend(&frame, "error: ", msg, "\n");
+      if (view.terminal) absl::StrAppend(&frame, "error: ", msg, "\n");
       r.err << "error: " << msg << "\n";
       last = kExitRpcBase + static_cast<int>(s.error_code());
     }
