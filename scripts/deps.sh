@@ -2,7 +2,9 @@
 # Installs the Debian 12 packages MemBroker needs, only those missing.
 #   scripts/deps.sh build   -- compilers and libraries
 #   scripts/deps.sh test    -- build + what the tests drive (QEMU, busybox,
-#                              Prometheus/promtool, libvirt's test driver)
+#                              Prometheus/promtool, libvirt's test driver,
+#                              openssl for scripts/dev-ca.sh, python3-grpcio
+#                              for the outside security suite)
 set -euo pipefail
 
 BUILD_PKGS=(
@@ -13,6 +15,7 @@ BUILD_PKGS=(
 )
 TEST_PKGS=(
   qemu-system-x86 busybox-static cpio prometheus curl
+  openssl python3-grpcio python3-protobuf
 )
 
 want=("${BUILD_PKGS[@]}")
