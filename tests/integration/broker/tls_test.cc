@@ -299,5 +299,37 @@ TEST(TlsOptionsTest, BadFilesStopTheBrokerWithTheirName) {
   fs::remove_all(dir);
 }
 
+TEST(TlsOptionsTest, InsecureBrokerAuditsChangesAsInsecure) {
+  const std::string dir = TempDir("insecure");
+  BrokerOptions o;
+  o.listen = "127.0.0.1:0";
+  o.metrics_listen = "127.0.0.1:0";
+  o.state_dir = dir;
+  auto b = Broker::Start(o, RealClock::Get());
+  ASSERT_TRUE(b.ok()) << b.status();
+  auto stub = v1::AdminService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*b)->grpc_port()), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext set_ctx;
+  v1::SetClusterPolicyRequest req;
+  req.mutable_policy()->set_reclaim_step_bytes(uint64_t{1} << 28);
+  v1::ClusterPolicy out;
+  ASSERT_TRUE(stub->SetClusterPolicy(&set_ctx, req, &out).ok());
+  grpc::ClientContext list_ctx;
+  v1::ListAuditEntriesResponse trail;
+  ASSERT_TRUE(stub->ListAuditEntries(&list_ctx, v1::ListAuditEntriesRequest(), &trail).ok());
+  ASSERT_EQ(trail.entries_size(), 1);
+  EXPECT_EQ(trail.entries(0).actor(), "insecure");
+  EXPECT_EQ(trail.entries(0).target(), "cluster");
+  // A limit beyond the cap is refused, naming the field.
+  grpc::ClientContext big_ctx;
+  v1::ListAuditEntriesRequest big;
+  big.set_limit(1000000);
+  grpc::Status s = stub->ListAuditEntries(&big_ctx, big, &trail);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("limit"));
+  b->reset();
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace membroker::broker
