@@ -8,8 +8,8 @@ design says: no handshake without a certificate of the broker's CA, an agent
 only for its own host, AdminService only for admin and read-only identities,
 changes only for admin; nothing refused changes any state.
 
-Usage: outside_security_test.py --broker BIN --source-dir DIR --protoc BIN
-       --grpc-python-plugin BIN
+Usage: outside_security_test.py --broker BIN --agent BIN --source-dir DIR
+       --protoc BIN --grpc-python-plugin BIN
 """
 
 import argparse
@@ -267,6 +267,44 @@ class OutsideSecurityTest(unittest.TestCase):
         self.assertNotIn("CN=read-only,OU=membroker-read-only",
                          [e.actor for e in trail.entries])
 
+    def test_real_agents_with_tls_only_for_their_own_host(self):
+        # membroker-agent itself: kvm-02 with its own certificate connects;
+        # an agent that says kvm-03 with kvm-01's certificate never does.
+        sim = os.path.join(ARGS.source_dir, "scripts", "demo", "host-a.textproto")
+        agents = []
+        try:
+            for host, cert in (("kvm-02", "host-kvm-02"), ("kvm-03", "host-kvm-01")):
+                log = open(os.path.join(self.tmp, "agent-%s.log" % host), "w")
+                agents.append(subprocess.Popen(
+                    [ARGS.agent, "--broker=" + self.target, "--host-id=" + host,
+                     "--backend=sim", "--sim-config=" + sim, "--metrics-listen=127.0.0.1:0",
+                     "--tls-cert=" + os.path.join(self.pki.dir, cert + ".pem"),
+                     "--tls-key=" + os.path.join(self.pki.dir, cert + "-key.pem"),
+                     "--tls-ca=" + os.path.join(self.pki.dir, "ca.pem")],
+                    stdout=log, stderr=subprocess.STDOUT))
+                log.close()
+            stub = self.admin(self.pki.creds("read-only"))
+
+            def connected():
+                hosts = stub.ListHosts(admin_pb2.ListHostsRequest(), timeout=10).hosts
+                return {h.host_id for h in hosts if h.connected}
+
+            deadline = time.monotonic() + 60
+            while "kvm-02" not in connected() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            self.assertIn("kvm-02", connected())
+            self.assertIsNotNone(wait_for_log(
+                self.log_path, r'CN=kvm-01,OU=membroker-agent does not name host "kvm-03"', 30))
+            self.assertNotIn("kvm-03", connected())
+        finally:
+            for a in agents:
+                a.terminate()
+            for a in agents:
+                try:
+                    a.wait(10)
+                except subprocess.TimeoutExpired:
+                    a.kill()
+
     def test_admin_change_is_audited_with_its_identity(self):
         stub = self.admin(self.pki.creds("admin"))
         vp = admin_pb2.SetVmPolicyRequest(vm=VM_ID)
@@ -323,6 +361,7 @@ def main():
     global ARGS
     parser = argparse.ArgumentParser()
     parser.add_argument("--broker", required=True)
+    parser.add_argument("--agent", required=True)
     parser.add_argument("--source-dir", required=True)
     parser.add_argument("--protoc", required=True)
     parser.add_argument("--grpc-python-plugin", required=True)
