@@ -1,6 +1,9 @@
 #include "broker/admin_service.h"
 
+#include <spdlog/spdlog.h>
+
 #include "absl/strings/str_cat.h"
+#include "broker/peer_identity.h"
 #include "broker/stream_writer.h"
 #include "common/status.h"
 
@@ -59,7 +62,26 @@ class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
   uint64_t id_ = 0;
 };
 
+// A watch the caller may not open: ends at once with `status`.
+class RefusedWatch final : public grpc::ServerWriteReactor<v1::Decision> {
+ public:
+  explicit RefusedWatch(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+// Default and largest number of audit entries one ListAuditEntries returns.
+constexpr uint32_t kDefaultAuditLimit = 100;
+constexpr uint32_t kMaxAuditLimit = 10000;
+constexpr size_t kMaxAuditTarget = 256;
+
 }  // namespace
+
+absl::Status AdminServiceImpl::Authorize(grpc::CallbackServerContext* ctx, const char* method) {
+  if (authorizer_->insecure()) return absl::OkStatus();
+  absl::Status s = authorizer_->AuthorizeAdmin(IdentityOf(*ctx), method);
+  if (!s.ok()) spdlog::warn("admin call {} refused: {}", method, std::string(s.message()));
+  return s;
+}
 
 grpc::ServerUnaryReactor* AdminServiceImpl::Done(grpc::CallbackServerContext* ctx,
                                                  const char* method, const absl::Status& status) {
@@ -72,6 +94,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Done(grpc::CallbackServerContext* ct
 grpc::ServerUnaryReactor* AdminServiceImpl::ListHosts(grpc::CallbackServerContext* ctx,
                                                       const v1::ListHostsRequest*,
                                                       v1::ListHostsResponse* resp) {
+  if (auto denied = Authorize(ctx, "ListHosts"); !denied.ok()) {
+    return Done(ctx, "ListHosts", denied);
+  }
   for (v1::Host& h : fleet_->ListHosts()) *resp->add_hosts() = std::move(h);
   return Done(ctx, "ListHosts", absl::OkStatus());
 }
@@ -79,6 +104,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ListHosts(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* AdminServiceImpl::GetHost(grpc::CallbackServerContext* ctx,
                                                     const v1::GetHostRequest* req,
                                                     v1::Host* resp) {
+  if (auto denied = Authorize(ctx, "GetHost"); !denied.ok()) {
+    return Done(ctx, "GetHost", denied);
+  }
   if (req->host_id().empty()) {
     return Done(ctx, "GetHost", absl::InvalidArgumentError("host_id: must not be empty"));
   }
@@ -90,6 +118,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetHost(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* AdminServiceImpl::ListVms(grpc::CallbackServerContext* ctx,
                                                     const v1::ListVmsRequest* req,
                                                     v1::ListVmsResponse* resp) {
+  if (auto denied = Authorize(ctx, "ListVms"); !denied.ok()) {
+    return Done(ctx, "ListVms", denied);
+  }
   auto vms = fleet_->ListVms(req->host_id());
   if (vms.ok()) {
     for (v1::Vm& v : *vms) *resp->add_vms() = std::move(v);
@@ -99,6 +130,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ListVms(grpc::CallbackServerContext*
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetVm(grpc::CallbackServerContext* ctx,
                                                   const v1::GetVmRequest* req, v1::Vm* resp) {
+  if (auto denied = Authorize(ctx, "GetVm"); !denied.ok()) {
+    return Done(ctx, "GetVm", denied);
+  }
   auto vm = fleet_->GetVm(req->vm());
   if (vm.ok()) *resp = std::move(*vm);
   return Done(ctx, "GetVm", vm.status());
@@ -107,7 +141,11 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetVm(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* AdminServiceImpl::SetVmPolicy(grpc::CallbackServerContext* ctx,
                                                         const v1::SetVmPolicyRequest* req,
                                                         v1::VmPolicy* resp) {
-  auto policy = fleet_->SetVmPolicy(req->vm(), req->policy(), req->merge());
+  if (auto denied = Authorize(ctx, "SetVmPolicy"); !denied.ok()) {
+    return Done(ctx, "SetVmPolicy", denied);
+  }
+  auto policy =
+      fleet_->SetVmPolicy(req->vm(), req->policy(), req->merge(), IdentityOf(*ctx).Display());
   if (policy.ok()) *resp = std::move(*policy);
   return Done(ctx, "SetVmPolicy", policy.status());
 }
@@ -115,12 +153,18 @@ grpc::ServerUnaryReactor* AdminServiceImpl::SetVmPolicy(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* AdminServiceImpl::ClearVmPolicy(grpc::CallbackServerContext* ctx,
                                                           const v1::ClearVmPolicyRequest* req,
                                                           v1::ClearVmPolicyResponse*) {
-  return Done(ctx, "ClearVmPolicy", fleet_->ClearVmPolicy(req->vm()));
+  if (auto denied = Authorize(ctx, "ClearVmPolicy"); !denied.ok()) {
+    return Done(ctx, "ClearVmPolicy", denied);
+  }
+  return Done(ctx, "ClearVmPolicy", fleet_->ClearVmPolicy(req->vm(), IdentityOf(*ctx).Display()));
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetClusterPolicy(grpc::CallbackServerContext* ctx,
                                                              const v1::GetClusterPolicyRequest*,
                                                              v1::ClusterPolicy* resp) {
+  if (auto denied = Authorize(ctx, "GetClusterPolicy"); !denied.ok()) {
+    return Done(ctx, "GetClusterPolicy", denied);
+  }
   *resp = fleet_->GetClusterPolicy();
   return Done(ctx, "GetClusterPolicy", absl::OkStatus());
 }
@@ -128,7 +172,10 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetClusterPolicy(grpc::CallbackServe
 grpc::ServerUnaryReactor* AdminServiceImpl::SetClusterPolicy(
     grpc::CallbackServerContext* ctx, const v1::SetClusterPolicyRequest* req,
     v1::ClusterPolicy* resp) {
-  auto policy = fleet_->SetClusterPolicy(req->policy());
+  if (auto denied = Authorize(ctx, "SetClusterPolicy"); !denied.ok()) {
+    return Done(ctx, "SetClusterPolicy", denied);
+  }
+  auto policy = fleet_->SetClusterPolicy(req->policy(), IdentityOf(*ctx).Display());
   if (policy.ok()) *resp = std::move(*policy);
   return Done(ctx, "SetClusterPolicy", policy.status());
 }
@@ -136,6 +183,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::SetClusterPolicy(
 grpc::ServerUnaryReactor* AdminServiceImpl::ExplainVm(grpc::CallbackServerContext* ctx,
                                                       const v1::ExplainVmRequest* req,
                                                       v1::Explanation* resp) {
+  if (auto denied = Authorize(ctx, "ExplainVm"); !denied.ok()) {
+    return Done(ctx, "ExplainVm", denied);
+  }
   auto e = fleet_->ExplainVm(req->vm());
   if (e.ok()) *resp = std::move(*e);
   return Done(ctx, "ExplainVm", e.status());
@@ -144,6 +194,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ExplainVm(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* AdminServiceImpl::Reserve(grpc::CallbackServerContext* ctx,
                                                     const v1::ReserveRequest*,
                                                     v1::Reservation*) {
+  if (auto denied = Authorize(ctx, "Reserve"); !denied.ok()) {
+    return Done(ctx, "Reserve", denied);
+  }
   return Done(ctx, "Reserve",
               absl::UnimplementedError("reservations are not implemented in this version"));
 }
@@ -151,20 +204,58 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Reserve(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* AdminServiceImpl::Release(grpc::CallbackServerContext* ctx,
                                                     const v1::ReleaseRequest*,
                                                     v1::ReleaseResponse*) {
+  if (auto denied = Authorize(ctx, "Release"); !denied.ok()) {
+    return Done(ctx, "Release", denied);
+  }
   return Done(ctx, "Release",
               absl::UnimplementedError("reservations are not implemented in this version"));
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetPlan(grpc::CallbackServerContext* ctx,
                                                     const v1::GetPlanRequest*, v1::Plan*) {
+  if (auto denied = Authorize(ctx, "GetPlan"); !denied.ok()) {
+    return Done(ctx, "GetPlan", denied);
+  }
   return Done(ctx, "GetPlan",
               absl::UnimplementedError("the rebalance plan is not implemented in this version"));
 }
 
 grpc::ServerWriteReactor<v1::Decision>* AdminServiceImpl::WatchDecisions(
-    grpc::CallbackServerContext*, const v1::WatchDecisionsRequest* req) {
+    grpc::CallbackServerContext* ctx, const v1::WatchDecisionsRequest* req) {
+  if (absl::Status denied = Authorize(ctx, "WatchDecisions"); !denied.ok()) {
+    metrics_->AdminRequest("WatchDecisions", CodeName(denied.code()));
+    return new RefusedWatch(ToGrpcStatus(denied));
+  }
   metrics_->AdminRequest("WatchDecisions", "OK");
   return new DecisionWriter(fleet_, req->host_id());
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::ListAuditEntries(grpc::CallbackServerContext* ctx,
+                                                             const v1::ListAuditEntriesRequest* req,
+                                                             v1::ListAuditEntriesResponse* resp) {
+  if (auto denied = Authorize(ctx, "ListAuditEntries"); !denied.ok()) {
+    return Done(ctx, "ListAuditEntries", denied);
+  }
+  if (req->limit() > kMaxAuditLimit) {
+    return Done(ctx, "ListAuditEntries",
+                absl::InvalidArgumentError(absl::StrCat("limit: at most ", kMaxAuditLimit)));
+  }
+  if (req->target().size() > kMaxAuditTarget) {
+    return Done(ctx, "ListAuditEntries",
+                absl::InvalidArgumentError(
+                    absl::StrCat("target: at most ", kMaxAuditTarget, " characters")));
+  }
+  // A VM may be named; the trail is kept by VM id.
+  std::string target = req->target();
+  if (!target.empty() && target != "cluster") {
+    if (auto vm = fleet_->GetVm(target); vm.ok()) target = vm->vm_id();
+  }
+  auto entries =
+      store_->ListAuditEntries(req->limit() == 0 ? kDefaultAuditLimit : req->limit(), target);
+  if (entries.ok()) {
+    for (v1::AuditEntry& e : *entries) *resp->add_entries() = std::move(e);
+  }
+  return Done(ctx, "ListAuditEntries", entries.status());
 }
 
 }  // namespace membroker::broker

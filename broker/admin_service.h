@@ -1,7 +1,10 @@
 #pragma once
 // The gRPC binding of AdminService (callback API). Each handler is thin:
-// validate, one Fleet call, convert, map the status.
+// validate, one Fleet call, convert, map the status. Every handler first
+// asks the Authorizer whether the caller's certificate may call it; policy
+// changes are audited under the caller's identity.
 
+#include "broker/authz.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
 #include "membroker/v1/admin.grpc.pb.h"
@@ -10,7 +13,9 @@ namespace membroker::broker {
 
 class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
-  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics) : fleet_(fleet), metrics_(metrics) {}
+  // None owned; all must outlive the service.
+  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer)
+      : fleet_(fleet), metrics_(metrics), store_(store), authorizer_(authorizer) {}
 
   grpc::ServerUnaryReactor* ListHosts(grpc::CallbackServerContext* ctx,
                                       const v1::ListHostsRequest* req,
@@ -47,12 +52,20 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
                                     const v1::GetPlanRequest* req, v1::Plan* resp) override;
   grpc::ServerWriteReactor<v1::Decision>* WatchDecisions(
       grpc::CallbackServerContext* ctx, const v1::WatchDecisionsRequest* req) override;
+  grpc::ServerUnaryReactor* ListAuditEntries(grpc::CallbackServerContext* ctx,
+                                             const v1::ListAuditEntriesRequest* req,
+                                             v1::ListAuditEntriesResponse* resp) override;
 
  private:
   grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const char* method,
                                  const absl::Status& status);
+  // OK when the caller may call `method`; else the status to reply with
+  // (logged with the caller's identity).
+  absl::Status Authorize(grpc::CallbackServerContext* ctx, const char* method);
   Fleet* const fleet_;
   BrokerMetrics* const metrics_;
+  Store* const store_;
+  const Authorizer* const authorizer_;
 };
 
 }  // namespace membroker::broker

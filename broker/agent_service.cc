@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "broker/peer_identity.h"
 #include "broker/stream_writer.h"
 #include "common/status.h"
 
@@ -16,9 +17,11 @@ constexpr size_t kMaxQueuedPerAgent = 16;
 
 class AgentStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::BrokerMessage> {
  public:
-  AgentStream(Fleet* fleet, BrokerMetrics* metrics)
+  AgentStream(Fleet* fleet, BrokerMetrics* metrics, const Authorizer* authorizer, PeerIdentity peer)
       : fleet_(fleet),
         metrics_(metrics),
+        authorizer_(authorizer),
+        peer_(std::move(peer)),
         writer_({[this](const v1::BrokerMessage* m) { StartWrite(m); },
                  [this](const grpc::Status& s) { Finish(s); },
                  // A queued (unsent) TargetSet is superseded by a newer full
@@ -63,6 +66,12 @@ class AgentStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::B
         metrics_->ReportRejected("no_hello");
         return absl::FailedPreconditionError("the first message on the stream must be a hello");
       }
+      if (absl::Status allowed = authorizer_->AuthorizeHost(peer_, msg.hello().host_id());
+          !allowed.ok()) {
+        metrics_->ReportRejected(absl::IsUnauthenticated(allowed) ? "unauthenticated"
+                                                                  : "host_not_in_certificate");
+        return allowed;
+      }
       v1::Welcome welcome;
       ASSIGN_OR_RETURN(conn_, fleet_->Connect(
                                   msg.hello(),
@@ -91,6 +100,8 @@ class AgentStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::B
 
   Fleet* const fleet_;
   BrokerMetrics* const metrics_;
+  const Authorizer* const authorizer_;
+  const PeerIdentity peer_;  // from the TLS handshake
   QueuedStreamWriter<v1::BrokerMessage> writer_;
   v1::AgentMessage in_;  // only touched by the read chain
   std::string host_id_;  // set once, by the read chain
@@ -100,8 +111,8 @@ class AgentStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::B
 }  // namespace
 
 grpc::ServerBidiReactor<v1::AgentMessage, v1::BrokerMessage>* AgentServiceImpl::Connect(
-    grpc::CallbackServerContext*) {
-  return new AgentStream(fleet_, metrics_);
+    grpc::CallbackServerContext* context) {
+  return new AgentStream(fleet_, metrics_, authorizer_, IdentityOf(*context));
 }
 
 }  // namespace membroker::broker

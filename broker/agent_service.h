@@ -2,8 +2,10 @@
 // The gRPC binding of AgentService: one ServerBidiReactor per agent stream.
 // Thin: validate, hand to the Fleet, write what the Fleet sends. At most one
 // write is outstanding per stream; a newer TargetSet replaces a queued,
-// unsent one (they are full snapshots).
+// unsent one (they are full snapshots). With TLS, a stream serves only a
+// host the caller's certificate names (Authorizer::AuthorizeHost).
 
+#include "broker/authz.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
 #include "membroker/v1/agent.grpc.pb.h"
@@ -12,7 +14,9 @@ namespace membroker::broker {
 
 class AgentServiceImpl final : public v1::AgentService::CallbackService {
  public:
-  AgentServiceImpl(Fleet* fleet, BrokerMetrics* metrics) : fleet_(fleet), metrics_(metrics) {}
+  // None owned; all must outlive the service.
+  AgentServiceImpl(Fleet* fleet, BrokerMetrics* metrics, const Authorizer* authorizer)
+      : fleet_(fleet), metrics_(metrics), authorizer_(authorizer) {}
 
   grpc::ServerBidiReactor<v1::AgentMessage, v1::BrokerMessage>* Connect(
       grpc::CallbackServerContext* context) override;
@@ -20,6 +24,7 @@ class AgentServiceImpl final : public v1::AgentService::CallbackService {
  private:
   Fleet* const fleet_;
   BrokerMetrics* const metrics_;
+  const Authorizer* const authorizer_;
 };
 
 }  // namespace membroker::broker

@@ -305,8 +305,8 @@ void Fleet::Redecide(const std::shared_ptr<HostState>& host) {
   DecideLocked(*host, *policies, clock_->Now());
 }
 
-absl::StatusOr<v1::VmPolicy> Fleet::SetVmPolicy(const std::string& vm,
-                                                const v1::VmPolicy& policy, bool merge) {
+absl::StatusOr<v1::VmPolicy> Fleet::SetVmPolicy(const std::string& vm, const v1::VmPolicy& policy,
+                                                bool merge, const std::string& actor) {
   RETURN_IF_ERROR(ValidateVmPolicy(policy));
   std::shared_ptr<HostState> host;
   std::string vm_id;
@@ -319,12 +319,13 @@ absl::StatusOr<v1::VmPolicy> Fleet::SetVmPolicy(const std::string& vm,
   } else {
     return found.status();
   }
-  ASSIGN_OR_RETURN(v1::VmPolicy stored, policies_.SetVmPolicy(vm_id, policy, merge));
+  ASSIGN_OR_RETURN(v1::VmPolicy stored,
+                   policies_.SetVmPolicy(vm_id, policy, merge, {actor, clock_->Now()}));
   if (host) Redecide(host);
   return stored;
 }
 
-absl::Status Fleet::ClearVmPolicy(const std::string& vm) {
+absl::Status Fleet::ClearVmPolicy(const std::string& vm, const std::string& actor) {
   std::shared_ptr<HostState> host;
   std::string vm_id;
   auto found = ResolveVm(vm);
@@ -338,15 +339,17 @@ absl::Status Fleet::ClearVmPolicy(const std::string& vm) {
     }
     vm_id = vm;
   }
-  RETURN_IF_ERROR(policies_.ClearVmPolicy(vm_id));
+  RETURN_IF_ERROR(policies_.ClearVmPolicy(vm_id, {actor, clock_->Now()}));
   if (host) Redecide(host);
   return absl::OkStatus();
 }
 
 v1::ClusterPolicy Fleet::GetClusterPolicy() const { return policies_.Snapshot()->cluster; }
 
-absl::StatusOr<v1::ClusterPolicy> Fleet::SetClusterPolicy(const v1::ClusterPolicy& update) {
-  ASSIGN_OR_RETURN(v1::ClusterPolicy next, policies_.SetClusterPolicy(update));
+absl::StatusOr<v1::ClusterPolicy> Fleet::SetClusterPolicy(const v1::ClusterPolicy& update,
+                                                          const std::string& actor) {
+  ASSIGN_OR_RETURN(v1::ClusterPolicy next,
+                   policies_.SetClusterPolicy(update, {actor, clock_->Now()}));
   for (const auto& h : AllHosts()) Redecide(h);
   return next;
 }

@@ -81,13 +81,15 @@ class Fleet {
   absl::StatusOr<v1::Vm> GetVm(const std::string& vm) const;
   absl::StatusOr<v1::Explanation> ExplainVm(const std::string& vm) const;
   // Stores the policy durably, then re-decides the VM's host. A policy may
-  // be set by id for a VM not seen yet (ids look like UUIDs).
+  // be set by id for a VM not seen yet (ids look like UUIDs). Every change
+  // is audited as made by `actor` (now, by the fleet's clock).
   absl::StatusOr<v1::VmPolicy> SetVmPolicy(const std::string& vm, const v1::VmPolicy& policy,
-                                           bool merge);
-  absl::Status ClearVmPolicy(const std::string& vm);
+                                           bool merge, const std::string& actor = kInProcessActor);
+  absl::Status ClearVmPolicy(const std::string& vm, const std::string& actor = kInProcessActor);
   v1::ClusterPolicy GetClusterPolicy() const;
   // Merges `update` (set fields only), stores it, re-decides every host.
-  absl::StatusOr<v1::ClusterPolicy> SetClusterPolicy(const v1::ClusterPolicy& update);
+  absl::StatusOr<v1::ClusterPolicy> SetClusterPolicy(const v1::ClusterPolicy& update,
+                                                     const std::string& actor = kInProcessActor);
 
   // Decision watchers.
   uint64_t Watch(const std::string& host_filter, DecisionSink sink);

@@ -33,6 +33,12 @@ absl::Status ValidateBrokerOptions(const BrokerOptions& o) {
   if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("--metrics-listen: ", s.message()));
   if (o.state_dir.empty()) return absl::InvalidArgumentError("--state-dir: required");
   RETURN_IF_ERROR(ValidateClusterPolicy(o.cluster_policy));
+  if (o.tls.has_value()) {
+    RETURN_IF_ERROR(Authorizer::FromConfig(o.security).status());
+    if (o.tls_reload_interval < absl::Seconds(1)) {
+      return absl::InvalidArgumentError("--tls-reload-interval: must be at least 1s");
+    }
+  }
   const auto& safety = o.safety;
   for (const auto* d : {&safety.stuck_timeout(), &safety.fail_static_grace()}) {
     if (d->seconds() < 0 || d->nanos() < 0) {
@@ -53,13 +59,27 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
                                       WithDefaults(options.safety));
   RETURN_IF_ERROR(b->fleet_->Load(options.cluster_policy));
   ASSIGN_OR_RETURN(b->metrics_server_, MetricsServer::Start(options.metrics_listen, registry));
-  b->agent_service_ = std::make_unique<AgentServiceImpl>(b->fleet_.get(), b->metrics_.get());
-  b->admin_service_ = std::make_unique<AdminServiceImpl>(b->fleet_.get(), b->metrics_.get());
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (options.tls.has_value()) {
+    std::string warning;
+    RETURN_IF_ERROR(CheckTlsFiles(*options.tls, &warning));
+    if (!warning.empty()) spdlog::warn("{}", warning);
+    ASSIGN_OR_RETURN(Authorizer authorizer, Authorizer::FromConfig(options.security));
+    b->authorizer_ = std::make_unique<Authorizer>(std::move(authorizer));
+    credentials = MutualTlsServerCredentials(*options.tls, options.tls_reload_interval);
+  } else {
+    b->authorizer_ = std::make_unique<Authorizer>(Authorizer::Insecure());
+    credentials = grpc::InsecureServerCredentials();
+  }
+  b->agent_service_ =
+      std::make_unique<AgentServiceImpl>(b->fleet_.get(), b->metrics_.get(), b->authorizer_.get());
+  b->admin_service_ = std::make_unique<AdminServiceImpl>(b->fleet_.get(), b->metrics_.get(),
+                                                         b->store_.get(), b->authorizer_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &b->grpc_port_);
+  builder.AddListeningPort(options.listen, credentials, &b->grpc_port_);
   builder.RegisterService(b->agent_service_.get());
   builder.RegisterService(b->admin_service_.get());
   // Notice dead agents: ping idle streams, allow the agents' own pings.
@@ -73,7 +93,8 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
     return absl::UnavailableError(absl::StrCat("--listen=", options.listen, ": cannot listen"));
   }
   b->server_->GetHealthCheckService()->SetServingStatus(true);
-  spdlog::info("broker serving gRPC on port {} and /metrics on port {}", b->grpc_port_,
+  spdlog::info("broker serving gRPC ({}) on port {} and /metrics on port {}",
+               options.tls ? "mutual TLS" : "PLAINTEXT, --insecure", b->grpc_port_,
                b->metrics_server_->port());
   return b;
 }

@@ -13,6 +13,7 @@
 #include "client/output.h"
 #include "client/top_view.h"
 #include "common/proto_time.h"
+#include "common/tls.h"
 #include "common/units.h"
 #include "membroker/v1/admin.grpc.pb.h"
 
@@ -208,6 +209,23 @@ int PlanCmd(Run& r) {
   return Print(r, reply, RenderPlanTable(reply));
 }
 
+int HistoryCmd(Run& r) {
+  v1::ListAuditEntriesRequest request;
+  bool has_limit = false;
+  auto limit = FlagInt(r.inv, "limit", 1, 10000, &has_limit);
+  if (!limit.ok()) return Usage(r.err, limit.status());
+  if (has_limit) request.set_limit(static_cast<uint32_t>(*limit));
+  if (auto vm = r.inv.flags.find("vm"); vm != r.inv.flags.end()) {
+    if (vm->second.empty()) return Usage(r.err, absl::InvalidArgumentError("--vm: empty"));
+    request.set_target(vm->second);
+  }
+  v1::ListAuditEntriesResponse reply;
+  grpc::Status s =
+      Call(r, [&](grpc::ClientContext* c) { return r.stub->ListAuditEntries(c, request, &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, RenderAuditTable(reply));
+}
+
 int TopCmd(Run& r) {
   bool has_host = false, has_interval = false, has_iterations = false;
   auto host = FlagHostId(r.inv, "host", &has_host);
@@ -296,6 +314,7 @@ int Dispatch(Run& r) {
   if (name == "reserve") return ReserveCmd(r);
   if (name == "release") return ReleaseCmd(r);
   if (name == "plan") return PlanCmd(r);
+  if (name == "history") return HistoryCmd(r);
   if (name == "top") return TopCmd(r);
   r.err << "error: command '" << name << "' has no implementation\n";
   return kExitError;
@@ -462,21 +481,20 @@ int RunCtl(const std::vector<std::string>& args, std::ostream& out, std::ostream
     return kExitOk;
   }
   const GlobalOptions& g = inv->global;
-  if (!g.insecure) {
-    if (!g.tls_ca.empty() || !g.tls_cert.empty() || !g.tls_key.empty()) {
-      return Usage(err, absl::InvalidArgumentError(
-                            "--tls-ca/--tls-cert/--tls-key: TLS is not supported yet; use "
-                            "--insecure"));
-    }
-    return Usage(err,
-                 absl::InvalidArgumentError("--insecure is required (TLS is not supported yet)"));
+  auto tls = PickTransportSecurity(g.insecure, {g.tls_cert, g.tls_key, g.tls_ca});
+  if (!tls.ok()) return Usage(err, tls.status());
+  if (tls->has_value()) {
+    std::string warning;
+    if (absl::Status files = CheckTlsFiles(**tls, &warning); !files.ok()) return Usage(err, files);
+    if (!warning.empty()) err << "warning: " << warning << "\n";
   }
   Run run{*inv, out, err, env, nullptr};
   grpc::ChannelArguments channel_args;
   channel_args.SetString(GRPC_ARG_PRIMARY_USER_AGENT_STRING,
                          absl::StrCat("membrokerctl/", MB_VERSION));
-  run.stub = v1::AdminService::NewStub(
-      grpc::CreateCustomChannel(g.server, grpc::InsecureChannelCredentials(), channel_args));
+  run.stub = v1::AdminService::NewStub(grpc::CreateCustomChannel(
+      g.server, *tls ? MutualTlsChannelCredentials(**tls) : grpc::InsecureChannelCredentials(),
+      channel_args));
   return Dispatch(run);
 }
 

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls.h"
 #include "membroker/v1/config.pb.h"
 
 namespace membroker::agent {
@@ -66,7 +67,12 @@ struct AgentOptions {
   std::optional<uint64_t> host_capacity_bytes;
   std::optional<uint64_t> host_reserve_bytes;
   std::string metrics_listen;
+  // Plaintext stream to the broker (--insecure, the local demo).
   bool insecure = false;
+  // Mutual TLS files (unset with --insecure); re-read when they change.
+  std::optional<TlsFiles> tls;
+  // Non-empty when the certificate is expired or not yet valid.
+  std::string tls_warning;
   // Until the broker's Welcome says otherwise.
   absl::Duration report_interval = absl::Seconds(1);
   // Period of the host-side RSS signal; zero turns it off.

@@ -44,10 +44,12 @@ ABSL_FLAG(std::string, host_reserve_bytes, "",
           "Host memory kept for the hypervisor, e.g. 4GiB (exclusive with "
           "--host-capacity-bytes).");
 ABSL_FLAG(std::string, metrics_listen, "", "HOST:PORT serving /metrics.");
-ABSL_FLAG(bool, insecure, false, "Plaintext broker stream (required until TLS exists).");
-ABSL_FLAG(std::string, tls_cert, "", "Client certificate (TLS is not available yet).");
-ABSL_FLAG(std::string, tls_key, "", "Client key (TLS is not available yet).");
-ABSL_FLAG(std::string, tls_ca, "", "CA bundle (TLS is not available yet).");
+ABSL_FLAG(bool, insecure, false,
+          "Plaintext, unauthenticated broker stream (local demo only; instead of --tls-*).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "This host's client certificate (PEM; names the host), re-read when it changes.");
+ABSL_FLAG(std::string, tls_key, "", "Its private key (PEM), re-read when it changes.");
+ABSL_FLAG(std::string, tls_ca, "", "CA that signs the broker's certificate (PEM).");
 ABSL_FLAG(std::string, config, "", "AgentConfig textproto; flags override its values.");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off.");
 ABSL_FLAG(std::string, rss_interval, "",
@@ -99,7 +101,7 @@ int main(int argc, char** argv) {
       "membroker-agent --broker=HOST:PORT --host-id=NAME --backend=libvirt|qmp|sim "
       "[--libvirt-uri=URI] [--qmp-socket=PATH,...] [--sim-config=FILE] "
       "[--host-capacity-bytes=N | --host-reserve-bytes=N] --metrics-listen=HOST:PORT "
-      "--insecure");
+      "(--tls-cert=PEM --tls-key=PEM --tls-ca=PEM | --insecure)");
   // The contract spells flags with dashes and lets --qmp-socket repeat.
   std::vector<std::string> args = NormalizeCommandLine(std::vector<std::string>(argv, argv + argc));
   if (const std::string unknown = FindUnknownFlag(args); !unknown.empty()) {
@@ -179,8 +181,17 @@ int main(int argc, char** argv) {
   channel_args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
   channel_args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
   channel_args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-      options->broker, grpc::InsecureChannelCredentials(), channel_args);
+  if (!options->tls_warning.empty()) spdlog::warn("{}", options->tls_warning);
+  if (options->insecure) {
+    spdlog::warn(
+        "INSECURE MODE (--insecure): plaintext, unauthenticated broker stream; for a "
+        "local demo only, use --tls-cert/--tls-key/--tls-ca otherwise");
+  }
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(options->broker,
+                                options->tls ? MutualTlsChannelCredentials(*options->tls)
+                                             : grpc::InsecureChannelCredentials(),
+                                channel_args);
 
   AgentParams params;
   params.host_id = options->host_id;

@@ -4,7 +4,9 @@
 #   scripts/deps.sh test    -- build + what the tests drive (QEMU, busybox,
 #                              Prometheus/promtool, libvirt's test driver,
 #                              podman and podman-compose, debootstrap for the
-#                              image's base, systemd-analyze)
+#                              image's base, systemd-analyze, openssl for
+#                              scripts/dev-ca.sh, python3-grpcio for the
+#                              outside security suite)
 #   scripts/deps.sh container -- only the container tools
 set -euo pipefail
 
@@ -16,6 +18,7 @@ BUILD_PKGS=(
 )
 TEST_PKGS=(
   qemu-system-x86 busybox-static cpio prometheus curl python3 systemd
+  openssl python3-grpcio python3-protobuf
 )
 # podman as ENVIRONMENT.md describes it (runc, netavark with name DNS).
 CONTAINER_PKGS=(
