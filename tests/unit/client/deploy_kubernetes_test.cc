@@ -176,7 +176,15 @@ class KubernetesTest : public ::testing::Test {
       if (absl::StartsWith(value, "/")) {
         const std::string mp = mount_of(value);
         EXPECT_FALSE(mp.empty()) << where << ": " << arg << " names a path in no mounted volume";
-        if (absl::StartsWith(name, "tls-") && !mp.empty()) {
+        if (absl::StartsWith(name, "tls-") && !mp.empty() && binary == "membroker-agent") {
+          // Each agent's certificate names its own node (the broker serves
+          // a stream only for the host a certificate names), so it comes
+          // from the node, like the kubelet's: a hostPath directory.
+          const YAML::Node& v = volumes[mounts[mp]];
+          ASSERT_TRUE(v["hostPath"]) << where << ": " << arg
+                                     << " is not in the node's own certificate directory";
+          EXPECT_EQ(v["hostPath"]["type"].as<std::string>(""), "Directory") << where;
+        } else if (absl::StartsWith(name, "tls-") && !mp.empty()) {
           const YAML::Node& v = volumes[mounts[mp]];
           ASSERT_TRUE(v["secret"]) << where << ": " << arg << " is not in a Secret volume";
           std::set<std::string> keys = {"tls.crt", "tls.key", "ca.crt"};
