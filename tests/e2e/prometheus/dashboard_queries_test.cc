@@ -31,6 +31,7 @@
 #include "tests/util/broker_process.h"
 #include "tests/util/child_process.h"
 #include "tests/util/http.h"
+#include "tests/util/prometheus_process.h"
 #include "tests/util/wait.h"
 
 namespace {
@@ -41,9 +42,10 @@ using ::membroker::testing::BrokerPorts;
 using ::membroker::testing::ChildProcess;
 using ::membroker::testing::HttpGet;
 using ::membroker::testing::HttpReply;
-using ::membroker::testing::PickFreeLoopbackPort;
+using ::membroker::testing::FindPrometheus;
 using ::membroker::testing::RunToCompletion;
 using ::membroker::testing::StartBroker;
+using ::membroker::testing::StartPrometheus;
 using ::membroker::testing::UrlEncode;
 
 const fs::path kDeploy = fs::path(MB_SOURCE_DIR) / "deploy";
@@ -56,18 +58,6 @@ std::string ReadFile(const fs::path& path) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();
-}
-
-// The prometheus binary on PATH, or "".
-std::string FindPrometheus() {
-  const char* path = std::getenv("PATH");
-  std::stringstream dirs(path != nullptr ? path : "/usr/bin:/bin");
-  std::string dir;
-  while (std::getline(dirs, dir, ':')) {
-    const std::string candidate = dir + "/prometheus";
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
-  return "";
 }
 
 // One query of a dashboard: where it comes from and its PromQL.
@@ -227,22 +217,10 @@ TEST_F(DashboardQueriesTest, EveryPanelQueryReturnsDataFromASimulatedCluster) {
            << agent_jobs;
   }
   ChildProcess prom;
-  int prom_port = -1;
-  for (int attempt = 0; attempt < 5 && prom_port < 0; ++attempt) {
-    const int port = PickFreeLoopbackPort();
-    ASSERT_GT(port, 0);
-    ASSERT_TRUE(prom.Start({prometheus, "--config.file=" + dir_ + "/prometheus.yml",
-                            "--storage.tsdb.path=" + dir_ + "/tsdb",
-                            absl::StrCat("--web.listen-address=127.0.0.1:", port)},
-                           absl::StrCat(dir_, "/prometheus.", attempt, ".log"))
-                    .ok());
-    if (prom.WaitForLog("Server is ready to receive web requests", absl::Seconds(15)).ok()) {
-      prom_port = port;
-    } else {
-      prom.Stop();
-    }
-  }
-  ASSERT_GT(prom_port, 0) << "prometheus did not start";
+  const absl::StatusOr<int> started =
+      StartPrometheus(prom, prometheus, dir_ + "/prometheus.yml", dir_);
+  ASSERT_TRUE(started.ok()) << started.status();
+  const int prom_port = *started;
 
   // An operator's call, so that the admin request panels have data.
   std::string ctl_output;
