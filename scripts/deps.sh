@@ -13,6 +13,7 @@ BUILD_PKGS=(
 )
 TEST_PKGS=(
   qemu-system-x86 busybox-static cpio prometheus curl
+  clang libclang-rt-14-dev
 )
 
 want=("${BUILD_PKGS[@]}")
