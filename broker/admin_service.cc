@@ -35,8 +35,11 @@ class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
  public:
   static constexpr size_t kMaxQueued = 1024;
 
-  DecisionWriter(Fleet* fleet, const std::string& host)
+  // `limiter` admitted the stream from `peer`; released when it ends.
+  DecisionWriter(Fleet* fleet, const std::string& host, StreamLimiter* limiter, std::string peer)
       : fleet_(fleet),
+        limiter_(limiter),
+        peer_(std::move(peer)),
         writer_({[this](const v1::Decision* d) { StartWrite(d); },
                  [this](const grpc::Status& s) { Finish(s); }, nullptr},
                 kMaxQueued) {
@@ -50,11 +53,14 @@ class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
   void OnCancel() override { writer_.FinishOnce(grpc::Status::CANCELLED); }
   void OnDone() override {
     fleet_->Unwatch(id_);
+    limiter_->Release(peer_);
     delete this;
   }
 
  private:
   Fleet* const fleet_;
+  StreamLimiter* const limiter_;
+  const std::string peer_;
   QueuedStreamWriter<v1::Decision> writer_;
   uint64_t id_ = 0;
 };
@@ -162,9 +168,19 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetPlan(grpc::CallbackServerContext*
 }
 
 grpc::ServerWriteReactor<v1::Decision>* AdminServiceImpl::WatchDecisions(
-    grpc::CallbackServerContext*, const v1::WatchDecisionsRequest* req) {
+    grpc::CallbackServerContext* ctx, const v1::WatchDecisionsRequest* req) {
+  if (absl::Status admitted = watch_limiter_.Acquire(ctx->peer()); !admitted.ok()) {
+    metrics_->AdminRequest("WatchDecisions", CodeName(admitted.code()));
+    // A reactor that ends the call at once.
+    class Refused final : public grpc::ServerWriteReactor<v1::Decision> {
+     public:
+      explicit Refused(const grpc::Status& s) { Finish(s); }
+      void OnDone() override { delete this; }
+    };
+    return new Refused(ToGrpcStatus(admitted));
+  }
   metrics_->AdminRequest("WatchDecisions", "OK");
-  return new DecisionWriter(fleet_, req->host_id());
+  return new DecisionWriter(fleet_, req->host_id(), &watch_limiter_, ctx->peer());
 }
 
 }  // namespace membroker::broker

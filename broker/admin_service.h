@@ -4,13 +4,18 @@
 
 #include "broker/fleet.h"
 #include "broker/metrics.h"
+#include "broker/server_limits.h"
 #include "membroker/v1/admin.grpc.pb.h"
 
 namespace membroker::broker {
 
 class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
-  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics) : fleet_(fleet), metrics_(metrics) {}
+  // `limits` caps the open WatchDecisions streams (in total and per peer).
+  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, const ServerLimits& limits = {})
+      : fleet_(fleet),
+        metrics_(metrics),
+        watch_limiter_("watch", limits.max_watch_streams, limits.max_streams_per_peer, metrics) {}
 
   grpc::ServerUnaryReactor* ListHosts(grpc::CallbackServerContext* ctx,
                                       const v1::ListHostsRequest* req,
@@ -53,6 +58,7 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
                                  const absl::Status& status);
   Fleet* const fleet_;
   BrokerMetrics* const metrics_;
+  StreamLimiter watch_limiter_;
 };
 
 }  // namespace membroker::broker

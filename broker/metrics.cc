@@ -124,4 +124,19 @@ BrokerMetrics::HostSeries BrokerMetrics::AddHost(const std::string& host) {
   return series;
 }
 
+void BrokerMetrics::RemoveHost(const std::string& host) {
+  absl::MutexLock lock(&mu_);
+  const std::map<std::string, std::string> labels{{"host", host}};
+  for (auto* family : {&host_capacity_, &host_target_, &host_overcommitted_, &host_pressure_}) {
+    if (family->Has(labels)) family->Remove(&family->Add(labels));
+  }
+  for (auto* family : {&reports_received_, &targets_pushed_, &host_overcommit_episodes_}) {
+    if (family->Has(labels)) family->Remove(&family->Add(labels));
+  }
+  for (const char* kind : {"margin", "default_floor"}) {
+    const std::map<std::string, std::string> l{{"host", host}, {"kind", kind}};
+    if (host_sacrifices_.Has(l)) host_sacrifices_.Remove(&host_sacrifices_.Add(l));
+  }
+}
+
 }  // namespace membroker::broker

@@ -39,7 +39,7 @@ class BrokerMetrics {
   VmGauges AddVm(const std::string& host, const std::string& vm);
   void RemoveVm(const std::string& host, const std::string& vm);
 
-  // One host's series, created once per host (never removed).
+  // One host's series, created once per host (removed when it expires).
   struct HostSeries {
     prometheus::Gauge* capacity = nullptr;
     prometheus::Gauge* target = nullptr;
@@ -52,6 +52,9 @@ class BrokerMetrics {
     prometheus::Counter* floors_yielded = nullptr;  // sacrifice b
   };
   HostSeries AddHost(const std::string& host);
+  // Removes a host's series (an expired host); its HostSeries pointers
+  // become invalid.
+  void RemoveHost(const std::string& host);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

@@ -13,6 +13,7 @@
 #include "broker/agent_service.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
+#include "broker/server_limits.h"
 #include "broker/store.h"
 #include "common/clock.h"
 #include "common/metrics_server.h"
@@ -27,6 +28,7 @@ struct BrokerOptions {
   std::string state_dir;
   v1::ClusterPolicy cluster_policy;  // initial, set fields only
   v1::SafetyParams safety;           // unset fields get defaults
+  ServerLimits limits;               // resource bounds (server_limits.h)
 };
 
 // Checks options: addresses, state dir, policy. INVALID_ARGUMENT naming the
@@ -59,6 +61,7 @@ class Broker {
   std::unique_ptr<AgentServiceImpl> agent_service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<HostExpiry> host_expiry_;
   int grpc_port_ = 0;
 };
 
