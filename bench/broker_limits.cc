@@ -10,6 +10,9 @@
 //   build/bench/broker_limits [--streams=1000] [--watchers=200] [--vms=10]
 //                             [--seconds=20]
 
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -20,9 +23,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -70,8 +70,9 @@ class Channels {
 struct AgentStream {
   std::unique_ptr<grpc::ClientContext> ctx;
   std::unique_ptr<membroker::v1::AgentService::Stub> stub;
-  std::unique_ptr<grpc::ClientReaderWriter<membroker::v1::AgentMessage,
-                                           membroker::v1::BrokerMessage>> rw;
+  std::unique_ptr<
+      grpc::ClientReaderWriter<membroker::v1::AgentMessage, membroker::v1::BrokerMessage>>
+      rw;
   bool alive = true;
 };
 
@@ -214,10 +215,10 @@ int main(int argc, char** argv) {
     const absl::Duration left = absl::Seconds(1) - (absl::Now() - round_start);
     if (left > absl::ZeroDuration()) std::this_thread::sleep_for(absl::ToChronoMicroseconds(left));
     if (s % 5 == 0 || s == seconds) {
-      std::printf("%-58s %6.1f MiB\n",
-                  absl::StrCat("C: + ", w, " watchers that never read, ", s, " rounds of reports")
-                      .c_str(),
-                  RssMiB(pid));
+      std::printf(
+          "%-58s %6.1f MiB\n",
+          absl::StrCat("C: + ", w, " watchers that never read, ", s, " rounds of reports").c_str(),
+          RssMiB(pid));
     }
   }
   for (auto& x : watchers) x.ctx->TryCancel();

@@ -1,14 +1,14 @@
 #include "broker/agent_service.h"
 
-#include <chrono>
-#include <memory>
-#include <mutex>
-
 #include <google/protobuf/stubs/logging.h>
 #include <grpcpp/alarm.h>
 #include <grpcpp/support/proto_buffer_reader.h>
 #include <grpcpp/support/proto_buffer_writer.h>
 #include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <memory>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "broker/stream_writer.h"
@@ -78,10 +78,10 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     if (!status.ok()) {
       uint64_t suppressed = 0;
       if (log_->Allow("agent_stream", &suppressed)) {
-        spdlog::warn("agent stream from {}{}{}: {}{}", Truncate(peer_),
-                     host_id_.empty() ? "" : " of host ", host_id_, Truncate(status.message(), 200),
-                     suppressed ? absl::StrCat(" (", suppressed, " similar lines suppressed)")
-                                : "");
+        spdlog::warn(
+            "agent stream from {}{}{}: {}{}", Truncate(peer_), host_id_.empty() ? "" : " of host ",
+            host_id_, Truncate(status.message(), 200),
+            suppressed ? absl::StrCat(" (", suppressed, " similar lines suppressed)") : "");
       }
       writer_.FinishOnce(ToGrpcStatus(status));
       return;
@@ -162,10 +162,10 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
         hello_seen_ = true;
       }
       v1::Welcome welcome;
-      ASSIGN_OR_RETURN(conn_, fleet_->Connect(
-                                  msg.hello(),
-                                  [this](const v1::BrokerMessage& m) { writer_.Enqueue(m); },
-                                  &welcome));
+      ASSIGN_OR_RETURN(
+          conn_,
+          fleet_->Connect(
+              msg.hello(), [this](const v1::BrokerMessage& m) { writer_.Enqueue(m); }, &welcome));
       host_id_ = msg.hello().host_id();
       v1::BrokerMessage out;
       *out.mutable_welcome() = welcome;

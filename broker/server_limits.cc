@@ -1,10 +1,10 @@
 #include "broker/server_limits.h"
 
+#include <grpcpp/resource_quota.h>
+
 #include <algorithm>
 #include <limits>
 #include <utility>
-
-#include <grpcpp/resource_quota.h>
 
 #include "absl/strings/str_cat.h"
 #include "broker/report.h"
@@ -79,8 +79,8 @@ size_t AckBytes(int errors) {
 }
 
 int Millis(absl::Duration d) {
-  return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(d),
-                                            std::numeric_limits<int>::max()));
+  return static_cast<int>(
+      std::min<int64_t>(absl::ToInt64Milliseconds(d), std::numeric_limits<int>::max()));
 }
 
 }  // namespace
@@ -143,13 +143,17 @@ absl::Status MergeLimitsConfig(const v1::BrokerLimits& c, ServerLimits* l) {
     return absl::OkStatus();
   };
   if (c.has_max_agent_streams()) {
-    if (auto s = count("max_agent_streams", c.max_agent_streams(), &l->max_agent_streams); !s.ok()) return s;
+    if (auto s = count("max_agent_streams", c.max_agent_streams(), &l->max_agent_streams); !s.ok())
+      return s;
   }
   if (c.has_max_watch_streams()) {
-    if (auto s = count("max_watch_streams", c.max_watch_streams(), &l->max_watch_streams); !s.ok()) return s;
+    if (auto s = count("max_watch_streams", c.max_watch_streams(), &l->max_watch_streams); !s.ok())
+      return s;
   }
   if (c.has_max_streams_per_peer()) {
-    if (auto s = count("max_streams_per_peer", c.max_streams_per_peer(), &l->max_streams_per_peer); !s.ok()) return s;
+    if (auto s = count("max_streams_per_peer", c.max_streams_per_peer(), &l->max_streams_per_peer);
+        !s.ok())
+      return s;
   }
   if (c.has_hello_timeout()) {
     if (auto s = duration("hello_timeout", c.hello_timeout(), &l->hello_timeout); !s.ok()) return s;
@@ -187,7 +191,9 @@ std::string PeerAddress(const std::string& peer) {
 
 StreamLimiter::StreamLimiter(std::string kind, int max_total, int max_per_peer,
                              BrokerMetrics* metrics)
-    : kind_(std::move(kind)), max_total_(max_total), max_per_peer_(max_per_peer),
+    : kind_(std::move(kind)),
+      max_total_(max_total),
+      max_per_peer_(max_per_peer),
       metrics_(metrics) {}
 
 absl::Status StreamLimiter::Acquire(const std::string& peer) {

@@ -13,13 +13,13 @@
 //     peer address (StreamLimiter), and a deadline for an agent stream's
 //     Hello (AgentServiceImpl).
 
+#include <grpcpp/server_builder.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
 #include <thread>
-
-#include <grpcpp/server_builder.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"

@@ -14,14 +14,14 @@
 #include "absl/strings/string_view.h"
 
 // Aborts with the failed condition and a message when `cond` is false.
-#define FUZZ_CHECK(cond, ...)                                              \
-  do {                                                                     \
-    if (!(cond)) {                                                         \
+#define FUZZ_CHECK(cond, ...)                                                           \
+  do {                                                                                  \
+    if (!(cond)) {                                                                      \
       std::fprintf(stderr, "%s:%d: invariant broken: %s: ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                                   \
-      std::fprintf(stderr, "\n");                                          \
-      std::abort();                                                        \
-    }                                                                      \
+      std::fprintf(stderr, __VA_ARGS__);                                                \
+      std::fprintf(stderr, "\n");                                                       \
+      std::abort();                                                                     \
+    }                                                                                   \
   } while (0)
 
 namespace membroker::fuzz {
@@ -44,7 +44,9 @@ class FuzzInput {
   bool Bool() { return Range(0, 1) == 1; }
 
   // A double in [lo, hi] in 1/1000 steps of the span.
-  double Real(double lo, double hi) { return lo + (hi - lo) * static_cast<double>(Range(0, 1000)) / 1000.0; }
+  double Real(double lo, double hi) {
+    return lo + (hi - lo) * static_cast<double>(Range(0, 1000)) / 1000.0;
+  }
 
   // A string of up to `max_size` bytes: a length byte, then the bytes.
   std::string String(size_t max_size) {

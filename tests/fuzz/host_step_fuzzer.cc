@@ -13,6 +13,8 @@
 //   - the same input gives the same output.
 // DecideHost is also called directly on arbitrary inputs.
 
+#include <google/protobuf/stubs/logging.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <map>
@@ -21,8 +23,6 @@
 #include "broker/policy/allocator.h"
 #include "broker/policy/host_step.h"
 #include "broker/policy_config.h"
-#include <google/protobuf/stubs/logging.h>
-
 #include "tests/fuzz/fuzz_input.h"
 
 namespace membroker::fuzz {

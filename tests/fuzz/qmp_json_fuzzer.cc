@@ -6,17 +6,16 @@
 // statistics reader and every key through QmpUint, whose result is an
 // exact integer below 2^53. Nothing may crash.
 
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/stubs/logging.h>
+#include <google/protobuf/util/message_differencer.h>
+
 #include <cstdint>
 #include <string>
-
-#include <google/protobuf/struct.pb.h>
-#include <google/protobuf/util/message_differencer.h>
 
 #include "absl/status/statusor.h"
 #include "node-agent/hypervisor/qmp_client.h"
 #include "node-agent/hypervisor/qmp_hypervisor.h"
-#include <google/protobuf/stubs/logging.h>
-
 #include "tests/fuzz/fuzz_input.h"
 
 namespace {

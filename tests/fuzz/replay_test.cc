@@ -5,14 +5,14 @@
 // fuzzer stay regression tests without clang. A broken invariant aborts
 // the test (FUZZ_CHECK).
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 

@@ -8,6 +8,8 @@
 // VM (and one trust verdict) per reported VM; no decided target is above
 // the VM's max.
 
+#include <google/protobuf/stubs/logging.h>
+
 #include <cstdint>
 #include <set>
 #include <string>
@@ -18,8 +20,6 @@
 #include "broker/policy_config.h"
 #include "broker/report.h"
 #include "membroker/v1/agent.pb.h"
-#include <google/protobuf/stubs/logging.h>
-
 #include "tests/fuzz/fuzz_input.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

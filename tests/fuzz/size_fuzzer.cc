@@ -36,8 +36,9 @@ void FuzzSize(absl::string_view text) {
   FUZZ_CHECK(back.ok(), "FormatBytes(%llu) = \"%s\" does not parse back: %s",
              (unsigned long long)*v, shown.c_str(), std::string(back.status().message()).c_str());
   const double diff = std::fabs(static_cast<double>(*back) - static_cast<double>(*v));
-  FUZZ_CHECK(diff <= static_cast<double>(*v) * 0.005 + 1, "FormatBytes(%llu) = \"%s\" reads as %llu",
-             (unsigned long long)*v, shown.c_str(), (unsigned long long)*back);
+  FUZZ_CHECK(diff <= static_cast<double>(*v) * 0.005 + 1,
+             "FormatBytes(%llu) = \"%s\" reads as %llu", (unsigned long long)*v, shown.c_str(),
+             (unsigned long long)*back);
 }
 
 void FuzzDuration(absl::string_view text) {
@@ -77,9 +78,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const absl::string_view rest(reinterpret_cast<const char*>(data + 1), size - 1);
   switch (data[0] % 3) {
-    case 0: FuzzSize(rest); break;
-    case 1: FuzzDuration(rest); break;
-    default: FuzzArgs(rest); break;
+    case 0:
+      FuzzSize(rest);
+      break;
+    case 1:
+      FuzzDuration(rest);
+      break;
+    default:
+      FuzzArgs(rest);
+      break;
   }
   return 0;
 }

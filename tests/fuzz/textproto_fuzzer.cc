@@ -9,13 +9,14 @@
 // fails only with INVALID_ARGUMENT; what parses prints and parses back to
 // the same message.
 
-#include <cstdint>
-#include <memory>
-#include <string>
-
+#include <google/protobuf/stubs/logging.h>
 #include <google/protobuf/text_format.h>
 #include <google/protobuf/util/field_comparator.h>
 #include <google/protobuf/util/message_differencer.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
 
 #include "broker/policy_config.h"
 #include "common/textproto.h"
@@ -23,8 +24,6 @@
 #include "membroker/v1/scenario.pb.h"
 #include "sim/scenario.h"
 #include "sim/sim_host.h"
-#include <google/protobuf/stubs/logging.h>
-
 #include "tests/fuzz/fuzz_input.h"
 
 namespace {
@@ -54,10 +53,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const absl::string_view text(reinterpret_cast<const char*>(data + 1), size - 1);
   std::unique_ptr<google::protobuf::Message> message;
   switch (data[0] % 4) {
-    case 0: message = std::make_unique<v1::BrokerConfig>(); break;
-    case 1: message = std::make_unique<v1::AgentConfig>(); break;
-    case 2: message = std::make_unique<v1::SimConfig>(); break;
-    default: message = std::make_unique<v1::Scenario>(); break;
+    case 0:
+      message = std::make_unique<v1::BrokerConfig>();
+      break;
+    case 1:
+      message = std::make_unique<v1::AgentConfig>();
+      break;
+    case 2:
+      message = std::make_unique<v1::SimConfig>();
+      break;
+    default:
+      message = std::make_unique<v1::Scenario>();
+      break;
   }
   // A marker that must survive a failed parse.
   std::unique_ptr<google::protobuf::Message> before(message->New());
@@ -65,8 +72,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   absl::Status parsed = ParseTextProto(text, "fuzz.textproto", message.get());
   CheckCode(parsed, "ParseTextProto");
   if (!parsed.ok()) {
-    FUZZ_CHECK(SameMessage(*before, *message),
-               "a failed parse changed the message");
+    FUZZ_CHECK(SameMessage(*before, *message), "a failed parse changed the message");
     return 0;
   }
   std::string printed;
@@ -75,8 +81,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   absl::Status reparsed = ParseTextProto(printed, "printed", again.get());
   FUZZ_CHECK(reparsed.ok(), "our own output does not parse: %s",
              std::string(reparsed.message()).c_str());
-  FUZZ_CHECK(SameMessage(*message, *again),
-             "print/parse changed the message");
+  FUZZ_CHECK(SameMessage(*message, *again), "print/parse changed the message");
   if (auto* broker = dynamic_cast<v1::BrokerConfig*>(message.get())) {
     CheckCode(broker::ValidateClusterPolicy(broker->cluster_policy()), "ValidateClusterPolicy");
   } else if (auto* sim = dynamic_cast<v1::SimConfig*>(message.get())) {

@@ -22,6 +22,10 @@
 //     stale or repeated generation is refused is the actuator's own check,
 //     tested with the agent.)
 
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <gtest/gtest.h>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -31,10 +35,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
-#include <gtest/gtest.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -76,9 +76,8 @@ void WriteSim(const std::string& path, const std::string& prefix, int seed, int 
   f << "host_total_bytes: " << 16 * kGiB << "\nseed: " << seed
     << "\ntime_scale: 1\nballoon_rate_bytes_per_second: " << kGiB << "\n";
   auto vm = [&](const std::string& name, const std::string& workload) {
-    f << "vms { name: \"" << prefix << "-" << name << "\" max_bytes: " << 4 * kGiB
-      << " workload { " << workload << " } page_cache_bytes: " << 256 * kMiB
-      << " swap_bytes: " << kGiB << " }\n";
+    f << "vms { name: \"" << prefix << "-" << name << "\" max_bytes: " << 4 * kGiB << " workload { "
+      << workload << " } page_cache_bytes: " << 256 * kMiB << " swap_bytes: " << kGiB << " }\n";
   };
   vm("idle", absl::StrCat("constant { working_set_bytes: ", 256 * kMiB, " }"));
   vm("busy", absl::StrCat("constant { working_set_bytes: ", 1536 * kMiB, " }"));
@@ -240,8 +239,9 @@ class FaultsE2eTest : public ::testing::Test {
     if (!ListVms(&vms) || vms.vms_size() != vms_expected) return false;
     for (const auto& v : vms.vms()) {
       if (v.target_bytes() == 0) return false;
-      const uint64_t diff = v.actual_bytes() > v.target_bytes() ? v.actual_bytes() - v.target_bytes()
-                                                                : v.target_bytes() - v.actual_bytes();
+      const uint64_t diff = v.actual_bytes() > v.target_bytes()
+                                ? v.actual_bytes() - v.target_bytes()
+                                : v.target_bytes() - v.actual_bytes();
       if (diff > 16 * kMiB) return false;
     }
     return true;
@@ -259,8 +259,7 @@ class FaultsE2eTest : public ::testing::Test {
   double ReportsReceived(const std::string& host) {
     auto reply = membroker::testing::HttpGet(ports_.metrics, "/metrics");
     if (!reply.ok()) return -1;
-    const std::string key =
-        absl::StrCat("membroker_reports_received_total{host=\"", host, "\"} ");
+    const std::string key = absl::StrCat("membroker_reports_received_total{host=\"", host, "\"} ");
     const size_t at = reply->body.find(key);
     if (at == std::string::npos) return 0;
     double v = 0;
@@ -440,21 +439,22 @@ TEST_F(FaultsE2eTest, AgentKill9AndRestartReadoptsWithoutAJump) {
     g->set_state(st);
     FakeQmpServer* raw = g.get();
     // Fresh guest statistics on every read: 512 MiB used of what it has.
-    g->set_override([raw](const std::string& command, const google::protobuf::Struct& request)
-                        -> std::optional<std::vector<std::string>> {
-      if (command != "qom-get") return std::nullopt;
-      const auto& args = request.fields().at("arguments").struct_value().fields();
-      if (args.at("property").string_value() != "guest-stats") return std::nullopt;
-      const uint64_t actual = raw->state().actual;
-      return std::vector<std::string>{absl::StrCat(
-          R"({"return": {"stats": {"stat-swap-out": 0, "stat-available-memory": )",
-          actual - 512 * kMiB, R"(, "stat-free-memory": )", actual - 768 * kMiB,
-          R"(, "stat-minor-faults": 0, "stat-major-faults": 0, "stat-total-memory": )", actual,
-          R"(, "stat-swap-in": 0, "stat-disk-caches": 0, "stat-htlb-pgalloc": 0,)"
-          R"( "stat-htlb-pgfail": 0}, "last-update": )",
-          absl::ToUnixSeconds(absl::Now()), "}",
-          request.fields().count("id") ? R"(, "id": "$ID")" : "", "}")};
-    });
+    g->set_override(
+        [raw](const std::string& command,
+              const google::protobuf::Struct& request) -> std::optional<std::vector<std::string>> {
+          if (command != "qom-get") return std::nullopt;
+          const auto& args = request.fields().at("arguments").struct_value().fields();
+          if (args.at("property").string_value() != "guest-stats") return std::nullopt;
+          const uint64_t actual = raw->state().actual;
+          return std::vector<std::string>{absl::StrCat(
+              R"({"return": {"stats": {"stat-swap-out": 0, "stat-available-memory": )",
+              actual - 512 * kMiB, R"(, "stat-free-memory": )", actual - 768 * kMiB,
+              R"(, "stat-minor-faults": 0, "stat-major-faults": 0, "stat-total-memory": )", actual,
+              R"(, "stat-swap-in": 0, "stat-disk-caches": 0, "stat-htlb-pgalloc": 0,)"
+              R"( "stat-htlb-pgfail": 0}, "last-update": )",
+              absl::ToUnixSeconds(absl::Now()), "}",
+              request.fields().count("id") ? R"(, "id": "$ID")" : "", "}")};
+        });
     ASSERT_TRUE(g->Start());
     guests.push_back(std::move(g));
   }
@@ -462,8 +462,7 @@ TEST_F(FaultsE2eTest, AgentKill9AndRestartReadoptsWithoutAJump) {
     agents_.push_back(std::make_unique<ChildProcess>());
     EXPECT_TRUE(agents_.back()
                     ->Start({MB_AGENT_BIN, absl::StrCat("--broker=127.0.0.1:", proxy_->port()),
-                             "--host-id=qh", "--backend=qmp",
-                             "--qmp-socket=" + guests[0]->path(),
+                             "--host-id=qh", "--backend=qmp", "--qmp-socket=" + guests[0]->path(),
                              "--qmp-socket=" + guests[1]->path(), "--host-capacity-bytes=5GiB",
                              "--metrics-listen=127.0.0.1:0", "--insecure"},
                             (dir_ / absl::StrCat("qh", run, ".log")).string())
@@ -523,9 +522,10 @@ TEST_F(FaultsE2eTest, AgentKill9AndRestartReadoptsWithoutAJump) {
     prev_a = a;
     prev_b = b;
   }
-  std::printf("agent restart: guests at %.0f and %.0f MiB when the agent died, %.0f and %.0f MiB "
-              "after the re-adoption\n",
-              a0 / double(kMiB), b0 / double(kMiB), prev_a / double(kMiB), prev_b / double(kMiB));
+  std::printf(
+      "agent restart: guests at %.0f and %.0f MiB when the agent died, %.0f and %.0f MiB "
+      "after the re-adoption\n",
+      a0 / double(kMiB), b0 / double(kMiB), prev_a / double(kMiB), prev_b / double(kMiB));
 }
 
 TEST_F(FaultsE2eTest, ProxyDelaysDropsDuplicatesAndCuts) {
@@ -602,10 +602,11 @@ TEST_F(FaultsE2eTest, ProxyDelaysDropsDuplicatesAndCuts) {
   watch_ctx.TryCancel();
   watcher.join();
   ASSERT_TRUE(agree) << "agents and broker disagree after the link healed";
-  std::printf("proxy faults: %d connections, %d chunks dropped, %d duplicated; agents and broker "
-              "agree %.2f s after the link healed\n",
-              proxy_->accepted(), proxy_->dropped(), proxy_->duplicated(),
-              absl::ToDoubleSeconds(agreed_at - healed_at));
+  std::printf(
+      "proxy faults: %d connections, %d chunks dropped, %d duplicated; agents and broker "
+      "agree %.2f s after the link healed\n",
+      proxy_->accepted(), proxy_->dropped(), proxy_->duplicated(),
+      absl::ToDoubleSeconds(agreed_at - healed_at));
   EXPECT_GT(proxy_->accepted(), 2) << "the faults never broke a stream";
   // Whenever an agent lowered a VM's applied target, it stayed at or above
   // a target the broker decided for that VM (the agent steps toward the

@@ -5,6 +5,13 @@
 // naming the limit; stream caps (per peer, watchers) and the hello timeout
 // hold; disconnected hosts expire with their metric series.
 
+#include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/security/credentials.h>
+#include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <chrono>
 #include <filesystem>
 #include <memory>
@@ -12,13 +19,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <grpcpp/create_channel.h>
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/security/credentials.h>
-#include <gtest/gtest.h>
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
 
 #include "broker/report.h"
 #include "broker/server.h"
@@ -450,8 +450,7 @@ TEST_F(BrokerLimitsTest, DisconnectedHostsExpireWithTheirSeries) {
   }
   EXPECT_EQ(HostCount(), 1);
   EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_vm_target_bytes", {{"host", "h1"}}), -1);
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_host_capacity_bytes", {{"host", "h1"}}),
-            -1);
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_host_capacity_bytes", {{"host", "h1"}}), -1);
   EXPECT_GE(MetricValue(broker_->metrics(), "membroker_host_capacity_bytes", {{"host", "h2"}}), 0);
   // The host comes back as new.
   Stream again = Connected("h1");

@@ -2,9 +2,9 @@
 
 #include "common/units.h"
 
-#include <cmath>
-
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 namespace membroker {
 namespace {
