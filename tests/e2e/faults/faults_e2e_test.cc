@@ -524,8 +524,9 @@ TEST_F(FaultsE2eTest, AgentKill9AndRestartReadoptsWithoutAJump) {
   }
   std::printf(
       "agent restart: guests at %.0f and %.0f MiB when the agent died, %.0f and %.0f MiB "
-      "after the re-adoption\n",
-      a0 / double(kMiB), b0 / double(kMiB), prev_a / double(kMiB), prev_b / double(kMiB));
+      "three reclaim steps after the re-adoption\n",
+      a0 / double(kMiB), b0 / double(kMiB), guests[0]->state().actual / double(kMiB),
+      guests[1]->state().actual / double(kMiB));
 }
 
 TEST_F(FaultsE2eTest, ProxyDelaysDropsDuplicatesAndCuts) {
