@@ -38,8 +38,11 @@ class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
  public:
   static constexpr size_t kMaxQueued = 1024;
 
-  DecisionWriter(Fleet* fleet, const std::string& host)
+  // `limiter` admitted the stream from `peer`; released when it ends.
+  DecisionWriter(Fleet* fleet, const std::string& host, StreamLimiter* limiter, std::string peer)
       : fleet_(fleet),
+        limiter_(limiter),
+        peer_(std::move(peer)),
         writer_({[this](const v1::Decision* d) { StartWrite(d); },
                  [this](const grpc::Status& s) { Finish(s); }, nullptr},
                 kMaxQueued) {
@@ -53,11 +56,14 @@ class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
   void OnCancel() override { writer_.FinishOnce(grpc::Status::CANCELLED); }
   void OnDone() override {
     fleet_->Unwatch(id_);
+    limiter_->Release(peer_);
     delete this;
   }
 
  private:
   Fleet* const fleet_;
+  StreamLimiter* const limiter_;
+  const std::string peer_;
   QueuedStreamWriter<v1::Decision> writer_;
   uint64_t id_ = 0;
 };
@@ -226,8 +232,12 @@ grpc::ServerWriteReactor<v1::Decision>* AdminServiceImpl::WatchDecisions(
     metrics_->AdminRequest("WatchDecisions", CodeName(denied.code()));
     return new RefusedWatch(ToGrpcStatus(denied));
   }
+  if (absl::Status admitted = watch_limiter_.Acquire(ctx->peer()); !admitted.ok()) {
+    metrics_->AdminRequest("WatchDecisions", CodeName(admitted.code()));
+    return new RefusedWatch(ToGrpcStatus(admitted));
+  }
   metrics_->AdminRequest("WatchDecisions", "OK");
-  return new DecisionWriter(fleet_, req->host_id());
+  return new DecisionWriter(fleet_, req->host_id(), &watch_limiter_, ctx->peer());
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::ListAuditEntries(grpc::CallbackServerContext* ctx,

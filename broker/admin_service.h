@@ -7,15 +7,22 @@
 #include "broker/authz.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
+#include "broker/server_limits.h"
 #include "membroker/v1/admin.grpc.pb.h"
 
 namespace membroker::broker {
 
 class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
-  // None owned; all must outlive the service.
-  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer)
-      : fleet_(fleet), metrics_(metrics), store_(store), authorizer_(authorizer) {}
+  // None owned; all must outlive the service. `limits` caps the open
+  // WatchDecisions streams (in total and per peer).
+  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer,
+                   const ServerLimits& limits = {})
+      : fleet_(fleet),
+        metrics_(metrics),
+        store_(store),
+        authorizer_(authorizer),
+        watch_limiter_("watch", limits.max_watch_streams, limits.max_streams_per_peer, metrics) {}
 
   grpc::ServerUnaryReactor* ListHosts(grpc::CallbackServerContext* ctx,
                                       const v1::ListHostsRequest* req,
@@ -66,6 +73,7 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   BrokerMetrics* const metrics_;
   Store* const store_;
   const Authorizer* const authorizer_;
+  StreamLimiter watch_limiter_;
 };
 
 }  // namespace membroker::broker

@@ -60,21 +60,24 @@ absl::StatusOr<uint64_t> Fleet::Connect(const v1::Hello& hello, BrokerMessageSin
   RETURN_IF_ERROR(ValidateHello(hello));
   std::shared_ptr<HostState> host;
   uint64_t conn;
-  {
-    absl::MutexLock lock(&hosts_mu_);
-    auto& slot = hosts_[hello.host_id()];
-    if (!slot) {
-      slot = std::make_shared<HostState>();
-      slot->host_id = hello.host_id();
-      slot->series = metrics_->AddHost(hello.host_id());
-    }
-    host = slot;
-    conn = next_conn_++;
-  }
   std::shared_ptr<const PolicySnapshot> policies = policies_.Snapshot();
-  bool was_connected;
-  {
+  bool was_connected = false;
+  // Twice at most: a host expired between the lookup and its lock is
+  // replaced by a new one on the second pass.
+  for (int pass = 0;; ++pass) {
+    {
+      absl::MutexLock lock(&hosts_mu_);
+      auto& slot = hosts_[hello.host_id()];
+      if (!slot || slot->expired.load()) {
+        slot = std::make_shared<HostState>();
+        slot->host_id = hello.host_id();
+        slot->series = metrics_->AddHost(hello.host_id());
+      }
+      host = slot;
+      conn = next_conn_++;
+    }
     absl::MutexLock lock(&host->mu);
+    if (host->expired.load() && pass == 0) continue;
     was_connected = host->connected;
     if (was_connected) {
       spdlog::warn("host {}: a new stream replaces the open one", hello.host_id());
@@ -88,6 +91,7 @@ absl::StatusOr<uint64_t> Fleet::Connect(const v1::Hello& hello, BrokerMessageSin
     // Targets of the previous connection are forgotten: the agent reports
     // what it has, and the first decision starts from there.
     policy::ForgetDecisions(host->step);
+    break;
   }
   if (!was_connected) {
     absl::MutexLock lock(&hosts_mu_);
@@ -109,6 +113,7 @@ void Fleet::Disconnect(const std::string& host_id, uint64_t conn) {
     absl::MutexLock lock(&host->mu);
     if (host->conn != conn || !host->connected) return;
     host->connected = false;
+    host->disconnected_at = clock_->MonotonicNow();
     host->sink = nullptr;
   }
   {
@@ -287,15 +292,56 @@ absl::Status Fleet::Ack(const std::string& host_id, uint64_t conn, const v1::Tar
   if (!host) return absl::FailedPreconditionError("ack before hello");
   absl::MutexLock lock(&host->mu);
   if (host->conn != conn) return absl::FailedPreconditionError("stream replaced");
+  if (absl::Status valid = ValidateAck(ack); !valid.ok()) {
+    metrics_->ReportRejected("invalid_ack");
+    return valid;
+  }
   if (ack.generation() > host->generation) {
     return absl::InvalidArgumentError(absl::StrCat("ack.generation: ", ack.generation(),
                                                    " was never sent (last ", host->generation, ")"));
   }
   host->acked_generation = std::max(host->acked_generation, ack.generation());
-  for (const auto& [vm, err] : ack.errors()) {
-    spdlog::warn("host {}: target for VM {} not applied: {}", host_id, vm, err.substr(0, 200));
+  if (ack.errors_size() > 0) {
+    // One line per ack, naming a few VMs; at most a burst per host.
+    uint64_t suppressed = 0;
+    if (log_limiter_.Allow(absl::StrCat("ack/", host_id), &suppressed)) {
+      std::vector<std::pair<std::string, std::string>> errors(ack.errors().begin(),
+                                                              ack.errors().end());
+      std::sort(errors.begin(), errors.end());
+      spdlog::warn("host {}: generation {}: {} target(s) not applied: {}{}", host_id,
+                   ack.generation(), errors.size(), SummarizeItems(errors),
+                   suppressed ? absl::StrCat(" (", suppressed, " similar lines suppressed)") : "");
+    }
   }
   return absl::OkStatus();
+}
+
+size_t Fleet::ExpireHosts(absl::Duration after) {
+  const absl::Time now = clock_->MonotonicNow();
+  size_t expired = 0;
+  for (const std::shared_ptr<HostState>& host : AllHosts()) {
+    std::vector<std::string> vm_series;
+    {
+      absl::MutexLock lock(&host->mu);
+      // conn == 0: created by a Connect that has not finished yet.
+      if (host->connected || host->conn == 0 || host->expired.load() ||
+          now - host->disconnected_at < after) {
+        continue;
+      }
+      host->expired.store(true);
+      for (const auto& [id, vm] : host->vms) vm_series.push_back(vm.metric_name);
+    }
+    absl::MutexLock lock(&hosts_mu_);
+    auto it = hosts_.find(host->host_id);
+    if (it == hosts_.end() || it->second != host) continue;  // replaced meanwhile
+    hosts_.erase(it);
+    for (const std::string& name : vm_series) metrics_->RemoveVm(host->host_id, name);
+    metrics_->RemoveHost(host->host_id);
+    ++expired;
+    spdlog::info("host {}: forgotten after {} disconnected", host->host_id,
+                 absl::FormatDuration(after));
+  }
+  return expired;
 }
 
 void Fleet::Redecide(const std::shared_ptr<HostState>& host) {

@@ -14,6 +14,7 @@
 // mutex may be held while taking watch_mu_ (to publish a decision). The
 // policy registry has its own locks, never held across a call into Fleet.
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -32,6 +33,7 @@
 #include "broker/report.h"
 #include "broker/store.h"
 #include "common/clock.h"
+#include "common/log_limit.h"
 #include "membroker/v1/admin.pb.h"
 #include "membroker/v1/agent.pb.h"
 
@@ -67,8 +69,13 @@ class Fleet {
   // report (state unchanged); a report whose sequence is not above the last
   // one is ignored (OK).
   absl::Status Report(const std::string& host_id, uint64_t conn, const v1::HostReport& report);
-  // Records that the agent applied a generation.
+  // Records that the agent applied a generation. INVALID_ARGUMENT for an
+  // oversized ack or a generation never sent. The VMs it failed to apply
+  // are logged in one summarising line, rate-limited per host.
   absl::Status Ack(const std::string& host_id, uint64_t conn, const v1::TargetAck& ack);
+  // Forgets hosts whose agent has been disconnected for `after` or longer,
+  // with their metric series (their VMs' policies stay). Returns how many.
+  size_t ExpireHosts(absl::Duration after);
 
   // --- Admin ---
 
@@ -109,6 +116,11 @@ class Fleet {
     std::string host_id;
     BrokerMetrics::HostSeries series;  // set once at creation
     bool connected ABSL_GUARDED_BY(mu) = false;
+    // When the last stream ended (monotonic).
+    absl::Time disconnected_at ABSL_GUARDED_BY(mu) = absl::InfinitePast();
+    // Set (under mu) by ExpireHosts before the host leaves hosts_; a Connect
+    // that finds it set starts over with a new HostState.
+    std::atomic<bool> expired{false};
     uint64_t conn ABSL_GUARDED_BY(mu) = 0;
     v1::Hello hello ABSL_GUARDED_BY(mu);
     v1::HostSample sample ABSL_GUARDED_BY(mu);
@@ -146,6 +158,9 @@ class Fleet {
   std::map<std::string, std::shared_ptr<HostState>> hosts_ ABSL_GUARDED_BY(hosts_mu_);
   uint64_t next_conn_ ABSL_GUARDED_BY(hosts_mu_) = 1;
   int connected_ ABSL_GUARDED_BY(hosts_mu_) = 0;
+
+  // Bounds what agents' messages make the broker log.
+  LogLimiter log_limiter_{clock_, 5, absl::Seconds(10)};
 
   mutable absl::Mutex watch_mu_;
   std::map<uint64_t, std::pair<std::string, DecisionSink>> watchers_ ABSL_GUARDED_BY(watch_mu_);

@@ -19,6 +19,7 @@
 #include "common/logging.h"
 #include "common/textproto.h"
 #include "common/tls.h"
+#include "common/units.h"
 
 ABSL_FLAG(std::string, listen, "", "gRPC address HOST:PORT (default 127.0.0.1:7070)");
 ABSL_FLAG(std::string, metrics_listen, "", "/metrics address HOST:PORT (default 127.0.0.1:9470)");
@@ -33,6 +34,11 @@ ABSL_FLAG(std::string, tls_ca, "",
 ABSL_FLAG(std::string, tls_reload_interval, "10s",
           "how often the TLS files are checked for changes (at least 1s)");
 ABSL_FLAG(std::string, log_level, "info", "trace|debug|info|warn|error|off");
+ABSL_FLAG(std::string, host_expiry, "",
+          "forget a host whose agent has been disconnected this long, e.g. 10m (default 10m)");
+ABSL_FLAG(int, max_agent_streams, 0, "open agent streams allowed in total (default 20000)");
+ABSL_FLAG(int, max_streams_per_peer, 0,
+          "open agent (or watch) streams allowed from one address (default 64)");
 
 namespace {
 
@@ -98,6 +104,20 @@ int main(int argc, char** argv) {
     options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   }
   if (!absl::GetFlag(FLAGS_state_dir).empty()) options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  if (auto s = membroker::broker::MergeLimitsConfig(config.limits(), &options.limits); !s.ok()) {
+    return Usage(absl::StrCat("--config: ", s.message()));
+  }
+  if (!absl::GetFlag(FLAGS_host_expiry).empty()) {
+    auto d = membroker::ParseDurationArg(absl::GetFlag(FLAGS_host_expiry));
+    if (!d.ok()) return Usage(absl::StrCat("--host-expiry: ", d.status().message()));
+    options.limits.host_expiry = *d;
+  }
+  if (absl::GetFlag(FLAGS_max_agent_streams) != 0) {
+    options.limits.max_agent_streams = absl::GetFlag(FLAGS_max_agent_streams);
+  }
+  if (absl::GetFlag(FLAGS_max_streams_per_peer) != 0) {
+    options.limits.max_streams_per_peer = absl::GetFlag(FLAGS_max_streams_per_peer);
+  }
   if (auto s = membroker::broker::ValidateBrokerOptions(options); !s.ok()) {
     return Usage(std::string(s.message()));
   }

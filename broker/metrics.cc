@@ -244,4 +244,28 @@ void BrokerMetrics::UpdateHost(HostSeries& series, const v1::HostSample& sample,
          &series.last_stall_full_seconds);
 }
 
+void BrokerMetrics::RemoveHost(const std::string& host) {
+  absl::MutexLock lock(&mu_);
+  const std::map<std::string, std::string> labels{{"host", host}};
+  for (auto* family : {&host_capacity_, &host_target_, &host_overcommitted_, &host_pressure_,
+                        &host_reclaimed_, &host_pressure_full_}) {
+    if (family->Has(labels)) family->Remove(&family->Add(labels));
+  }
+  for (auto* family : {&reports_received_, &targets_pushed_, &host_overcommit_episodes_}) {
+    if (family->Has(labels)) family->Remove(&family->Add(labels));
+  }
+  for (const char* kind : {"margin", "default_floor"}) {
+    const std::map<std::string, std::string> l{{"host", host}, {"kind", kind}};
+    if (host_sacrifices_.Has(l)) host_sacrifices_.Remove(&host_sacrifices_.Add(l));
+  }
+  for (const char* kind : {"some", "full"}) {
+    const std::map<std::string, std::string> l{{"host", host}, {"kind", kind}};
+    if (host_stall_.Has(l)) host_stall_.Remove(&host_stall_.Add(l));
+  }
+  for (const char* source : {"reported", "inferred"}) {
+    const std::map<std::string, std::string> l{{"host", host}, {"source", source}};
+    if (host_guest_oom_kills_.Has(l)) host_guest_oom_kills_.Remove(&host_guest_oom_kills_.Add(l));
+  }
+}
+
 }  // namespace membroker::broker

@@ -66,7 +66,7 @@ class BrokerMetrics {
   static void UpdateVm(VmGauges& gauges, const v1::VmSample& sample, uint64_t max_bytes,
                        int reason);
 
-  // One host's series, created once per host (never removed).
+  // One host's series, created once per host (removed when it expires).
   struct HostSeries {
     prometheus::Gauge* capacity = nullptr;
     prometheus::Gauge* target = nullptr;
@@ -94,6 +94,9 @@ class BrokerMetrics {
   // Call under the host's lock.
   static void UpdateHost(HostSeries& series, const v1::HostSample& sample,
                          uint64_t reclaimed_bytes);
+  // Removes a host's series (an expired host); its HostSeries pointers
+  // become invalid.
+  void RemoveHost(const std::string& host);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

@@ -12,11 +12,11 @@ namespace membroker::broker {
 namespace {
 
 constexpr uint64_t kMaxBytes = uint64_t{1} << 50;
-constexpr int kMaxVmsPerHost = 10000;
 
 absl::Status ValidateId(absl::string_view field, absl::string_view id) {
-  if (id.empty() || id.size() > 128) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": must be 1..128 characters"));
+  if (id.empty() || id.size() > kMaxVmIdChars) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": must be 1..", kMaxVmIdChars, " characters"));
   }
   for (char c : id) {
     if (!std::isprint(static_cast<unsigned char>(c)) || c == ' ') {
@@ -28,6 +28,21 @@ absl::Status ValidateId(absl::string_view field, absl::string_view id) {
 }
 
 }  // namespace
+
+absl::Status ValidateAck(const v1::TargetAck& ack) {
+  if (ack.errors_size() > kMaxAckErrors) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ack.errors: at most ", kMaxAckErrors, " entries (one per VM)"));
+  }
+  for (const auto& [vm, error] : ack.errors()) {
+    if (vm.size() > kMaxVmIdChars || error.size() > kMaxAckErrorChars) {
+      return absl::InvalidArgumentError(absl::StrCat("ack.errors: keys at most ", kMaxVmIdChars,
+                                                     " and values at most ", kMaxAckErrorChars,
+                                                     " characters"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 bool BalloonHealthy(v1::BalloonHealth h) {
   return h != v1::BALLOON_HEALTH_STUCK && h != v1::BALLOON_HEALTH_NO_DRIVER;
@@ -71,8 +86,17 @@ absl::Status ValidateReport(const v1::HostReport& report) {
       return absl::InvalidArgumentError(
           absl::StrCat(field, ".vm_id: duplicate id \"", vm.vm_id(), "\""));
     }
-    if (vm.name().size() > 256) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".name: at most 256 characters"));
+    if (vm.name().size() > kMaxVmNameChars) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".name: at most ", kMaxVmNameChars, " characters"));
+    }
+    if (vm.stats().untrusted_reason().size() > kMaxUntrustedReasonChars) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".stats.untrusted_reason: at most ", kMaxUntrustedReasonChars, " characters"));
+    }
+    if (vm.pressure_reasons_size() > kMaxPressureReasons) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".pressure_reasons: at most ", kMaxPressureReasons));
     }
     if (vm.max_bytes() == 0 || vm.max_bytes() > kMaxBytes) {
       return absl::InvalidArgumentError(absl::StrCat(field, ".max_bytes: must be in 1..", kMaxBytes));

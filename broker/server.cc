@@ -39,6 +39,7 @@ absl::Status ValidateBrokerOptions(const BrokerOptions& o) {
       return absl::InvalidArgumentError("--tls-reload-interval: must be at least 1s");
     }
   }
+  RETURN_IF_ERROR(ValidateServerLimits(o.limits));
   const auto& safety = o.safety;
   for (const auto* d : {&safety.stuck_timeout(), &safety.fail_static_grace()}) {
     if (d->seconds() < 0 || d->nanos() < 0) {
@@ -71,10 +72,11 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
     b->authorizer_ = std::make_unique<Authorizer>(Authorizer::Insecure());
     credentials = grpc::InsecureServerCredentials();
   }
-  b->agent_service_ =
-      std::make_unique<AgentServiceImpl>(b->fleet_.get(), b->metrics_.get(), b->authorizer_.get());
-  b->admin_service_ = std::make_unique<AdminServiceImpl>(b->fleet_.get(), b->metrics_.get(),
-                                                         b->store_.get(), b->authorizer_.get());
+  b->agent_service_ = std::make_unique<AgentServiceImpl>(
+      b->fleet_.get(), b->metrics_.get(), b->authorizer_.get(), clock, options.limits);
+  b->admin_service_ =
+      std::make_unique<AdminServiceImpl>(b->fleet_.get(), b->metrics_.get(), b->store_.get(),
+                                         b->authorizer_.get(), options.limits);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -82,17 +84,13 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
   builder.AddListeningPort(options.listen, credentials, &b->grpc_port_);
   builder.RegisterService(b->agent_service_.get());
   builder.RegisterService(b->admin_service_.get());
-  // Notice dead agents: ping idle streams, allow the agents' own pings.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.SetMaxReceiveMessageSize(64 << 20);
+  ApplyServerLimits(options.limits, &builder);
   b->server_ = builder.BuildAndStart();
   if (!b->server_ || b->grpc_port_ == 0) {
     return absl::UnavailableError(absl::StrCat("--listen=", options.listen, ": cannot listen"));
   }
   b->server_->GetHealthCheckService()->SetServingStatus(true);
+  b->host_expiry_ = std::make_unique<HostExpiry>(b->fleet_.get(), clock, options.limits.host_expiry);
   spdlog::info("broker serving gRPC ({}) on port {} and /metrics on port {}",
                options.tls ? "mutual TLS" : "PLAINTEXT, --insecure", b->grpc_port_,
                b->metrics_server_->port());

@@ -15,6 +15,7 @@
 #include "broker/authz.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
+#include "broker/server_limits.h"
 #include "broker/store.h"
 #include "common/clock.h"
 #include "common/metrics_server.h"
@@ -37,6 +38,7 @@ struct BrokerOptions {
   absl::Duration tls_reload_interval = kDefaultTlsReloadInterval;
   // Roles of client certificates (with TLS only).
   v1::SecurityConfig security;
+  ServerLimits limits;               // resource bounds (server_limits.h)
 };
 
 // Checks options: addresses, state dir, policy. INVALID_ARGUMENT naming the
@@ -70,6 +72,7 @@ class Broker {
   std::unique_ptr<AgentServiceImpl> agent_service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<HostExpiry> host_expiry_;
   int grpc_port_ = 0;
 };
 

@@ -19,6 +19,7 @@ BUILD_PKGS=(
 TEST_PKGS=(
   qemu-system-x86 busybox-static cpio prometheus curl python3 systemd
   openssl python3-grpcio python3-protobuf
+  clang libclang-rt-14-dev
 )
 # podman as ENVIRONMENT.md describes it (runc, netavark with name DNS).
 CONTAINER_PKGS=(
