@@ -30,7 +30,8 @@ absl::Status ValidateId(absl::string_view field, absl::string_view id) {
 }  // namespace
 
 bool BalloonHealthy(v1::BalloonHealth h) {
-  return h != v1::BALLOON_HEALTH_STUCK && h != v1::BALLOON_HEALTH_NO_DRIVER;
+  return h != v1::BALLOON_HEALTH_STUCK && h != v1::BALLOON_HEALTH_NO_DRIVER &&
+         h != v1::BALLOON_HEALTH_EXCLUDED;
 }
 
 absl::Status ValidateHello(const v1::Hello& hello) {

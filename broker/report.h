@@ -23,7 +23,8 @@ absl::Status ValidateHello(const v1::Hello& hello);
 // flagged, not rejected. INVALID_ARGUMENT naming the field.
 absl::Status ValidateReport(const v1::HostReport& report);
 
-// Whether a balloon can move (not stuck, has a driver).
+// Whether the broker may reclaim through the balloon (not stuck, has a
+// driver, not excluded).
 bool BalloonHealthy(v1::BalloonHealth health);
 
 // Converts a validated report received at `now_seconds` (monotonic) into the

@@ -259,6 +259,10 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
     vm.name = name != nullptr ? name : uuid;
     vm.max_bytes = KibToBytes(info.maxMem).value_or(0);
     vm.actual_bytes = KibToBytes(info.memory).value_or(0);
+    vm.sizing.balloon = true;
+    vm.sizing.boot_bytes = vm.max_bytes;
+    vm.sizing.balloon_inflated_bytes =
+        vm.max_bytes > vm.actual_bytes ? vm.max_bytes - vm.actual_bytes : 0;
     if (!options_.pid_dir.empty() && name != nullptr &&
         std::string(name).find('/') == std::string::npos) {
       absl::StatusOr<int64_t> pid = ReadPidFile(absl::StrCat(options_.pid_dir, "/", name, ".pid"));
