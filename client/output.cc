@@ -259,6 +259,10 @@ std::string DescribeVm(const v1::Vm& vm) {
                      "/s"));
   d.Add("Major faults", absl::StrFormat("%.1f/s", vm.major_faults_per_second()));
   d.Add("Balloon health", HealthName(vm.health()));
+  if (!vm.health_reason().empty()) d.Add("Health reason", vm.health_reason());
+  d.Add("Sizing", absl::StrCat(vm.sizing_mechanism().empty() ? "balloon" : vm.sizing_mechanism(),
+                               " (virtio-mem plugged ", Bytes(vm.virtio_mem_plugged_bytes()),
+                               ", balloon holds ", Bytes(vm.balloon_inflated_bytes()), ")"));
   const v1::VmPolicy& p = vm.policy();
   d.Add("Policy", absl::StrCat("min=", OptBytes(p.has_min_bytes(), p.min_bytes()),
                                " max=", OptBytes(p.has_max_bytes(), p.max_bytes()),
