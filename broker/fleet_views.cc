@@ -206,9 +206,9 @@ absl::StatusOr<v1::Explanation> Fleet::ExplainVm(const std::string& vm) const {
     e.add_steps(std::move(step));
   }
   if (!sample.sizing_mechanism().empty()) {
-    e.add_steps(absl::StrCat("sizing (agent): ", sample.sizing_mechanism(),
-                             "; virtio-mem plugged ", sample.virtio_mem_plugged_bytes(),
-                             " B, balloon holds ", sample.balloon_inflated_bytes(), " B out"));
+    e.add_steps(absl::StrCat("sizing (agent): ", sample.sizing_mechanism(), "; virtio-mem plugged ",
+                             sample.virtio_mem_plugged_bytes(), " B, balloon holds ",
+                             sample.balloon_inflated_bytes(), " B out"));
   }
   return e;
 }

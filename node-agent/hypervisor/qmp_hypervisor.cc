@@ -631,8 +631,7 @@ absl::StatusOr<std::string> QmpHypervisor::FindExclusion(Vm& vm) {
       }
       if (absl::StartsWith(t->second.string_value(), "child<vfio")) {
         return absl::StrCat("PCI passthrough: VFIO device ", n->second.string_value(), " (",
-                            t->second.string_value().substr(6,
-                                t->second.string_value().size() - 7),
+                            t->second.string_value().substr(6, t->second.string_value().size() - 7),
                             ") pins guest memory");
       }
     }
@@ -652,21 +651,23 @@ absl::StatusOr<std::string> QmpHypervisor::FindExclusion(Vm& vm) {
         continue;
       }
       const std::string object = absl::StrCat("/objects/", id->second.string_value());
-      Struct hugetlb_args = Args({{"path", StringValue(object)}, {"property", StringValue("hugetlb")}});
+      Struct hugetlb_args =
+          Args({{"path", StringValue(object)}, {"property", StringValue("hugetlb")}});
       auto hugetlb = vm.client->Execute("qom-get", &hugetlb_args);
       if (!hugetlb.ok() && IsConnectionError(hugetlb.status())) return hugetlb.status();
       if (hugetlb.ok() && hugetlb->kind_case() == Value::kBoolValue && hugetlb->bool_value()) {
         return absl::StrCat("hugepage-backed memory: backend ", id->second.string_value(),
                             " has hugetlb=on");
       }
-      Struct path_args = Args({{"path", StringValue(object)}, {"property", StringValue("mem-path")}});
+      Struct path_args =
+          Args({{"path", StringValue(object)}, {"property", StringValue("mem-path")}});
       auto mem_path = vm.client->Execute("qom-get", &path_args);
       if (!mem_path.ok() && IsConnectionError(mem_path.status())) return mem_path.status();
       if (mem_path.ok() && mem_path->kind_case() == Value::kStringValue &&
           (absl::StrContains(mem_path->string_value(), "hugepages") ||
            absl::StrContains(mem_path->string_value(), "hugetlb"))) {
-        return absl::StrCat("hugepage-backed memory: backend ", id->second.string_value(),
-                            " maps ", mem_path->string_value());
+        return absl::StrCat("hugepage-backed memory: backend ", id->second.string_value(), " maps ",
+                            mem_path->string_value());
       }
     }
   }
@@ -716,9 +717,10 @@ absl::Status QmpHypervisor::RefreshVirtioMem(Vm& vm) {
       }
     }
     if (!found) {
-      spdlog::debug("qmp {}: virtio-mem device {} not in a valid query-memory-devices reply; "
-                    "keeping its last values",
-                    vm.path, vm.vmem.id);
+      spdlog::debug(
+          "qmp {}: virtio-mem device {} not in a valid query-memory-devices reply; "
+          "keeping its last values",
+          vm.path, vm.vmem.id);
     }
   }
   const absl::Time now = clock_->MonotonicNow();
@@ -737,9 +739,8 @@ absl::Status QmpHypervisor::RefreshVirtioMem(Vm& vm) {
   }
   vm.vmem_stalled = true;
   if (d.size > d.requested_size) {
-    vm.shortfall_reason =
-        absl::StrCat("virtio-mem unplug stalled at ", Mib(d.size), " plugged of ",
-                     Mib(d.requested_size), " requested (unmovable guest pages)");
+    vm.shortfall_reason = absl::StrCat("virtio-mem unplug stalled at ", Mib(d.size), " plugged of ",
+                                       Mib(d.requested_size), " requested (unmovable guest pages)");
     // Stop asking: what the device keeps is now the balloon's to take.
     Struct args = Args({{"path", StringValue(absl::StrCat("/machine/peripheral/", d.id))},
                         {"property", StringValue("requested-size")},
@@ -748,7 +749,8 @@ absl::Status QmpHypervisor::RefreshVirtioMem(Vm& vm) {
     if (!set.ok() && IsConnectionError(set.status())) return set.status();
     if (set.ok()) vm.vmem.requested_size = d.size;
     const uint64_t target = vm.target.value_or(vm.boot_bytes + d.size);
-    const uint64_t remainder = vm.boot_bytes + d.size > target ? vm.boot_bytes + d.size - target : 0;
+    const uint64_t remainder =
+        vm.boot_bytes + d.size > target ? vm.boot_bytes + d.size - target : 0;
     if (!vm.balloon_path.empty() && remainder > 0) {
       absl::StrAppend(&vm.shortfall_reason, "; the balloon takes the remaining ", Mib(remainder));
       RETURN_IF_ERROR(SetBalloonInflation(vm, remainder));
@@ -756,10 +758,9 @@ absl::Status QmpHypervisor::RefreshVirtioMem(Vm& vm) {
       absl::StrAppend(&vm.shortfall_reason, "; no balloon to take the remaining ", Mib(remainder));
     }
   } else {
-    vm.shortfall_reason =
-        absl::StrCat("virtio-mem plug stalled at ", Mib(d.size), " plugged of ",
-                     Mib(d.requested_size),
-                     " requested (virtio_mem driver missing or memory not onlined in the guest)");
+    vm.shortfall_reason = absl::StrCat(
+        "virtio-mem plug stalled at ", Mib(d.size), " plugged of ", Mib(d.requested_size),
+        " requested (virtio_mem driver missing or memory not onlined in the guest)");
   }
   spdlog::warn("qmp {}: VM {}: {}", vm.path, vm.name, vm.shortfall_reason);
   return absl::OkStatus();
@@ -919,9 +920,9 @@ absl::Status QmpHypervisor::SetBalloonTarget(const std::string& vm_id, uint64_t 
       if (!set.ok()) return fail(set);
     }
   } else if (target_bytes < vm->boot_bytes) {
-    vm->shortfall_reason = absl::StrCat("target ", Mib(target_bytes), " is below boot memory (",
-                                        Mib(vm->boot_bytes),
-                                        "): virtio-mem cannot go lower and there is no balloon");
+    vm->shortfall_reason =
+        absl::StrCat("target ", Mib(target_bytes), " is below boot memory (", Mib(vm->boot_bytes),
+                     "): virtio-mem cannot go lower and there is no balloon");
   }
   return absl::OkStatus();
 }

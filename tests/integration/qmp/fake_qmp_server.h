@@ -163,12 +163,12 @@ class FakeQmpServer {
     if (cmd == "query-memory-devices") {
       if (!s.memory_devices_json.empty()) return {Reply(id, s.memory_devices_json)};
       if (s.vmem_id.empty()) return {Reply(id, "[]")};
-      return {Reply(id, absl::StrCat("[{\"type\": \"virtio-mem\", \"data\": {\"id\": \"",
-                                     s.vmem_id, "\", \"memdev\": \"/objects/vmem0\", ",
-                                     "\"node\": 0, \"memaddr\": 4294967296, \"size\": ",
-                                     s.vmem_size, ", \"requested-size\": ", s.vmem_requested,
-                                     ", \"max-size\": ", s.vmem_max, ", \"block-size\": ",
-                                     s.vmem_block, "}}]"))};
+      return {
+          Reply(id, absl::StrCat("[{\"type\": \"virtio-mem\", \"data\": {\"id\": \"", s.vmem_id,
+                                 "\", \"memdev\": \"/objects/vmem0\", ",
+                                 "\"node\": 0, \"memaddr\": 4294967296, \"size\": ", s.vmem_size,
+                                 ", \"requested-size\": ", s.vmem_requested, ", \"max-size\": ",
+                                 s.vmem_max, ", \"block-size\": ", s.vmem_block, "}}]"))};
     }
     if (cmd == "query-memdev") {
       if (s.memdev_json.empty()) {
@@ -182,8 +182,8 @@ class FakeQmpServer {
       }
       if (!s.vmem_id.empty()) {
         const uint64_t ram = s.base_memory + s.vmem_size;
-        return {Reply(id, absl::StrCat("{\"actual\": ", ram > s.inflated ? ram - s.inflated : 0,
-                                       "}"))};
+        return {
+            Reply(id, absl::StrCat("{\"actual\": ", ram > s.inflated ? ram - s.inflated : 0, "}"))};
       }
       return {Reply(id, absl::StrCat("{\"actual\": ", s.actual, "}"))};
     }

@@ -254,12 +254,13 @@ TEST_F(QmpVirtioMemTest, SizeChangeEventsKeepTheSizeWhenPollingFails) {
   FakeQmpServer* server = AddServer(VmemGuest(0, /*balloon=*/false));
   auto hv = Make(server->path());
   const std::string id = ListOne(*hv).vm_id;
-  server->set_override([](const std::string& command, const google::protobuf::Struct&)
-                           -> std::optional<std::vector<std::string>> {
-    if (command != "query-memory-devices") return std::nullopt;
-    return std::vector<std::string>{
-        R"({"error": {"class": "GenericError", "desc": "busy"}, "id": "$ID"})"};
-  });
+  server->set_override(
+      [](const std::string& command,
+         const google::protobuf::Struct&) -> std::optional<std::vector<std::string>> {
+        if (command != "query-memory-devices") return std::nullopt;
+        return std::vector<std::string>{
+            R"({"error": {"class": "GenericError", "desc": "busy"}, "id": "$ID"})"};
+      });
   ASSERT_TRUE(hv->SetBalloonTarget(id, 768 * kMiB).ok());
   const VmStatus vm = ListOne(*hv);
   EXPECT_EQ(vm.sizing.virtio_mem_plugged_bytes, 256 * kMiB);
@@ -333,8 +334,7 @@ TEST(ParseQmpVirtioMemDevicesTest, KeepsValidEntriesAndSaysWhyOthersAreLeftOut) 
 
   google::protobuf::Value not_list;
   not_list.set_string_value("x");
-  EXPECT_EQ(ParseQmpVirtioMemDevices(not_list).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseQmpVirtioMemDevices(not_list).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 // --- VMs that must not be resized ---
@@ -415,7 +415,8 @@ TEST_F(QmpVirtioMemTest, LockedMemoryOfTheQemuProcessExcludesTheVm) {
   servers_.clear();
   {
     std::ofstream(pid_dir + "/status") << "Name:\tqemu-system-x86\nVmLck:\t       0 kB\n";
-    std::ofstream(pid_dir + "/cmdline") << NulJoined({"qemu-system-x86_64", "-overcommit", "mem-lock=on"});
+    std::ofstream(pid_dir + "/cmdline")
+        << NulJoined({"qemu-system-x86_64", "-overcommit", "mem-lock=on"});
     FakeQmpServer* server = AddServer(FakeVmState{});
     auto hv = Make(server->path(), proc);
     EXPECT_THAT(ListOne(*hv).sizing.excluded_reason, HasSubstr("mem-lock=on"));
