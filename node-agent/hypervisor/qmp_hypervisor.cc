@@ -244,8 +244,6 @@ struct QmpHypervisor::Vm {
   // The last target asked for, and what the balloon is to hold out of it.
   std::optional<uint64_t> target;
   uint64_t balloon_inflate = 0;
-  // virtio-mem's size when the balloon was last asked.
-  uint64_t balloon_synced_size = 0;
   // Why sizing falls short of the target, and why the VM is excluded.
   std::string shortfall_reason;
   std::string excluded_reason;
@@ -552,14 +550,17 @@ absl::StatusOr<VmStatus> QmpHypervisor::ReadVm(Vm& vm) {
   } else if (!vm.actual_bytes.has_value()) {
     return balloon.status();
   }
-  // QEMU counts virtio-mem's plugged memory in the balloon's actual.
-  status.actual_bytes = std::min(*vm.actual_bytes, vm.max_bytes);
   VmSizing& sizing = status.sizing;
   sizing.balloon = !vm.balloon_path.empty();
   sizing.boot_bytes = vm.boot_bytes;
-  const uint64_t ram_now = vm.boot_bytes + vm.vmem.size;
-  if (sizing.balloon && ram_now > status.actual_bytes) {
-    sizing.balloon_inflated_bytes = ram_now - status.actual_bytes;
+  if (sizing.balloon) {
+    // QEMU 7.2's balloon works against boot memory (-m and DIMMs) only: its
+    // actual leaves virtio-mem's plugged memory out.
+    const uint64_t balloon_actual = std::min(*vm.actual_bytes, vm.boot_bytes);
+    sizing.balloon_inflated_bytes = vm.boot_bytes - balloon_actual;
+    status.actual_bytes = std::min(balloon_actual + vm.vmem.size, vm.max_bytes);
+  } else {
+    status.actual_bytes = std::min(*vm.actual_bytes, vm.max_bytes);
   }
   if (!vm.vmem.id.empty()) {
     sizing.virtio_mem = true;
@@ -725,10 +726,6 @@ absl::Status QmpHypervisor::RefreshVirtioMem(Vm& vm) {
   }
   const absl::Time now = clock_->MonotonicNow();
   const VirtioMemDevice& d = vm.vmem;
-  if (d.size == d.requested_size && vm.balloon_inflate > 0 && !vm.balloon_path.empty() &&
-      vm.balloon_synced_size != d.size) {
-    RETURN_IF_ERROR(SetBalloonInflation(vm, vm.balloon_inflate));
-  }
   if (d.size == d.requested_size || d.size != vm.vmem_ref_size) {
     vm.vmem_ref_size = d.size;
     vm.vmem_ref_time = now;
@@ -768,21 +765,15 @@ absl::Status QmpHypervisor::RefreshVirtioMem(Vm& vm) {
 
 absl::Status QmpHypervisor::SetBalloonInflation(Vm& vm, uint64_t inflate_bytes) {
   if (vm.balloon_path.empty()) return absl::OkStatus();
-  // QEMU computes the balloon's size from the memory the VM has at the
-  // time of the command (boot plus plugged), and keeps it as virtio-mem
-  // moves: aim at the size now minus what is to stay out.
-  // An empty balloon is asked with the VM's max: QEMU clamps a value above
-  // the size to it, whatever virtio-mem plugged meanwhile. A partly
-  // inflated one is sent again once the device has its request.
-  RETURN_IF_ERROR(vm.client->PollEvents());
-  const uint64_t ram_now = vm.boot_bytes + vm.vmem.size;
-  uint64_t value = ram_now > inflate_bytes + kMiB ? ram_now - inflate_bytes : kMiB;
-  if (inflate_bytes == 0) value = std::max(vm.max_bytes, ram_now);
+  // QEMU 7.2 sizes the balloon against boot memory (-m and DIMMs), not
+  // virtio-mem's: the value is boot memory less what is to stay out, and
+  // virtio-mem's moves do not change it.
+  const uint64_t value =
+      vm.boot_bytes > inflate_bytes + kMiB ? vm.boot_bytes - inflate_bytes : kMiB;
   Struct args = Args({{"value", NumberValue(static_cast<double>(value))}});
   auto reply = vm.client->Execute("balloon", &args);
   if (!reply.ok()) return reply.status();
   vm.balloon_inflate = inflate_bytes;
-  vm.balloon_synced_size = vm.vmem.size;
   return absl::OkStatus();
 }
 

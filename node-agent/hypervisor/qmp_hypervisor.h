@@ -28,7 +28,9 @@
 //   - a target asks virtio-mem for target - boot rounded up to its block
 //     size (qom-set /machine/peripheral/<id> requested-size), and the
 //     balloon, where there is one, for what is below a block (or below boot
-//     memory); without a balloon the VM follows to within a block;
+//     memory); without a balloon the VM follows to within a block. QEMU
+//     7.2's balloon works against boot memory only (its actual leaves
+//     virtio-mem out), so size = balloon actual + plugged;
 //   - a request the device does not move toward for virtio_mem_stall_timeout
 //     (an unplug held by unmovable guest pages, a guest without the driver)
 //     has stalled: an unplug is cancelled at the size reached and the

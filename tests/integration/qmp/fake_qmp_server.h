@@ -42,8 +42,8 @@ struct FakeVmState {
   // Replaces QMP's greeting line when not empty.
   std::string greeting;
   // A virtio-mem device (empty id: none). With one, the balloon works
-  // against base_memory + vmem_size as QEMU's does (actual = that minus
-  // what the balloon holds, `inflated`).
+  // against base_memory only, as QEMU 7.2's does (actual = base_memory
+  // minus what the balloon holds, `inflated`; virtio-mem's memory left out).
   std::string vmem_id;
   uint64_t vmem_size = 0;
   uint64_t vmem_requested = 0;
@@ -181,16 +181,16 @@ class FakeQmpServer {
         return {Error(id, "DeviceNotActive", "No balloon device has been activated")};
       }
       if (!s.vmem_id.empty()) {
-        const uint64_t ram = s.base_memory + s.vmem_size;
-        return {
-            Reply(id, absl::StrCat("{\"actual\": ", ram > s.inflated ? ram - s.inflated : 0, "}"))};
+        // QEMU 7.2: the balloon's actual leaves virtio-mem's memory out.
+        return {Reply(id, absl::StrCat("{\"actual\": ", s.base_memory - s.inflated, "}"))};
       }
       return {Reply(id, absl::StrCat("{\"actual\": ", s.actual, "}"))};
     }
     if (cmd == "balloon" && !s.vmem_id.empty() && !s.balloon_path.empty()) {
       double v = args.fields().count("value") ? args.fields().at("value").number_value() : 0;
       if (v <= 0) return {Error(id, "GenericError", "Parameter 'value' expects a size")};
-      const uint64_t ram = s.base_memory + s.vmem_size;
+      // QEMU 7.2 sizes the balloon against boot memory only.
+      const uint64_t ram = s.base_memory;
       const uint64_t target = std::min<uint64_t>(static_cast<uint64_t>(v), ram);
       s.inflated = ram - target;
       return {absl::StrCat("{\"event\": \"BALLOON_CHANGE\", \"data\": {\"actual\": ", target,
