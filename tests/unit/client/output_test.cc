@@ -161,7 +161,11 @@ TEST(RenderTest, YamlRendersTheSameStructure) {
             "    guest_used_bytes: \"1887436800\"\n"
             "    swap_in_bytes_per_second: 2048\n"
             "    major_faults_per_second: 0\n"
-            "    guest_oom_kills: \"0\"\n");
+            "    guest_oom_kills: \"0\"\n"
+            "    sizing_mechanism: \"\"\n"
+            "    virtio_mem_plugged_bytes: \"0\"\n"
+            "    balloon_inflated_bytes: \"0\"\n"
+            "    health_reason: \"\"\n");
   absl::StatusOr<std::string> empty = RenderMessage(v1::ListVmsResponse(), OutputFormat::kYaml);
   ASSERT_TRUE(empty.ok());
   EXPECT_EQ(*empty, "vms: []\n");
