@@ -85,6 +85,10 @@ v1::Vm Fleet::VmProtoLocked(const HostState& h, const std::string& vm_id,
   out.set_swap_in_bytes_per_second(s.demand.swap_in_bytes_per_second);
   out.set_major_faults_per_second(s.demand.major_faults_per_second);
   out.set_guest_oom_kills(s.demand.oom_kills_seen);
+  out.set_sizing_mechanism(view.sample.sizing_mechanism());
+  out.set_virtio_mem_plugged_bytes(view.sample.virtio_mem_plugged_bytes());
+  out.set_balloon_inflated_bytes(view.sample.balloon_inflated_bytes());
+  out.set_health_reason(view.sample.health_reason());
   auto it = policies.vm_policies.find(vm_id);
   if (it != policies.vm_policies.end()) *out.mutable_policy() = it->second;
   return out;
@@ -197,8 +201,14 @@ absl::StatusOr<v1::Explanation> Fleet::ExplainVm(const std::string& vm) const {
   note.total_bytes = sample.stats().total_bytes();
   note.available_bytes = sample.stats().available_bytes();
   note.health = v1::BalloonHealth_Name(sample.health());
+  if (!sample.health_reason().empty()) note.health += ": " + sample.health_reason();
   for (std::string& step : policy::ExplainSteps(h.host_id, h.step, s, note)) {
     e.add_steps(std::move(step));
+  }
+  if (!sample.sizing_mechanism().empty()) {
+    e.add_steps(absl::StrCat("sizing (agent): ", sample.sizing_mechanism(), "; virtio-mem plugged ",
+                             sample.virtio_mem_plugged_bytes(), " B, balloon holds ",
+                             sample.balloon_inflated_bytes(), " B out"));
   }
   return e;
 }

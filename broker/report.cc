@@ -45,7 +45,8 @@ absl::Status ValidateAck(const v1::TargetAck& ack) {
 }
 
 bool BalloonHealthy(v1::BalloonHealth h) {
-  return h != v1::BALLOON_HEALTH_STUCK && h != v1::BALLOON_HEALTH_NO_DRIVER;
+  return h != v1::BALLOON_HEALTH_STUCK && h != v1::BALLOON_HEALTH_NO_DRIVER &&
+         h != v1::BALLOON_HEALTH_EXCLUDED;
 }
 
 absl::Status ValidateHello(const v1::Hello& hello) {

@@ -37,7 +37,8 @@ absl::Status ValidateReport(const v1::HostReport& report);
 // INVALID_ARGUMENT naming the limit.
 absl::Status ValidateAck(const v1::TargetAck& ack);
 
-// Whether a balloon can move (not stuck, has a driver).
+// Whether the broker may reclaim through the balloon (not stuck, has a
+// driver, not excluded).
 bool BalloonHealthy(v1::BalloonHealth health);
 
 // Converts a validated report received at `now_seconds` (monotonic) into the

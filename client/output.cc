@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -100,6 +101,8 @@ std::string HealthName(v1::BalloonHealth health) {
       return "no-driver";
     case v1::BALLOON_HEALTH_STATS_UNAVAILABLE:
       return "stats-unavailable";
+    case v1::BALLOON_HEALTH_EXCLUDED:
+      return "excluded";
     default:
       return "unknown";
   }
@@ -157,7 +160,10 @@ std::string RenderVmsTable(const v1::ListVmsResponse& reply, bool wide) {
   std::vector<std::string> header = {"HOST",   "NAME",  "MAX",    "ACTUAL", "TARGET",
                                      "DEMAND", "FLOOR", "HEALTH", "REASON"};
   if (wide) {
-    for (const char* h : {"VM_ID", "WEIGHT", "GUEST_USED", "SWAP_IN/s"}) header.push_back(h);
+    for (const char* h : {"VM_ID", "WEIGHT", "GUEST_USED", "SWAP_IN/s", "SIZING", "VMEM_PLUGGED",
+                          "BALLOONED", "HEALTH_REASON"}) {
+      header.push_back(h);
+    }
   }
   Table table(header);
   for (const v1::Vm& vm : reply.vms()) {
@@ -176,6 +182,12 @@ std::string RenderVmsTable(const v1::ListVmsResponse& reply, bool wide) {
       row.push_back(Bytes(vm.guest_used_bytes()));
       row.push_back(absl::StrCat(
           Bytes(static_cast<uint64_t>(std::max(0.0, vm.swap_in_bytes_per_second()))), "/s"));
+      const std::string& sizing = vm.sizing_mechanism();
+      row.push_back(sizing.empty() ? "balloon" : sizing);
+      row.push_back(absl::StrContains(sizing, "virtio-mem") ? Bytes(vm.virtio_mem_plugged_bytes())
+                                                            : "-");
+      row.push_back(Bytes(vm.balloon_inflated_bytes()));
+      row.push_back(vm.health_reason().empty() ? "-" : vm.health_reason());
     }
     table.AddRow(std::move(row));
   }
@@ -247,6 +259,10 @@ std::string DescribeVm(const v1::Vm& vm) {
                      "/s"));
   d.Add("Major faults", absl::StrFormat("%.1f/s", vm.major_faults_per_second()));
   d.Add("Balloon health", HealthName(vm.health()));
+  if (!vm.health_reason().empty()) d.Add("Health reason", vm.health_reason());
+  d.Add("Sizing", absl::StrCat(vm.sizing_mechanism().empty() ? "balloon" : vm.sizing_mechanism(),
+                               " (virtio-mem plugged ", Bytes(vm.virtio_mem_plugged_bytes()),
+                               ", balloon holds ", Bytes(vm.balloon_inflated_bytes()), ")"));
   const v1::VmPolicy& p = vm.policy();
   d.Add("Policy", absl::StrCat("min=", OptBytes(p.has_min_bytes(), p.min_bytes()),
                                " max=", OptBytes(p.has_max_bytes(), p.max_bytes()),

@@ -160,8 +160,10 @@ void Actuator::TrackProgress(VmRecord& rec, absl::Time now) {
     }
     return;
   }
+  // Within the devices' granularity (a virtio-mem block without a balloon)
+  // the target is reached.
   if (!v.applied_bytes.has_value() ||
-      Distance(v.actual_bytes, *v.applied_bytes) < kBalloonProgressBytes) {
+      Distance(v.actual_bytes, *v.applied_bytes) < v.granularity_bytes) {
     rec.tracking = false;  // Nothing pending.
     return;
   }
@@ -199,7 +201,7 @@ bool Actuator::Apply(VmRecord& rec, uint64_t target, TickResult& result) {
   rec.view.last_error.clear();
   rec.view.applied_bytes = target;
   // The stuck timer runs from the first target the balloon has to follow.
-  if (!rec.tracking && Distance(rec.view.actual_bytes, target) >= kBalloonProgressBytes) {
+  if (!rec.tracking && Distance(rec.view.actual_bytes, target) >= rec.view.granularity_bytes) {
     rec.tracking = true;
     rec.ref_actual = rec.view.actual_bytes;
     rec.ref_time = clock_->MonotonicNow();
@@ -263,6 +265,7 @@ TickResult Actuator::Tick(const std::vector<VmStatus>& vms, const std::set<std::
     rec.view.name = vm.name;
     rec.view.max_bytes = vm.max_bytes;
     rec.view.actual_bytes = vm.actual_bytes;
+    rec.view.granularity_bytes = std::max(kBalloonProgressBytes, vm.sizing.granularity_bytes);
     if (vm.stats.last_update.has_value()) rec.ever_stats = true;
     // 2. Guest pressure.
     rec.view.pressure = DetectPressure(rec, vm.stats);

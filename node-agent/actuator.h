@@ -104,6 +104,9 @@ struct VmActuation {
   std::string name;
   uint64_t max_bytes = 0;
   uint64_t actual_bytes = 0;
+  // A target within this of actual is reached (VmSizing::granularity_bytes,
+  // at least kBalloonProgressBytes).
+  uint64_t granularity_bytes = kBalloonProgressBytes;
   // Last target set on the hypervisor (empty: none yet).
   std::optional<uint64_t> applied_bytes;
   // The target the actuator works toward (broker target, raised by guest

@@ -49,6 +49,21 @@ membroker::v1::VmSample ToVmSample(const VmStatus& vm, const VmActuation* actuat
       health = membroker::v1::BALLOON_HEALTH_NO_DRIVER;
     }
   }
+  const VmSizing& sizing = vm.sizing;
+  out.set_sizing_mechanism(SizingMechanism(sizing));
+  out.set_virtio_mem_plugged_bytes(sizing.virtio_mem_plugged_bytes);
+  out.set_virtio_mem_requested_bytes(sizing.virtio_mem_requested_bytes);
+  out.set_balloon_inflated_bytes(sizing.balloon_inflated_bytes);
+  out.set_boot_bytes(sizing.boot_bytes);
+  if (!sizing.excluded_reason.empty()) {
+    // Never reclaimed from, whatever its balloon does.
+    health = membroker::v1::BALLOON_HEALTH_EXCLUDED;
+    out.set_health_reason(sizing.excluded_reason);
+  } else if (!sizing.shortfall_reason.empty()) {
+    out.set_health_reason(sizing.shortfall_reason);
+  } else if (health == membroker::v1::BALLOON_HEALTH_STATS_UNAVAILABLE && verdict != nullptr) {
+    out.set_health_reason(verdict->reason);
+  }
   out.set_health(health);
   return out;
 }
@@ -305,6 +320,12 @@ void Agent::UpdateVmMetrics(const std::vector<VmStatus>& vms,
     // or shared.
     v.vm = (vm.name.empty() || name_count[vm.name] > 1) ? vm.vm_id : vm.name;
     v.actual_bytes = vm.actual_bytes;
+    v.virtio_mem_plugged_bytes = vm.sizing.virtio_mem_plugged_bytes;
+    v.balloon_inflated_bytes = vm.sizing.balloon_inflated_bytes;
+    if (!vm.sizing.excluded_reason.empty()) {
+      const size_t colon = vm.sizing.excluded_reason.find(':');
+      v.excluded_kind = vm.sizing.excluded_reason.substr(0, colon);
+    }
     auto it = actuations.find(vm.vm_id);
     if (it != actuations.end()) {
       v.target_bytes = it->second.applied_bytes;

@@ -62,7 +62,21 @@ AgentMetrics::AgentMetrics(prometheus::Registry& registry)
       vm_stuck_(prometheus::BuildGauge()
                     .Name("membroker_agent_vm_stuck")
                     .Help("1 when the VM's balloon is stuck or has no driver.")
-                    .Register(registry)) {
+                    .Register(registry)),
+      vm_virtio_mem_plugged_(
+          prometheus::BuildGauge()
+              .Name("membroker_agent_vm_virtio_mem_plugged_bytes")
+              .Help("Memory the VM's virtio-mem device has plugged (0 without one).")
+              .Register(registry)),
+      vm_balloon_inflated_(prometheus::BuildGauge()
+                               .Name("membroker_agent_vm_balloon_inflated_bytes")
+                               .Help("Memory the VM's balloon holds out of the guest.")
+                               .Register(registry)),
+      vm_excluded_(prometheus::BuildGauge()
+                       .Name("membroker_agent_vm_excluded")
+                       .Help("1 for a VM the agent never resizes (PCI passthrough, hugepage "
+                             "or locked memory), labelled with the kind of reason.")
+                       .Register(registry)) {
   AddBuildInfo(registry, "agent");
 }
 
@@ -96,6 +110,9 @@ void AgentMetrics::SetVms(const std::map<std::string, VmValues>& vms) {
       vm_actual_.Remove(it->second.actual);
       vm_target_.Remove(it->second.target);
       vm_stuck_.Remove(it->second.stuck);
+      vm_virtio_mem_plugged_.Remove(it->second.virtio_mem_plugged);
+      vm_balloon_inflated_.Remove(it->second.balloon_inflated);
+      if (it->second.excluded != nullptr) vm_excluded_.Remove(it->second.excluded);
       it = vm_series_.erase(it);
     } else {
       ++it;
@@ -107,8 +124,21 @@ void AgentMetrics::SetVms(const std::map<std::string, VmValues>& vms) {
       const prometheus::Labels labels{{"vm", values.vm}};
       it = vm_series_
                .emplace(key, VmSeries{&vm_actual_.Add(labels), &vm_target_.Add(labels),
-                                      &vm_stuck_.Add(labels)})
+                                      &vm_stuck_.Add(labels), &vm_virtio_mem_plugged_.Add(labels),
+                                      &vm_balloon_inflated_.Add(labels), nullptr, values.vm, ""})
                .first;
+    }
+    VmSeries& series = it->second;
+    series.virtio_mem_plugged->Set(static_cast<double>(values.virtio_mem_plugged_bytes));
+    series.balloon_inflated->Set(static_cast<double>(values.balloon_inflated_bytes));
+    if (series.excluded_kind != values.excluded_kind) {
+      if (series.excluded != nullptr) vm_excluded_.Remove(series.excluded);
+      series.excluded = nullptr;
+      series.excluded_kind = values.excluded_kind;
+      if (!values.excluded_kind.empty()) {
+        series.excluded = &vm_excluded_.Add({{"vm", series.vm}, {"reason", values.excluded_kind}});
+        series.excluded->Set(1);
+      }
     }
     it->second.actual->Set(static_cast<double>(values.actual_bytes));
     it->second.target->Set(static_cast<double>(values.target_bytes.value_or(0)));

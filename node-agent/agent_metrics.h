@@ -56,6 +56,12 @@ class AgentMetrics {
     uint64_t actual_bytes = 0;
     std::optional<uint64_t> target_bytes;  // empty: no target yet (0)
     bool stuck = false;                    // stuck or no driver
+    // Memory virtio-mem plugged and the balloon holds out of the guest.
+    uint64_t virtio_mem_plugged_bytes = 0;
+    uint64_t balloon_inflated_bytes = 0;
+    // Non-empty: the VM is excluded from resizing, for this kind of reason
+    // ("PCI passthrough", "hugepage-backed memory", "locked memory").
+    std::string excluded_kind;
   };
   // Sets the per-VM gauges for exactly `vms`; series of VMs not listed
   // are removed.
@@ -66,6 +72,11 @@ class AgentMetrics {
     prometheus::Gauge* actual;
     prometheus::Gauge* target;
     prometheus::Gauge* stuck;
+    prometheus::Gauge* virtio_mem_plugged;
+    prometheus::Gauge* balloon_inflated;
+    prometheus::Gauge* excluded;  // null while not excluded
+    std::string vm;
+    std::string excluded_kind;
   };
 
   prometheus::Gauge& broker_connected_;
@@ -83,6 +94,9 @@ class AgentMetrics {
   prometheus::Family<prometheus::Gauge>& vm_actual_;
   prometheus::Family<prometheus::Gauge>& vm_target_;
   prometheus::Family<prometheus::Gauge>& vm_stuck_;
+  prometheus::Family<prometheus::Gauge>& vm_virtio_mem_plugged_;
+  prometheus::Family<prometheus::Gauge>& vm_balloon_inflated_;
+  prometheus::Family<prometheus::Gauge>& vm_excluded_;
 
   absl::Mutex mu_;
   std::map<std::string, VmSeries> vm_series_ ABSL_GUARDED_BY(mu_);

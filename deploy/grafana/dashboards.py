@@ -316,7 +316,16 @@ def vm():
             [(f"membroker_vm_target_reason{{{v}}} == 1", "{{reason}}")], h=6)
     b.panel("timeseries", "Balloon actual vs target (agent)", "As the agent applied it.",
             [(f"membroker_agent_vm_actual_bytes{{{v}}}", "actual"),
-             (f"membroker_agent_vm_target_bytes{{{v}}}", "target")], w=24, unit="bytes")
+             (f"membroker_agent_vm_target_bytes{{{v}}}", "target")], w=16, unit="bytes")
+    b.panel("stat", "Excluded from resizing", "PCI passthrough, hugepage or locked memory: "
+            "the agent never resizes the VM (reason in the label).",
+            [(f"membroker_agent_vm_excluded{{{v}}}", "{{reason}}")], w=8,
+            options={"textMode": "value_and_name", "reduceOptions": {"calcs": ["lastNotNull"]}})
+    b.panel("timeseries", "Which mechanism moved what (agent)",
+            "Memory virtio-mem has plugged and memory the balloon holds out of the guest.",
+            [(f"membroker_agent_vm_virtio_mem_plugged_bytes{{{v}}}", "virtio-mem plugged"),
+             (f"membroker_agent_vm_balloon_inflated_bytes{{{v}}}", "balloon inflated")],
+            w=24, unit="bytes")
     vms = 'label_values(membroker_vm_target_bytes{host="$host"}, vm)'
     return dashboard("membroker-vm", "MemBroker VM detail", b,
                      [variable("host", "Host", HOSTS, False), variable("vm", "VM", vms, False)],

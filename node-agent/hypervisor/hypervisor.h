@@ -32,6 +32,40 @@ struct GuestMemoryStats {
   std::optional<absl::Time> last_update;
 };
 
+// How a VM's memory is sized: which devices it has and what each moved.
+// A backend without virtio-mem fills only `balloon`.
+struct VmSizing {
+  // The VM has a virtio-balloon device the backend drives.
+  bool balloon = false;
+  // Memory the balloon holds out of the guest now (inflated), in bytes.
+  uint64_t balloon_inflated_bytes = 0;
+  // The VM has a virtio-mem device the backend drives.
+  bool virtio_mem = false;
+  // Boot memory (and hot-plugged DIMMs): what virtio-mem adds to.
+  uint64_t boot_bytes = 0;
+  // virtio-mem: plugged now, requested, most it can plug, block size.
+  uint64_t virtio_mem_plugged_bytes = 0;
+  uint64_t virtio_mem_requested_bytes = 0;
+  uint64_t virtio_mem_max_bytes = 0;
+  uint64_t virtio_mem_block_bytes = 0;
+  // Why sizing falls short of the last target (a virtio-mem unplug that
+  // stalled, a target below what the devices can reach); empty when not.
+  std::string shortfall_reason;
+  // Non-empty: the VM must not be ballooned or resized (PCI passthrough,
+  // hugepage or locked memory), and why. The backend refuses to shrink it.
+  std::string excluded_reason;
+  // The finest step the devices can follow: a target within this of the
+  // actual size is reached (1 MiB for a balloon, the block size of a
+  // virtio-mem VM without a balloon).
+  uint64_t granularity_bytes = uint64_t{1} << 20;
+};
+
+// "balloon", "virtio-mem", "virtio-mem+balloon" or "none".
+inline std::string SizingMechanism(const VmSizing& sizing) {
+  if (sizing.virtio_mem) return sizing.balloon ? "virtio-mem+balloon" : "virtio-mem";
+  return sizing.balloon ? "balloon" : "none";
+}
+
 // One VM as a backend sees it.
 struct VmStatus {
   std::string vm_id;       // hypervisor UUID
@@ -42,6 +76,9 @@ struct VmStatus {
   // The VM's process on the host (QEMU), where the backend knows it: the
   // agent reads its resident memory between guest statistics.
   std::optional<int64_t> host_pid;
+  // The devices that size it. Backends without virtio-mem set `balloon`
+  // (and leave the rest).
+  VmSizing sizing;
 };
 
 // A hypervisor backend. Implementations are thread-compatible: the agent
@@ -58,7 +95,8 @@ class Hypervisor {
   // left out and reported in its own entry of `errors` if given.
   virtual absl::StatusOr<std::vector<VmStatus>> ListVms() = 0;
 
-  // Asks the balloon to give the guest `target_bytes`. NOT_FOUND when the
+  // Asks the VM's sizing devices (balloon, virtio-mem, or both: the
+  // backend picks) to give the guest `target_bytes`. NOT_FOUND when the
   // VM is gone; INVALID_ARGUMENT above its max or zero; UNAVAILABLE on a
   // lost connection.
   virtual absl::Status SetBalloonTarget(const std::string& vm_id, uint64_t target_bytes) = 0;

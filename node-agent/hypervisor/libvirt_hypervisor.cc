@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <set>
@@ -259,6 +260,25 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
     vm.name = name != nullptr ? name : uuid;
     vm.max_bytes = KibToBytes(info.maxMem).value_or(0);
     vm.actual_bytes = KibToBytes(info.memory).value_or(0);
+    vm.sizing.balloon = true;
+    vm.sizing.boot_bytes = vm.max_bytes;
+    vm.sizing.balloon_inflated_bytes =
+        vm.max_bytes > vm.actual_bytes ? vm.max_bytes - vm.actual_bytes : 0;
+    // Passthrough, hugepage or locked memory: read once per domain.
+    auto excluded = exclusions_.find(vm.vm_id);
+    if (excluded == exclusions_.end()) {
+      char* xml = virDomainGetXMLDesc(dom.get(), 0);
+      if (xml != nullptr) {
+        excluded = exclusions_.emplace(vm.vm_id, LibvirtExclusionReason(xml)).first;
+        free(xml);
+        if (!excluded->second.empty()) {
+          spdlog::warn("libvirt: domain {} is not resized: {}", vm.name, excluded->second);
+        }
+      } else {
+        virResetLastError();
+      }
+    }
+    if (excluded != exclusions_.end()) vm.sizing.excluded_reason = excluded->second;
     if (!options_.pid_dir.empty() && name != nullptr &&
         std::string(name).find('/') == std::string::npos) {
       absl::StatusOr<int64_t> pid = ReadPidFile(absl::StrCat(options_.pid_dir, "/", name, ".pid"));
@@ -292,6 +312,9 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
     }
     seen[vm.vm_id] = applied;
     out.push_back(std::move(vm));
+  }
+  for (auto it = exclusions_.begin(); it != exclusions_.end();) {
+    it = seen.count(it->first) == 0 ? exclusions_.erase(it) : std::next(it);
   }
   known_ = std::move(seen);
   return out;
@@ -336,6 +359,14 @@ absl::Status LibvirtHypervisor::SetBalloonTarget(const std::string& vm_id,
                                                    " is above domain ", vm_id, "'s max of ",
                                                    KibToBytes(info.maxMem).value_or(0)));
   }
+  auto excluded = exclusions_.find(vm_id);
+  if (excluded != exclusions_.end() && !excluded->second.empty()) {
+    if (target_kib < info.memory) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("domain ", vm_id, " is not resized: ", excluded->second));
+    }
+    return absl::OkStatus();  // Left alone: it already has at least that.
+  }
   if (virDomainSetMemoryFlags(dom.get(), static_cast<unsigned long>(target_kib),
                               VIR_DOMAIN_AFFECT_LIVE) != 0) {
     return LastError(absl::StrCat("domain ", vm_id, ": setting the balloon to ", target_kib,
@@ -366,6 +397,54 @@ absl::Status LibvirtHypervisor::SetStatsPeriod(const std::string& vm_id, absl::D
   known_[vm_id] = rounded;
   stats_period_ = rounded;
   return absl::OkStatus();
+}
+
+std::string LibvirtExclusionReason(const std::string& domain_xml) {
+  // Drop comments, bounded by the input's size.
+  std::string xml;
+  xml.reserve(domain_xml.size());
+  for (size_t i = 0; i < domain_xml.size();) {
+    if (domain_xml.compare(i, 4, "<!--") == 0) {
+      size_t end = domain_xml.find("-->", i + 4);
+      if (end == std::string::npos) break;
+      i = end + 3;
+    } else {
+      xml.push_back(domain_xml[i++]);
+    }
+  }
+  // An element start "<name" followed by a delimiter (not "<hostdevX").
+  auto find_tag = [&xml](const std::string& name, size_t from, size_t to) {
+    const std::string open = "<" + name;
+    for (size_t at = xml.find(open, from); at != std::string::npos && at < to;
+         at = xml.find(open, at + 1)) {
+      const size_t after = at + open.size();
+      if (after < xml.size() && std::string(" \t\r\n/>").find(xml[after]) != std::string::npos) {
+        return at;
+      }
+    }
+    return std::string::npos;
+  };
+  const size_t devices = find_tag("devices", 0, xml.size());
+  if (devices != std::string::npos) {
+    const size_t end = xml.find("</devices>", devices);
+    const size_t hostdev =
+        find_tag("hostdev", devices, end == std::string::npos ? xml.size() : end);
+    if (hostdev != std::string::npos) {
+      return "PCI passthrough: the domain has a <hostdev> (VFIO pins guest memory)";
+    }
+  }
+  const size_t backing = find_tag("memoryBacking", 0, xml.size());
+  if (backing != std::string::npos) {
+    size_t end = xml.find("</memoryBacking>", backing);
+    if (end == std::string::npos) end = backing;  // <memoryBacking/>: empty
+    if (find_tag("hugepages", backing, end) != std::string::npos) {
+      return "hugepage-backed memory: <memoryBacking><hugepages/>";
+    }
+    if (find_tag("locked", backing, end) != std::string::npos) {
+      return "locked memory: <memoryBacking><locked/>";
+    }
+  }
+  return "";
 }
 
 absl::StatusOr<std::unique_ptr<Hypervisor>> MakeLibvirtHypervisor(const std::string& uri,

@@ -108,7 +108,16 @@ class LibvirtHypervisor : public Hypervisor {
   std::optional<absl::Duration> stats_period_;
   // Domains seen in the last ListVms, with the stats period applied to each.
   std::map<std::string, std::optional<absl::Duration>> known_;
+  // Why a domain must not be resized (from its XML, read once while it is
+  // known; empty: it may be), by UUID.
+  std::map<std::string, std::string> exclusions_;
 };
+
+// Why a libvirt domain must not be ballooned, from its XML (empty: it may
+// be): a <hostdev> (PCI passthrough pins guest memory), or
+// <memoryBacking> with <hugepages/> or <locked/>. Comments are ignored.
+// Untrusted: malformed XML finds nothing rather than failing.
+std::string LibvirtExclusionReason(const std::string& domain_xml);
 
 // Maps virDomainMemoryStats output into GuestMemoryStats (bytes). Sets
 // `*actual_bytes` from ACTUAL_BALLOON when present. Untrusted: a value of

@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <set>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -73,6 +75,26 @@ uint64_t Fnv1a64(const std::string& s, uint64_t basis) {
   return h;
 }
 
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+
+std::string Mib(uint64_t bytes) { return absl::StrFormat("%.1f MiB", bytes / 1048576.0); }
+
+uint64_t RoundUpTo(uint64_t value, uint64_t block) {
+  if (block == 0) return value;
+  const uint64_t r = value % block;
+  return r == 0 ? value : value + (block - r);
+}
+
+// Reads a whole small file (at most 1 MiB); empty when it cannot.
+std::string ReadSmallFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  std::string out(1 << 20, '\0');
+  in.read(out.data(), static_cast<std::streamsize>(out.size()));
+  out.resize(static_cast<size_t>(in.gcount()));
+  return out;
+}
+
 }  // namespace
 
 std::optional<uint64_t> QmpUint(const Struct& object, const std::string& key) {
@@ -85,6 +107,78 @@ std::optional<uint64_t> QmpUint(const Struct& object, const std::string& key) {
     return std::nullopt;
   }
   return static_cast<uint64_t>(d);
+}
+
+absl::StatusOr<std::vector<VirtioMemDevice>> ParseQmpVirtioMemDevices(
+    const Value& value, std::vector<std::string>* problems) {
+  if (value.kind_case() != Value::kListValue) {
+    return absl::InvalidArgumentError("query-memory-devices reply is not a list");
+  }
+  std::vector<VirtioMemDevice> out;
+  auto problem = [problems](std::string text) {
+    if (problems != nullptr) problems->push_back(std::move(text));
+  };
+  int index = -1;
+  for (const Value& entry : value.list_value().values()) {
+    ++index;
+    if (entry.kind_case() != Value::kStructValue) {
+      problem(absl::StrCat("memory device ", index, ": not an object"));
+      continue;
+    }
+    const auto& f = entry.struct_value().fields();
+    auto type = f.find("type");
+    if (type == f.end() || type->second.kind_case() != Value::kStringValue) {
+      problem(absl::StrCat("memory device ", index, ": no type"));
+      continue;
+    }
+    if (type->second.string_value() != "virtio-mem") continue;
+    auto data = f.find("data");
+    if (data == f.end() || data->second.kind_case() != Value::kStructValue) {
+      problem(absl::StrCat("virtio-mem device ", index, ": no data object"));
+      continue;
+    }
+    const Struct& d = data->second.struct_value();
+    auto id = d.fields().find("id");
+    if (id == d.fields().end() || id->second.kind_case() != Value::kStringValue ||
+        id->second.string_value().empty() || id->second.string_value().size() > 128 ||
+        id->second.string_value().find('/') != std::string::npos) {
+      problem(absl::StrCat("virtio-mem device ", index,
+                           ": no usable id (give the device an id= to let the agent drive it)"));
+      continue;
+    }
+    VirtioMemDevice dev;
+    dev.id = id->second.string_value();
+    auto memdev = d.fields().find("memdev");
+    if (memdev != d.fields().end() && memdev->second.kind_case() == Value::kStringValue) {
+      dev.memdev = memdev->second.string_value();
+    }
+    std::optional<uint64_t> size = QmpUint(d, "size");
+    std::optional<uint64_t> requested = QmpUint(d, "requested-size");
+    std::optional<uint64_t> max_size = QmpUint(d, "max-size");
+    std::optional<uint64_t> block = QmpUint(d, "block-size");
+    if (!size || !requested || !max_size || !block) {
+      problem(absl::StrCat("virtio-mem device ", dev.id,
+                           ": size, requested-size, max-size and block-size must be "
+                           "non-negative integers"));
+      continue;
+    }
+    if (*block == 0 || (*block & (*block - 1)) != 0) {
+      problem(absl::StrCat("virtio-mem device ", dev.id, ": block-size ", *block,
+                           " is not a positive power of two"));
+      continue;
+    }
+    if (*size > *max_size || *requested > *max_size) {
+      problem(absl::StrCat("virtio-mem device ", dev.id, ": size ", *size, " or requested-size ",
+                           *requested, " above max-size ", *max_size));
+      continue;
+    }
+    dev.size = *size;
+    dev.requested_size = *requested;
+    dev.max_size = *max_size;
+    dev.block_size = *block;
+    out.push_back(std::move(dev));
+  }
+  return out;
 }
 
 absl::StatusOr<GuestMemoryStats> ParseQmpGuestStats(const Value& value) {
@@ -138,6 +232,21 @@ struct QmpHypervisor::Vm {
   std::string name;
   uint64_t max_bytes = 0;
   std::string balloon_path;  // empty: no balloon device
+  // Boot memory (base plus non-virtio-mem hot-plugged memory).
+  uint64_t boot_bytes = 0;
+  // The virtio-mem device driven (empty id: none) as last read.
+  VirtioMemDevice vmem;
+  // Stall tracking of the device's request: the size and monotonic time
+  // of its last progress; set once the request has stalled.
+  uint64_t vmem_ref_size = 0;
+  absl::Time vmem_ref_time;
+  bool vmem_stalled = false;
+  // The last target asked for, and what the balloon is to hold out of it.
+  std::optional<uint64_t> target;
+  uint64_t balloon_inflate = 0;
+  // Why sizing falls short of the target, and why the VM is excluded.
+  std::string shortfall_reason;
+  std::string excluded_reason;
   // QEMU's pid (SO_PEERCRED of the connection), learned per connection.
   std::optional<int64_t> pid;
   // Balloon actual from the last query-balloon or BALLOON_CHANGE event.
@@ -256,11 +365,22 @@ absl::Status QmpHypervisor::EnsureConnected(Vm& vm) {
   Vm* self = &vm;
   vm.client->set_event_handler([self](const Struct& event) {
     auto name = event.fields().find("event");
-    if (name == event.fields().end() || name->second.string_value() != "BALLOON_CHANGE") return;
+    if (name == event.fields().end()) return;
     auto data = event.fields().find("data");
     if (data == event.fields().end() || data->second.kind_case() != Value::kStructValue) return;
-    std::optional<uint64_t> actual = QmpUint(data->second.struct_value(), "actual");
-    if (actual.has_value()) self->actual_bytes = actual;
+    const Struct& d = data->second.struct_value();
+    if (name->second.string_value() == "BALLOON_CHANGE") {
+      std::optional<uint64_t> actual = QmpUint(d, "actual");
+      if (actual.has_value()) self->actual_bytes = actual;
+    } else if (name->second.string_value() == "MEMORY_DEVICE_SIZE_CHANGE") {
+      auto id = d.fields().find("id");
+      std::optional<uint64_t> size = QmpUint(d, "size");
+      if (id != d.fields().end() && id->second.kind_case() == Value::kStringValue &&
+          !self->vmem.id.empty() && id->second.string_value() == self->vmem.id &&
+          size.has_value() && *size <= self->vmem.max_size) {
+        self->vmem.size = *size;
+      }
+    }
   });
   RETURN_IF_ERROR(vm.client->Connect(vm.path));
   absl::Status identified = Identify(vm);
@@ -309,8 +429,32 @@ absl::Status QmpHypervisor::Identify(Vm& vm) {
     return absl::DataLossError(absl::StrCat(
         "qmp ", vm.path, ": query-memory-size-summary has no valid base-memory"));
   }
-  // Hot-plugged DIMMs count toward the memory the balloon works against.
-  uint64_t max_bytes = *base + plugged.value_or(0);
+  // virtio-mem devices (none on a QEMU without the command).
+  VirtioMemDevice vmem;
+  auto devices = vm.client->Execute("query-memory-devices");
+  if (devices.ok()) {
+    std::vector<std::string> problems;
+    auto parsed = ParseQmpVirtioMemDevices(*devices, &problems);
+    for (const std::string& p : problems) spdlog::warn("qmp {}: {}; not driven", vm.path, p);
+    if (parsed.ok()) {
+      if (!parsed->empty()) vmem = parsed->front();
+      if (parsed->size() > 1) {
+        spdlog::warn("qmp {}: {} virtio-mem devices; only {} is driven", vm.path, parsed->size(),
+                     vmem.id);
+      }
+    } else {
+      spdlog::warn("qmp {}: {}", vm.path, std::string(parsed.status().message()));
+    }
+  } else if (IsConnectionError(devices.status())) {
+    return devices.status();
+  }
+  // Hot-plugged DIMMs (and virtio-mem devices not driven) count as boot
+  // memory: the memory the balloon works against besides the driven device.
+  const uint64_t other_plugged =
+      plugged.value_or(0) > vmem.size ? plugged.value_or(0) - vmem.size : 0;
+  const uint64_t boot_bytes = *base + other_plugged;
+  uint64_t max_bytes = boot_bytes + vmem.max_size;
+  if (vmem.id.empty()) max_bytes = *base + plugged.value_or(0);
 
   // The balloon device: the conventional id first, then a scan.
   std::string balloon;
@@ -347,8 +491,9 @@ absl::Status QmpHypervisor::Identify(Vm& vm) {
       if (!balloon.empty()) break;
     }
   }
-  if (balloon.empty()) {
-    spdlog::warn("qmp {}: no virtio-balloon device found; its memory cannot be moved", vm.path);
+  if (balloon.empty() && vmem.id.empty()) {
+    spdlog::warn("qmp {}: no virtio-balloon or virtio-mem device found; its memory cannot be moved",
+                 vm.path);
   }
 
   vm.vm_id = id;
@@ -356,6 +501,17 @@ absl::Status QmpHypervisor::Identify(Vm& vm) {
   vm.max_bytes = max_bytes;
   vm.balloon_path = balloon;
   vm.pid = vm.client->PeerPid();
+  vm.boot_bytes = boot_bytes;
+  vm.vmem = vmem;
+  vm.vmem_ref_size = vmem.size;
+  vm.vmem_ref_time = clock_->MonotonicNow();
+  vm.vmem_stalled = false;
+  vm.target.reset();
+  vm.shortfall_reason.clear();
+  ASSIGN_OR_RETURN(vm.excluded_reason, FindExclusion(vm));
+  if (!vm.excluded_reason.empty()) {
+    spdlog::warn("qmp {}: VM {} is not resized: {}", vm.path, name, vm.excluded_reason);
+  }
   vm.identified = true;
   if (vm.backoff.failures() > 0 || !vm.last_error.empty()) {
     spdlog::info("qmp {}: connected to VM {} ({})", vm.path, name, id);
@@ -367,6 +523,7 @@ absl::Status QmpHypervisor::Identify(Vm& vm) {
 
 absl::StatusOr<VmStatus> QmpHypervisor::ReadVm(Vm& vm) {
   RETURN_IF_ERROR(vm.client->PollEvents());
+  if (!vm.vmem.id.empty()) RETURN_IF_ERROR(RefreshVirtioMem(vm));
   VmStatus status;
   status.vm_id = vm.vm_id;
   status.name = vm.name;
@@ -387,12 +544,36 @@ absl::StatusOr<VmStatus> QmpHypervisor::ReadVm(Vm& vm) {
   } else if (IsConnectionError(balloon.status())) {
     return balloon.status();
   } else if (absl::IsFailedPrecondition(balloon.status()) || vm.balloon_path.empty()) {
-    // No balloon device: the guest keeps all its memory.
-    vm.actual_bytes = vm.max_bytes;
+    // No balloon device: the guest has its boot memory and what virtio-mem
+    // plugged.
+    vm.actual_bytes = vm.boot_bytes + vm.vmem.size;
   } else if (!vm.actual_bytes.has_value()) {
     return balloon.status();
   }
-  status.actual_bytes = *vm.actual_bytes;
+  VmSizing& sizing = status.sizing;
+  sizing.balloon = !vm.balloon_path.empty();
+  sizing.boot_bytes = vm.boot_bytes;
+  if (sizing.balloon) {
+    // QEMU 7.2's balloon works against boot memory (-m and DIMMs) only: its
+    // actual leaves virtio-mem's plugged memory out.
+    const uint64_t balloon_actual = std::min(*vm.actual_bytes, vm.boot_bytes);
+    sizing.balloon_inflated_bytes = vm.boot_bytes - balloon_actual;
+    status.actual_bytes = std::min(balloon_actual + vm.vmem.size, vm.max_bytes);
+  } else {
+    status.actual_bytes = std::min(*vm.actual_bytes, vm.max_bytes);
+  }
+  if (!vm.vmem.id.empty()) {
+    sizing.virtio_mem = true;
+    sizing.virtio_mem_plugged_bytes = vm.vmem.size;
+    sizing.virtio_mem_requested_bytes = vm.vmem.requested_size;
+    sizing.virtio_mem_max_bytes = vm.vmem.max_size;
+    sizing.virtio_mem_block_bytes = vm.vmem.block_size;
+    if (!sizing.balloon) {
+      sizing.granularity_bytes = std::max(sizing.granularity_bytes, vm.vmem.block_size);
+    }
+  }
+  sizing.shortfall_reason = vm.shortfall_reason;
+  sizing.excluded_reason = vm.excluded_reason;
 
   if (!vm.balloon_path.empty()) {
     if (vm.wanted_period.has_value() && vm.applied_period != vm.wanted_period) {
@@ -428,6 +609,172 @@ absl::StatusOr<VmStatus> QmpHypervisor::ReadVm(Vm& vm) {
     }
   }
   return status;
+}
+
+absl::StatusOr<std::string> QmpHypervisor::FindExclusion(Vm& vm) {
+  // VFIO devices pin every page of guest memory for DMA.
+  for (const char* parent : {"/machine/peripheral", "/machine/peripheral-anon"}) {
+    Struct list_args = Args({{"path", StringValue(parent)}});
+    auto children = vm.client->Execute("qom-list", &list_args);
+    if (!children.ok()) {
+      if (IsConnectionError(children.status())) return children.status();
+      continue;
+    }
+    if (children->kind_case() != Value::kListValue) continue;
+    for (const Value& child : children->list_value().values()) {
+      if (child.kind_case() != Value::kStructValue) continue;
+      const auto& f = child.struct_value().fields();
+      auto n = f.find("name");
+      auto t = f.find("type");
+      if (n == f.end() || t == f.end() || n->second.kind_case() != Value::kStringValue ||
+          t->second.kind_case() != Value::kStringValue) {
+        continue;
+      }
+      if (absl::StartsWith(t->second.string_value(), "child<vfio")) {
+        return absl::StrCat("PCI passthrough: VFIO device ", n->second.string_value(), " (",
+                            t->second.string_value().substr(6, t->second.string_value().size() - 7),
+                            ") pins guest memory");
+      }
+    }
+  }
+  // Memory backends on hugetlbfs: the balloon cannot free their pages.
+  auto memdevs = vm.client->Execute("query-memdev");
+  if (!memdevs.ok()) {
+    if (IsConnectionError(memdevs.status())) return memdevs.status();
+  } else if (memdevs->kind_case() == Value::kListValue) {
+    for (const Value& entry : memdevs->list_value().values()) {
+      if (entry.kind_case() != Value::kStructValue) continue;
+      const auto& f = entry.struct_value().fields();
+      auto id = f.find("id");
+      if (id == f.end() || id->second.kind_case() != Value::kStringValue ||
+          id->second.string_value().empty() ||
+          id->second.string_value().find('/') != std::string::npos) {
+        continue;
+      }
+      const std::string object = absl::StrCat("/objects/", id->second.string_value());
+      Struct hugetlb_args =
+          Args({{"path", StringValue(object)}, {"property", StringValue("hugetlb")}});
+      auto hugetlb = vm.client->Execute("qom-get", &hugetlb_args);
+      if (!hugetlb.ok() && IsConnectionError(hugetlb.status())) return hugetlb.status();
+      if (hugetlb.ok() && hugetlb->kind_case() == Value::kBoolValue && hugetlb->bool_value()) {
+        return absl::StrCat("hugepage-backed memory: backend ", id->second.string_value(),
+                            " has hugetlb=on");
+      }
+      Struct path_args =
+          Args({{"path", StringValue(object)}, {"property", StringValue("mem-path")}});
+      auto mem_path = vm.client->Execute("qom-get", &path_args);
+      if (!mem_path.ok() && IsConnectionError(mem_path.status())) return mem_path.status();
+      if (mem_path.ok() && mem_path->kind_case() == Value::kStringValue &&
+          (absl::StrContains(mem_path->string_value(), "hugepages") ||
+           absl::StrContains(mem_path->string_value(), "hugetlb"))) {
+        return absl::StrCat("hugepage-backed memory: backend ", id->second.string_value(), " maps ",
+                            mem_path->string_value());
+      }
+    }
+  }
+  // Locked memory (-overcommit mem-lock=on, -realtime mlock=on): QMP does
+  // not report the option's value, the process does.
+  if (vm.pid.has_value() && *vm.pid > 0) {
+    const std::string dir = absl::StrCat(options_.proc_root, "/", *vm.pid);
+    std::istringstream status(ReadSmallFile(dir + "/status"));
+    std::string line;
+    while (std::getline(status, line)) {
+      if (!absl::StartsWith(line, "VmLck:")) continue;
+      std::istringstream fields(line.substr(6));
+      uint64_t kib = 0;
+      if (fields >> kib && kib > 0) {
+        return absl::StrCat("locked memory: the QEMU process has ", kib,
+                            " KiB locked (VmLck; mem-lock=on)");
+      }
+    }
+    std::string cmdline = ReadSmallFile(dir + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    if (absl::StrContains(cmdline, "mem-lock=on") || absl::StrContains(cmdline, "mlock=on")) {
+      return std::string("locked memory: the QEMU command line has mem-lock=on");
+    }
+  }
+  return std::string();
+}
+
+absl::Status QmpHypervisor::RefreshVirtioMem(Vm& vm) {
+  auto reply = vm.client->Execute("query-memory-devices");
+  if (!reply.ok()) {
+    if (IsConnectionError(reply.status())) return reply.status();
+    spdlog::debug("qmp {}: query-memory-devices: {}", vm.path,
+                  std::string(reply.status().message()));
+  } else {
+    std::vector<std::string> problems;
+    auto parsed = ParseQmpVirtioMemDevices(*reply, &problems);
+    bool found = false;
+    if (parsed.ok()) {
+      for (const VirtioMemDevice& d : *parsed) {
+        if (d.id != vm.vmem.id) continue;
+        // max-size and block-size are fixed for the device's life.
+        if (d.max_size == vm.vmem.max_size && d.block_size == vm.vmem.block_size) {
+          vm.vmem.size = d.size;
+          vm.vmem.requested_size = d.requested_size;
+          found = true;
+        }
+      }
+    }
+    if (!found) {
+      spdlog::debug(
+          "qmp {}: virtio-mem device {} not in a valid query-memory-devices reply; "
+          "keeping its last values",
+          vm.path, vm.vmem.id);
+    }
+  }
+  const absl::Time now = clock_->MonotonicNow();
+  const VirtioMemDevice& d = vm.vmem;
+  if (d.size == d.requested_size || d.size != vm.vmem_ref_size) {
+    vm.vmem_ref_size = d.size;
+    vm.vmem_ref_time = now;
+    return absl::OkStatus();
+  }
+  if (vm.vmem_stalled || now - vm.vmem_ref_time < options_.virtio_mem_stall_timeout) {
+    return absl::OkStatus();
+  }
+  vm.vmem_stalled = true;
+  if (d.size > d.requested_size) {
+    vm.shortfall_reason = absl::StrCat("virtio-mem unplug stalled at ", Mib(d.size), " plugged of ",
+                                       Mib(d.requested_size), " requested (unmovable guest pages)");
+    // Stop asking: what the device keeps is now the balloon's to take.
+    Struct args = Args({{"path", StringValue(absl::StrCat("/machine/peripheral/", d.id))},
+                        {"property", StringValue("requested-size")},
+                        {"value", NumberValue(static_cast<double>(d.size))}});
+    auto set = vm.client->Execute("qom-set", &args);
+    if (!set.ok() && IsConnectionError(set.status())) return set.status();
+    if (set.ok()) vm.vmem.requested_size = d.size;
+    const uint64_t target = vm.target.value_or(vm.boot_bytes + d.size);
+    const uint64_t remainder =
+        vm.boot_bytes + d.size > target ? vm.boot_bytes + d.size - target : 0;
+    if (!vm.balloon_path.empty() && remainder > 0) {
+      absl::StrAppend(&vm.shortfall_reason, "; the balloon takes the remaining ", Mib(remainder));
+      RETURN_IF_ERROR(SetBalloonInflation(vm, remainder));
+    } else if (remainder > 0) {
+      absl::StrAppend(&vm.shortfall_reason, "; no balloon to take the remaining ", Mib(remainder));
+    }
+  } else {
+    vm.shortfall_reason = absl::StrCat(
+        "virtio-mem plug stalled at ", Mib(d.size), " plugged of ", Mib(d.requested_size),
+        " requested (virtio_mem driver missing or memory not onlined in the guest)");
+  }
+  spdlog::warn("qmp {}: VM {}: {}", vm.path, vm.name, vm.shortfall_reason);
+  return absl::OkStatus();
+}
+
+absl::Status QmpHypervisor::SetBalloonInflation(Vm& vm, uint64_t inflate_bytes) {
+  if (vm.balloon_path.empty()) return absl::OkStatus();
+  // QEMU 7.2 sizes the balloon against boot memory (-m and DIMMs), not
+  // virtio-mem's: the value is boot memory less what is to stay out, and
+  // virtio-mem's moves do not change it.
+  const uint64_t value =
+      vm.boot_bytes > inflate_bytes + kMiB ? vm.boot_bytes - inflate_bytes : kMiB;
+  Struct args = Args({{"value", NumberValue(static_cast<double>(value))}});
+  auto reply = vm.client->Execute("balloon", &args);
+  if (!reply.ok()) return reply.status();
+  vm.balloon_inflate = inflate_bytes;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<VmStatus>> QmpHypervisor::ListVms() {
@@ -506,19 +853,67 @@ absl::Status QmpHypervisor::SetBalloonTarget(const std::string& vm_id, uint64_t 
                                                    " is above VM ", vm_id, "'s max of ",
                                                    vm->max_bytes));
   }
-  if (vm->balloon_path.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat("VM ", vm_id, " has no balloon device"));
+  if (vm->balloon_path.empty() && vm->vmem.id.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("VM ", vm_id, " has no balloon or virtio-mem device"));
   }
   if (vm->client == nullptr || !vm->client->connected()) {
     return absl::UnavailableError(absl::StrCat("qmp connection to VM ", vm_id, " is down"));
   }
-  Struct args = Args({{"value", NumberValue(static_cast<double>(target_bytes))}});
-  auto reply = vm->client->Execute("balloon", &args);
-  if (!reply.ok()) {
-    if (IsConnectionError(reply.status())) {
-      RecordFailure(*vm, reply.status());
+  if (!vm->excluded_reason.empty()) {
+    const uint64_t now = vm->actual_bytes.value_or(vm->boot_bytes + vm->vmem.size);
+    if (target_bytes < now) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("VM ", vm_id, " is not resized: ", vm->excluded_reason));
     }
-    return reply.status();
+    return absl::OkStatus();  // Left alone: it already has at least that.
+  }
+  auto fail = [this, vm](const absl::Status& status) {
+    if (IsConnectionError(status)) RecordFailure(*vm, status);
+    return status;
+  };
+  if (vm->vmem.id.empty()) {
+    Struct args = Args({{"value", NumberValue(static_cast<double>(target_bytes))}});
+    auto reply = vm->client->Execute("balloon", &args);
+    if (!reply.ok()) return fail(reply.status());
+    vm->target = target_bytes;
+    return absl::OkStatus();
+  }
+
+  // virtio-mem for whole blocks above boot memory, the balloon for the rest.
+  const VirtioMemDevice& d = vm->vmem;
+  const uint64_t above_boot = target_bytes > vm->boot_bytes ? target_bytes - vm->boot_bytes : 0;
+  uint64_t request = std::min(RoundUpTo(above_boot, d.block_size), d.max_size);
+  const bool same_target = vm->target == target_bytes;
+  if (same_target && vm->vmem_stalled) request = d.requested_size;  // Do not retry the stall.
+  if (request != d.requested_size) {
+    Struct args = Args({{"path", StringValue(absl::StrCat("/machine/peripheral/", d.id))},
+                        {"property", StringValue("requested-size")},
+                        {"value", NumberValue(static_cast<double>(request))}});
+    auto reply = vm->client->Execute("qom-set", &args);
+    if (!reply.ok()) return fail(reply.status());
+    vm->vmem.requested_size = request;
+  }
+  if (!same_target) {
+    // The stall timer starts over from the size now (size-change events
+    // that came with the reply included).
+    vm->vmem_stalled = false;
+    vm->shortfall_reason.clear();
+    vm->vmem_ref_size = d.size;
+    vm->vmem_ref_time = clock_->MonotonicNow();
+  }
+  vm->target = target_bytes;
+  const uint64_t sized = vm->boot_bytes + request;
+  const uint64_t inflate = sized > target_bytes ? sized - target_bytes : 0;
+  if (!vm->balloon_path.empty()) {
+    if (inflate != vm->balloon_inflate || !same_target) {
+      absl::Status set = SetBalloonInflation(*vm, inflate);
+      if (!set.ok()) return fail(set);
+    }
+  } else if (target_bytes < vm->boot_bytes) {
+    vm->shortfall_reason =
+        absl::StrCat("target ", Mib(target_bytes), " is below boot memory (", Mib(vm->boot_bytes),
+                     "): virtio-mem cannot go lower and there is no balloon");
   }
   return absl::OkStatus();
 }

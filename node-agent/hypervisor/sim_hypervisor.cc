@@ -57,6 +57,10 @@ absl::StatusOr<std::vector<VmStatus>> SimHypervisor::ListVms() {
     status.name = vm.name;
     status.max_bytes = vm.max_bytes;
     status.actual_bytes = vm.actual_bytes;
+    status.sizing.balloon = true;
+    status.sizing.boot_bytes = vm.max_bytes;
+    status.sizing.balloon_inflated_bytes =
+        vm.max_bytes > vm.actual_bytes ? vm.max_bytes - vm.actual_bytes : 0;
     if (vm.balloon_driver) {
       GuestMemoryStats& s = status.stats;
       s.total_bytes = vm.total_bytes;

@@ -118,6 +118,74 @@ TEST_F(LibvirtHypervisorTest, NodeFileWithSeveralDomains) {
   EXPECT_EQ(by_id["11111111-1111-1111-1111-000000000003"].actual_bytes, 1024 * kMiB);
 }
 
+// A domain with extra XML inside <domain> (devices, memoryBacking).
+std::string DomainXmlWith(const std::string& name, const std::string& uuid,
+                          const std::string& extra) {
+  return absl::StrCat("<domain type='test'><name>", name, "</name><uuid>", uuid,
+                      "</uuid><memory unit='KiB'>1048576</memory><currentMemory "
+                      "unit='KiB'>1048576</currentMemory><vcpu>1</vcpu><os><type>hvm</type></os>",
+                      extra, "</domain>");
+}
+
+TEST_F(LibvirtHypervisorTest, PassthroughHugepageAndLockedDomainsAreExcluded) {
+  std::string node = WriteNode(
+      "node.xml",
+      absl::StrCat(
+          DomainXmlWith("plain", "22222222-2222-2222-2222-000000000001",
+                        "<!-- <hostdev mode='subsystem' type='pci'/> -->"),
+          DomainXmlWith("vfio", "22222222-2222-2222-2222-000000000002",
+                        "<devices><hostdev mode='subsystem' type='pci' managed='yes'><source>"
+                        "<address domain='0x0000' bus='0x06' slot='0x00' function='0x0'/>"
+                        "</source></hostdev></devices>"),
+          DomainXmlWith("huge", "22222222-2222-2222-2222-000000000003",
+                        "<memoryBacking><hugepages/></memoryBacking>"),
+          DomainXmlWith("locked", "22222222-2222-2222-2222-000000000004",
+                        "<memoryBacking><locked/></memoryBacking>")));
+  auto hv = Make(absl::StrCat("test://", node));
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok()) << vms.status();
+  auto by_id = ById(*vms);
+  ASSERT_EQ(by_id.size(), 4u);
+  EXPECT_EQ(by_id["22222222-2222-2222-2222-000000000001"].sizing.excluded_reason, "");
+  EXPECT_THAT(by_id["22222222-2222-2222-2222-000000000003"].sizing.excluded_reason,
+              HasSubstr("hugepage"));
+  EXPECT_THAT(by_id["22222222-2222-2222-2222-000000000004"].sizing.excluded_reason,
+              HasSubstr("locked"));
+  EXPECT_THAT(by_id["22222222-2222-2222-2222-000000000002"].sizing.excluded_reason,
+              HasSubstr("PCI passthrough"));
+  // An excluded domain is not shrunk; its own size is accepted as is.
+  absl::Status shrink = hv->SetBalloonTarget("22222222-2222-2222-2222-000000000003", 512 * kMiB);
+  EXPECT_EQ(shrink.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(hv->SetBalloonTarget("22222222-2222-2222-2222-000000000003", 1024 * kMiB).ok());
+  EXPECT_TRUE(hv->SetBalloonTarget("22222222-2222-2222-2222-000000000001", 512 * kMiB).ok());
+  auto after = hv->ListVms();
+  ASSERT_TRUE(after.ok());
+  auto after_by_id = ById(*after);
+  EXPECT_EQ(after_by_id["22222222-2222-2222-2222-000000000003"].actual_bytes, 1024 * kMiB);
+  EXPECT_EQ(after_by_id["22222222-2222-2222-2222-000000000001"].actual_bytes, 512 * kMiB);
+}
+
+TEST(LibvirtExclusionReasonTest, ReadsHostdevAndMemoryBackingAndIgnoresTheRest) {
+  EXPECT_THAT(LibvirtExclusionReason("<domain><devices><hostdev mode='subsystem'/></devices>"
+                                     "</domain>"),
+              HasSubstr("PCI passthrough"));
+  EXPECT_THAT(LibvirtExclusionReason("<domain><memoryBacking>\n  <locked/>\n</memoryBacking>"),
+              HasSubstr("locked"));
+  EXPECT_THAT(LibvirtExclusionReason("<domain><memoryBacking><hugepages><page size='2048'/>"
+                                     "</hugepages></memoryBacking></domain>"),
+              HasSubstr("hugepage"));
+  // Not these: a comment, a look-alike tag, hugepages outside memoryBacking,
+  // an empty memoryBacking, truncated or empty input.
+  for (const char* xml : {"<domain><!-- <devices><hostdev/></devices> --></domain>",
+                          "<domain><devices><hostdevice/></devices></domain>",
+                          "<domain><features><hugepages/></features><memoryBacking/></domain>",
+                          "<domain><memoryBacking><source type='memfd'/></memoryBacking>",
+                          "<domain><devices><hostd", "<!-- <hostdev", ""}) {
+    SCOPED_TRACE(xml);
+    EXPECT_EQ(LibvirtExclusionReason(xml), "");
+  }
+}
+
 TEST_F(LibvirtHypervisorTest, SetsTheBalloonInKibAndValidates) {
   std::string node = WriteNode(
       "node.xml", DomainXml("web", "11111111-1111-1111-1111-000000000001", 1048576, 1048576));

@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -40,6 +41,29 @@ struct FakeVmState {
   bool send_greeting = true;
   // Replaces QMP's greeting line when not empty.
   std::string greeting;
+  // A virtio-mem device (empty id: none). With one, the balloon works
+  // against base_memory only, as QEMU 7.2's does (actual = base_memory
+  // minus what the balloon holds, `inflated`; virtio-mem's memory left out).
+  std::string vmem_id;
+  uint64_t vmem_size = 0;
+  uint64_t vmem_requested = 0;
+  uint64_t vmem_max = 0;
+  uint64_t vmem_block = 2ULL << 20;
+  // The device follows a request at once, but unplugs no lower than
+  // vmem_unplug_floor (unmovable pages) and plugs no higher than
+  // vmem_plug_limit (a guest without the driver).
+  uint64_t vmem_unplug_floor = 0;
+  uint64_t vmem_plug_limit = ~0ULL;
+  uint64_t inflated = 0;
+  // Raw JSON of the query-memory-devices reply when not empty.
+  std::string memory_devices_json;
+  // More peripherals listed by qom-list: name and type, e.g.
+  // {"hostdev0", "child<vfio-pci>"}.
+  std::vector<std::pair<std::string, std::string>> extra_peripherals;
+  // Raw JSON of the query-memdev reply; empty: CommandNotFound.
+  std::string memdev_json;
+  // qom-get values of other objects: "PATH|PROPERTY" -> raw JSON.
+  std::map<std::string, std::string> object_props;
 };
 
 // Sentinel a handler returns to drop the connection instead of replying.
@@ -134,13 +158,76 @@ class FakeQmpServer {
     }
     if (cmd == "query-memory-size-summary") {
       return {Reply(id, absl::StrCat("{\"base-memory\": ", s.base_memory,
-                                     ", \"plugged-memory\": 0}"))};
+                                     ", \"plugged-memory\": ", s.vmem_size, "}"))};
+    }
+    if (cmd == "query-memory-devices") {
+      if (!s.memory_devices_json.empty()) return {Reply(id, s.memory_devices_json)};
+      if (s.vmem_id.empty()) return {Reply(id, "[]")};
+      return {
+          Reply(id, absl::StrCat("[{\"type\": \"virtio-mem\", \"data\": {\"id\": \"", s.vmem_id,
+                                 "\", \"memdev\": \"/objects/vmem0\", ",
+                                 "\"node\": 0, \"memaddr\": 4294967296, \"size\": ", s.vmem_size,
+                                 ", \"requested-size\": ", s.vmem_requested, ", \"max-size\": ",
+                                 s.vmem_max, ", \"block-size\": ", s.vmem_block, "}}]"))};
+    }
+    if (cmd == "query-memdev") {
+      if (s.memdev_json.empty()) {
+        return {Error(id, "CommandNotFound", "The command query-memdev has not been found")};
+      }
+      return {Reply(id, s.memdev_json)};
     }
     if (cmd == "query-balloon") {
       if (s.balloon_path.empty()) {
         return {Error(id, "DeviceNotActive", "No balloon device has been activated")};
       }
+      if (!s.vmem_id.empty()) {
+        // QEMU 7.2: the balloon's actual leaves virtio-mem's memory out.
+        return {Reply(id, absl::StrCat("{\"actual\": ", s.base_memory - s.inflated, "}"))};
+      }
       return {Reply(id, absl::StrCat("{\"actual\": ", s.actual, "}"))};
+    }
+    if (cmd == "balloon" && !s.vmem_id.empty() && !s.balloon_path.empty()) {
+      double v = args.fields().count("value") ? args.fields().at("value").number_value() : 0;
+      if (v <= 0) return {Error(id, "GenericError", "Parameter 'value' expects a size")};
+      // QEMU 7.2 sizes the balloon against boot memory only.
+      const uint64_t ram = s.base_memory;
+      const uint64_t target = std::min<uint64_t>(static_cast<uint64_t>(v), ram);
+      s.inflated = ram - target;
+      return {absl::StrCat("{\"event\": \"BALLOON_CHANGE\", \"data\": {\"actual\": ", target,
+                           "}, \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}"),
+              Reply(id, "{}")};
+    }
+    if ((cmd == "qom-set" || cmd == "qom-get") && !s.vmem_id.empty() &&
+        Str(args, "path") == "/machine/peripheral/" + s.vmem_id) {
+      if (Str(args, "property") != "requested-size") {
+        return {Error(id, "GenericError", "Property not found")};
+      }
+      if (cmd == "qom-get") return {Reply(id, absl::StrCat(s.vmem_requested))};
+      auto v = args.fields().find("value");
+      if (v == args.fields().end() || v->second.number_value() < 0) {
+        return {Error(id, "GenericError", "Parameter 'value' expects uint64")};
+      }
+      const uint64_t req = static_cast<uint64_t>(v->second.number_value());
+      if (req > s.vmem_max || req % s.vmem_block != 0) {
+        return {Error(id, "GenericError", "requested-size must be a multiple of block-size")};
+      }
+      s.vmem_requested = req;
+      uint64_t size = req;
+      if (req < s.vmem_size) size = std::max(req, std::min(s.vmem_size, s.vmem_unplug_floor));
+      if (req > s.vmem_size) size = std::max(s.vmem_size, std::min(req, s.vmem_plug_limit));
+      std::vector<std::string> out;
+      if (size != s.vmem_size) {
+        s.vmem_size = size;
+        out.push_back(absl::StrCat(
+            "{\"event\": \"MEMORY_DEVICE_SIZE_CHANGE\", \"data\": {\"id\": \"", s.vmem_id,
+            "\", \"size\": ", size, ", \"qom-path\": \"/machine/peripheral/", s.vmem_id,
+            "\"}, \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}"));
+      }
+      out.push_back(Reply(id, "{}"));
+      return out;
+    }
+    if (cmd == "qom-get" && s.object_props.count(Str(args, "path") + "|" + Str(args, "property"))) {
+      return {Reply(id, s.object_props.at(Str(args, "path") + "|" + Str(args, "property")))};
     }
     if (cmd == "balloon") {
       if (s.balloon_path.empty()) {
@@ -162,6 +249,15 @@ class FakeQmpServer {
         if (s.balloon_path.rfind(prefix, 0) == 0) {
           absl::StrAppend(&items, ", {\"name\": \"", s.balloon_path.substr(prefix.size()),
                           "\", \"type\": \"child<virtio-balloon-pci>\"}");
+        }
+        if (path == "/machine/peripheral") {
+          for (const auto& [name, type] : s.extra_peripherals) {
+            absl::StrAppend(&items, ", {\"name\": \"", name, "\", \"type\": \"", type, "\"}");
+          }
+          if (!s.vmem_id.empty()) {
+            absl::StrAppend(&items, ", {\"name\": \"", s.vmem_id,
+                            "\", \"type\": \"child<virtio-mem-pci>\"}");
+          }
         }
         absl::StrAppend(&items, ", {\"name\": \"net0\", \"type\": \"child<virtio-net-pci>\"}]");
         return {Reply(id, items)};

@@ -1,12 +1,13 @@
 #include "node-agent/actuator.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
@@ -203,6 +204,34 @@ TEST_F(ActuatorTest, FrozenBalloonWithStatsIsStuckAndRecovers) {
   EXPECT_EQ(View("a").state, BalloonState::kOk);
   Tick();
   EXPECT_EQ(fake_.target("a"), 3744 * kMiB);  // 4000 - 256
+}
+
+TEST_F(ActuatorTest, TargetWithinTheDevicesGranularityIsReached) {
+  // A virtio-mem VM without a balloon follows to within a block (2 MiB):
+  // 1.5 MiB above its target it is done, not stuck. The same distance on a
+  // balloon (1 MiB granularity) is a stuck balloon.
+  for (const auto& [granularity, want] :
+       {std::pair{2 * kMiB, BalloonState::kOk}, std::pair{kMiB, BalloonState::kStuck}}) {
+    SCOPED_TRACE(granularity);
+    fake_.RemoveVm("a");
+    fake_.AddVm("a", 4096 * kMiB, 1024 * kMiB + 3 * kMiB / 2);
+    fake_.SetFrozen("a", true);
+    fake_.SetGranularity("a", granularity);
+    GuestMemoryStats stats;
+    stats.last_update = clock_.Now();
+    fake_.SetStats("a", stats);
+    Actuator& act = Make();
+    act.SetBrokerConnected(true);
+    Tick();
+    act.SetTargets(1, {Target("a", 1024 * kMiB)});
+    Tick();
+    clock_.Advance(absl::Seconds(11));
+    Tick();
+    clock_.Advance(absl::Seconds(11));
+    Tick();
+    EXPECT_EQ(View("a").state, want);
+    EXPECT_EQ(View("a").granularity_bytes, granularity);
+  }
 }
 
 TEST_F(ActuatorTest, SlowProgressIsNotStuck) {

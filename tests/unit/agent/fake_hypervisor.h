@@ -91,6 +91,11 @@ class FakeHypervisor : public Hypervisor {
   // Balloons reach their targets at once.
   void SettleBalloons() { MoveBalloons(UINT64_MAX); }
 
+  // Sets the finest step the VM's devices follow (VmSizing).
+  void SetGranularity(const std::string& id, uint64_t bytes) {
+    absl::MutexLock lock(&mu_);
+    vms_[id].status.sizing.granularity_bytes = bytes;
+  }
   void SetFrozen(const std::string& id, bool frozen) {
     absl::MutexLock lock(&mu_);
     vms_[id].frozen = frozen;

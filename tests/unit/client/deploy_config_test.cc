@@ -289,8 +289,11 @@ TEST(ExtractMetricNamesTest, YamlExprForms) {
 
 TEST(DeployMetricsTest, MetricListIsComplete) {
   auto metrics = LoadMetricList();
-  EXPECT_EQ(metrics.size(), 43u);
+  EXPECT_EQ(metrics.size(), 46u);
   EXPECT_EQ(metrics["membroker_decision_latency_seconds"], "histogram");
+  EXPECT_EQ(metrics["membroker_agent_vm_virtio_mem_plugged_bytes"], "gauge");
+  EXPECT_EQ(metrics["membroker_agent_vm_balloon_inflated_bytes"], "gauge");
+  EXPECT_EQ(metrics["membroker_agent_vm_excluded"], "gauge");
   EXPECT_EQ(metrics["membroker_agent_report_duration_seconds"], "histogram");
   for (const auto& [name, type] : metrics) {
     EXPECT_TRUE(type == "gauge" || type == "counter" || type == "histogram") << name;

@@ -75,6 +75,39 @@ TEST(RenderTest, VmsTableHasContractColumnsAndHumanSizes) {
   EXPECT_THAT(wide, HasSubstr("2 KiB/s"));
 }
 
+TEST(RenderTest, WideVmsTableSaysWhichMechanismMovedWhat) {
+  v1::ListVmsResponse r;
+  v1::Vm* vmem = r.add_vms();
+  vmem->set_host_id("kvm-01");
+  vmem->set_name("vmem-guest");
+  vmem->set_health(v1::BALLOON_HEALTH_OK);
+  vmem->set_sizing_mechanism("virtio-mem+balloon");
+  vmem->set_virtio_mem_plugged_bytes(302ull << 20);
+  vmem->set_balloon_inflated_bytes(3ull << 20);
+  v1::Vm* excluded = r.add_vms();
+  excluded->set_host_id("kvm-01");
+  excluded->set_name("passthrough");
+  excluded->set_health(v1::BALLOON_HEALTH_EXCLUDED);
+  excluded->set_health_reason("PCI passthrough: VFIO device hostdev0");
+  v1::Vm* old_agent = r.add_vms();
+  old_agent->set_host_id("kvm-02");
+  old_agent->set_name("from-an-older-agent");
+  const std::string narrow = RenderVmsTable(r, /*wide=*/false);
+  EXPECT_THAT(narrow, HasSubstr("excluded"));
+  EXPECT_THAT(narrow, Not(HasSubstr("SIZING")));
+  const std::string wide = RenderVmsTable(r, /*wide=*/true);
+  for (const char* col : {"SIZING", "VMEM_PLUGGED", "BALLOONED", "HEALTH_REASON"}) {
+    EXPECT_THAT(wide, HasSubstr(col));
+  }
+  EXPECT_THAT(wide, HasSubstr("virtio-mem+balloon"));
+  EXPECT_THAT(wide, HasSubstr("302 MiB"));
+  EXPECT_THAT(wide, HasSubstr("3 MiB"));
+  EXPECT_THAT(wide, HasSubstr("PCI passthrough: VFIO device hostdev0"));
+  // No mechanism from an older agent: the balloon, as it was.
+  const std::string last = wide.substr(wide.find("from-an-older-agent"));
+  EXPECT_THAT(last, HasSubstr("balloon"));
+}
+
 TEST(RenderTest, HostsTableHasContractColumns) {
   v1::ListHostsResponse r;
   v1::Host* h = r.add_hosts();
@@ -128,7 +161,11 @@ TEST(RenderTest, YamlRendersTheSameStructure) {
             "    guest_used_bytes: \"1887436800\"\n"
             "    swap_in_bytes_per_second: 2048\n"
             "    major_faults_per_second: 0\n"
-            "    guest_oom_kills: \"0\"\n");
+            "    guest_oom_kills: \"0\"\n"
+            "    sizing_mechanism: \"\"\n"
+            "    virtio_mem_plugged_bytes: \"0\"\n"
+            "    balloon_inflated_bytes: \"0\"\n"
+            "    health_reason: \"\"\n");
   absl::StatusOr<std::string> empty = RenderMessage(v1::ListVmsResponse(), OutputFormat::kYaml);
   ASSERT_TRUE(empty.ok());
   EXPECT_EQ(*empty, "vms: []\n");
