@@ -7,6 +7,7 @@
 #include "broker/authz.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
+#include "broker/planner.h"
 #include "membroker/v1/admin.grpc.pb.h"
 
 namespace membroker::broker {
@@ -14,8 +15,13 @@ namespace membroker::broker {
 class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
   // None owned; all must outlive the service.
-  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer)
-      : fleet_(fleet), metrics_(metrics), store_(store), authorizer_(authorizer) {}
+  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer,
+                   Planner* planner)
+      : fleet_(fleet),
+        metrics_(metrics),
+        store_(store),
+        authorizer_(authorizer),
+        planner_(planner) {}
 
   grpc::ServerUnaryReactor* ListHosts(grpc::CallbackServerContext* ctx,
                                       const v1::ListHostsRequest* req,
@@ -48,8 +54,10 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* ctx,
                                     const v1::ReleaseRequest* req,
                                     v1::ReleaseResponse* resp) override;
-  grpc::ServerUnaryReactor* GetPlan(grpc::CallbackServerContext* ctx,
-                                    const v1::GetPlanRequest* req, v1::Plan* resp) override;
+  grpc::ServerUnaryReactor* GetPlan(grpc::CallbackServerContext* ctx, const v1::GetPlanRequest* req,
+                                    v1::Plan* resp) override;
+  grpc::ServerUnaryReactor* Place(grpc::CallbackServerContext* ctx, const v1::PlaceRequest* req,
+                                  v1::PlaceResponse* resp) override;
   grpc::ServerWriteReactor<v1::Decision>* WatchDecisions(
       grpc::CallbackServerContext* ctx, const v1::WatchDecisionsRequest* req) override;
   grpc::ServerUnaryReactor* ListAuditEntries(grpc::CallbackServerContext* ctx,
@@ -66,6 +74,7 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   BrokerMetrics* const metrics_;
   Store* const store_;
   const Authorizer* const authorizer_;
+  Planner* const planner_;
 };
 
 }  // namespace membroker::broker

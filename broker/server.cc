@@ -58,6 +58,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
   b->fleet_ = std::make_unique<Fleet>(clock, b->store_.get(), b->metrics_.get(),
                                       WithDefaults(options.safety));
   RETURN_IF_ERROR(b->fleet_->Load(options.cluster_policy));
+  b->planner_ = std::make_unique<Planner>(b->fleet_.get(), clock, *registry);
   ASSIGN_OR_RETURN(b->metrics_server_, MetricsServer::Start(options.metrics_listen, registry));
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (options.tls.has_value()) {
@@ -73,8 +74,8 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
   }
   b->agent_service_ =
       std::make_unique<AgentServiceImpl>(b->fleet_.get(), b->metrics_.get(), b->authorizer_.get());
-  b->admin_service_ = std::make_unique<AdminServiceImpl>(b->fleet_.get(), b->metrics_.get(),
-                                                         b->store_.get(), b->authorizer_.get());
+  b->admin_service_ = std::make_unique<AdminServiceImpl>(
+      b->fleet_.get(), b->metrics_.get(), b->store_.get(), b->authorizer_.get(), b->planner_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -93,6 +94,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
     return absl::UnavailableError(absl::StrCat("--listen=", options.listen, ": cannot listen"));
   }
   b->server_->GetHealthCheckService()->SetServingStatus(true);
+  if (options.plan_interval > absl::ZeroDuration()) b->planner_->Start(options.plan_interval);
   spdlog::info("broker serving gRPC ({}) on port {} and /metrics on port {}",
                options.tls ? "mutual TLS" : "PLAINTEXT, --insecure", b->grpc_port_,
                b->metrics_server_->port());
