@@ -195,6 +195,14 @@ def fleet():
               "{{host}} {{kind}}"),
              (f"sum by (host) (increase(membroker_host_overcommit_episodes_total{{{h}}}[{RATE}]))",
               "{{host}} overcommit")])
+    b.panel("timeseries", "Rebalance plan",
+            "The broker's advice, recomputed every 15 s: VM moves that restore short hosts "
+            "(membrokerctl plan), hosts short now and still short after the moves.",
+            [("membroker_plan_moves", "moves"),
+             ("membroker_plan_hosts_short", "hosts short"),
+             ("membroker_plan_hosts_short_after", "short after the moves")], w=8)
+    b.panel("timeseries", "Memory the plan moves", "Sum of the planned moves' sizes.",
+            [("membroker_plan_moved_bytes", "moved")], w=8, unit="bytes")
     b.row("Agents")
     b.panel("state-timeline", "Agent connected to broker", "1 while the agent's stream is welcomed.",
             [(f"membroker_agent_broker_connected{{{h}}}", "{{host}}")], h=6)
