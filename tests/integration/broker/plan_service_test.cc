@@ -30,6 +30,9 @@ v1::VmSample Vm(const std::string& id, uint64_t max, uint64_t used) {
   s.mutable_stats()->set_total_bytes(max);
   s.mutable_stats()->set_available_bytes(max - used);
   s.mutable_stats()->set_free_bytes(max - used);
+  s.mutable_stats()->set_age_seconds(0);  // fresh statistics
+  s.mutable_stats()->set_swap_in_bytes_total(0);
+  s.mutable_stats()->set_major_faults_total(0);
   return s;
 }
 
