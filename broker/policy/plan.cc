@@ -156,18 +156,21 @@ RebalancePlan PlanMoves(const std::vector<PlanHost>& hosts) {
     if (a->Short() != b->Short()) return a->Short() > b->Short();
     return a->host->host_id < b->host->host_id;
   });
-  // Step 2: the destination of a VM needing `need`, or null.
+  // Step 2: the eligible destinations, most room first (then host id); the
+  // destination of a VM needing `need` is the first one if it has the room,
+  // else there is none.
+  auto by_room = [](const Tally* a, const Tally* b) {
+    if (a->Room() != b->Room()) return a->Room() > b->Room();
+    return a->host->host_id < b->host->host_id;
+  };
+  std::set<Tally*, decltype(by_room)> destinations(by_room);
+  for (Tally& t : tallies) {
+    if (t.host->connected && short_hosts.count(t.host) == 0) destinations.insert(&t);
+  }
   auto destination = [&](uint64_t need) -> Tally* {
-    Tally* best = nullptr;
-    for (Tally& t : tallies) {
-      if (!t.host->connected || short_hosts.count(t.host)) continue;
-      if (t.Room() < static_cast<int64_t>(need)) continue;
-      if (best == nullptr || t.Room() > best->Room() ||
-          (t.Room() == best->Room() && t.host->host_id < best->host->host_id)) {
-        best = &t;
-      }
-    }
-    return best;
+    if (destinations.empty()) return nullptr;
+    Tally* best = *destinations.begin();
+    return best->Room() >= static_cast<int64_t>(need) ? best : nullptr;
   };
   for (Tally* src : sources) {
     const uint64_t short_at_start = src->Short();
@@ -215,9 +218,11 @@ RebalancePlan PlanMoves(const std::vector<PlanHost>& hosts) {
       src->floor -= vm.floor_bytes;
       src->need -= vm.need_bytes;
       src->target -= std::min(src->target, vm.target_bytes);
+      destinations.erase(pick_to);  // its room changes: re-sort it
       pick_to->floor += vm.floor_bytes;
       pick_to->need += vm.need_bytes;
       pick_to->target += vm.need_bytes;
+      destinations.insert(pick_to);
       Move m;
       m.vm_id = vm.vm_id;
       m.vm_name = vm.name;
