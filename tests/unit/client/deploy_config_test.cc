@@ -289,8 +289,10 @@ TEST(ExtractMetricNamesTest, YamlExprForms) {
 
 TEST(DeployMetricsTest, MetricListIsComplete) {
   auto metrics = LoadMetricList();
-  EXPECT_EQ(metrics.size(), 43u);
+  EXPECT_EQ(metrics.size(), 47u);
   EXPECT_EQ(metrics["membroker_decision_latency_seconds"], "histogram");
+  EXPECT_EQ(metrics["membroker_plan_moves"], "gauge");
+  EXPECT_EQ(metrics["membroker_plan_hosts_short"], "gauge");
   EXPECT_EQ(metrics["membroker_agent_report_duration_seconds"], "histogram");
   for (const auto& [name, type] : metrics) {
     EXPECT_TRUE(type == "gauge" || type == "counter" || type == "histogram") << name;
