@@ -6,8 +6,17 @@
 // of OOM kills per policy for those. Figures only: this program never fails
 // on a figure.
 //
+// With --plan_scenario=NAME (e.g. fleet_1000, 1000 unevenly loaded hosts)
+// it also runs that fleet under the broker's policy, takes the broker's
+// placement and rebalance plan from its hosts' last decision inputs, moves
+// the planned VMs' models to their destination hosts in the scenario, runs
+// the fleet again and prints hosts short before and after, memory moved,
+// the number of moves and placement figures. Scenarios named in
+// kPlanOnlyScenarios run only there (their size), unless --only names them.
+//
 //   decision_quality [--scenarios_dir=DIR] [--only=NAME,...] [--duration=1h]
 //                    [--variants=normal,swapless,deflate]
+//                    [--plan_scenario=fleet_1000] [--plan_duration=10m]
 
 #include <dirent.h>
 
@@ -28,6 +37,12 @@
 
 ABSL_FLAG(std::string, scenarios_dir, MB_SCENARIOS_DIR, "Directory of *.textproto scenarios");
 ABSL_FLAG(std::string, only, "", "Comma-separated scenario names to run (default: all)");
+ABSL_FLAG(std::string, plan_scenario, "",
+          "Also run the placement and rebalance-plan section on this scenario (e.g. fleet_1000)");
+ABSL_FLAG(absl::Duration, plan_duration, absl::ZeroDuration(),
+          "Simulated time of each plan-section run (default: the scenario's own)");
+ABSL_FLAG(int64_t, place_mib, 8192, "Plan section: size of the VMs placed, in MiB");
+ABSL_FLAG(int, place_count, 100, "Plan section: how many such VMs to place");
 ABSL_FLAG(std::string, trace, "", "Print every 5 s: working set, actual, target of this VM");
 ABSL_FLAG(int, detail, 0, "Also print the N VMs with the most stall per policy");
 ABSL_FLAG(std::string, policies, "",
@@ -57,6 +72,104 @@ ABSL_FLAG(int64_t, protect_margin_max_mib, -1, "ClusterPolicy.protect_margin_max
 namespace {
 
 using membroker::sim::PolicyKind;
+
+// Scenarios too large for the default table: only the plan section (or
+// --only) runs them.
+const char* const kPlanOnlyScenarios[] = {"fleet_1000"};
+
+bool PlanOnly(const std::string& name) {
+  for (const char* p : kPlanOnlyScenarios) {
+    if (name == p) return true;
+  }
+  return false;
+}
+
+constexpr double kGiBd = 1024.0 * 1024.0 * 1024.0;
+
+size_t VmCount(const membroker::v1::Scenario& s) {
+  size_t n = 0;
+  for (const auto& h : s.hosts()) n += static_cast<size_t>(h.vms_size());
+  return n;
+}
+
+// The plan section (see the top of this file). Returns the exit code.
+int RunPlanSection(const std::string& path, membroker::sim::RunOptions options) {
+  namespace policy = membroker::policy;
+  auto scenario = membroker::sim::LoadScenario(path);
+  if (!scenario.ok()) {
+    std::fprintf(stderr, "%s\n", scenario.status().ToString().c_str());
+    return 1;
+  }
+  options.duration = absl::GetFlag(FLAGS_plan_duration);
+  options.observer = nullptr;
+  std::vector<policy::PlanHost> before;
+  options.broker_plan_hosts = &before;
+  absl::Time start = absl::Now();
+  auto fig_before = membroker::sim::RunScenario(*scenario, PolicyKind::kBroker, options);
+  const double run_before_s = absl::ToDoubleSeconds(absl::Now() - start);
+  if (!fig_before.ok()) {
+    std::fprintf(stderr, "%s\n", fig_before.status().ToString().c_str());
+    return 1;
+  }
+  start = absl::Now();
+  const policy::RebalancePlan plan = policy::PlanMoves(before);
+  const double plan_s = absl::ToDoubleSeconds(absl::Now() - start);
+  const uint64_t place_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_place_mib)) << 20;
+  const uint32_t place_count = static_cast<uint32_t>(std::max(0, absl::GetFlag(FLAGS_place_count)));
+  start = absl::Now();
+  const policy::PlacementResult place = policy::PlaceVms(before, place_bytes, place_count);
+  const double place_s = absl::ToDoubleSeconds(absl::Now() - start);
+  size_t no_reclaim = 0;
+  for (const auto& o : place.options) no_reclaim += o.reclaim_bytes == 0 ? 1 : 0;
+  std::map<std::string, int> spread;
+  for (const std::string& h : place.assignments) ++spread[h];
+
+  auto moved = membroker::sim::ApplyMoves(*scenario, plan.moves);
+  if (!moved.ok()) {
+    std::fprintf(stderr, "%s\n", moved.status().ToString().c_str());
+    return 1;
+  }
+  std::vector<policy::PlanHost> after;
+  options.broker_plan_hosts = &after;
+  start = absl::Now();
+  auto fig_after = membroker::sim::RunScenario(*moved, PolicyKind::kBroker, options);
+  const double run_after_s = absl::ToDoubleSeconds(absl::Now() - start);
+  if (!fig_after.ok()) {
+    std::fprintf(stderr, "%s\n", fig_after.status().ToString().c_str());
+    return 1;
+  }
+  uint32_t short_after = 0;
+  for (const policy::PlanHost& h : after) short_after += policy::ShortBytes(h) > 0 ? 1 : 0;
+
+  std::printf("\nplacement and rebalance plan: %s, %d hosts, %zu VMs, broker policy\n",
+              scenario->name().c_str(), scenario->hosts_size(), VmCount(*scenario));
+  std::printf("  %-34s %10s %10s\n", "", "before", "after");
+  std::printf("  %-34s %10u %10u\n", "hosts short (broker's view)", plan.hosts_short_before,
+              short_after);
+  std::printf("  %-34s %10s %10u\n", "hosts short, as planned", "", plan.hosts_short_after);
+  std::printf("  %-34s %10.1f %10.1f\n", "stall GiB*s", fig_before->stall_gib_seconds,
+              fig_after->stall_gib_seconds);
+  std::printf("  %-34s %10llu %10llu\n", "guest OOM kills",
+              static_cast<unsigned long long>(fig_before->oom_kills),
+              static_cast<unsigned long long>(fig_after->oom_kills));
+  std::printf("  %-34s %10.2f %10.2f\n", "simulation wall s", run_before_s, run_after_s);
+  std::printf("  moves %zu, memory moved %.1f GiB, plan computed in %.3f s\n", plan.moves.size(),
+              static_cast<double>(plan.moved_bytes) / kGiBd, plan_s);
+  for (const policy::UnresolvedHost& u : plan.unresolved) {
+    std::printf("  unresolved: %s short by %.2f GiB\n", u.host_id.c_str(),
+                static_cast<double>(u.short_bytes) / kGiBd);
+  }
+  std::printf(
+      "  place %u x %.1f GiB: %zu hosts could take one (%zu without reclaim); %zu placed on %zu "
+      "hosts, computed in %.3f s\n",
+      place_count, static_cast<double>(place_bytes) / kGiBd, place.options.size(), no_reclaim,
+      place.assignments.size(), spread.size(), place_s);
+  std::printf(
+      "  hosts short: sum over the host's VMs of max(floor, demand) above capacity - free margin,\n"
+      "  from the broker's last decision inputs at the end of each run; after: the planned VMs'\n"
+      "  models moved to their destination hosts and the fleet run again from the start.\n");
+  return 0;
+}
 
 std::vector<std::string> ScenarioFiles(const std::string& dir) {
   std::vector<std::string> files;
@@ -191,6 +304,7 @@ int main(int argc, char** argv) {
     if (!only.empty() && std::find(only.begin(), only.end(), loaded->name()) == only.end()) {
       continue;
     }
+    if (only.empty() && PlanOnly(loaded->name())) continue;
     if (loaded->cluster_policy().ByteSizeLong() > 0) {
       std::printf("%-16s scenario cluster policy: %s\n", loaded->name().c_str(),
                   loaded->cluster_policy().ShortDebugString().c_str());
@@ -317,5 +431,10 @@ int main(int argc, char** argv) {
       "rev/VM-h: target reversals per VM-hour; x/or: ratio to the clairvoyant oracle; defl:\n"
       "times a deflate-on-oom guest took memory back from its balloon instead of an OOM kill.\n"
       "Time advances in 0.25 s ticks: a response of 0 came in the tick the deficit appeared.\n");
+  if (!absl::GetFlag(FLAGS_plan_scenario).empty()) {
+    return RunPlanSection(absl::GetFlag(FLAGS_scenarios_dir) + "/" +
+                              absl::GetFlag(FLAGS_plan_scenario) + ".textproto",
+                          options);
+  }
   return 0;
 }

@@ -218,12 +218,23 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Release(grpc::CallbackServerContext*
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetPlan(grpc::CallbackServerContext* ctx,
-                                                    const v1::GetPlanRequest*, v1::Plan*) {
+                                                    const v1::GetPlanRequest*, v1::Plan* resp) {
   if (auto denied = Authorize(ctx, "GetPlan"); !denied.ok()) {
     return Done(ctx, "GetPlan", denied);
   }
-  return Done(ctx, "GetPlan",
-              absl::UnimplementedError("the rebalance plan is not implemented in this version"));
+  *resp = planner_->ComputePlan();
+  return Done(ctx, "GetPlan", absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::Place(grpc::CallbackServerContext* ctx,
+                                                  const v1::PlaceRequest* req,
+                                                  v1::PlaceResponse* resp) {
+  if (auto denied = Authorize(ctx, "Place"); !denied.ok()) {
+    return Done(ctx, "Place", denied);
+  }
+  auto placed = planner_->Place(*req);
+  if (placed.ok()) *resp = std::move(*placed);
+  return Done(ctx, "Place", placed.status());
 }
 
 grpc::ServerWriteReactor<v1::Decision>* AdminServiceImpl::WatchDecisions(

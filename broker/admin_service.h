@@ -8,6 +8,7 @@
 #include "broker/fleet.h"
 #include "broker/metrics.h"
 #include "broker/server_limits.h"
+#include "broker/planner.h"
 #include "membroker/v1/admin.grpc.pb.h"
 
 namespace membroker::broker {
@@ -17,11 +18,12 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   // None owned; all must outlive the service. `limits` caps the open
   // WatchDecisions streams (in total and per peer).
   AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer,
-                   const ServerLimits& limits = {})
+                   Planner* planner, const ServerLimits& limits = {})
       : fleet_(fleet),
         metrics_(metrics),
         store_(store),
         authorizer_(authorizer),
+        planner_(planner),
         watch_limiter_("watch", limits.max_watch_streams, limits.max_streams_per_peer, metrics) {}
 
   grpc::ServerUnaryReactor* ListHosts(grpc::CallbackServerContext* ctx,
@@ -55,8 +57,10 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* ctx,
                                     const v1::ReleaseRequest* req,
                                     v1::ReleaseResponse* resp) override;
-  grpc::ServerUnaryReactor* GetPlan(grpc::CallbackServerContext* ctx,
-                                    const v1::GetPlanRequest* req, v1::Plan* resp) override;
+  grpc::ServerUnaryReactor* GetPlan(grpc::CallbackServerContext* ctx, const v1::GetPlanRequest* req,
+                                    v1::Plan* resp) override;
+  grpc::ServerUnaryReactor* Place(grpc::CallbackServerContext* ctx, const v1::PlaceRequest* req,
+                                  v1::PlaceResponse* resp) override;
   grpc::ServerWriteReactor<v1::Decision>* WatchDecisions(
       grpc::CallbackServerContext* ctx, const v1::WatchDecisionsRequest* req) override;
   grpc::ServerUnaryReactor* ListAuditEntries(grpc::CallbackServerContext* ctx,
@@ -73,6 +77,7 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   BrokerMetrics* const metrics_;
   Store* const store_;
   const Authorizer* const authorizer_;
+  Planner* const planner_;
   StreamLimiter watch_limiter_;
 };
 

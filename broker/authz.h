@@ -60,7 +60,7 @@ const char* RoleName(Role role);
 enum class AdminAccess { kRead, kWrite };
 
 // kRead for ListHosts, GetHost, ListVms, GetVm, GetClusterPolicy, ExplainVm,
-// GetPlan, WatchDecisions and ListAuditEntries; kWrite for everything else
+// GetPlan, Place, WatchDecisions and ListAuditEntries; kWrite for everything else
 // (an unknown method is treated as a change).
 AdminAccess AccessOf(absl::string_view method);
 

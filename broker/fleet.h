@@ -29,6 +29,7 @@
 #include "absl/time/time.h"
 #include "broker/metrics.h"
 #include "broker/policy/host_step.h"
+#include "broker/policy/plan.h"
 #include "broker/policy_registry.h"
 #include "broker/report.h"
 #include "broker/store.h"
@@ -97,6 +98,11 @@ class Fleet {
   // Merges `update` (set fields only), stores it, re-decides every host.
   absl::StatusOr<v1::ClusterPolicy> SetClusterPolicy(const v1::ClusterPolicy& update,
                                                      const std::string& actor = kInProcessActor);
+
+  // Every host's last decision inputs in plan form (policy/plan.h), host
+  // by host: each host's lock is held only while its state is converted.
+  // Hosts in id order.
+  std::vector<policy::PlanHost> PlanSnapshot() const;
 
   // Decision watchers.
   uint64_t Watch(const std::string& host_filter, DecisionSink sink);

@@ -59,6 +59,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
   b->fleet_ = std::make_unique<Fleet>(clock, b->store_.get(), b->metrics_.get(),
                                       WithDefaults(options.safety));
   RETURN_IF_ERROR(b->fleet_->Load(options.cluster_policy));
+  b->planner_ = std::make_unique<Planner>(b->fleet_.get(), clock, *registry);
   ASSIGN_OR_RETURN(b->metrics_server_, MetricsServer::Start(options.metrics_listen, registry));
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (options.tls.has_value()) {
@@ -74,9 +75,9 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
   }
   b->agent_service_ = std::make_unique<AgentServiceImpl>(
       b->fleet_.get(), b->metrics_.get(), b->authorizer_.get(), clock, options.limits);
-  b->admin_service_ =
-      std::make_unique<AdminServiceImpl>(b->fleet_.get(), b->metrics_.get(), b->store_.get(),
-                                         b->authorizer_.get(), options.limits);
+  b->admin_service_ = std::make_unique<AdminServiceImpl>(
+      b->fleet_.get(), b->metrics_.get(), b->store_.get(), b->authorizer_.get(), b->planner_.get(),
+      options.limits);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -91,6 +92,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
   }
   b->server_->GetHealthCheckService()->SetServingStatus(true);
   b->host_expiry_ = std::make_unique<HostExpiry>(b->fleet_.get(), clock, options.limits.host_expiry);
+  if (options.plan_interval > absl::ZeroDuration()) b->planner_->Start(options.plan_interval);
   spdlog::info("broker serving gRPC ({}) on port {} and /metrics on port {}",
                options.tls ? "mutual TLS" : "PLAINTEXT, --insecure", b->grpc_port_,
                b->metrics_server_->port());

@@ -3,11 +3,11 @@
 // AdminService, health, reflection) and /metrics. Tests start it in-process
 // on port 0.
 
+#include <grpcpp/server.h>
+
 #include <memory>
 #include <optional>
 #include <string>
-
-#include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
 #include "broker/admin_service.h"
@@ -16,6 +16,7 @@
 #include "broker/fleet.h"
 #include "broker/metrics.h"
 #include "broker/server_limits.h"
+#include "broker/planner.h"
 #include "broker/store.h"
 #include "common/clock.h"
 #include "common/metrics_server.h"
@@ -39,6 +40,9 @@ struct BrokerOptions {
   // Roles of client certificates (with TLS only).
   v1::SecurityConfig security;
   ServerLimits limits;               // resource bounds (server_limits.h)
+  // How often the rebalance plan is recomputed for its metrics (0: never;
+  // GetPlan always computes a fresh one).
+  absl::Duration plan_interval = kDefaultPlanInterval;
 };
 
 // Checks options: addresses, state dir, policy. INVALID_ARGUMENT naming the
@@ -57,6 +61,7 @@ class Broker {
   int metrics_port() const { return metrics_server_ ? metrics_server_->port() : 0; }
   Fleet& fleet() { return *fleet_; }
   BrokerMetrics& metrics() { return *metrics_; }
+  Planner& planner() { return *planner_; }
   // Stops accepting calls and ends open streams (deadline 2 s).
   void Shutdown();
   // Blocks until Shutdown.
@@ -68,6 +73,7 @@ class Broker {
   std::unique_ptr<BrokerMetrics> metrics_;
   std::unique_ptr<MetricsServer> metrics_server_;
   std::unique_ptr<Fleet> fleet_;
+  std::unique_ptr<Planner> planner_;  // after fleet_: stopped before it goes
   std::unique_ptr<Authorizer> authorizer_;
   std::unique_ptr<AgentServiceImpl> agent_service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;

@@ -106,8 +106,26 @@ std::vector<CommandSpec> BuildCommands() {
                {},
                {},
                "Show the cross-host rebalance plan.",
-               "Columns: VM_ID FROM TO SIZE REASON.\n\nExample:\n"
+               "VM moves that restore hosts whose VMs need more than the host holds\n"
+               "(floors or demand above capacity - free margin), few moves of small,\n"
+               "low-weight VMs first, never onto a host they would make short. Advice\n"
+               "only: migrate with `virsh migrate --live` (see README).\n"
+               "Columns: VM FROM TO SIZE REASON (-o wide adds VM_ID), then the hosts\n"
+               "short before and after the moves.\n\nExample:\n"
                "  membrokerctl --insecure plan\n"});
+  c.push_back({{"place"},
+               {},
+               {{"bytes", "SIZE", "size of the VM to place, e.g. 8GiB (required)"},
+                {"count", "N", "how many such VMs, 1..10000 (default 1)"}},
+               "Show the hosts that could take a new VM, best first.",
+               "A host qualifies when the VM fits now or after reclaim within policy\n"
+               "(floors, operator mins, pinned VMs and stuck balloons hold; step limits\n"
+               "only delay). Best first: hosts where no VM is pushed below its demand,\n"
+               "then least reclaim, then most room left. Nothing is reserved.\n"
+               "Columns: HOST FREE RECLAIM HEADROOM; with --count, where each VM goes.\n\n"
+               "Examples:\n"
+               "  membrokerctl --insecure place --bytes=8GiB\n"
+               "  membrokerctl --insecure place --bytes=4GiB --count=10 -o json\n"});
   c.push_back({{"history"},
                {},
                {{"vm", "VM", "only changes of this VM (id or name), or \"cluster\""},

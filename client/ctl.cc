@@ -206,7 +206,17 @@ int PlanCmd(Run& r) {
   grpc::Status s = Call(
       r, [&](grpc::ClientContext* c) { return r.stub->GetPlan(c, v1::GetPlanRequest(), &reply); });
   if (!s.ok()) return Failed(r, s);
-  return Print(r, reply, RenderPlanTable(reply));
+  return Print(r, reply, RenderPlanTable(reply, Wide(r)));
+}
+
+int PlaceCmd(Run& r) {
+  auto request = BuildPlaceRequest(r.inv);
+  if (!request.ok()) return Usage(r.err, request.status());
+  v1::PlaceResponse reply;
+  grpc::Status s =
+      Call(r, [&](grpc::ClientContext* c) { return r.stub->Place(c, *request, &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, RenderPlaceTable(reply));
 }
 
 int HistoryCmd(Run& r) {
@@ -314,6 +324,7 @@ int Dispatch(Run& r) {
   if (name == "reserve") return ReserveCmd(r);
   if (name == "release") return ReleaseCmd(r);
   if (name == "plan") return PlanCmd(r);
+  if (name == "place") return PlaceCmd(r);
   if (name == "history") return HistoryCmd(r);
   if (name == "top") return TopCmd(r);
   r.err << "error: command '" << name << "' has no implementation\n";
@@ -431,6 +442,20 @@ absl::StatusOr<v1::SetClusterPolicyRequest> BuildSetClusterPolicyRequest(const I
     return absl::InvalidArgumentError(
         "'policy set' needs at least one flag (see 'membrokerctl policy set --help')");
   }
+  return request;
+}
+
+absl::StatusOr<v1::PlaceRequest> BuildPlaceRequest(const Invocation& inv) {
+  v1::PlaceRequest request;
+  bool has_bytes = false, has_count = false;
+  auto bytes = FlagBytes(inv, "bytes", &has_bytes);
+  if (!bytes.ok()) return bytes.status();
+  if (!has_bytes) return absl::InvalidArgumentError("'place' needs --bytes");
+  if (*bytes == 0) return absl::InvalidArgumentError("--bytes must be greater than 0");
+  auto count = FlagInt(inv, "count", 1, 10000, &has_count);
+  if (!count.ok()) return count.status();
+  request.set_bytes(*bytes);
+  request.set_count(has_count ? static_cast<uint32_t>(*count) : 1);
   return request;
 }
 

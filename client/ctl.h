@@ -57,6 +57,7 @@ absl::StatusOr<v1::ListVmsRequest> BuildListVmsRequest(const Invocation& inv);
 absl::StatusOr<v1::SetVmPolicyRequest> BuildSetVmPolicyRequest(const Invocation& inv);
 absl::StatusOr<v1::SetClusterPolicyRequest> BuildSetClusterPolicyRequest(const Invocation& inv);
 absl::StatusOr<v1::ReserveRequest> BuildReserveRequest(const Invocation& inv);
+absl::StatusOr<v1::PlaceRequest> BuildPlaceRequest(const Invocation& inv);
 
 // Name of a gRPC status code, e.g. "NOT_FOUND".
 std::string StatusCodeName(int code);

@@ -1,6 +1,7 @@
 #include "client/output.h"
 
 #include <algorithm>
+#include <map>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -194,14 +195,58 @@ std::string RenderVmsTable(const v1::ListVmsResponse& reply, bool wide) {
   return table.Render();
 }
 
-std::string RenderPlanTable(const v1::Plan& plan) {
-  if (plan.moves().empty()) return "No moves planned.\n";
-  Table table({"VM_ID", "FROM", "TO", "SIZE", "REASON"});
-  for (const v1::PlannedMove& m : plan.moves()) {
-    table.AddRow({m.vm_id(), m.from_host_id(), m.to_host_id(), Bytes(m.bytes()),
-                  m.reason().empty() ? "-" : m.reason()});
+std::string RenderPlanTable(const v1::Plan& plan, bool wide) {
+  std::string out;
+  if (plan.moves().empty()) {
+    out = "No moves planned.\n";
+  } else {
+    std::vector<std::string> header = {"VM", "FROM", "TO", "SIZE", "REASON"};
+    if (wide) header.push_back("VM_ID");
+    Table table(header);
+    for (const v1::PlannedMove& m : plan.moves()) {
+      std::vector<std::string> row = {m.vm_name().empty() ? m.vm_id() : m.vm_name(),
+                                      m.from_host_id(), m.to_host_id(), Bytes(m.bytes()),
+                                      m.reason().empty() ? "-" : m.reason()};
+      if (wide) row.push_back(m.vm_id());
+      table.AddRow(std::move(row));
+    }
+    out = table.Render();
   }
-  return table.Render();
+  if (plan.hosts_short_before() > 0 || plan.hosts_short_after() > 0) {
+    absl::StrAppend(&out, "\nHosts short: ", plan.hosts_short_before(), " now, ",
+                    plan.hosts_short_after(), " after ", plan.moves_size(), " move(s) of ",
+                    Bytes(plan.moved_bytes()), ".\n");
+    for (const v1::ShortHost& h : plan.unresolved()) {
+      absl::StrAppend(&out, "  ", h.host_id(), " stays short by ", Bytes(h.short_bytes()),
+                      " (nothing movable fits elsewhere)\n");
+    }
+  }
+  return out;
+}
+
+std::string RenderPlaceTable(const v1::PlaceResponse& reply) {
+  if (reply.options().empty()) return "No host can take such a VM, even after reclaim.\n";
+  Table table({"HOST", "FREE", "RECLAIM", "HEADROOM"});
+  for (const v1::PlacementOption& o : reply.options()) {
+    const int64_t room = o.headroom_bytes();
+    const std::string headroom =
+        room >= 0 ? Bytes(static_cast<uint64_t>(room))
+                  : absl::StrCat("-", Bytes(static_cast<uint64_t>(-room)), " (below demand)");
+    table.AddRow({o.host_id(), Bytes(o.free_bytes()), Bytes(o.reclaim_bytes()), headroom});
+  }
+  std::string out = table.Render();
+  if (reply.requested() > 1) {
+    std::map<std::string, int> per_host;
+    std::vector<std::string> order;
+    for (const std::string& h : reply.assignments()) {
+      if (per_host[h]++ == 0) order.push_back(h);
+    }
+    absl::StrAppend(&out, "\n", reply.assignments_size(), " of ", reply.requested(),
+                    " VMs placed:");
+    for (const std::string& h : order) absl::StrAppend(&out, " ", h, " x", per_host[h]);
+    absl::StrAppend(&out, "\n");
+  }
+  return out;
 }
 
 std::string RenderAuditTable(const v1::ListAuditEntriesResponse& history) {

@@ -51,7 +51,12 @@ std::string ReasonName(v1::ReasonCode reason);
 // Tables of the list replies; `wide` adds the extra columns.
 std::string RenderHostsTable(const v1::ListHostsResponse& reply, bool wide);
 std::string RenderVmsTable(const v1::ListVmsResponse& reply, bool wide);
-std::string RenderPlanTable(const v1::Plan& plan);
+// The plan's moves (VM FROM TO SIZE REASON; `wide` adds VM_ID) and the
+// hosts short before and after them.
+std::string RenderPlanTable(const v1::Plan& plan, bool wide = false);
+// Placement: HOST FREE RECLAIM HEADROOM, best first, then where `count`
+// VMs would go.
+std::string RenderPlaceTable(const v1::PlaceResponse& reply);
 // The audit trail: ID TIME ACTOR ACTION TARGET CHANGES, one row per change
 // (its changed fields joined by "; "), or a line saying there is none.
 std::string RenderAuditTable(const v1::ListAuditEntriesResponse& history);

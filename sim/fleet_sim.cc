@@ -53,6 +53,9 @@ class BrokerController : public HostController {
     return out;
   }
 
+  // The decision state after the last Decide.
+  const policy::HostStepState& state() const { return state_; }
+
  private:
   const policy::PolicySet policies_;
   const absl::Duration interval_;
@@ -429,7 +432,49 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
   fig.response_seconds_mean = responses > 0 ? response_sum / static_cast<double>(responses) : 0;
   fig.vm_hours = vm_seconds / 3600.0;
   fig.reversals_per_vm_hour = fig.vm_hours > 0 ? static_cast<double>(reversals) / fig.vm_hours : 0;
+  if (options.broker_plan_hosts != nullptr && kind == PolicyKind::kBroker) {
+    options.broker_plan_hosts->clear();
+    for (int h = 0; h < scenario.hosts_size(); ++h) {
+      const auto* broker = dynamic_cast<const BrokerController*>(hosts[h].controller.get());
+      if (broker == nullptr) continue;
+      policy::PlanHost plan =
+          policy::PlanHostFromStep(scenario.hosts(h).name(), true, broker->state());
+      std::map<std::string, std::string> names;
+      for (const SimVmState& s : hosts[h].sim->vms()) names[s.vm_id] = s.name;
+      for (policy::PlanVm& vm : plan.vms) vm.name = names[vm.vm_id];
+      options.broker_plan_hosts->push_back(std::move(plan));
+    }
+  }
   return fig;
+}
+
+absl::StatusOr<Scenario> ApplyMoves(const Scenario& scenario,
+                                    const std::vector<policy::Move>& moves) {
+  Scenario out = scenario;
+  std::map<std::string, int> host_index;
+  for (int h = 0; h < out.hosts_size(); ++h) host_index[out.hosts(h).name()] = h;
+  for (size_t i = 0; i < moves.size(); ++i) {
+    const policy::Move& m = moves[i];
+    auto from = host_index.find(m.from_host_id);
+    auto to = host_index.find(m.to_host_id);
+    if (from == host_index.end() || to == host_index.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("moves[", i, "]: unknown host \"",
+                       from == host_index.end() ? m.from_host_id : m.to_host_id, "\""));
+    }
+    auto* src = out.mutable_hosts(from->second)->mutable_vms();
+    auto it = std::find_if(src->begin(), src->end(), [&](const v1::ScenarioVm& vm) {
+      const std::string id = vm.vm().vm_id().empty() ? DeriveVmId(vm.vm().name()) : vm.vm().vm_id();
+      return id == m.vm_id;
+    });
+    if (it == src->end()) {
+      return absl::NotFoundError(
+          absl::StrCat("moves[", i, "]: VM ", m.vm_id, " is not on host ", m.from_host_id));
+    }
+    *out.mutable_hosts(to->second)->add_vms() = *it;
+    src->erase(it);
+  }
+  return out;
 }
 
 }  // namespace membroker::sim

@@ -33,6 +33,7 @@
 #include "broker/policy/allocator.h"
 #include "broker/policy/demand.h"
 #include "broker/policy/host_step.h"
+#include "broker/policy/plan.h"
 #include "membroker/v1/agent.pb.h"
 #include "membroker/v1/scenario.pb.h"
 #include "sim/sim_host.h"
@@ -115,6 +116,10 @@ struct RunOptions {
   std::function<void(policy::PolicySet&)> tune_broker;
   // Called after every tick for every VM (tracing); may be empty.
   std::function<void(double now_seconds, const SimVmState& vm)> observer;
+  // When set and the policy is the broker's: filled at the end of the run
+  // with every host's last decision inputs in plan form (policy/plan.h),
+  // host ids the scenario's host names, in scenario order.
+  std::vector<policy::PlanHost>* broker_plan_hosts = nullptr;
 };
 
 // The figures of one scenario under one policy.
@@ -175,7 +180,14 @@ membroker::v1::HostReport ReportOf(const HostView& view, uint64_t sequence);
 // Runs an expanded, valid scenario under `kind`. INVALID_ARGUMENT when the
 // scenario does not validate. Deterministic: the same inputs give the same
 // figures.
-absl::StatusOr<QualityFigures> RunScenario(const membroker::v1::Scenario& scenario,
-                                           PolicyKind kind, const RunOptions& options = {});
+absl::StatusOr<QualityFigures> RunScenario(const membroker::v1::Scenario& scenario, PolicyKind kind,
+                                           const RunOptions& options = {});
+
+// Moves VMs between the hosts of an expanded scenario: each move's VM (by
+// id: its vm_id, or the id derived from its name) leaves `from_host_id`'s
+// VM list, with its workload model and policy, and joins `to_host_id`'s.
+// NOT_FOUND naming the move for an unknown host or a VM not on its source.
+absl::StatusOr<membroker::v1::Scenario> ApplyMoves(const membroker::v1::Scenario& scenario,
+                                                   const std::vector<policy::Move>& moves);
 
 }  // namespace membroker::sim

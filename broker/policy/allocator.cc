@@ -85,6 +85,20 @@ const char* RegimeName(Regime regime) {
   return "fits";
 }
 
+uint64_t FloorBytes(const VmInput& vm, bool yield_default_min) {
+  const uint64_t max = vm.max_bytes;
+  const uint64_t min = yield_default_min ? 0 : vm.min_bytes;
+  uint64_t floor = Clamp(std::max(min, vm.protect_bytes), 0, max);
+  if (vm.pinned) {
+    floor = max;
+  } else if (!vm.balloon_healthy) {
+    // A balloon that does not move cannot give memory: its current size
+    // is all it can be counted at.
+    floor = Clamp(std::max(floor, vm.actual_bytes), 0, max);
+  }
+  return floor;
+}
+
 uint64_t HysteresisBand(uint64_t previous_target_bytes, const PolicyParams& params) {
   return std::max<uint64_t>(
       params.hysteresis_bytes,
@@ -109,15 +123,7 @@ HostDecision DecideHost(const HostInput& input, const PolicyParams& params) {
       d.vm_id = vm.vm_id;
       const uint64_t max = vm.max_bytes;
       const bool yields = yield && vm.min_is_default && !vm.under_pressure;
-      const uint64_t min = yields ? 0 : vm.min_bytes;
-      uint64_t floor = Clamp(std::max(min, vm.protect_bytes), 0, max);
-      if (vm.pinned) {
-        floor = max;
-      } else if (!vm.balloon_healthy) {
-        // A balloon that does not move cannot give memory: its current size
-        // is all it can be counted at.
-        floor = Clamp(std::max(floor, vm.actual_bytes), 0, max);
-      }
+      const uint64_t floor = FloorBytes(vm, yields);
       d.floor_yielded = yields && floor < Clamp(std::max(vm.min_bytes, vm.protect_bytes), 0, max);
       d.floor_bytes = floor;
       d.desired_bytes = Clamp(Scale(vm.demand_bytes, params.buffer_percent), floor, max);

@@ -168,6 +168,12 @@ struct HostDecision {
   uint64_t target_bytes = 0;   // sum of targets
 };
 
+// Step 1's floor of one VM: clamp(max(min, protect), 0, max); pinned: its
+// max; unhealthy balloon: at least its current size. With
+// `yield_default_min`, the min is not counted (sacrifice b; the caller
+// decides whether the VM's min may yield).
+uint64_t FloorBytes(const VmInput& vm, bool yield_default_min = false);
+
 // The hysteresis band around a previous target: changes smaller than
 // max(hysteresis_bytes, hysteresis_percent of the previous target) are not
 // made (step 6).

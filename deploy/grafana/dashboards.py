@@ -195,6 +195,14 @@ def fleet():
               "{{host}} {{kind}}"),
              (f"sum by (host) (increase(membroker_host_overcommit_episodes_total{{{h}}}[{RATE}]))",
               "{{host}} overcommit")])
+    b.panel("timeseries", "Rebalance plan",
+            "The broker's advice, recomputed every 15 s: VM moves that restore short hosts "
+            "(membrokerctl plan), hosts short now and still short after the moves.",
+            [("membroker_plan_moves", "moves"),
+             ("membroker_plan_hosts_short", "hosts short"),
+             ("membroker_plan_hosts_short_after", "short after the moves")], w=8)
+    b.panel("timeseries", "Memory the plan moves", "Sum of the planned moves' sizes.",
+            [("membroker_plan_moved_bytes", "moved")], w=8, unit="bytes")
     b.row("Agents")
     b.panel("state-timeline", "Agent connected to broker", "1 while the agent's stream is welcomed.",
             [(f"membroker_agent_broker_connected{{{h}}}", "{{host}}")], h=6)
@@ -319,7 +327,7 @@ def vm():
              (f"membroker_agent_vm_target_bytes{{{v}}}", "target")], w=16, unit="bytes")
     b.panel("stat", "Excluded from resizing", "PCI passthrough, hugepage or locked memory: "
             "the agent never resizes the VM (reason in the label).",
-            [(f"membroker_agent_vm_excluded{{{v}}}", "{{reason}}")], w=8,
+            [(f"membroker_agent_vm_excluded{{{v}}} or on() vector(0)", "{{reason}}")], w=8,
             options={"textMode": "value_and_name", "reduceOptions": {"calcs": ["lastNotNull"]}})
     b.panel("timeseries", "Which mechanism moved what (agent)",
             "Memory virtio-mem has plugged and memory the balloon holds out of the guest.",

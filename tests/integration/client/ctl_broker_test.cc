@@ -242,5 +242,32 @@ TEST_F(CtlBrokerTest, UnknownNamesExitWithNotFound) {
   EXPECT_EQ(r.code, 64 + 5) << r.err;
 }
 
+TEST_F(CtlBrokerTest, PlaceAndPlanAgainstTheRealBroker) {
+  // h1: 16 GiB holding guests that use 2 + 6 + 1 GiB: not short, no moves.
+  Result r = Ctl({"plan"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "No moves planned.\n");
+  r = Ctl({"plan", "-o", "json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  v1::Plan plan;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &plan).ok()) << r.out;
+  EXPECT_EQ(plan.moves_size(), 0);
+  EXPECT_EQ(plan.hosts_short_before(), 0u);
+
+  // A 2 GiB VM fits on h1; a 64 GiB one fits nowhere, even after reclaim.
+  r = Ctl({"place", "--bytes=2GiB", "--count=2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("HOST  FREE"));
+  EXPECT_THAT(r.out, HasSubstr("2 of 2 VMs placed: h1 x2"));
+  r = Ctl({"place", "--bytes=2GiB", "-o", "yaml"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  YAML::Node doc = YAML::Load(r.out);
+  EXPECT_EQ(doc["options"][0]["host_id"].as<std::string>(), "h1") << r.out;
+  EXPECT_EQ(doc["assignments"][0].as<std::string>(), "h1") << r.out;
+  r = Ctl({"place", "--bytes=64GiB"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "No host can take such a VM, even after reclaim.\n");
+}
+
 }  // namespace
 }  // namespace membroker::client

@@ -167,6 +167,17 @@ class FakeAdminService final : public v1::AdminService::Service {
     }
     return grpc::Status::OK;
   }
+  grpc::Status Place(grpc::ServerContext*, const v1::PlaceRequest* req,
+                     v1::PlaceResponse* reply) override {
+    Record("Place", *req);
+    v1::PlacementOption* o = reply->add_options();
+    o->set_host_id("kvm-01");
+    o->set_free_bytes(6ull << 30);
+    o->set_headroom_bytes(2ll << 30);
+    for (uint32_t i = 0; i < req->count(); ++i) reply->add_assignments("kvm-01");
+    reply->set_requested(req->count());
+    return grpc::Status::OK;
+  }
   grpc::Status GetPlan(grpc::ServerContext*, const v1::GetPlanRequest*, v1::Plan* reply) override {
     Count("GetPlan");
     v1::PlannedMove* m = reply->add_moves();
@@ -405,6 +416,40 @@ TEST_F(CtlIntegrationTest, ReserveReleaseAndPlan) {
   r = Ctl({"plan"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("uuid-1  kvm-02  kvm-01  4 GiB  floors exceed capacity"));
+}
+
+TEST_F(CtlIntegrationTest, PlaceTableJsonYaml) {
+  Result r = Ctl({"place", "--bytes=4GiB", "--count=2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto req = service_.LastAs<v1::PlaceRequest>("Place");
+  EXPECT_EQ(req.bytes(), 4ull << 30);
+  EXPECT_EQ(req.count(), 2u);
+  EXPECT_THAT(r.out, HasSubstr("HOST    FREE   RECLAIM  HEADROOM"));
+  EXPECT_THAT(r.out, HasSubstr("kvm-01  6 GiB  0 B      2 GiB"));
+  EXPECT_THAT(r.out, HasSubstr("2 of 2 VMs placed: kvm-01 x2"));
+
+  r = Ctl({"place", "--bytes=4GiB", "-o", "json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  v1::PlaceResponse parsed;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &parsed).ok()) << r.out;
+  ASSERT_EQ(parsed.options_size(), 1);
+  EXPECT_EQ(parsed.options(0).headroom_bytes(), 2ll << 30);
+  EXPECT_EQ(parsed.assignments_size(), 1);
+
+  r = Ctl({"place", "--bytes=4GiB", "-o", "yaml"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  YAML::Node doc = YAML::Load(r.out);
+  EXPECT_EQ(doc["options"][0]["host_id"].as<std::string>(), "kvm-01") << r.out;
+  EXPECT_EQ(doc["requested"].as<uint32_t>(), 1u);
+
+  r = Ctl({"place"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("needs --bytes"));
+
+  r = Ctl({"plan", "-o", "yaml"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  doc = YAML::Load(r.out);
+  EXPECT_EQ(doc["moves"][0]["to_host_id"].as<std::string>(), "kvm-01") << r.out;
 }
 
 TEST_F(CtlIntegrationTest, FailedCallsExitWith64PlusCode) {

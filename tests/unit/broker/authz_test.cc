@@ -104,6 +104,7 @@ TEST(AuthorizerTest, AdminMethodsByRole) {
   for (const Row& row :
        {Row{"ListHosts", true}, Row{"GetHost", true}, Row{"ListVms", true}, Row{"GetVm", true},
         Row{"GetClusterPolicy", true}, Row{"ExplainVm", true}, Row{"GetPlan", true},
+        Row{"Place", true},
         Row{"WatchDecisions", true}, Row{"ListAuditEntries", true}, Row{"SetVmPolicy", false},
         Row{"ClearVmPolicy", false}, Row{"SetClusterPolicy", false}, Row{"Reserve", false},
         Row{"Release", false}, Row{"SomeFutureMethod", false}}) {

@@ -313,6 +313,28 @@ TEST(BuildRequestTest, ReserveNeedsHostAndBytes) {
   }
 }
 
+TEST(BuildRequestTest, PlaceNeedsBytesAndTakesACount) {
+  auto req = BuildPlaceRequest(*Parse({"place", "--bytes=8GiB", "--count=3"}));
+  ASSERT_TRUE(req.ok()) << req.status();
+  EXPECT_EQ(req->bytes(), 8ull << 30);
+  EXPECT_EQ(req->count(), 3u);
+  auto one = BuildPlaceRequest(*Parse({"place", "--bytes=1GiB"}));
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(one->count(), 1u);
+  for (const auto& [args, part] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"place"}, "needs --bytes"},
+           {{"place", "--bytes=0"}, "--bytes must be greater than 0"},
+           {{"place", "--bytes=lots"}, "--bytes"},
+           {{"place", "--bytes=1G", "--count=0"}, "--count"},
+           {{"place", "--bytes=1G", "--count=10001"}, "--count"}}) {
+    auto bad = Parse(args);
+    ASSERT_TRUE(bad.ok());
+    auto r = BuildPlaceRequest(*bad);
+    ASSERT_FALSE(r.ok()) << part;
+    EXPECT_THAT(r.status().message(), HasSubstr(part));
+  }
+}
+
 // RunCtl without a server: usage errors exit 2 before any connection.
 struct CtlResult {
   int code;

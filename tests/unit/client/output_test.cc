@@ -377,6 +377,42 @@ TEST(RenderTest, PlanTable) {
   m->set_reason("floors exceed capacity");
   EXPECT_THAT(RenderPlanTable(plan), HasSubstr("8 GiB"));
   EXPECT_THAT(RenderPlanTable(plan), HasSubstr("floors exceed capacity"));
+  EXPECT_THAT(RenderPlanTable(plan), HasSubstr("vm-1"));
+  // The VM's name when known; its id in wide output; what stays short.
+  m->set_vm_name("web-1");
+  plan.set_hosts_short_before(2);
+  plan.set_hosts_short_after(1);
+  plan.set_moved_bytes(8ull << 30);
+  v1::ShortHost* s = plan.add_unresolved();
+  s->set_host_id("c");
+  s->set_short_bytes(1ull << 30);
+  const std::string text = RenderPlanTable(plan);
+  EXPECT_THAT(text, HasSubstr("web-1"));
+  EXPECT_THAT(text, Not(HasSubstr("vm-1")));
+  EXPECT_THAT(RenderPlanTable(plan, /*wide=*/true), HasSubstr("vm-1"));
+  EXPECT_THAT(text, HasSubstr("Hosts short: 2 now, 1 after 1 move(s) of 8 GiB."));
+  EXPECT_THAT(text, HasSubstr("c stays short by 1 GiB"));
+}
+
+TEST(RenderTest, PlaceTable) {
+  v1::PlaceResponse reply;
+  EXPECT_THAT(RenderPlaceTable(reply), HasSubstr("No host can take"));
+  v1::PlacementOption* a = reply.add_options();
+  a->set_host_id("a");
+  a->set_free_bytes(4ull << 30);
+  a->set_headroom_bytes(2ll << 30);
+  v1::PlacementOption* b = reply.add_options();
+  b->set_host_id("b");
+  b->set_reclaim_bytes(1ull << 30);
+  b->set_headroom_bytes(-(1ll << 29));
+  reply.add_assignments("a");
+  reply.add_assignments("a");
+  reply.add_assignments("b");
+  reply.set_requested(4);
+  const std::string text = RenderPlaceTable(reply);
+  EXPECT_THAT(text, HasSubstr("HOST  FREE   RECLAIM  HEADROOM"));
+  EXPECT_THAT(text, HasSubstr("-512 MiB (below demand)"));
+  EXPECT_THAT(text, HasSubstr("3 of 4 VMs placed: a x2 b x1"));
 }
 
 }  // namespace
