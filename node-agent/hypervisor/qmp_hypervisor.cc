@@ -60,6 +60,44 @@ Value StringValue(const std::string& s) {
   return v;
 }
 
+// A device under /machine/peripheral or /machine/peripheral-anon.
+struct Peripheral {
+  std::string path;  // its QOM path
+  std::string name;
+  std::string type;  // "child<TYPE>"
+};
+
+// The first peripheral whose QOM type starts with `type_prefix` (e.g.
+// "child<virtio-balloon"); nullopt when none. A connection error is
+// returned; any other failed or malformed listing is skipped.
+absl::StatusOr<std::optional<Peripheral>> FindPeripheral(QmpClient& client,
+                                                         absl::string_view type_prefix) {
+  for (const char* parent : {"/machine/peripheral", "/machine/peripheral-anon"}) {
+    Struct list_args = Args({{"path", StringValue(parent)}});
+    auto children = client.Execute("qom-list", &list_args);
+    if (!children.ok()) {
+      if (IsConnectionError(children.status())) return children.status();
+      continue;
+    }
+    if (children->kind_case() != Value::kListValue) continue;
+    for (const Value& child : children->list_value().values()) {
+      if (child.kind_case() != Value::kStructValue) continue;
+      const auto& f = child.struct_value().fields();
+      auto n = f.find("name");
+      auto t = f.find("type");
+      if (n == f.end() || t == f.end() || n->second.kind_case() != Value::kStringValue ||
+          t->second.kind_case() != Value::kStringValue) {
+        continue;
+      }
+      if (absl::StartsWith(t->second.string_value(), type_prefix)) {
+        return Peripheral{absl::StrCat(parent, "/", n->second.string_value()),
+                          n->second.string_value(), t->second.string_value()};
+      }
+    }
+  }
+  return std::nullopt;
+}
+
 Value NumberValue(double d) {
   Value v;
   v.set_number_value(d);
@@ -466,30 +504,9 @@ absl::Status QmpHypervisor::Identify(Vm& vm) {
   } else if (IsConnectionError(probed.status())) {
     return probed.status();
   } else {
-    for (const char* parent : {"/machine/peripheral", "/machine/peripheral-anon"}) {
-      Struct list_args = Args({{"path", StringValue(parent)}});
-      auto children = vm.client->Execute("qom-list", &list_args);
-      if (!children.ok()) {
-        if (IsConnectionError(children.status())) return children.status();
-        continue;
-      }
-      if (children->kind_case() != Value::kListValue) continue;
-      for (const Value& child : children->list_value().values()) {
-        if (child.kind_case() != Value::kStructValue) continue;
-        const auto& f = child.struct_value().fields();
-        auto n = f.find("name");
-        auto t = f.find("type");
-        if (n == f.end() || t == f.end() || n->second.kind_case() != Value::kStringValue ||
-            t->second.kind_case() != Value::kStringValue) {
-          continue;
-        }
-        if (absl::StartsWith(t->second.string_value(), "child<virtio-balloon")) {
-          balloon = absl::StrCat(parent, "/", n->second.string_value());
-          break;
-        }
-      }
-      if (!balloon.empty()) break;
-    }
+    ASSIGN_OR_RETURN(std::optional<Peripheral> found,
+                     FindPeripheral(*vm.client, "child<virtio-balloon"));
+    if (found.has_value()) balloon = found->path;
   }
   if (balloon.empty() && vmem.id.empty()) {
     spdlog::warn("qmp {}: no virtio-balloon or virtio-mem device found; its memory cannot be moved",
@@ -613,29 +630,10 @@ absl::StatusOr<VmStatus> QmpHypervisor::ReadVm(Vm& vm) {
 
 absl::StatusOr<std::string> QmpHypervisor::FindExclusion(Vm& vm) {
   // VFIO devices pin every page of guest memory for DMA.
-  for (const char* parent : {"/machine/peripheral", "/machine/peripheral-anon"}) {
-    Struct list_args = Args({{"path", StringValue(parent)}});
-    auto children = vm.client->Execute("qom-list", &list_args);
-    if (!children.ok()) {
-      if (IsConnectionError(children.status())) return children.status();
-      continue;
-    }
-    if (children->kind_case() != Value::kListValue) continue;
-    for (const Value& child : children->list_value().values()) {
-      if (child.kind_case() != Value::kStructValue) continue;
-      const auto& f = child.struct_value().fields();
-      auto n = f.find("name");
-      auto t = f.find("type");
-      if (n == f.end() || t == f.end() || n->second.kind_case() != Value::kStringValue ||
-          t->second.kind_case() != Value::kStringValue) {
-        continue;
-      }
-      if (absl::StartsWith(t->second.string_value(), "child<vfio")) {
-        return absl::StrCat("PCI passthrough: VFIO device ", n->second.string_value(), " (",
-                            t->second.string_value().substr(6, t->second.string_value().size() - 7),
-                            ") pins guest memory");
-      }
-    }
+  ASSIGN_OR_RETURN(std::optional<Peripheral> vfio, FindPeripheral(*vm.client, "child<vfio"));
+  if (vfio.has_value()) {
+    return absl::StrCat("PCI passthrough: VFIO device ", vfio->name, " (",
+                        vfio->type.substr(6, vfio->type.size() - 7), ") pins guest memory");
   }
   // Memory backends on hugetlbfs: the balloon cannot free their pages.
   auto memdevs = vm.client->Execute("query-memdev");
