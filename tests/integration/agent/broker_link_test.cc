@@ -380,7 +380,11 @@ TEST_F(AgentLinkTest, ReconnectsAfterTheBrokerRestarts) {
       [](const std::vector<AgentMessage>& m, int) { return CountReports(m) >= 1; }));
   const int port = broker_.port;
   broker_.Stop();
-  ASSERT_TRUE(WaitUntil([&] { return !agent_->connected(); }));
+  // The gauge follows the link's state a moment later: wait for both.
+  ASSERT_TRUE(WaitUntil([&] {
+    return !agent_->connected() &&
+           MetricValue(*registry_, "membroker_agent_broker_connected") == 0;
+  }));
   EXPECT_EQ(MetricValue(*registry_, "membroker_agent_broker_connected"), 0);
   // A new broker on the same port (bounded retries while the port frees).
   auto second = std::make_unique<Broker>();
