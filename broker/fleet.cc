@@ -251,6 +251,7 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
     v1::BrokerMessage msg;
     v1::TargetSet* ts = msg.mutable_targets();
     ts->set_generation(host.generation);
+    ts->set_report_sequence(host.sequence);
     *ts->mutable_targets() = record.targets();
     *ts->mutable_decided_at() = record.decided_at();
     host.sink(msg);
