@@ -1,9 +1,9 @@
 #include "broker/fleet.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cctype>
-
-#include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
 #include "broker/policy/explain.h"
@@ -32,7 +32,29 @@ double Seconds(absl::Time monotonic) {
 }  // namespace
 
 Fleet::Fleet(Clock* clock, Store* store, BrokerMetrics* metrics, v1::SafetyParams safety)
-    : clock_(clock), metrics_(metrics), safety_(std::move(safety)), policies_(store) {}
+    : clock_(clock), metrics_(metrics), safety_(std::move(safety)), policies_(store) {
+  metrics_->SetVmSeriesSource(
+      [this](const BrokerMetrics::VmSeriesEmit& emit) { CollectVmSeries(emit); });
+}
+
+Fleet::~Fleet() { metrics_->SetVmSeriesSource(nullptr); }
+
+void Fleet::CollectVmSeries(const BrokerMetrics::VmSeriesEmit& emit) const {
+  for (const auto& h : AllHosts()) {
+    absl::ReaderMutexLock lock(&h->mu);
+    for (const auto& [id, s] : h->step.vms) {
+      auto it = h->vms.find(id);
+      if (it == h->vms.end()) continue;
+      BrokerMetrics::VmSeries series;
+      series.target_bytes = static_cast<double>(s.decision.target_bytes);
+      series.actual_bytes = static_cast<double>(s.actual_bytes);
+      series.demand_bytes = static_cast<double>(s.demand.demand_bytes);
+      series.floor_bytes = static_cast<double>(s.decision.floor_bytes);
+      series.balloon_healthy = s.balloon_healthy ? 1 : 0;
+      emit(h->host_id, it->second.metric_name, series);
+    }
+  }
+}
 
 absl::Status Fleet::Load(const v1::ClusterPolicy& initial) { return policies_.Load(initial); }
 
@@ -48,11 +70,6 @@ std::vector<std::shared_ptr<Fleet::HostState>> Fleet::AllHosts() const {
   out.reserve(hosts_.size());
   for (const auto& [id, h] : hosts_) out.push_back(h);
   return out;
-}
-
-void Fleet::UpdateConnectedGauge() {
-  absl::ReaderMutexLock lock(&hosts_mu_);
-  metrics_->SetConnectedAgents(connected_);
 }
 
 absl::StatusOr<uint64_t> Fleet::Connect(const v1::Hello& hello, BrokerMessageSink sink,
@@ -88,15 +105,11 @@ absl::StatusOr<uint64_t> Fleet::Connect(const v1::Hello& hello, BrokerMessageSin
     // Targets of the previous connection are forgotten: the agent reports
     // what it has, and the first decision starts from there.
     policy::ForgetDecisions(host->step);
-  }
-  if (!was_connected) {
-    absl::MutexLock lock(&hosts_mu_);
-    ++connected_;
+    if (!was_connected) metrics_->ConnectedAgentsChanged(+1);
   }
   *welcome->mutable_report_interval() = ToProtoDuration(policies->report_interval);
   *welcome->mutable_safety() = safety_;
   welcome->set_broker_version(MB_VERSION);
-  UpdateConnectedGauge();
   spdlog::info("host {} connected (backend {}, capacity {})", hello.host_id(), hello.backend(),
                FormatBytes(hello.capacity_bytes()));
   return conn;
@@ -110,12 +123,8 @@ void Fleet::Disconnect(const std::string& host_id, uint64_t conn) {
     if (host->conn != conn || !host->connected) return;
     host->connected = false;
     host->sink = nullptr;
+    metrics_->ConnectedAgentsChanged(-1);
   }
-  {
-    absl::MutexLock lock(&hosts_mu_);
-    --connected_;
-  }
-  UpdateConnectedGauge();
   spdlog::info("host {} disconnected", host_id);
 }
 
@@ -132,9 +141,8 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
   // One snapshot of every policy for this report and its decision.
   std::shared_ptr<const PolicySnapshot> policies = policies_.Snapshot();
   std::vector<std::string> problems;
-  const policy::HostObservation obs =
-      ToHostObservation(report, Seconds(clock_->MonotonicNow()), policies->report_interval,
-                        &problems);
+  const policy::HostObservation obs = ToHostObservation(report, Seconds(clock_->MonotonicNow()),
+                                                        policies->report_interval, &problems);
 
   absl::MutexLock lock(&host->mu);
   if (host->conn != conn || !host->connected) {
@@ -159,7 +167,6 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
   for (const std::string& id : changes.removed) {
     auto it = host->vms.find(id);
     if (it == host->vms.end()) continue;
-    metrics_->RemoveVm(host_id, it->second.metric_name);
     host->metric_names.erase(it->second.metric_name);
     host->vms.erase(it);
   }
@@ -170,9 +177,9 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
     if (inserted) {
       // The VM's label is its name, or its id when the name is empty or
       // already labels another VM of this host.
-      vm.metric_name = s.name().empty() || host->metric_names.count(s.name()) ? s.vm_id() : s.name();
+      vm.metric_name =
+          s.name().empty() || host->metric_names.count(s.name()) ? s.vm_id() : s.name();
       host->metric_names.insert(vm.metric_name);
-      vm.gauges = metrics_->AddVm(host_id, vm.metric_name);
     }
     vm.sample = s;
     if (!problems[i].empty() && !s.stats().untrusted()) {
@@ -198,18 +205,19 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
     std::vector<std::pair<uint64_t, std::string>> holders;
     for (const auto& [id, s] : host.step.vms) {
       auto it = host.vms.find(id);
-      const std::string& name = it == host.vms.end() || it->second.sample.name().empty()
-                                    ? id
-                                    : it->second.sample.name();
+      const std::string& name =
+          it == host.vms.end() || it->second.sample.name().empty() ? id : it->second.sample.name();
       holders.emplace_back(s.decision.floor_bytes,
                            absl::StrCat(name, " ", FormatBytes(s.decision.floor_bytes), " (",
                                         policy::FloorSourceName(s.input, s.decision), ")"));
     }
     std::sort(holders.rbegin(), holders.rend());
     std::string list;
-    for (const auto& [bytes, text] : holders) absl::StrAppend(&list, list.empty() ? "" : ", ", text);
+    for (const auto& [bytes, text] : holders)
+      absl::StrAppend(&list, list.empty() ? "" : ", ", text);
     std::string unmet;
-    for (const std::string& id : now.pressure_unmet) absl::StrAppend(&unmet, unmet.empty() ? "" : ", ", id);
+    for (const std::string& id : now.pressure_unmet)
+      absl::StrAppend(&unmet, unmet.empty() ? "" : ", ", id);
     spdlog::warn("host {} overcommitted: floors {} against usable {}{}{}; floors held by {}",
                  host.host_id, FormatBytes(now.floor_bytes), FormatBytes(now.usable_bytes),
                  unmet.empty() ? "" : "; short of demand under acute pressure: ", unmet, list);
@@ -219,16 +227,6 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
   }
   if (now.margin_lent_bytes > 0) host.series.margin_lent->Increment();
   if (now.floors_yielded) host.series.floors_yielded->Increment();
-  for (const auto& [id, s] : host.step.vms) {
-    auto it = host.vms.find(id);
-    if (it == host.vms.end()) continue;
-    const VmView& vm = it->second;
-    vm.gauges.target->Set(static_cast<double>(s.decision.target_bytes));
-    vm.gauges.actual->Set(static_cast<double>(s.actual_bytes));
-    vm.gauges.demand->Set(static_cast<double>(s.demand.demand_bytes));
-    vm.gauges.floor->Set(static_cast<double>(s.decision.floor_bytes));
-    vm.gauges.healthy->Set(s.balloon_healthy ? 1 : 0);
-  }
   const policy::HostDecision& decision = host.step.decision;
   host.series.capacity->Set(static_cast<double>(host.step.capacity_bytes));
   host.series.target->Set(static_cast<double>(decision.target_bytes));
@@ -270,8 +268,8 @@ absl::Status Fleet::Ack(const std::string& host_id, uint64_t conn, const v1::Tar
   absl::MutexLock lock(&host->mu);
   if (host->conn != conn) return absl::FailedPreconditionError("stream replaced");
   if (ack.generation() > host->generation) {
-    return absl::InvalidArgumentError(absl::StrCat("ack.generation: ", ack.generation(),
-                                                   " was never sent (last ", host->generation, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ack.generation: ", ack.generation(), " was never sent (last ", host->generation, ")"));
   }
   host->acked_generation = std::max(host->acked_generation, ack.generation());
   for (const auto& [vm, err] : ack.errors()) {
@@ -287,8 +285,8 @@ void Fleet::Redecide(const std::shared_ptr<HostState>& host) {
   DecideLocked(*host, *policies, clock_->Now());
 }
 
-absl::StatusOr<v1::VmPolicy> Fleet::SetVmPolicy(const std::string& vm,
-                                                const v1::VmPolicy& policy, bool merge) {
+absl::StatusOr<v1::VmPolicy> Fleet::SetVmPolicy(const std::string& vm, const v1::VmPolicy& policy,
+                                                bool merge) {
   RETURN_IF_ERROR(ValidateVmPolicy(policy));
   std::shared_ptr<HostState> host;
   std::string vm_id;
@@ -314,8 +312,7 @@ absl::Status Fleet::ClearVmPolicy(const std::string& vm) {
     host = found->first;
     vm_id = found->second;
   } else {
-    if (!absl::IsNotFound(found.status()) ||
-        policies_.Snapshot()->vm_policies.count(vm) == 0) {
+    if (!absl::IsNotFound(found.status()) || policies_.Snapshot()->vm_policies.count(vm) == 0) {
       return found.status();
     }
     vm_id = vm;

@@ -47,7 +47,11 @@ using DecisionSink = std::function<void(const v1::Decision&)>;
 // Thread-safe.
 class Fleet {
  public:
+  // Sets itself as `metrics`' source of per-VM series until destroyed.
   Fleet(Clock* clock, Store* store, BrokerMetrics* metrics, v1::SafetyParams safety);
+  ~Fleet();
+  Fleet(const Fleet&) = delete;
+  Fleet& operator=(const Fleet&) = delete;
 
   // Loads hard state. The stored cluster policy wins over `initial`, which
   // is merged over the defaults and stored when the store has none.
@@ -100,7 +104,6 @@ class Fleet {
   struct VmView {
     v1::VmSample sample;      // last reported, with the trust verdict set
     std::string metric_name;  // unique on its host
-    BrokerMetrics::VmGauges gauges;
   };
   struct HostState {
     mutable absl::Mutex mu;
@@ -112,7 +115,7 @@ class Fleet {
     v1::HostSample sample ABSL_GUARDED_BY(mu);
     uint64_t sequence ABSL_GUARDED_BY(mu) = 0;
     absl::Time last_report ABSL_GUARDED_BY(mu) = absl::InfinitePast();
-    policy::HostStepState step ABSL_GUARDED_BY(mu);  // the decision's state
+    policy::HostStepState step ABSL_GUARDED_BY(mu);         // the decision's state
     std::map<std::string, VmView> vms ABSL_GUARDED_BY(mu);  // same keys as step.vms
     std::set<std::string> metric_names ABSL_GUARDED_BY(mu);
     uint64_t generation ABSL_GUARDED_BY(mu) = 0;
@@ -133,7 +136,9 @@ class Fleet {
   v1::Host HostProtoLocked(const HostState& host) const ABSL_SHARED_LOCKS_REQUIRED(host.mu);
   v1::Vm VmProtoLocked(const HostState& host, const std::string& vm_id,
                        const PolicySnapshot& policies) const ABSL_SHARED_LOCKS_REQUIRED(host.mu);
-  void UpdateConnectedGauge();
+  // Emits every VM's series for a scrape (BrokerMetrics' source). Holds
+  // one host's lock at a time, only while it reads that host's numbers.
+  void CollectVmSeries(const BrokerMetrics::VmSeriesEmit& emit) const;
 
   Clock* const clock_;
   BrokerMetrics* const metrics_;
@@ -143,7 +148,6 @@ class Fleet {
   mutable absl::Mutex hosts_mu_;
   std::map<std::string, std::shared_ptr<HostState>> hosts_ ABSL_GUARDED_BY(hosts_mu_);
   uint64_t next_conn_ ABSL_GUARDED_BY(hosts_mu_) = 1;
-  int connected_ ABSL_GUARDED_BY(hosts_mu_) = 0;
 
   mutable absl::Mutex watch_mu_;
   std::map<uint64_t, std::pair<std::string, DecisionSink>> watchers_ ABSL_GUARDED_BY(watch_mu_);

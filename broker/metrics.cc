@@ -3,6 +3,33 @@
 #include "common/metrics_server.h"
 
 namespace membroker::broker {
+namespace {
+
+// The per-VM families, in the order they are filled.
+struct VmFamilyInfo {
+  const char* name;
+  const char* help;
+};
+constexpr VmFamilyInfo kVmFamilies[] = {
+    {"membroker_vm_target_bytes", "Balloon target the broker set for the VM."},
+    {"membroker_vm_actual_bytes", "Memory the VM has now (balloon actual)."},
+    {"membroker_vm_demand_bytes", "The broker's demand estimate for the VM."},
+    {"membroker_vm_floor_bytes", "The VM's floor (max of min and protect)."},
+    {"membroker_vm_balloon_healthy",
+     "1 when the VM's balloon follows targets, 0 when stuck or no driver."},
+};
+
+// Serves BrokerMetrics::Collect to the exposer.
+class BrokerCollectable final : public prometheus::Collectable {
+ public:
+  explicit BrokerCollectable(const BrokerMetrics* metrics) : metrics_(metrics) {}
+  std::vector<prometheus::MetricFamily> Collect() const override { return metrics_->Collect(); }
+
+ private:
+  const BrokerMetrics* const metrics_;
+};
+
+}  // namespace
 
 BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
     : registry_(registry),
@@ -22,26 +49,6 @@ BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
                           .Name("membroker_admin_requests_total")
                           .Help("Admin API calls by method and status code.")
                           .Register(*registry)),
-      vm_target_(prometheus::BuildGauge()
-                     .Name("membroker_vm_target_bytes")
-                     .Help("Balloon target the broker set for the VM.")
-                     .Register(*registry)),
-      vm_actual_(prometheus::BuildGauge()
-                     .Name("membroker_vm_actual_bytes")
-                     .Help("Memory the VM has now (balloon actual).")
-                     .Register(*registry)),
-      vm_demand_(prometheus::BuildGauge()
-                     .Name("membroker_vm_demand_bytes")
-                     .Help("The broker's demand estimate for the VM.")
-                     .Register(*registry)),
-      vm_floor_(prometheus::BuildGauge()
-                    .Name("membroker_vm_floor_bytes")
-                    .Help("The VM's floor (max of min and protect).")
-                    .Register(*registry)),
-      vm_healthy_(prometheus::BuildGauge()
-                      .Name("membroker_vm_balloon_healthy")
-                      .Help("1 when the VM's balloon follows targets, 0 when stuck or no driver.")
-                      .Register(*registry)),
       host_capacity_(prometheus::BuildGauge()
                          .Name("membroker_host_capacity_bytes")
                          .Help("Memory VMs on the host may have in total.")
@@ -50,11 +57,13 @@ BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
                        .Name("membroker_host_target_bytes")
                        .Help("Sum of the host's VM targets.")
                        .Register(*registry)),
-      host_overcommitted_(prometheus::BuildGauge()
-                              .Name("membroker_host_overcommitted")
-                              .Help("1 when the host cannot hold what its VMs need: their floors, or the demand of a "
-                                    "guest under acute pressure after every sacrifice.")
-                              .Register(*registry)),
+      host_overcommitted_(
+          prometheus::BuildGauge()
+              .Name("membroker_host_overcommitted")
+              .Help(
+                  "1 when the host cannot hold what its VMs need: their floors, or the demand of a "
+                  "guest under acute pressure after every sacrifice.")
+              .Register(*registry)),
       host_pressure_(prometheus::BuildGauge()
                          .Name("membroker_host_memory_pressure_some_ratio")
                          .Help("Host memory PSI 'some' avg10 as a ratio (0..1).")
@@ -76,15 +85,45 @@ BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
                            .Help("Agents with an open stream.")
                            .Register(*registry)
                            .Add({});
-  decision_latency_ =
-      &prometheus::BuildHistogram()
-           .Name("membroker_decision_latency_seconds")
-           .Help("Time from receiving a report to pushing its targets.")
-           .Register(*registry)
-           .Add({}, prometheus::Histogram::BucketBoundaries{0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                                            0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                                            0.5, 1});
+  decision_latency_ = &prometheus::BuildHistogram()
+                           .Name("membroker_decision_latency_seconds")
+                           .Help("Time from receiving a report to pushing its targets.")
+                           .Register(*registry)
+                           .Add({}, prometheus::Histogram::BucketBoundaries{
+                                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                        0.05, 0.1, 0.25, 0.5, 1});
   AddBuildInfo(*registry, "broker");
+  collectable_ = std::make_shared<BrokerCollectable>(this);
+}
+
+void BrokerMetrics::SetVmSeriesSource(VmSeriesSource source) {
+  absl::MutexLock lock(&source_mu_);
+  vm_source_ = std::move(source);
+}
+
+std::vector<prometheus::MetricFamily> BrokerMetrics::Collect() const {
+  std::vector<prometheus::MetricFamily> out = registry_->Collect();
+  const size_t first = out.size();
+  for (const VmFamilyInfo& info : kVmFamilies) {
+    prometheus::MetricFamily f;
+    f.name = info.name;
+    f.help = info.help;
+    f.type = prometheus::MetricType::Gauge;
+    out.push_back(std::move(f));
+  }
+  absl::ReaderMutexLock lock(&source_mu_);
+  if (!vm_source_) return out;
+  vm_source_([&](const std::string& host, const std::string& vm, const VmSeries& s) {
+    const double values[] = {s.target_bytes, s.actual_bytes, s.demand_bytes, s.floor_bytes,
+                             s.balloon_healthy};
+    for (size_t i = 0; i < 5; ++i) {
+      prometheus::ClientMetric m;
+      m.label = {{"host", host}, {"vm", vm}};
+      m.gauge.value = values[i];
+      out[first + i].metric.push_back(std::move(m));
+    }
+  });
+  return out;
 }
 
 void BrokerMetrics::ReportRejected(const std::string& reason) {
@@ -95,21 +134,6 @@ void BrokerMetrics::ReportRejected(const std::string& reason) {
 void BrokerMetrics::AdminRequest(const std::string& method, const std::string& code) {
   absl::MutexLock lock(&mu_);
   admin_requests_.Add({{"method", method}, {"code", code}}).Increment();
-}
-
-BrokerMetrics::VmGauges BrokerMetrics::AddVm(const std::string& host, const std::string& vm) {
-  absl::MutexLock lock(&mu_);
-  const std::map<std::string, std::string> labels{{"host", host}, {"vm", vm}};
-  return VmGauges{&vm_target_.Add(labels), &vm_actual_.Add(labels), &vm_demand_.Add(labels),
-                  &vm_floor_.Add(labels), &vm_healthy_.Add(labels)};
-}
-
-void BrokerMetrics::RemoveVm(const std::string& host, const std::string& vm) {
-  absl::MutexLock lock(&mu_);
-  const std::map<std::string, std::string> labels{{"host", host}, {"vm", vm}};
-  for (auto* family : {&vm_target_, &vm_actual_, &vm_demand_, &vm_floor_, &vm_healthy_}) {
-    if (family->Has(labels)) family->Remove(&family->Add(labels));
-  }
 }
 
 BrokerMetrics::HostSeries BrokerMetrics::AddHost(const std::string& host) {

@@ -52,7 +52,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
   b->fleet_ = std::make_unique<Fleet>(clock, b->store_.get(), b->metrics_.get(),
                                       WithDefaults(options.safety));
   RETURN_IF_ERROR(b->fleet_->Load(options.cluster_policy));
-  ASSIGN_OR_RETURN(b->metrics_server_, MetricsServer::Start(options.metrics_listen, registry));
+  ASSIGN_OR_RETURN(b->metrics_server_, MetricsServer::Start(options.metrics_listen, b->metrics_->collectable()));
   b->agent_service_ = std::make_unique<AgentServiceImpl>(b->fleet_.get(), b->metrics_.get());
   b->admin_service_ = std::make_unique<AdminServiceImpl>(b->fleet_.get(), b->metrics_.get());
 
