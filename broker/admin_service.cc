@@ -1,6 +1,12 @@
 #include "broker/admin_service.h"
 
+#include <deque>
+#include <functional>
+#include <thread>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "broker/stream_writer.h"
 #include "common/status.h"
 
@@ -59,7 +65,80 @@ class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
   uint64_t id_ = 0;
 };
 
+constexpr int kWorkerThreads = 2;
+constexpr size_t kMaxQueuedCalls = 256;
+
 }  // namespace
+
+// A fixed pool of threads running queued admin calls in order. Thread-safe.
+class AdminServiceImpl::Workers {
+ public:
+  Workers() {
+    for (int i = 0; i < kWorkerThreads; ++i) threads_.emplace_back([this] { Run(); });
+  }
+  // Runs what is queued, then joins.
+  ~Workers() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    for (std::thread& t : threads_) t.join();
+  }
+  // Queues `task`; false when kMaxQueuedCalls are already waiting.
+  bool Submit(std::function<void()> task) {
+    absl::MutexLock lock(&mu_);
+    if (queue_.size() >= kMaxQueuedCalls) return false;
+    queue_.push_back(std::move(task));
+    return true;
+  }
+
+ private:
+  void Run() {
+    while (true) {
+      std::function<void()> task;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](Workers* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mu_) {
+              return w->stopping_ || !w->queue_.empty();
+            },
+            this));
+        if (queue_.empty()) return;  // stopping, nothing left
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+AdminServiceImpl::AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics)
+    : fleet_(fleet), metrics_(metrics), workers_(std::make_unique<Workers>()) {}
+
+AdminServiceImpl::~AdminServiceImpl() = default;
+
+grpc::ServerUnaryReactor* AdminServiceImpl::Offload(grpc::CallbackServerContext* ctx,
+                                                    const char* method,
+                                                    std::function<absl::Status()> work) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  const bool queued = workers_->Submit([this, reactor, method, work = std::move(work)] {
+    const absl::Status status = work();
+    metrics_->AdminRequest(method, CodeName(status.code()));
+    reactor->Finish(ToGrpcStatus(status));
+  });
+  if (!queued) {
+    const absl::Status busy =
+        absl::ResourceExhaustedError("too many admin calls in progress; retry later");
+    metrics_->AdminRequest(method, CodeName(busy.code()));
+    reactor->Finish(ToGrpcStatus(busy));
+  }
+  return reactor;
+}
 
 grpc::ServerUnaryReactor* AdminServiceImpl::Done(grpc::CallbackServerContext* ctx,
                                                  const char* method, const absl::Status& status) {
@@ -72,50 +151,60 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Done(grpc::CallbackServerContext* ct
 grpc::ServerUnaryReactor* AdminServiceImpl::ListHosts(grpc::CallbackServerContext* ctx,
                                                       const v1::ListHostsRequest*,
                                                       v1::ListHostsResponse* resp) {
-  for (v1::Host& h : fleet_->ListHosts()) *resp->add_hosts() = std::move(h);
-  return Done(ctx, "ListHosts", absl::OkStatus());
+  return Offload(ctx, "ListHosts", [this, resp] {
+    for (v1::Host& h : fleet_->ListHosts()) *resp->add_hosts() = std::move(h);
+    return absl::OkStatus();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetHost(grpc::CallbackServerContext* ctx,
-                                                    const v1::GetHostRequest* req,
-                                                    v1::Host* resp) {
+                                                    const v1::GetHostRequest* req, v1::Host* resp) {
   if (req->host_id().empty()) {
     return Done(ctx, "GetHost", absl::InvalidArgumentError("host_id: must not be empty"));
   }
-  auto host = fleet_->GetHost(req->host_id());
-  if (host.ok()) *resp = std::move(*host);
-  return Done(ctx, "GetHost", host.status());
+  return Offload(ctx, "GetHost", [this, req, resp] {
+    auto host = fleet_->GetHost(req->host_id());
+    if (host.ok()) *resp = std::move(*host);
+    return host.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::ListVms(grpc::CallbackServerContext* ctx,
                                                     const v1::ListVmsRequest* req,
                                                     v1::ListVmsResponse* resp) {
-  auto vms = fleet_->ListVms(req->host_id());
-  if (vms.ok()) {
-    for (v1::Vm& v : *vms) *resp->add_vms() = std::move(v);
-  }
-  return Done(ctx, "ListVms", vms.status());
+  return Offload(ctx, "ListVms", [this, req, resp] {
+    auto vms = fleet_->ListVms(req->host_id());
+    if (vms.ok()) {
+      resp->mutable_vms()->Reserve(static_cast<int>(vms->size()));
+      for (v1::Vm& v : *vms) *resp->add_vms() = std::move(v);
+    }
+    return vms.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetVm(grpc::CallbackServerContext* ctx,
                                                   const v1::GetVmRequest* req, v1::Vm* resp) {
-  auto vm = fleet_->GetVm(req->vm());
-  if (vm.ok()) *resp = std::move(*vm);
-  return Done(ctx, "GetVm", vm.status());
+  return Offload(ctx, "GetVm", [this, req, resp] {
+    auto vm = fleet_->GetVm(req->vm());
+    if (vm.ok()) *resp = std::move(*vm);
+    return vm.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::SetVmPolicy(grpc::CallbackServerContext* ctx,
                                                         const v1::SetVmPolicyRequest* req,
                                                         v1::VmPolicy* resp) {
-  auto policy = fleet_->SetVmPolicy(req->vm(), req->policy(), req->merge());
-  if (policy.ok()) *resp = std::move(*policy);
-  return Done(ctx, "SetVmPolicy", policy.status());
+  return Offload(ctx, "SetVmPolicy", [this, req, resp] {
+    auto policy = fleet_->SetVmPolicy(req->vm(), req->policy(), req->merge());
+    if (policy.ok()) *resp = std::move(*policy);
+    return policy.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::ClearVmPolicy(grpc::CallbackServerContext* ctx,
                                                           const v1::ClearVmPolicyRequest* req,
                                                           v1::ClearVmPolicyResponse*) {
-  return Done(ctx, "ClearVmPolicy", fleet_->ClearVmPolicy(req->vm()));
+  return Offload(ctx, "ClearVmPolicy", [this, req] { return fleet_->ClearVmPolicy(req->vm()); });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetClusterPolicy(grpc::CallbackServerContext* ctx,
@@ -125,25 +214,28 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetClusterPolicy(grpc::CallbackServe
   return Done(ctx, "GetClusterPolicy", absl::OkStatus());
 }
 
-grpc::ServerUnaryReactor* AdminServiceImpl::SetClusterPolicy(
-    grpc::CallbackServerContext* ctx, const v1::SetClusterPolicyRequest* req,
-    v1::ClusterPolicy* resp) {
-  auto policy = fleet_->SetClusterPolicy(req->policy());
-  if (policy.ok()) *resp = std::move(*policy);
-  return Done(ctx, "SetClusterPolicy", policy.status());
+grpc::ServerUnaryReactor* AdminServiceImpl::SetClusterPolicy(grpc::CallbackServerContext* ctx,
+                                                             const v1::SetClusterPolicyRequest* req,
+                                                             v1::ClusterPolicy* resp) {
+  return Offload(ctx, "SetClusterPolicy", [this, req, resp] {
+    auto policy = fleet_->SetClusterPolicy(req->policy());
+    if (policy.ok()) *resp = std::move(*policy);
+    return policy.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::ExplainVm(grpc::CallbackServerContext* ctx,
                                                       const v1::ExplainVmRequest* req,
                                                       v1::Explanation* resp) {
-  auto e = fleet_->ExplainVm(req->vm());
-  if (e.ok()) *resp = std::move(*e);
-  return Done(ctx, "ExplainVm", e.status());
+  return Offload(ctx, "ExplainVm", [this, req, resp] {
+    auto e = fleet_->ExplainVm(req->vm());
+    if (e.ok()) *resp = std::move(*e);
+    return e.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::Reserve(grpc::CallbackServerContext* ctx,
-                                                    const v1::ReserveRequest*,
-                                                    v1::Reservation*) {
+                                                    const v1::ReserveRequest*, v1::Reservation*) {
   return Done(ctx, "Reserve",
               absl::UnimplementedError("reservations are not implemented in this version"));
 }

@@ -1,6 +1,14 @@
 #pragma once
 // The gRPC binding of AdminService (callback API). Each handler is thin:
 // validate, one Fleet call, convert, map the status.
+//
+// Calls that take a host's lock (which a decision holds) or write the
+// store run on the service's own worker threads, never on a gRPC callback
+// thread: a long decision on one host delays only the admin calls that
+// need that host, and never the callback threads every agent stream and
+// every other call share.
+
+#include <memory>
 
 #include "broker/fleet.h"
 #include "broker/metrics.h"
@@ -10,15 +18,17 @@ namespace membroker::broker {
 
 class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
-  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics) : fleet_(fleet), metrics_(metrics) {}
+  // Starts the worker threads; the destructor finishes queued calls and
+  // joins them.
+  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics);
+  ~AdminServiceImpl() override;
 
   grpc::ServerUnaryReactor* ListHosts(grpc::CallbackServerContext* ctx,
                                       const v1::ListHostsRequest* req,
                                       v1::ListHostsResponse* resp) override;
-  grpc::ServerUnaryReactor* GetHost(grpc::CallbackServerContext* ctx,
-                                    const v1::GetHostRequest* req, v1::Host* resp) override;
-  grpc::ServerUnaryReactor* ListVms(grpc::CallbackServerContext* ctx,
-                                    const v1::ListVmsRequest* req,
+  grpc::ServerUnaryReactor* GetHost(grpc::CallbackServerContext* ctx, const v1::GetHostRequest* req,
+                                    v1::Host* resp) override;
+  grpc::ServerUnaryReactor* ListVms(grpc::CallbackServerContext* ctx, const v1::ListVmsRequest* req,
                                     v1::ListVmsResponse* resp) override;
   grpc::ServerUnaryReactor* GetVm(grpc::CallbackServerContext* ctx, const v1::GetVmRequest* req,
                                   v1::Vm* resp) override;
@@ -37,22 +47,27 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   grpc::ServerUnaryReactor* ExplainVm(grpc::CallbackServerContext* ctx,
                                       const v1::ExplainVmRequest* req,
                                       v1::Explanation* resp) override;
-  grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* ctx,
-                                    const v1::ReserveRequest* req,
+  grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* ctx, const v1::ReserveRequest* req,
                                     v1::Reservation* resp) override;
-  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* ctx,
-                                    const v1::ReleaseRequest* req,
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* ctx, const v1::ReleaseRequest* req,
                                     v1::ReleaseResponse* resp) override;
-  grpc::ServerUnaryReactor* GetPlan(grpc::CallbackServerContext* ctx,
-                                    const v1::GetPlanRequest* req, v1::Plan* resp) override;
+  grpc::ServerUnaryReactor* GetPlan(grpc::CallbackServerContext* ctx, const v1::GetPlanRequest* req,
+                                    v1::Plan* resp) override;
   grpc::ServerWriteReactor<v1::Decision>* WatchDecisions(
       grpc::CallbackServerContext* ctx, const v1::WatchDecisionsRequest* req) override;
 
  private:
+  class Workers;
   grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const char* method,
                                  const absl::Status& status);
+  // Runs `work` on a worker thread and finishes the call with its status.
+  // The request and response stay valid until then (gRPC keeps them until
+  // Finish). RESOURCE_EXHAUSTED at once when too many calls are queued.
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* ctx, const char* method,
+                                    std::function<absl::Status()> work);
   Fleet* const fleet_;
   BrokerMetrics* const metrics_;
+  std::unique_ptr<Workers> workers_;
 };
 
 }  // namespace membroker::broker
