@@ -1,8 +1,9 @@
 #include "broker/agent_service.h"
 
-#include <memory>
-
+#include <google/protobuf/arena.h>
 #include <spdlog/spdlog.h>
+
+#include <memory>
 
 #include "broker/stream_writer.h"
 #include "common/status.h"
@@ -27,7 +28,8 @@ class AgentStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::B
                    return last.has_targets() && incoming.has_targets();
                  }},
                 kMaxQueuedPerAgent) {
-    StartRead(&in_);
+    in_ = google::protobuf::Arena::CreateMessage<v1::AgentMessage>(&arena_);
+    StartRead(in_);
   }
 
   void OnReadDone(bool ok) override {
@@ -36,14 +38,19 @@ class AgentStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::B
       writer_.FinishOnce(grpc::Status::OK);
       return;
     }
-    absl::Status status = Handle(in_);
+    absl::Status status = Handle(*in_);
+    // The next message is parsed into a fresh arena: a report's hundreds of
+    // small objects cost a few block allocations instead of one malloc and
+    // free each (a oneof submessage is freed on every parse otherwise).
+    arena_.Reset();
+    in_ = google::protobuf::Arena::CreateMessage<v1::AgentMessage>(&arena_);
     if (!status.ok()) {
       spdlog::warn("agent stream{}{}: {}", host_id_.empty() ? "" : " of host ", host_id_,
                    status.ToString());
       writer_.FinishOnce(ToGrpcStatus(status));
       return;
     }
-    StartRead(&in_);
+    StartRead(in_);
   }
 
   // A failed write leaves the read side to see the broken stream and finish.
@@ -64,10 +71,10 @@ class AgentStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::B
         return absl::FailedPreconditionError("the first message on the stream must be a hello");
       }
       v1::Welcome welcome;
-      ASSIGN_OR_RETURN(conn_, fleet_->Connect(
-                                  msg.hello(),
-                                  [this](const v1::BrokerMessage& m) { writer_.Enqueue(m); },
-                                  &welcome));
+      ASSIGN_OR_RETURN(
+          conn_, fleet_->Connect(
+                     msg.hello(), [this](v1::BrokerMessage m) { writer_.Enqueue(std::move(m)); },
+                     &welcome));
       host_id_ = msg.hello().host_id();
       v1::BrokerMessage out;
       *out.mutable_welcome() = welcome;
@@ -92,8 +99,9 @@ class AgentStream final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::B
   Fleet* const fleet_;
   BrokerMetrics* const metrics_;
   QueuedStreamWriter<v1::BrokerMessage> writer_;
-  v1::AgentMessage in_;  // only touched by the read chain
-  std::string host_id_;  // set once, by the read chain
+  google::protobuf::Arena arena_;   // holds in_; only touched by the read chain
+  v1::AgentMessage* in_ = nullptr;  // only touched by the read chain
+  std::string host_id_;             // set once, by the read chain
   uint64_t conn_ = 0;
 };
 

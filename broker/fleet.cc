@@ -234,31 +234,36 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
   host.series.pressure->Set(host.sample.psi_some_avg10_percent() / 100.0);
   if (!changed) return;
   ++host.generation;
-  v1::Decision record;
-  record.set_host_id(host.host_id);
-  record.set_generation(host.generation);
-  *record.mutable_decided_at() = ToProtoTimestamp(clock_->Now());
-  record.set_overcommitted(overcommitted);
+  // The targets are built once, moved to the agent's sink, and copied into
+  // a Decision only when someone watches.
+  v1::BrokerMessage msg;
+  v1::TargetSet* ts = msg.mutable_targets();
+  ts->set_generation(host.generation);
+  ts->set_report_sequence(host.sequence);
+  *ts->mutable_decided_at() = ToProtoTimestamp(clock_->Now());
+  ts->mutable_targets()->Reserve(static_cast<int>(host.step.vms.size()));
   for (const auto& [id, s] : host.step.vms) {
-    v1::VmTarget* t = record.add_targets();
+    v1::VmTarget* t = ts->add_targets();
     t->set_vm_id(id);
     t->set_target_bytes(s.decision.target_bytes);
     t->set_reason(ToProtoReason(s.decision.reason));
   }
+  if (watcher_count_.load(std::memory_order_relaxed) > 0) {
+    v1::Decision record;
+    record.set_host_id(host.host_id);
+    record.set_generation(host.generation);
+    *record.mutable_decided_at() = ts->decided_at();
+    record.set_overcommitted(overcommitted);
+    *record.mutable_targets() = ts->targets();
+    absl::MutexLock wlock(&watch_mu_);
+    for (const auto& [wid, w] : watchers_) {
+      if (w.first.empty() || w.first == host.host_id) w.second(record);
+    }
+  }
   if (host.connected && host.sink) {
-    v1::BrokerMessage msg;
-    v1::TargetSet* ts = msg.mutable_targets();
-    ts->set_generation(host.generation);
-    ts->set_report_sequence(host.sequence);
-    *ts->mutable_targets() = record.targets();
-    *ts->mutable_decided_at() = record.decided_at();
-    host.sink(msg);
+    host.sink(std::move(msg));
     host.series.targets_pushed->Increment();
     metrics_->ObserveDecisionLatency(absl::ToDoubleSeconds(clock_->Now() - started));
-  }
-  absl::MutexLock wlock(&watch_mu_);
-  for (const auto& [wid, w] : watchers_) {
-    if (w.first.empty() || w.first == host.host_id) w.second(record);
   }
 }
 
@@ -334,12 +339,14 @@ uint64_t Fleet::Watch(const std::string& host_filter, DecisionSink sink) {
   absl::MutexLock lock(&watch_mu_);
   const uint64_t id = next_watch_++;
   watchers_[id] = {host_filter, std::move(sink)};
+  watcher_count_.store(watchers_.size(), std::memory_order_relaxed);
   return id;
 }
 
 void Fleet::Unwatch(uint64_t id) {
   absl::MutexLock lock(&watch_mu_);
   watchers_.erase(id);
+  watcher_count_.store(watchers_.size(), std::memory_order_relaxed);
 }
 
 size_t Fleet::WatcherCount() const {

@@ -14,6 +14,7 @@
 // mutex may be held while taking watch_mu_ (to publish a decision). The
 // policy registry has its own locks, never held across a call into Fleet.
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -37,9 +38,10 @@
 
 namespace membroker::broker {
 
-// Delivers a message to a host's agent stream. Called with the host's lock
-// held: it must only enqueue, never block or call back into the Fleet.
-using BrokerMessageSink = std::function<void(const v1::BrokerMessage&)>;
+// Delivers a message to a host's agent stream (moved in: the sink may keep
+// it). Called with the host's lock held: it must only enqueue, never block
+// or call back into the Fleet.
+using BrokerMessageSink = std::function<void(v1::BrokerMessage)>;
 
 // Receives every decision (WatchDecisions). Same rules as the sink.
 using DecisionSink = std::function<void(const v1::Decision&)>;
@@ -152,6 +154,9 @@ class Fleet {
   mutable absl::Mutex watch_mu_;
   std::map<uint64_t, std::pair<std::string, DecisionSink>> watchers_ ABSL_GUARDED_BY(watch_mu_);
   uint64_t next_watch_ ABSL_GUARDED_BY(watch_mu_) = 1;
+  // watchers_.size(), read without watch_mu_ on the report path so that a
+  // decision nobody watches builds no Decision record.
+  std::atomic<size_t> watcher_count_{0};
 };
 
 }  // namespace membroker::broker

@@ -62,27 +62,32 @@ absl::Status ValidateReport(const v1::HostReport& report) {
   if (report.capacity_bytes() > kMaxBytes) {
     return absl::InvalidArgumentError("report.capacity_bytes: out of range");
   }
-  std::set<std::string> seen;
+  // Ids point into the report (no copies); the field name is only built
+  // for an error.
+  std::set<absl::string_view> seen;
   for (int i = 0; i < report.vms_size(); ++i) {
     const v1::VmSample& vm = report.vms(i);
-    const std::string field = absl::StrCat("report.vms[", i, "]");
-    RETURN_IF_ERROR(ValidateId(field + ".vm_id", vm.vm_id()));
+    const auto field = [i] { return absl::StrCat("report.vms[", i, "]"); };
+    absl::Status id = ValidateId("vm_id", vm.vm_id());
+    if (!id.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("report.vms[", i, "].", id.message()));
+    }
     if (!seen.insert(vm.vm_id()).second) {
       return absl::InvalidArgumentError(
-          absl::StrCat(field, ".vm_id: duplicate id \"", vm.vm_id(), "\""));
+          absl::StrCat(field(), ".vm_id: duplicate id \"", vm.vm_id(), "\""));
     }
     if (vm.name().size() > 256) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".name: at most 256 characters"));
+      return absl::InvalidArgumentError(absl::StrCat(field(), ".name: at most 256 characters"));
     }
     if (vm.max_bytes() == 0 || vm.max_bytes() > kMaxBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".max_bytes: must be in 1..", kMaxBytes));
+      return absl::InvalidArgumentError(absl::StrCat(field(), ".max_bytes: must be in 1..", kMaxBytes));
     }
     if (vm.actual_bytes() > vm.max_bytes()) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".actual_bytes (", vm.actual_bytes(),
+      return absl::InvalidArgumentError(absl::StrCat(field(), ".actual_bytes (", vm.actual_bytes(),
                                                      ") is above max_bytes (", vm.max_bytes(), ")"));
     }
     if (!v1::BalloonHealth_IsValid(vm.health())) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".health: unknown value"));
+      return absl::InvalidArgumentError(absl::StrCat(field(), ".health: unknown value"));
     }
   }
   const v1::HostSample& h = report.host();
