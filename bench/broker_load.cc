@@ -185,7 +185,8 @@ class HostStream final : public grpc::ClientBidiReactor<v1::AgentMessage, v1::Br
     {
       absl::MutexLock lock(&mu_);
       FillReportLocked(now);
-      sent_.emplace_back(sequence_, now);
+      // Sent now: the pacer may be behind its schedule (it shares the cores).
+      sent_.emplace_back(sequence_, absl::Now());
       if (sent_.size() > 8) sent_.pop_front();
     }
     StartWrite(&report_);
