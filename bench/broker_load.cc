@@ -104,6 +104,8 @@ struct RunStats {
   std::atomic<bool> measuring{false};
   absl::Mutex mu;
   std::vector<double> latencies_ms ABSL_GUARDED_BY(mu);  // while measuring
+  // When each report slower than 100 ms was written (stalls vs. spread).
+  std::vector<absl::Time> slow_sent ABSL_GUARDED_BY(mu);
   std::string first_error ABSL_GUARDED_BY(mu);
 };
 
@@ -219,6 +221,7 @@ class HostStream final : public grpc::ClientBidiReactor<v1::AgentMessage, v1::Br
           stats_->answered.fetch_add(1);
           absl::MutexLock slock(&stats_->mu);
           stats_->latencies_ms.push_back(absl::ToDoubleMilliseconds(now - it->second));
+          if (now - it->second > absl::Milliseconds(100)) stats_->slow_sent.push_back(it->second);
         }
         sent_.erase(sent_.begin(), it + 1);
         break;
