@@ -83,6 +83,9 @@ ABSL_FLAG(absl::Duration, admin_period, absl::Seconds(1),
           "admin load: ListVms of one host and GetHost this often");
 ABSL_FLAG(absl::Duration, full_list_period, absl::Seconds(5),
           "admin load: ListVms of every VM, ListHosts and a /metrics scrape this often");
+ABSL_FLAG(int, churn_vms, 10000,
+          "before the sizes: one host adds this many VMs in one report, then removes them "
+          "(0: skip); broker CPU and admin latency on that host meanwhile");
 ABSL_FLAG(std::string, broker_bin, MB_BROKER_PATH, "membroker binary");
 ABSL_FLAG(std::string, echo_bin, MB_ECHO_PATH, "mb_echo_server binary");
 ABSL_FLAG(std::string, work_dir, "", "where state dirs and logs go (default: a temp dir)");
@@ -511,6 +514,98 @@ class AdminLoad {
   std::thread small_, full_;
 };
 
+// One host adds `vms` VMs in one report and then removes them, on a
+// synchronous stream; meanwhile a reader calls GetHost on that host and
+// ListHosts. Prints the broker's CPU for each report and the reader's
+// slowest call.
+void RunChurn(int port, pid_t pid, int vms) {
+  auto channel =
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+  auto stub = v1::AgentService::NewStub(channel);
+  auto admin = v1::AdminService::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+  auto rw = stub->Connect(&ctx);
+  v1::AgentMessage hello;
+  hello.mutable_hello()->set_host_id("churn-host");
+  hello.mutable_hello()->set_capacity_bytes(uint64_t{vms} * kGiB);
+  v1::BrokerMessage in;
+  if (!rw->Write(hello) || !rw->Read(&in)) {
+    std::printf("churn: the stream did not open\n");
+    return;
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<double> max_ms{0};
+  std::atomic<int> calls{0};
+  std::thread reader([&] {
+    while (!stop) {
+      const absl::Time start = absl::Now();
+      grpc::ClientContext c1, c2;
+      c1.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      c2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      v1::GetHostRequest req;
+      req.set_host_id("churn-host");
+      v1::Host host;
+      v1::ListHostsResponse hosts;
+      (void)admin->GetHost(&c1, req, &host);
+      (void)admin->ListHosts(&c2, v1::ListHostsRequest(), &hosts);
+      const double ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+      if (ms > max_ms.load()) max_ms = ms;
+      ++calls;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  });
+  // Sends a report of `n` VMs and waits for the TargetSet that includes it.
+  auto step = [&](uint64_t seq, int n, const char* what) {
+    v1::AgentMessage msg;
+    v1::HostReport* r = msg.mutable_report();
+    r->set_sequence(seq);
+    r->mutable_host()->set_mem_total_bytes(uint64_t{vms} * 2 * kGiB);
+    r->mutable_host()->set_mem_available_bytes(uint64_t{vms} * kGiB);
+    for (int i = 0; i < n; ++i) {
+      v1::VmSample* s = r->add_vms();
+      s->set_vm_id(absl::StrFormat("c0000000-0000-4000-8000-%012d", i));
+      s->set_name(absl::StrFormat("churn-%d", i % (n / 2 + 1)));  // half the names repeat
+      s->set_max_bytes(kGiB);
+      s->set_actual_bytes(kGiB);
+      s->mutable_stats()->set_total_bytes(kGiB);
+      s->mutable_stats()->set_available_bytes(kGiB / 2);
+      s->mutable_stats()->set_age_seconds(0.1);
+    }
+    const double cpu0 = CpuSeconds(pid);
+    const absl::Time start = absl::Now();
+    if (!rw->Write(msg)) return false;
+    // Done when the host shows the report (a removal may change no target,
+    // so no TargetSet need come).
+    const absl::Time deadline = start + absl::Seconds(120);
+    while (absl::Now() < deadline) {
+      grpc::ClientContext c;
+      c.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      v1::GetHostRequest req;
+      req.set_host_id("churn-host");
+      v1::Host host;
+      if (admin->GetHost(&c, req, &host).ok() && host.report_sequence() >= seq) {
+        std::printf("  churn: %-22s %6.2f s until decided, broker CPU %.2f s\n", what,
+                    absl::ToDoubleSeconds(absl::Now() - start), CpuSeconds(pid) - cpu0);
+        std::fflush(stdout);
+        return true;
+      }
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return false;
+  };
+  // The one VM left after the removal keeps a TargetSet coming.
+  const bool ok = step(1, vms, absl::StrCat("add ", vms, " VMs:").c_str()) &&
+                  step(2, 1, absl::StrCat("remove ", vms - 1, " VMs:").c_str());
+  stop = true;
+  reader.join();
+  std::printf("  churn: %s; GetHost+ListHosts meanwhile: %d calls, slowest %.0f ms\n",
+              ok ? "done" : "not decided within 120 s", calls.load(), max_ms.load());
+  rw->WritesDone();
+  ctx.TryCancel();
+  std::fflush(stdout);
+}
+
 // Runs one load against a server on `port` (process `pid`).
 RunResult RunLoad(int port, int metrics_port, pid_t pid, int hosts, int vms, bool admin_load) {
   RunResult result;
@@ -642,6 +737,22 @@ int Main() {
     RunResult echo, broker, admin;
   };
   std::vector<Row> rows;
+  if (absl::GetFlag(FLAGS_churn_vms) > 1 && absl::GetFlag(FLAGS_broker)) {
+    const std::string dir = absl::StrCat(work, "/state-churn");
+    mkdir(dir.c_str(), 0755);
+    testing::ChildProcess broker;
+    auto ports =
+        testing::StartBroker(broker, absl::GetFlag(FLAGS_broker_bin), dir,
+                             absl::StrCat(dir, ".log"), absl::Seconds(30), {"--log-level=warn"});
+    if (!ports.ok()) {
+      std::fprintf(stderr, "broker_load: membroker: %s\n", ports.status().ToString().c_str());
+      return 1;
+    }
+    std::printf("== one host adds %d VMs in one report, then removes them\n",
+                absl::GetFlag(FLAGS_churn_vms));
+    RunChurn(ports->grpc, broker.pid(), absl::GetFlag(FLAGS_churn_vms));
+    broker.Stop();
+  }
   for (absl::string_view size :
        absl::StrSplit(absl::GetFlag(FLAGS_sizes), ',', absl::SkipEmpty())) {
     std::vector<std::string> nm = absl::StrSplit(size, 'x');
