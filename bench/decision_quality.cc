@@ -48,6 +48,8 @@ ABSL_FLAG(double, half_life_seconds, -1, "Broker DemandParams.decay_half_life_se
 ABSL_FLAG(double, pressure_half_life_seconds, -1,
           "Broker DemandParams.pressure_decay_half_life_seconds");
 ABSL_FLAG(double, pressure_memory_seconds, -1, "Broker DemandParams.pressure_memory_seconds");
+ABSL_FLAG(double, oom_hold_seconds, -1,
+          "Broker DemandParams.oom_hold_seconds (0: the broker does not learn from OOM kills)");
 ABSL_FLAG(double, protect_margin_percent, -1, "ClusterPolicy.protect_margin_percent");
 ABSL_FLAG(double, idle_tax_percent, -1, "ClusterPolicy.idle_tax_percent");
 ABSL_FLAG(int64_t, protect_margin_max_mib, -1, "ClusterPolicy.protect_margin_max_bytes in MiB");
@@ -148,11 +150,13 @@ int main(int argc, char** argv) {
   const double half_life = absl::GetFlag(FLAGS_half_life_seconds);
   const double pressure_half_life = absl::GetFlag(FLAGS_pressure_half_life_seconds);
   const double pressure_memory = absl::GetFlag(FLAGS_pressure_memory_seconds);
-  if (half_life >= 0 || pressure_half_life >= 0 || pressure_memory >= 0) {
+  const double oom_hold = absl::GetFlag(FLAGS_oom_hold_seconds);
+  if (half_life >= 0 || pressure_half_life >= 0 || pressure_memory >= 0 || oom_hold >= 0) {
     options.tune_broker = [=](membroker::policy::PolicySet& set) {
       if (half_life >= 0) set.demand.decay_half_life_seconds = half_life;
       if (pressure_half_life >= 0) set.demand.pressure_decay_half_life_seconds = pressure_half_life;
       if (pressure_memory >= 0) set.demand.pressure_memory_seconds = pressure_memory;
+      if (oom_hold >= 0) set.demand.oom_hold_seconds = oom_hold;
     };
   }
   {
@@ -162,7 +166,7 @@ int main(int argc, char** argv) {
     membroker::v1::Scenario empty;
     std::printf("broker cluster policy: %s\n",
                 membroker::sim::BrokerClusterPolicy(empty, options).ShortDebugString().c_str());
-    if (options.tune_broker) std::printf("estimator overrides: half-life flags set\n");
+    if (options.tune_broker) std::printf("estimator overrides: half-life or OOM-hold flags set\n");
   }
 
   std::vector<std::string> variants = absl::StrSplit(absl::GetFlag(FLAGS_variants), ',');

@@ -1,5 +1,6 @@
 #include "broker/admin_service.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "broker/peer_identity.h"
 #include "broker/stream_writer.h"
 #include "common/status.h"
 
@@ -19,23 +21,40 @@ namespace {
 
 const char* CodeName(absl::StatusCode code) {
   switch (code) {
-    case absl::StatusCode::kOk: return "OK";
-    case absl::StatusCode::kCancelled: return "CANCELLED";
-    case absl::StatusCode::kInvalidArgument: return "INVALID_ARGUMENT";
-    case absl::StatusCode::kDeadlineExceeded: return "DEADLINE_EXCEEDED";
-    case absl::StatusCode::kNotFound: return "NOT_FOUND";
-    case absl::StatusCode::kAlreadyExists: return "ALREADY_EXISTS";
-    case absl::StatusCode::kPermissionDenied: return "PERMISSION_DENIED";
-    case absl::StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
-    case absl::StatusCode::kFailedPrecondition: return "FAILED_PRECONDITION";
-    case absl::StatusCode::kAborted: return "ABORTED";
-    case absl::StatusCode::kOutOfRange: return "OUT_OF_RANGE";
-    case absl::StatusCode::kUnimplemented: return "UNIMPLEMENTED";
-    case absl::StatusCode::kInternal: return "INTERNAL";
-    case absl::StatusCode::kUnavailable: return "UNAVAILABLE";
-    case absl::StatusCode::kDataLoss: return "DATA_LOSS";
-    case absl::StatusCode::kUnauthenticated: return "UNAUTHENTICATED";
-    default: return "UNKNOWN";
+    case absl::StatusCode::kOk:
+      return "OK";
+    case absl::StatusCode::kCancelled:
+      return "CANCELLED";
+    case absl::StatusCode::kInvalidArgument:
+      return "INVALID_ARGUMENT";
+    case absl::StatusCode::kDeadlineExceeded:
+      return "DEADLINE_EXCEEDED";
+    case absl::StatusCode::kNotFound:
+      return "NOT_FOUND";
+    case absl::StatusCode::kAlreadyExists:
+      return "ALREADY_EXISTS";
+    case absl::StatusCode::kPermissionDenied:
+      return "PERMISSION_DENIED";
+    case absl::StatusCode::kResourceExhausted:
+      return "RESOURCE_EXHAUSTED";
+    case absl::StatusCode::kFailedPrecondition:
+      return "FAILED_PRECONDITION";
+    case absl::StatusCode::kAborted:
+      return "ABORTED";
+    case absl::StatusCode::kOutOfRange:
+      return "OUT_OF_RANGE";
+    case absl::StatusCode::kUnimplemented:
+      return "UNIMPLEMENTED";
+    case absl::StatusCode::kInternal:
+      return "INTERNAL";
+    case absl::StatusCode::kUnavailable:
+      return "UNAVAILABLE";
+    case absl::StatusCode::kDataLoss:
+      return "DATA_LOSS";
+    case absl::StatusCode::kUnauthenticated:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
   }
 }
 
@@ -45,8 +64,11 @@ class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
  public:
   static constexpr size_t kMaxQueued = 1024;
 
-  DecisionWriter(Fleet* fleet, const std::string& host)
+  // `limiter` admitted the stream from `peer`; released when it ends.
+  DecisionWriter(Fleet* fleet, const std::string& host, StreamLimiter* limiter, std::string peer)
       : fleet_(fleet),
+        limiter_(limiter),
+        peer_(std::move(peer)),
         writer_({[this](const v1::Decision* d) { StartWrite(d); },
                  [this](const grpc::Status& s) { Finish(s); }, nullptr},
                 kMaxQueued) {
@@ -60,11 +82,14 @@ class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
   void OnCancel() override { writer_.FinishOnce(grpc::Status::CANCELLED); }
   void OnDone() override {
     fleet_->Unwatch(id_);
+    limiter_->Release(peer_);
     delete this;
   }
 
  private:
   Fleet* const fleet_;
+  StreamLimiter* const limiter_;
+  const std::string peer_;
   QueuedStreamWriter<v1::Decision> writer_;
   uint64_t id_ = 0;
 };
@@ -77,6 +102,18 @@ void LowerThisThreadsPriority() {
   setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10);
 }
 constexpr size_t kMaxQueuedCalls = 256;
+
+// A watch the caller may not open: ends at once with `status`.
+class RefusedWatch final : public grpc::ServerWriteReactor<v1::Decision> {
+ public:
+  explicit RefusedWatch(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+// Default and largest number of audit entries one ListAuditEntries returns.
+constexpr uint32_t kDefaultAuditLimit = 100;
+constexpr uint32_t kMaxAuditLimit = 10000;
+constexpr size_t kMaxAuditTarget = 256;
 
 }  // namespace
 
@@ -130,8 +167,14 @@ class AdminServiceImpl::Workers {
   std::vector<std::thread> threads_;
 };
 
-AdminServiceImpl::AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics)
-    : fleet_(fleet), metrics_(metrics), workers_(std::make_unique<Workers>()) {}
+AdminServiceImpl::AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store,
+                                   const Authorizer* authorizer, const ServerLimits& limits)
+    : fleet_(fleet),
+      metrics_(metrics),
+      store_(store),
+      authorizer_(authorizer),
+      watch_limiter_("watch", limits.max_watch_streams, limits.max_streams_per_peer, metrics),
+      workers_(std::make_unique<Workers>()) {}
 
 AdminServiceImpl::~AdminServiceImpl() = default;
 
@@ -153,6 +196,13 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Offload(grpc::CallbackServerContext*
   return reactor;
 }
 
+absl::Status AdminServiceImpl::Authorize(grpc::CallbackServerContext* ctx, const char* method) {
+  if (authorizer_->insecure()) return absl::OkStatus();
+  absl::Status s = authorizer_->AuthorizeAdmin(IdentityOf(*ctx), method);
+  if (!s.ok()) spdlog::warn("admin call {} refused: {}", method, std::string(s.message()));
+  return s;
+}
+
 grpc::ServerUnaryReactor* AdminServiceImpl::Done(grpc::CallbackServerContext* ctx,
                                                  const char* method, const absl::Status& status) {
   metrics_->AdminRequest(method, CodeName(status.code()));
@@ -164,6 +214,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Done(grpc::CallbackServerContext* ct
 grpc::ServerUnaryReactor* AdminServiceImpl::ListHosts(grpc::CallbackServerContext* ctx,
                                                       const v1::ListHostsRequest*,
                                                       v1::ListHostsResponse* resp) {
+  if (auto denied = Authorize(ctx, "ListHosts"); !denied.ok()) {
+    return Done(ctx, "ListHosts", denied);
+  }
   return Offload(ctx, "ListHosts", [this, resp] {
     for (v1::Host& h : fleet_->ListHosts()) *resp->add_hosts() = std::move(h);
     return absl::OkStatus();
@@ -172,6 +225,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ListHosts(grpc::CallbackServerContex
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetHost(grpc::CallbackServerContext* ctx,
                                                     const v1::GetHostRequest* req, v1::Host* resp) {
+  if (auto denied = Authorize(ctx, "GetHost"); !denied.ok()) {
+    return Done(ctx, "GetHost", denied);
+  }
   if (req->host_id().empty()) {
     return Done(ctx, "GetHost", absl::InvalidArgumentError("host_id: must not be empty"));
   }
@@ -185,6 +241,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetHost(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* AdminServiceImpl::ListVms(grpc::CallbackServerContext* ctx,
                                                     const v1::ListVmsRequest* req,
                                                     v1::ListVmsResponse* resp) {
+  if (auto denied = Authorize(ctx, "ListVms"); !denied.ok()) {
+    return Done(ctx, "ListVms", denied);
+  }
   return Offload(ctx, "ListVms", [this, req, resp] {
     auto vms = fleet_->ListVms(req->host_id());
     if (vms.ok()) {
@@ -197,6 +256,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ListVms(grpc::CallbackServerContext*
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetVm(grpc::CallbackServerContext* ctx,
                                                   const v1::GetVmRequest* req, v1::Vm* resp) {
+  if (auto denied = Authorize(ctx, "GetVm"); !denied.ok()) {
+    return Done(ctx, "GetVm", denied);
+  }
   return Offload(ctx, "GetVm", [this, req, resp] {
     auto vm = fleet_->GetVm(req->vm());
     if (vm.ok()) *resp = std::move(*vm);
@@ -207,8 +269,11 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetVm(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* AdminServiceImpl::SetVmPolicy(grpc::CallbackServerContext* ctx,
                                                         const v1::SetVmPolicyRequest* req,
                                                         v1::VmPolicy* resp) {
-  return Offload(ctx, "SetVmPolicy", [this, req, resp] {
-    auto policy = fleet_->SetVmPolicy(req->vm(), req->policy(), req->merge());
+  if (auto denied = Authorize(ctx, "SetVmPolicy"); !denied.ok()) {
+    return Done(ctx, "SetVmPolicy", denied);
+  }
+  return Offload(ctx, "SetVmPolicy", [this, req, resp, actor = IdentityOf(*ctx).Display()] {
+    auto policy = fleet_->SetVmPolicy(req->vm(), req->policy(), req->merge(), actor);
     if (policy.ok()) *resp = std::move(*policy);
     return policy.status();
   });
@@ -217,12 +282,20 @@ grpc::ServerUnaryReactor* AdminServiceImpl::SetVmPolicy(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* AdminServiceImpl::ClearVmPolicy(grpc::CallbackServerContext* ctx,
                                                           const v1::ClearVmPolicyRequest* req,
                                                           v1::ClearVmPolicyResponse*) {
-  return Offload(ctx, "ClearVmPolicy", [this, req] { return fleet_->ClearVmPolicy(req->vm()); });
+  if (auto denied = Authorize(ctx, "ClearVmPolicy"); !denied.ok()) {
+    return Done(ctx, "ClearVmPolicy", denied);
+  }
+  return Offload(ctx, "ClearVmPolicy", [this, req, actor = IdentityOf(*ctx).Display()] {
+    return fleet_->ClearVmPolicy(req->vm(), actor);
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetClusterPolicy(grpc::CallbackServerContext* ctx,
                                                              const v1::GetClusterPolicyRequest*,
                                                              v1::ClusterPolicy* resp) {
+  if (auto denied = Authorize(ctx, "GetClusterPolicy"); !denied.ok()) {
+    return Done(ctx, "GetClusterPolicy", denied);
+  }
   *resp = fleet_->GetClusterPolicy();
   return Done(ctx, "GetClusterPolicy", absl::OkStatus());
 }
@@ -230,8 +303,11 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetClusterPolicy(grpc::CallbackServe
 grpc::ServerUnaryReactor* AdminServiceImpl::SetClusterPolicy(grpc::CallbackServerContext* ctx,
                                                              const v1::SetClusterPolicyRequest* req,
                                                              v1::ClusterPolicy* resp) {
-  return Offload(ctx, "SetClusterPolicy", [this, req, resp] {
-    auto policy = fleet_->SetClusterPolicy(req->policy());
+  if (auto denied = Authorize(ctx, "SetClusterPolicy"); !denied.ok()) {
+    return Done(ctx, "SetClusterPolicy", denied);
+  }
+  return Offload(ctx, "SetClusterPolicy", [this, req, resp, actor = IdentityOf(*ctx).Display()] {
+    auto policy = fleet_->SetClusterPolicy(req->policy(), actor);
     if (policy.ok()) *resp = std::move(*policy);
     return policy.status();
   });
@@ -240,6 +316,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::SetClusterPolicy(grpc::CallbackServe
 grpc::ServerUnaryReactor* AdminServiceImpl::ExplainVm(grpc::CallbackServerContext* ctx,
                                                       const v1::ExplainVmRequest* req,
                                                       v1::Explanation* resp) {
+  if (auto denied = Authorize(ctx, "ExplainVm"); !denied.ok()) {
+    return Done(ctx, "ExplainVm", denied);
+  }
   return Offload(ctx, "ExplainVm", [this, req, resp] {
     auto e = fleet_->ExplainVm(req->vm());
     if (e.ok()) *resp = std::move(*e);
@@ -249,6 +328,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ExplainVm(grpc::CallbackServerContex
 
 grpc::ServerUnaryReactor* AdminServiceImpl::Reserve(grpc::CallbackServerContext* ctx,
                                                     const v1::ReserveRequest*, v1::Reservation*) {
+  if (auto denied = Authorize(ctx, "Reserve"); !denied.ok()) {
+    return Done(ctx, "Reserve", denied);
+  }
   return Done(ctx, "Reserve",
               absl::UnimplementedError("reservations are not implemented in this version"));
 }
@@ -256,20 +338,62 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Reserve(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* AdminServiceImpl::Release(grpc::CallbackServerContext* ctx,
                                                     const v1::ReleaseRequest*,
                                                     v1::ReleaseResponse*) {
+  if (auto denied = Authorize(ctx, "Release"); !denied.ok()) {
+    return Done(ctx, "Release", denied);
+  }
   return Done(ctx, "Release",
               absl::UnimplementedError("reservations are not implemented in this version"));
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetPlan(grpc::CallbackServerContext* ctx,
                                                     const v1::GetPlanRequest*, v1::Plan*) {
+  if (auto denied = Authorize(ctx, "GetPlan"); !denied.ok()) {
+    return Done(ctx, "GetPlan", denied);
+  }
   return Done(ctx, "GetPlan",
               absl::UnimplementedError("the rebalance plan is not implemented in this version"));
 }
 
 grpc::ServerWriteReactor<v1::Decision>* AdminServiceImpl::WatchDecisions(
-    grpc::CallbackServerContext*, const v1::WatchDecisionsRequest* req) {
+    grpc::CallbackServerContext* ctx, const v1::WatchDecisionsRequest* req) {
+  if (absl::Status denied = Authorize(ctx, "WatchDecisions"); !denied.ok()) {
+    metrics_->AdminRequest("WatchDecisions", CodeName(denied.code()));
+    return new RefusedWatch(ToGrpcStatus(denied));
+  }
+  if (absl::Status admitted = watch_limiter_.Acquire(ctx->peer()); !admitted.ok()) {
+    metrics_->AdminRequest("WatchDecisions", CodeName(admitted.code()));
+    return new RefusedWatch(ToGrpcStatus(admitted));
+  }
   metrics_->AdminRequest("WatchDecisions", "OK");
-  return new DecisionWriter(fleet_, req->host_id());
+  return new DecisionWriter(fleet_, req->host_id(), &watch_limiter_, ctx->peer());
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::ListAuditEntries(grpc::CallbackServerContext* ctx,
+                                                             const v1::ListAuditEntriesRequest* req,
+                                                             v1::ListAuditEntriesResponse* resp) {
+  if (auto denied = Authorize(ctx, "ListAuditEntries"); !denied.ok()) {
+    return Done(ctx, "ListAuditEntries", denied);
+  }
+  if (req->limit() > kMaxAuditLimit) {
+    return Done(ctx, "ListAuditEntries",
+                absl::InvalidArgumentError(absl::StrCat("limit: at most ", kMaxAuditLimit)));
+  }
+  if (req->target().size() > kMaxAuditTarget) {
+    return Done(ctx, "ListAuditEntries",
+                absl::InvalidArgumentError(
+                    absl::StrCat("target: at most ", kMaxAuditTarget, " characters")));
+  }
+  // A VM may be named; the trail is kept by VM id.
+  std::string target = req->target();
+  if (!target.empty() && target != "cluster") {
+    if (auto vm = fleet_->GetVm(target); vm.ok()) target = vm->vm_id();
+  }
+  auto entries =
+      store_->ListAuditEntries(req->limit() == 0 ? kDefaultAuditLimit : req->limit(), target);
+  if (entries.ok()) {
+    for (v1::AuditEntry& e : *entries) *resp->add_entries() = std::move(e);
+  }
+  return Done(ctx, "ListAuditEntries", entries.status());
 }
 
 }  // namespace membroker::broker

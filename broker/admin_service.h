@@ -1,6 +1,8 @@
 #pragma once
 // The gRPC binding of AdminService (callback API). Each handler is thin:
-// validate, one Fleet call, convert, map the status.
+// validate, one Fleet call, convert, map the status. Every handler first
+// asks the Authorizer whether the caller's certificate may call it; policy
+// changes are audited under the caller's identity.
 //
 // Calls that take a host's lock (which a decision holds) or write the
 // store run on the service's own worker threads, never on a gRPC callback
@@ -10,17 +12,21 @@
 
 #include <memory>
 
+#include "broker/authz.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
+#include "broker/server_limits.h"
 #include "membroker/v1/admin.grpc.pb.h"
 
 namespace membroker::broker {
 
 class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
-  // Starts the worker threads; the destructor finishes queued calls and
-  // joins them.
-  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics);
+  // None owned; all must outlive the service. `limits` caps the open
+  // WatchDecisions streams (in total and per peer). Starts the worker
+  // threads; the destructor finishes queued calls and joins them.
+  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer,
+                   const ServerLimits& limits = {});
   ~AdminServiceImpl() override;
 
   grpc::ServerUnaryReactor* ListHosts(grpc::CallbackServerContext* ctx,
@@ -55,6 +61,9 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
                                     v1::Plan* resp) override;
   grpc::ServerWriteReactor<v1::Decision>* WatchDecisions(
       grpc::CallbackServerContext* ctx, const v1::WatchDecisionsRequest* req) override;
+  grpc::ServerUnaryReactor* ListAuditEntries(grpc::CallbackServerContext* ctx,
+                                             const v1::ListAuditEntriesRequest* req,
+                                             v1::ListAuditEntriesResponse* resp) override;
 
  private:
   class Workers;
@@ -65,8 +74,15 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   // Finish). RESOURCE_EXHAUSTED at once when too many calls are queued.
   grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* ctx, const char* method,
                                     std::function<absl::Status()> work);
+  // OK when the caller may call `method`; else the status to reply with
+  // (logged with the caller's identity).
+  absl::Status Authorize(grpc::CallbackServerContext* ctx, const char* method);
   Fleet* const fleet_;
   BrokerMetrics* const metrics_;
+  Store* const store_;
+  const Authorizer* const authorizer_;
+  StreamLimiter watch_limiter_;
+  // Last member: destroyed (joined) first, while what calls use still lives.
   std::unique_ptr<Workers> workers_;
 };
 

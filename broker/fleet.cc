@@ -51,6 +51,10 @@ void Fleet::CollectVmSeries(const BrokerMetrics::VmSeriesEmit& emit) const {
       series.demand_bytes = static_cast<double>(s.demand.demand_bytes);
       series.floor_bytes = static_cast<double>(s.decision.floor_bytes);
       series.balloon_healthy = s.balloon_healthy ? 1 : 0;
+      series.max_bytes = static_cast<double>(s.max_bytes);
+      series.stats_untrusted = it->second.sample.stats().untrusted() ? 1 : 0;
+      series.reason = static_cast<int>(s.decision.reason);
+      series.counters = it->second.counters;
       emit(h->host_id, it->second.metric_name, series);
     }
   }
@@ -77,21 +81,24 @@ absl::StatusOr<uint64_t> Fleet::Connect(const v1::Hello& hello, BrokerMessageSin
   RETURN_IF_ERROR(ValidateHello(hello));
   std::shared_ptr<HostState> host;
   uint64_t conn;
-  {
-    absl::MutexLock lock(&hosts_mu_);
-    auto& slot = hosts_[hello.host_id()];
-    if (!slot) {
-      slot = std::make_shared<HostState>();
-      slot->host_id = hello.host_id();
-      slot->series = metrics_->AddHost(hello.host_id());
-    }
-    host = slot;
-    conn = next_conn_++;
-  }
   std::shared_ptr<const PolicySnapshot> policies = policies_.Snapshot();
-  bool was_connected;
-  {
+  bool was_connected = false;
+  // Twice at most: a host expired between the lookup and its lock is
+  // replaced by a new one on the second pass.
+  for (int pass = 0;; ++pass) {
+    {
+      absl::MutexLock lock(&hosts_mu_);
+      auto& slot = hosts_[hello.host_id()];
+      if (!slot || slot->expired.load()) {
+        slot = std::make_shared<HostState>();
+        slot->host_id = hello.host_id();
+        slot->series = metrics_->AddHost(hello.host_id());
+      }
+      host = slot;
+      conn = next_conn_++;
+    }
     absl::MutexLock lock(&host->mu);
+    if (host->expired.load() && pass == 0) continue;
     was_connected = host->connected;
     if (was_connected) {
       spdlog::warn("host {}: a new stream replaces the open one", hello.host_id());
@@ -106,6 +113,7 @@ absl::StatusOr<uint64_t> Fleet::Connect(const v1::Hello& hello, BrokerMessageSin
     // what it has, and the first decision starts from there.
     policy::ForgetDecisions(host->step);
     if (!was_connected) metrics_->ConnectedAgentsChanged(+1);
+    break;
   }
   *welcome->mutable_report_interval() = ToProtoDuration(policies->report_interval);
   *welcome->mutable_safety() = safety_;
@@ -122,6 +130,7 @@ void Fleet::Disconnect(const std::string& host_id, uint64_t conn) {
     absl::MutexLock lock(&host->mu);
     if (host->conn != conn || !host->connected) return;
     host->connected = false;
+    host->disconnected_at = clock_->MonotonicNow();
     host->sink = nullptr;
     metrics_->ConnectedAgentsChanged(-1);
   }
@@ -187,6 +196,22 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
       vm.sample.mutable_stats()->set_untrusted_reason(problems[i]);
     }
   }
+  // Guest OOM kills this report showed (once per report, not per
+  // decision: a policy change decides again without a new report).
+  for (const auto& [id, s] : host->step.vms) {
+    if (!s.demand.oom) continue;
+    auto it = host->vms.find(id);
+    const std::string& name =
+        it == host->vms.end() || it->second.sample.name().empty() ? id : it->second.sample.name();
+    spdlog::warn(
+        "VM {} on host {}: guest OOM kill ({}) at {}; demand kept at least {} for the "
+        "OOM hold ({:.0f} s)",
+        name, host_id, s.demand.oom_inferred ? "inferred" : "reported by the guest",
+        FormatBytes(s.demand.oom_size_bytes), FormatBytes(s.demand.oom_demand_bytes),
+        policies->set.demand.oom_hold_seconds);
+    (s.demand.oom_inferred ? host->series.guest_oom_inferred : host->series.guest_oom_reported)
+        ->Increment();
+  }
   DecideLocked(*host, *policies, received);
   return absl::OkStatus();
 }
@@ -227,6 +252,17 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
   }
   if (now.margin_lent_bytes > 0) host.series.margin_lent->Increment();
   if (now.floors_yielded) host.series.floors_yielded->Increment();
+  // The per-VM series are read at scrape time (CollectVmSeries); only the
+  // guests' counters accumulate here.
+  uint64_t reclaimed_bytes = 0;
+  for (const auto& [id, s] : host.step.vms) {
+    auto it = host.vms.find(id);
+    if (it == host.vms.end()) continue;
+    VmView& vm = it->second;
+    BrokerMetrics::UpdateVmCounters(vm.counters, vm.sample);
+    reclaimed_bytes += s.max_bytes - std::min(s.max_bytes, s.decision.target_bytes);
+  }
+  BrokerMetrics::UpdateHost(host.series, host.sample, reclaimed_bytes);
   const policy::HostDecision& decision = host.step.decision;
   host.series.capacity->Set(static_cast<double>(host.step.capacity_bytes));
   host.series.target->Set(static_cast<double>(decision.target_bytes));
@@ -272,15 +308,53 @@ absl::Status Fleet::Ack(const std::string& host_id, uint64_t conn, const v1::Tar
   if (!host) return absl::FailedPreconditionError("ack before hello");
   absl::MutexLock lock(&host->mu);
   if (host->conn != conn) return absl::FailedPreconditionError("stream replaced");
+  if (absl::Status valid = ValidateAck(ack); !valid.ok()) {
+    metrics_->ReportRejected("invalid_ack");
+    return valid;
+  }
   if (ack.generation() > host->generation) {
     return absl::InvalidArgumentError(absl::StrCat(
         "ack.generation: ", ack.generation(), " was never sent (last ", host->generation, ")"));
   }
   host->acked_generation = std::max(host->acked_generation, ack.generation());
-  for (const auto& [vm, err] : ack.errors()) {
-    spdlog::warn("host {}: target for VM {} not applied: {}", host_id, vm, err.substr(0, 200));
+  if (ack.errors_size() > 0) {
+    // One line per ack, naming a few VMs; at most a burst per host.
+    uint64_t suppressed = 0;
+    if (log_limiter_.Allow(absl::StrCat("ack/", host_id), &suppressed)) {
+      std::vector<std::pair<std::string, std::string>> errors(ack.errors().begin(),
+                                                              ack.errors().end());
+      std::sort(errors.begin(), errors.end());
+      spdlog::warn("host {}: generation {}: {} target(s) not applied: {}{}", host_id,
+                   ack.generation(), errors.size(), SummarizeItems(errors),
+                   suppressed ? absl::StrCat(" (", suppressed, " similar lines suppressed)") : "");
+    }
   }
   return absl::OkStatus();
+}
+
+size_t Fleet::ExpireHosts(absl::Duration after) {
+  const absl::Time now = clock_->MonotonicNow();
+  size_t expired = 0;
+  for (const std::shared_ptr<HostState>& host : AllHosts()) {
+    {
+      absl::MutexLock lock(&host->mu);
+      // conn == 0: created by a Connect that has not finished yet.
+      if (host->connected || host->conn == 0 || host->expired.load() ||
+          now - host->disconnected_at < after) {
+        continue;
+      }
+      host->expired.store(true);
+    }
+    absl::MutexLock lock(&hosts_mu_);
+    auto it = hosts_.find(host->host_id);
+    if (it == hosts_.end() || it->second != host) continue;  // replaced meanwhile
+    hosts_.erase(it);
+    metrics_->RemoveHost(host->host_id);
+    ++expired;
+    spdlog::info("host {}: forgotten after {} disconnected", host->host_id,
+                 absl::FormatDuration(after));
+  }
+  return expired;
 }
 
 void Fleet::Redecide(const std::shared_ptr<HostState>& host) {
@@ -291,7 +365,7 @@ void Fleet::Redecide(const std::shared_ptr<HostState>& host) {
 }
 
 absl::StatusOr<v1::VmPolicy> Fleet::SetVmPolicy(const std::string& vm, const v1::VmPolicy& policy,
-                                                bool merge) {
+                                                bool merge, const std::string& actor) {
   RETURN_IF_ERROR(ValidateVmPolicy(policy));
   std::shared_ptr<HostState> host;
   std::string vm_id;
@@ -304,12 +378,13 @@ absl::StatusOr<v1::VmPolicy> Fleet::SetVmPolicy(const std::string& vm, const v1:
   } else {
     return found.status();
   }
-  ASSIGN_OR_RETURN(v1::VmPolicy stored, policies_.SetVmPolicy(vm_id, policy, merge));
+  ASSIGN_OR_RETURN(v1::VmPolicy stored,
+                   policies_.SetVmPolicy(vm_id, policy, merge, {actor, clock_->Now()}));
   if (host) Redecide(host);
   return stored;
 }
 
-absl::Status Fleet::ClearVmPolicy(const std::string& vm) {
+absl::Status Fleet::ClearVmPolicy(const std::string& vm, const std::string& actor) {
   std::shared_ptr<HostState> host;
   std::string vm_id;
   auto found = ResolveVm(vm);
@@ -322,15 +397,17 @@ absl::Status Fleet::ClearVmPolicy(const std::string& vm) {
     }
     vm_id = vm;
   }
-  RETURN_IF_ERROR(policies_.ClearVmPolicy(vm_id));
+  RETURN_IF_ERROR(policies_.ClearVmPolicy(vm_id, {actor, clock_->Now()}));
   if (host) Redecide(host);
   return absl::OkStatus();
 }
 
 v1::ClusterPolicy Fleet::GetClusterPolicy() const { return policies_.Snapshot()->cluster; }
 
-absl::StatusOr<v1::ClusterPolicy> Fleet::SetClusterPolicy(const v1::ClusterPolicy& update) {
-  ASSIGN_OR_RETURN(v1::ClusterPolicy next, policies_.SetClusterPolicy(update));
+absl::StatusOr<v1::ClusterPolicy> Fleet::SetClusterPolicy(const v1::ClusterPolicy& update,
+                                                          const std::string& actor) {
+  ASSIGN_OR_RETURN(v1::ClusterPolicy next,
+                   policies_.SetClusterPolicy(update, {actor, clock_->Now()}));
   for (const auto& h : AllHosts()) Redecide(h);
   return next;
 }

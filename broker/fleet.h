@@ -33,6 +33,7 @@
 #include "broker/report.h"
 #include "broker/store.h"
 #include "common/clock.h"
+#include "common/log_limit.h"
 #include "membroker/v1/admin.pb.h"
 #include "membroker/v1/agent.pb.h"
 
@@ -73,8 +74,13 @@ class Fleet {
   // report (state unchanged); a report whose sequence is not above the last
   // one is ignored (OK).
   absl::Status Report(const std::string& host_id, uint64_t conn, const v1::HostReport& report);
-  // Records that the agent applied a generation.
+  // Records that the agent applied a generation. INVALID_ARGUMENT for an
+  // oversized ack or a generation never sent. The VMs it failed to apply
+  // are logged in one summarising line, rate-limited per host.
   absl::Status Ack(const std::string& host_id, uint64_t conn, const v1::TargetAck& ack);
+  // Forgets hosts whose agent has been disconnected for `after` or longer,
+  // with their metric series (their VMs' policies stay). Returns how many.
+  size_t ExpireHosts(absl::Duration after);
 
   // --- Admin ---
 
@@ -87,13 +93,15 @@ class Fleet {
   absl::StatusOr<v1::Vm> GetVm(const std::string& vm) const;
   absl::StatusOr<v1::Explanation> ExplainVm(const std::string& vm) const;
   // Stores the policy durably, then re-decides the VM's host. A policy may
-  // be set by id for a VM not seen yet (ids look like UUIDs).
+  // be set by id for a VM not seen yet (ids look like UUIDs). Every change
+  // is audited as made by `actor` (now, by the fleet's clock).
   absl::StatusOr<v1::VmPolicy> SetVmPolicy(const std::string& vm, const v1::VmPolicy& policy,
-                                           bool merge);
-  absl::Status ClearVmPolicy(const std::string& vm);
+                                           bool merge, const std::string& actor = kInProcessActor);
+  absl::Status ClearVmPolicy(const std::string& vm, const std::string& actor = kInProcessActor);
   v1::ClusterPolicy GetClusterPolicy() const;
   // Merges `update` (set fields only), stores it, re-decides every host.
-  absl::StatusOr<v1::ClusterPolicy> SetClusterPolicy(const v1::ClusterPolicy& update);
+  absl::StatusOr<v1::ClusterPolicy> SetClusterPolicy(const v1::ClusterPolicy& update,
+                                                     const std::string& actor = kInProcessActor);
 
   // Decision watchers.
   uint64_t Watch(const std::string& host_filter, DecisionSink sink);
@@ -104,14 +112,20 @@ class Fleet {
  private:
   // What the broker keeps of a VM besides the decision step's state.
   struct VmView {
-    v1::VmSample sample;      // last reported, with the trust verdict set
-    std::string metric_name;  // unique on its host
+    v1::VmSample sample;                 // last reported, with the trust verdict set
+    std::string metric_name;             // unique on its host
+    BrokerMetrics::VmCounters counters;  // the guest's counters as exported
   };
   struct HostState {
     mutable absl::Mutex mu;
     std::string host_id;
     BrokerMetrics::HostSeries series;  // set once at creation
     bool connected ABSL_GUARDED_BY(mu) = false;
+    // When the last stream ended (monotonic).
+    absl::Time disconnected_at ABSL_GUARDED_BY(mu) = absl::InfinitePast();
+    // Set (under mu) by ExpireHosts before the host leaves hosts_; a Connect
+    // that finds it set starts over with a new HostState.
+    std::atomic<bool> expired{false};
     uint64_t conn ABSL_GUARDED_BY(mu) = 0;
     v1::Hello hello ABSL_GUARDED_BY(mu);
     v1::HostSample sample ABSL_GUARDED_BY(mu);
@@ -150,6 +164,9 @@ class Fleet {
   mutable absl::Mutex hosts_mu_;
   std::map<std::string, std::shared_ptr<HostState>> hosts_ ABSL_GUARDED_BY(hosts_mu_);
   uint64_t next_conn_ ABSL_GUARDED_BY(hosts_mu_) = 1;
+
+  // Bounds what agents' messages make the broker log.
+  LogLimiter log_limiter_{clock_, 5, absl::Seconds(10)};
 
   mutable absl::Mutex watch_mu_;
   std::map<uint64_t, std::pair<std::string, DecisionSink>> watchers_ ABSL_GUARDED_BY(watch_mu_);

@@ -84,6 +84,7 @@ v1::Vm Fleet::VmProtoLocked(const HostState& h, const std::string& vm_id,
   out.set_guest_used_bytes(s.demand.used_bytes);
   out.set_swap_in_bytes_per_second(s.demand.swap_in_bytes_per_second);
   out.set_major_faults_per_second(s.demand.major_faults_per_second);
+  out.set_guest_oom_kills(s.demand.oom_kills_seen);
   auto it = policies.vm_policies.find(vm_id);
   if (it != policies.vm_policies.end()) *out.mutable_policy() = it->second;
   return out;

@@ -1,9 +1,9 @@
 #pragma once
 // The broker's Prometheus metrics. Thread-safe (prometheus-cpp metrics are
-// atomic; label-set creation is serialized by this class).
+// atomic; label-set creation and removal are serialized by this class).
 //
 // Per-VM series (membroker_vm_*) are not prometheus-cpp metric objects: a
-// fleet of 500 000 VMs would keep 2.5 million of them, and prometheus-cpp
+// fleet of 500 000 VMs would keep millions of them, and prometheus-cpp
 // removes one by a linear search of its family. They are read from the
 // fleet at scrape time through a source the Fleet sets (SetVmSeriesSource),
 // so adding or removing a VM costs the metrics nothing.
@@ -15,6 +15,8 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <array>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -22,6 +24,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "membroker/v1/types.pb.h"
 
 namespace membroker::broker {
 
@@ -38,6 +41,26 @@ class BrokerMetrics {
   void ObserveDecisionLatency(double seconds) { decision_latency_->Observe(seconds); }
   void AdminRequest(const std::string& method, const std::string& code);
 
+  // Number of policy::Reason values (the reason series of a VM).
+  static constexpr int kReasonCount = 11;
+
+  // A guest's cumulative counters as the broker exports them: what the
+  // guest's own counters grew by since the broker first saw the VM (a value
+  // going down means the guest restarted and counts from zero again).
+  // Owned by the Fleet per VM; written only under the owning host's lock.
+  struct VmCounters {
+    double swap_in_bytes = 0;
+    double major_faults = 0;
+    double oom_kills = 0;
+    // The guest's values as last mirrored (UpdateVmCounters).
+    uint64_t last_swap_in_bytes = 0;
+    uint64_t last_major_faults = 0;
+    uint64_t last_oom_kills = 0;
+  };
+  // Adds to `counters` what the guest's cumulative counters in `sample`
+  // grew by. Call under the owning host's lock.
+  static void UpdateVmCounters(VmCounters& counters, const v1::VmSample& sample);
+
   // One VM's exported numbers (membroker_vm_*).
   struct VmSeries {
     double target_bytes = 0;
@@ -45,6 +68,12 @@ class BrokerMetrics {
     double demand_bytes = 0;
     double floor_bytes = 0;
     double balloon_healthy = 0;
+    double max_bytes = 0;        // configured (boot) memory
+    double stats_untrusted = 0;  // 1 when the guest statistics are not used
+    // The policy::Reason of the current target (membroker_vm_target_reason
+    // is 1 for it and 0 for the others); -1 for none.
+    int reason = -1;
+    VmCounters counters;
   };
   // Called once per VM with its labels (host, vm) and numbers.
   using VmSeriesEmit =
@@ -62,7 +91,7 @@ class BrokerMetrics {
   // object lives.
   std::shared_ptr<prometheus::Collectable> collectable() const { return collectable_; }
 
-  // One host's series, created once per host (never removed).
+  // One host's series, created once per host (removed when it expires).
   struct HostSeries {
     prometheus::Gauge* capacity = nullptr;
     prometheus::Gauge* target = nullptr;
@@ -73,8 +102,26 @@ class BrokerMetrics {
     prometheus::Counter* overcommit_episodes = nullptr;
     prometheus::Counter* margin_lent = nullptr;     // sacrifice a
     prometheus::Counter* floors_yielded = nullptr;  // sacrifice b
+    prometheus::Counter* guest_oom_reported = nullptr;
+    prometheus::Counter* guest_oom_inferred = nullptr;
+    prometheus::Gauge* reclaimed = nullptr;
+    prometheus::Gauge* pressure_full = nullptr;
+    prometheus::Counter* stall_some = nullptr;  // kind="some"
+    prometheus::Counter* stall_full = nullptr;  // kind="full"
+    // The host's PSI stall totals as last mirrored (UpdateHost); written
+    // only under the host's lock.
+    double last_stall_some_seconds = 0;
+    double last_stall_full_seconds = 0;
   };
   HostSeries AddHost(const std::string& host);
+  // Sets a host's reclaimed memory (sum over its VMs of configured max
+  // minus target), PSI "full" and its stall-time counters from `sample`.
+  // Call under the host's lock.
+  static void UpdateHost(HostSeries& series, const v1::HostSample& sample,
+                         uint64_t reclaimed_bytes);
+  // Removes a host's series (an expired host); its HostSeries pointers
+  // become invalid.
+  void RemoveHost(const std::string& host);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -84,12 +131,16 @@ class BrokerMetrics {
   prometheus::Family<prometheus::Counter>& reports_rejected_;
   prometheus::Family<prometheus::Counter>& targets_pushed_;
   prometheus::Family<prometheus::Counter>& admin_requests_;
+  prometheus::Family<prometheus::Gauge>& host_reclaimed_;
+  prometheus::Family<prometheus::Gauge>& host_pressure_full_;
+  prometheus::Family<prometheus::Counter>& host_stall_;
   prometheus::Family<prometheus::Gauge>& host_capacity_;
   prometheus::Family<prometheus::Gauge>& host_target_;
   prometheus::Family<prometheus::Gauge>& host_overcommitted_;
   prometheus::Family<prometheus::Gauge>& host_pressure_;
   prometheus::Family<prometheus::Counter>& host_overcommit_episodes_;
   prometheus::Family<prometheus::Counter>& host_sacrifices_;
+  prometheus::Family<prometheus::Counter>& host_guest_oom_kills_;
   absl::Mutex mu_;
   // Held while a scrape reads the source (shared) and while it is replaced.
   mutable absl::Mutex source_mu_;

@@ -1,9 +1,20 @@
 #include "broker/policy_registry.h"
 
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_join.h"
 #include "broker/policy_config.h"
 #include "common/status.h"
 
 namespace membroker::broker {
+namespace {
+
+void LogAudit(const v1::AuditEntry& e) {
+  spdlog::info("audit: {} by {}: {} {}", e.action(), e.actor(), e.target(),
+               absl::StrJoin(e.changes(), "; "));
+}
+
+}  // namespace
 
 PolicyRegistry::PolicyRegistry(Store* store) : store_(store) {
   absl::MutexLock lock(&write_mu_);
@@ -44,7 +55,8 @@ absl::Status PolicyRegistry::Load(const v1::ClusterPolicy& initial) {
 }
 
 absl::StatusOr<v1::VmPolicy> PolicyRegistry::SetVmPolicy(const std::string& vm_id,
-                                                         const v1::VmPolicy& policy, bool merge) {
+                                                         const v1::VmPolicy& policy, bool merge,
+                                                         const AuditInfo& who) {
   RETURN_IF_ERROR(ValidateVmPolicy(policy));
   absl::MutexLock lock(&write_mu_);
   std::shared_ptr<const PolicySnapshot> now = Snapshot();
@@ -52,31 +64,40 @@ absl::StatusOr<v1::VmPolicy> PolicyRegistry::SetVmPolicy(const std::string& vm_i
   auto it = now->vm_policies.find(vm_id);
   if (merge && it != now->vm_policies.end()) next = MergeVmPolicy(it->second, policy);
   RETURN_IF_ERROR(ValidateVmPolicy(next));
-  RETURN_IF_ERROR(store_->PutVmPolicy(vm_id, next));
+  const v1::AuditEntry audit = VmPolicyAuditEntry(
+      who, "SetVmPolicy", vm_id, it == now->vm_policies.end() ? nullptr : &it->second, &next);
+  RETURN_IF_ERROR(store_->PutVmPolicy(vm_id, next, &audit));
+  LogAudit(audit);
   std::map<std::string, v1::VmPolicy> vms = now->vm_policies;
   vms[vm_id] = next;
   PublishLocked(now->cluster, std::move(vms));
   return next;
 }
 
-absl::Status PolicyRegistry::ClearVmPolicy(const std::string& vm_id) {
+absl::Status PolicyRegistry::ClearVmPolicy(const std::string& vm_id, const AuditInfo& who) {
   absl::MutexLock lock(&write_mu_);
   std::shared_ptr<const PolicySnapshot> now = Snapshot();
-  RETURN_IF_ERROR(store_->DeleteVmPolicy(vm_id));
+  auto it = now->vm_policies.find(vm_id);
+  const v1::AuditEntry audit = VmPolicyAuditEntry(
+      who, "ClearVmPolicy", vm_id, it == now->vm_policies.end() ? nullptr : &it->second, nullptr);
+  RETURN_IF_ERROR(store_->DeleteVmPolicy(vm_id, &audit));
+  LogAudit(audit);
   std::map<std::string, v1::VmPolicy> vms = now->vm_policies;
   vms.erase(vm_id);
   PublishLocked(now->cluster, std::move(vms));
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::ClusterPolicy> PolicyRegistry::SetClusterPolicy(
-    const v1::ClusterPolicy& update) {
+absl::StatusOr<v1::ClusterPolicy> PolicyRegistry::SetClusterPolicy(const v1::ClusterPolicy& update,
+                                                                   const AuditInfo& who) {
   RETURN_IF_ERROR(ValidateClusterPolicy(update));
   absl::MutexLock lock(&write_mu_);
   std::shared_ptr<const PolicySnapshot> now = Snapshot();
   v1::ClusterPolicy next = MergeClusterPolicy(now->cluster, update);
   RETURN_IF_ERROR(ValidateClusterPolicy(next));
-  RETURN_IF_ERROR(store_->SaveClusterPolicy(next));
+  const v1::AuditEntry audit = ClusterPolicyAuditEntry(who, now->cluster, next);
+  RETURN_IF_ERROR(store_->SaveClusterPolicy(next, &audit));
+  LogAudit(audit);
   PublishLocked(next, now->vm_policies);
   return next;
 }

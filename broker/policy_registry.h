@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "broker/audit.h"
 #include "broker/policy/host_step.h"
 #include "broker/store.h"
 #include "membroker/v1/types.pb.h"
@@ -40,16 +41,20 @@ class PolicyRegistry {
   // The current snapshot (never null after construction).
   std::shared_ptr<const PolicySnapshot> Snapshot() const;
 
+  // Every change below is stored with its audit entry (`who`, old -> new)
+  // in one transaction, and logged.
+  //
   // Stores `policy` for `vm_id` (merged over the stored one when `merge`),
   // then publishes it. Returns what was stored. INVALID_ARGUMENT naming the
   // field; the store's errors.
   absl::StatusOr<v1::VmPolicy> SetVmPolicy(const std::string& vm_id, const v1::VmPolicy& policy,
-                                           bool merge);
+                                           bool merge, const AuditInfo& who);
   // Removes `vm_id`'s policy (OK also when it had none).
-  absl::Status ClearVmPolicy(const std::string& vm_id);
+  absl::Status ClearVmPolicy(const std::string& vm_id, const AuditInfo& who);
   // Merges `update` (set fields only) into the cluster policy, stores and
   // publishes it. INVALID_ARGUMENT naming the field.
-  absl::StatusOr<v1::ClusterPolicy> SetClusterPolicy(const v1::ClusterPolicy& update);
+  absl::StatusOr<v1::ClusterPolicy> SetClusterPolicy(const v1::ClusterPolicy& update,
+                                                     const AuditInfo& who);
 
  private:
   // Publishes a new snapshot of `cluster` and `vms`.

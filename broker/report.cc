@@ -12,11 +12,11 @@ namespace membroker::broker {
 namespace {
 
 constexpr uint64_t kMaxBytes = uint64_t{1} << 50;
-constexpr int kMaxVmsPerHost = 10000;
 
 absl::Status ValidateId(absl::string_view field, absl::string_view id) {
-  if (id.empty() || id.size() > 128) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": must be 1..128 characters"));
+  if (id.empty() || id.size() > kMaxVmIdChars) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": must be 1..", kMaxVmIdChars, " characters"));
   }
   for (char c : id) {
     if (!std::isprint(static_cast<unsigned char>(c)) || c == ' ') {
@@ -28,6 +28,21 @@ absl::Status ValidateId(absl::string_view field, absl::string_view id) {
 }
 
 }  // namespace
+
+absl::Status ValidateAck(const v1::TargetAck& ack) {
+  if (ack.errors_size() > kMaxAckErrors) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ack.errors: at most ", kMaxAckErrors, " entries (one per VM)"));
+  }
+  for (const auto& [vm, error] : ack.errors()) {
+    if (vm.size() > kMaxVmIdChars || error.size() > kMaxAckErrorChars) {
+      return absl::InvalidArgumentError(absl::StrCat("ack.errors: keys at most ", kMaxVmIdChars,
+                                                     " and values at most ", kMaxAckErrorChars,
+                                                     " characters"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 bool BalloonHealthy(v1::BalloonHealth h) {
   return h != v1::BALLOON_HEALTH_STUCK && h != v1::BALLOON_HEALTH_NO_DRIVER;
@@ -41,9 +56,9 @@ absl::Status ValidateHello(const v1::Hello& hello) {
         absl::StrCat("hello.capacity_bytes: must be in 1..", kMaxBytes));
   }
   if (hello.host_total_bytes() != 0 && hello.capacity_bytes() > hello.host_total_bytes()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "hello.capacity_bytes (", hello.capacity_bytes(), ") is above hello.host_total_bytes (",
-        hello.host_total_bytes(), ")"));
+    return absl::InvalidArgumentError(absl::StrCat("hello.capacity_bytes (", hello.capacity_bytes(),
+                                                   ") is above hello.host_total_bytes (",
+                                                   hello.host_total_bytes(), ")"));
   }
   if (hello.backend().size() > 64 || hello.agent_version().size() > 128) {
     return absl::InvalidArgumentError("hello.backend or hello.agent_version: too long");
@@ -76,15 +91,26 @@ absl::Status ValidateReport(const v1::HostReport& report) {
       return absl::InvalidArgumentError(
           absl::StrCat(field(), ".vm_id: duplicate id \"", vm.vm_id(), "\""));
     }
-    if (vm.name().size() > 256) {
-      return absl::InvalidArgumentError(absl::StrCat(field(), ".name: at most 256 characters"));
+    if (vm.name().size() > kMaxVmNameChars) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field(), ".name: at most ", kMaxVmNameChars, " characters"));
+    }
+    if (vm.stats().untrusted_reason().size() > kMaxUntrustedReasonChars) {
+      return absl::InvalidArgumentError(absl::StrCat(field(), ".stats.untrusted_reason: at most ",
+                                                     kMaxUntrustedReasonChars, " characters"));
+    }
+    if (vm.pressure_reasons_size() > kMaxPressureReasons) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field(), ".pressure_reasons: at most ", kMaxPressureReasons));
     }
     if (vm.max_bytes() == 0 || vm.max_bytes() > kMaxBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(field(), ".max_bytes: must be in 1..", kMaxBytes));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field(), ".max_bytes: must be in 1..", kMaxBytes));
     }
     if (vm.actual_bytes() > vm.max_bytes()) {
       return absl::InvalidArgumentError(absl::StrCat(field(), ".actual_bytes (", vm.actual_bytes(),
-                                                     ") is above max_bytes (", vm.max_bytes(), ")"));
+                                                     ") is above max_bytes (", vm.max_bytes(),
+                                                     ")"));
     }
     if (!v1::BalloonHealth_IsValid(vm.health())) {
       return absl::InvalidArgumentError(absl::StrCat(field(), ".health: unknown value"));
@@ -128,6 +154,9 @@ policy::HostObservation ToHostObservation(const v1::HostReport& report, double n
     o.guest.swap_out_bytes_total = g.swap_out_bytes_total();
     o.guest.last_target_bytes = s.last_target_bytes();
     o.guest.agent_pressure = s.pressure_reasons_size() > 0;
+    o.guest.has_oom_kills = g.has_oom_kills_total();
+    o.guest.oom_kills_total = g.oom_kills_total();
+    o.guest.disk_caches_bytes = g.disk_caches_bytes();
     obs.vms.push_back(std::move(o));
     if (problems) problems->push_back(problem);
   }

@@ -15,6 +15,16 @@
 
 namespace membroker::broker {
 
+// Limits of a legal agent message: the validation below enforces them and
+// the gRPC server's receive limit is derived from them (server_limits.h).
+inline constexpr int kMaxVmsPerHost = 10000;
+inline constexpr size_t kMaxVmIdChars = 128;
+inline constexpr size_t kMaxVmNameChars = 256;
+inline constexpr size_t kMaxUntrustedReasonChars = 256;
+inline constexpr int kMaxPressureReasons = 8;
+inline constexpr int kMaxAckErrors = kMaxVmsPerHost;
+inline constexpr size_t kMaxAckErrorChars = 256;
+
 // Checks a Hello. INVALID_ARGUMENT naming the field.
 absl::Status ValidateHello(const v1::Hello& hello);
 
@@ -22,6 +32,10 @@ absl::Status ValidateHello(const v1::Hello& hello);
 // statistics are not checked here: they are untrusted input that is
 // flagged, not rejected. INVALID_ARGUMENT naming the field.
 absl::Status ValidateReport(const v1::HostReport& report);
+
+// Checks a TargetAck's size: at most one error per VM, each bounded.
+// INVALID_ARGUMENT naming the limit.
+absl::Status ValidateAck(const v1::TargetAck& ack);
 
 // Whether a balloon can move (not stuck, has a driver).
 bool BalloonHealthy(v1::BalloonHealth health);

@@ -33,6 +33,13 @@ absl::Status ValidateBrokerOptions(const BrokerOptions& o) {
   if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("--metrics-listen: ", s.message()));
   if (o.state_dir.empty()) return absl::InvalidArgumentError("--state-dir: required");
   RETURN_IF_ERROR(ValidateClusterPolicy(o.cluster_policy));
+  if (o.tls.has_value()) {
+    RETURN_IF_ERROR(Authorizer::FromConfig(o.security).status());
+    if (o.tls_reload_interval < absl::Seconds(1)) {
+      return absl::InvalidArgumentError("--tls-reload-interval: must be at least 1s");
+    }
+  }
+  RETURN_IF_ERROR(ValidateServerLimits(o.limits));
   const auto& safety = o.safety;
   for (const auto* d : {&safety.stuck_timeout(), &safety.fail_static_grace()}) {
     if (d->seconds() < 0 || d->nanos() < 0) {
@@ -42,8 +49,7 @@ absl::Status ValidateBrokerOptions(const BrokerOptions& o) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& options,
-                                                      Clock* clock) {
+absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& options, Clock* clock) {
   RETURN_IF_ERROR(ValidateBrokerOptions(options));
   std::unique_ptr<Broker> b(new Broker());
   ASSIGN_OR_RETURN(b->store_, Store::Open(options.state_dir));
@@ -52,28 +58,41 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
   b->fleet_ = std::make_unique<Fleet>(clock, b->store_.get(), b->metrics_.get(),
                                       WithDefaults(options.safety));
   RETURN_IF_ERROR(b->fleet_->Load(options.cluster_policy));
-  ASSIGN_OR_RETURN(b->metrics_server_, MetricsServer::Start(options.metrics_listen, b->metrics_->collectable()));
-  b->agent_service_ = std::make_unique<AgentServiceImpl>(b->fleet_.get(), b->metrics_.get());
-  b->admin_service_ = std::make_unique<AdminServiceImpl>(b->fleet_.get(), b->metrics_.get());
+  ASSIGN_OR_RETURN(b->metrics_server_,
+                   MetricsServer::Start(options.metrics_listen, b->metrics_->collectable()));
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (options.tls.has_value()) {
+    std::string warning;
+    RETURN_IF_ERROR(CheckTlsFiles(*options.tls, &warning));
+    if (!warning.empty()) spdlog::warn("{}", warning);
+    ASSIGN_OR_RETURN(Authorizer authorizer, Authorizer::FromConfig(options.security));
+    b->authorizer_ = std::make_unique<Authorizer>(std::move(authorizer));
+    credentials = MutualTlsServerCredentials(*options.tls, options.tls_reload_interval);
+  } else {
+    b->authorizer_ = std::make_unique<Authorizer>(Authorizer::Insecure());
+    credentials = grpc::InsecureServerCredentials();
+  }
+  b->agent_service_ = std::make_unique<AgentServiceImpl>(
+      b->fleet_.get(), b->metrics_.get(), b->authorizer_.get(), clock, options.limits);
+  b->admin_service_ = std::make_unique<AdminServiceImpl>(
+      b->fleet_.get(), b->metrics_.get(), b->store_.get(), b->authorizer_.get(), options.limits);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &b->grpc_port_);
+  builder.AddListeningPort(options.listen, credentials, &b->grpc_port_);
   builder.RegisterService(b->agent_service_.get());
   builder.RegisterService(b->admin_service_.get());
-  // Notice dead agents: ping idle streams, allow the agents' own pings.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.SetMaxReceiveMessageSize(64 << 20);
+  ApplyServerLimits(options.limits, &builder);
   b->server_ = builder.BuildAndStart();
   if (!b->server_ || b->grpc_port_ == 0) {
     return absl::UnavailableError(absl::StrCat("--listen=", options.listen, ": cannot listen"));
   }
   b->server_->GetHealthCheckService()->SetServingStatus(true);
-  spdlog::info("broker serving gRPC on port {} and /metrics on port {}", b->grpc_port_,
+  b->host_expiry_ =
+      std::make_unique<HostExpiry>(b->fleet_.get(), clock, options.limits.host_expiry);
+  spdlog::info("broker serving gRPC ({}) on port {} and /metrics on port {}",
+               options.tls ? "mutual TLS" : "PLAINTEXT, --insecure", b->grpc_port_,
                b->metrics_server_->port());
   return b;
 }

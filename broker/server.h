@@ -4,6 +4,7 @@
 // on port 0.
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <grpcpp/server.h>
@@ -11,11 +12,14 @@
 #include "absl/status/statusor.h"
 #include "broker/admin_service.h"
 #include "broker/agent_service.h"
+#include "broker/authz.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
+#include "broker/server_limits.h"
 #include "broker/store.h"
 #include "common/clock.h"
 #include "common/metrics_server.h"
+#include "common/tls.h"
 #include "membroker/v1/config.pb.h"
 
 namespace membroker::broker {
@@ -27,6 +31,14 @@ struct BrokerOptions {
   std::string state_dir;
   v1::ClusterPolicy cluster_policy;  // initial, set fields only
   v1::SafetyParams safety;           // unset fields get defaults
+  // Mutual TLS files; nullopt serves plaintext (only main's --insecure
+  // chooses that for a daemon).
+  std::optional<TlsFiles> tls;
+  // How often the TLS files are re-read (rotation without a restart).
+  absl::Duration tls_reload_interval = kDefaultTlsReloadInterval;
+  // Roles of client certificates (with TLS only).
+  v1::SecurityConfig security;
+  ServerLimits limits;               // resource bounds (server_limits.h)
 };
 
 // Checks options: addresses, state dir, policy. INVALID_ARGUMENT naming the
@@ -56,9 +68,11 @@ class Broker {
   std::unique_ptr<BrokerMetrics> metrics_;
   std::unique_ptr<MetricsServer> metrics_server_;
   std::unique_ptr<Fleet> fleet_;
+  std::unique_ptr<Authorizer> authorizer_;
   std::unique_ptr<AgentServiceImpl> agent_service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<HostExpiry> host_expiry_;
   int grpc_port_ = 0;
 };
 

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace membroker::broker {
@@ -53,6 +55,8 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir) {
            "CREATE TABLE IF NOT EXISTS cluster_policy (id INTEGER PRIMARY KEY CHECK (id = 1), "
            "policy BLOB NOT NULL)",
            "CREATE TABLE IF NOT EXISTS vm_policy (vm_id TEXT PRIMARY KEY, policy BLOB NOT NULL)",
+           "CREATE TABLE IF NOT EXISTS audit_log (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+           "target TEXT NOT NULL, entry BLOB NOT NULL)",
        }) {
     absl::Status s = store->Exec(sql);
     if (!s.ok()) {
@@ -78,8 +82,8 @@ absl::Status Store::Exec(const char* sql) {
   return absl::OkStatus();
 }
 
-absl::Status Store::PutBlob(const char* sql, const std::string& key, const std::string& blob) {
-  absl::MutexLock lock(&mu_);
+absl::Status Store::PutBlobLocked(const char* sql, const std::string& key,
+                                  const std::string& blob) {
   Stmt st;
   if (sqlite3_prepare_v2(db_, sql, -1, &st.s, nullptr) != SQLITE_OK) return SqlError(db_, "prepare");
   int idx = 1;
@@ -87,6 +91,20 @@ absl::Status Store::PutBlob(const char* sql, const std::string& key, const std::
   sqlite3_bind_blob(st.s, idx, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
   if (sqlite3_step(st.s) != SQLITE_DONE) return SqlError(db_, "write");
   return absl::OkStatus();
+}
+
+absl::Status Store::WriteWithAudit(const std::function<absl::Status()>& write,
+                                   const v1::AuditEntry* audit) {
+  if (audit == nullptr) return write();
+  if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  absl::Status s = write();
+  if (s.ok()) {
+    s = PutBlobLocked("INSERT INTO audit_log (target, entry) VALUES (?1, ?2)", audit->target(),
+                      audit->SerializeAsString());
+  }
+  if (s.ok()) s = Exec("COMMIT");
+  if (!s.ok()) Exec("ROLLBACK").IgnoreError();
+  return s;
 }
 
 absl::StatusOr<std::optional<v1::ClusterPolicy>> Store::LoadClusterPolicy() {
@@ -106,9 +124,15 @@ absl::StatusOr<std::optional<v1::ClusterPolicy>> Store::LoadClusterPolicy() {
   return std::optional<v1::ClusterPolicy>(p);
 }
 
-absl::Status Store::SaveClusterPolicy(const v1::ClusterPolicy& policy) {
-  return PutBlob("INSERT OR REPLACE INTO cluster_policy (id, policy) VALUES (1, ?1)", "",
-                 policy.SerializeAsString());
+absl::Status Store::SaveClusterPolicy(const v1::ClusterPolicy& policy,
+                                      const v1::AuditEntry* audit) {
+  absl::MutexLock lock(&mu_);
+  return WriteWithAudit(
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return PutBlobLocked("INSERT OR REPLACE INTO cluster_policy (id, policy) VALUES (1, ?1)",
+                             "", policy.SerializeAsString());
+      },
+      audit);
 }
 
 absl::StatusOr<std::map<std::string, v1::VmPolicy>> Store::LoadVmPolicies() {
@@ -133,21 +157,61 @@ absl::StatusOr<std::map<std::string, v1::VmPolicy>> Store::LoadVmPolicies() {
   return out;
 }
 
-absl::Status Store::PutVmPolicy(const std::string& vm_id, const v1::VmPolicy& policy) {
-  return PutBlob("INSERT OR REPLACE INTO vm_policy (vm_id, policy) VALUES (?1, ?2)", vm_id,
-                 policy.SerializeAsString());
+absl::Status Store::PutVmPolicy(const std::string& vm_id, const v1::VmPolicy& policy,
+                                const v1::AuditEntry* audit) {
+  absl::MutexLock lock(&mu_);
+  return WriteWithAudit(
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return PutBlobLocked("INSERT OR REPLACE INTO vm_policy (vm_id, policy) VALUES (?1, ?2)",
+                             vm_id, policy.SerializeAsString());
+      },
+      audit);
 }
 
-absl::Status Store::DeleteVmPolicy(const std::string& vm_id) {
+absl::Status Store::DeleteVmPolicy(const std::string& vm_id, const v1::AuditEntry* audit) {
+  absl::MutexLock lock(&mu_);
+  return WriteWithAudit(
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        Stmt st;
+        if (sqlite3_prepare_v2(db_, "DELETE FROM vm_policy WHERE vm_id = ?1", -1, &st.s, nullptr) !=
+            SQLITE_OK) {
+          return SqlError(db_, "prepare");
+        }
+        sqlite3_bind_text(st.s, 1, vm_id.data(), static_cast<int>(vm_id.size()), SQLITE_TRANSIENT);
+        if (sqlite3_step(st.s) != SQLITE_DONE) return SqlError(db_, "delete");
+        return absl::OkStatus();
+      },
+      audit);
+}
+
+absl::StatusOr<std::vector<v1::AuditEntry>> Store::ListAuditEntries(size_t limit,
+                                                                    const std::string& target) {
   absl::MutexLock lock(&mu_);
   Stmt st;
-  if (sqlite3_prepare_v2(db_, "DELETE FROM vm_policy WHERE vm_id = ?1", -1, &st.s, nullptr) !=
-      SQLITE_OK) {
+  const char* sql = target.empty()
+                        ? "SELECT id, entry FROM audit_log ORDER BY id DESC LIMIT ?1"
+                        : "SELECT id, entry FROM audit_log WHERE target = ?2 ORDER BY id DESC "
+                          "LIMIT ?1";
+  if (sqlite3_prepare_v2(db_, sql, -1, &st.s, nullptr) != SQLITE_OK) {
     return SqlError(db_, "prepare");
   }
-  sqlite3_bind_text(st.s, 1, vm_id.data(), static_cast<int>(vm_id.size()), SQLITE_TRANSIENT);
-  if (sqlite3_step(st.s) != SQLITE_DONE) return SqlError(db_, "delete");
-  return absl::OkStatus();
+  sqlite3_bind_int64(st.s, 1, static_cast<sqlite3_int64>(limit));
+  if (!target.empty()) {
+    sqlite3_bind_text(st.s, 2, target.data(), static_cast<int>(target.size()), SQLITE_TRANSIENT);
+  }
+  std::vector<v1::AuditEntry> out;
+  int rc;
+  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) {
+    v1::AuditEntry e;
+    if (!e.ParseFromArray(sqlite3_column_blob(st.s, 1), sqlite3_column_bytes(st.s, 1))) {
+      return absl::DataLossError("state store: an audit entry does not parse");
+    }
+    e.set_id(static_cast<uint64_t>(sqlite3_column_int64(st.s, 0)));
+    out.push_back(std::move(e));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "read the audit trail");
+  std::reverse(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace membroker::broker

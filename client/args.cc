@@ -108,6 +108,15 @@ std::vector<CommandSpec> BuildCommands() {
                "Show the cross-host rebalance plan.",
                "Columns: VM_ID FROM TO SIZE REASON.\n\nExample:\n"
                "  membrokerctl --insecure plan\n"});
+  c.push_back({{"history"},
+               {},
+               {{"vm", "VM", "only changes of this VM (id or name), or \"cluster\""},
+                {"limit", "N", "the newest N changes (default 100, at most 10000)"}},
+               "Show the audit trail of accepted policy changes.",
+               "Columns: ID TIME ACTOR ACTION TARGET CHANGES. ACTOR is the caller's\n"
+               "certificate identity (\"insecure\" without TLS); CHANGES lists each\n"
+               "changed field as OLD -> NEW. Oldest first.\n\nExample:\n"
+               "  membrokerctl history --vm=web-1 --limit=20\n"});
   c.push_back({{"top"},
                {},
                {kHostFilter,
@@ -161,10 +170,11 @@ const char kGlobalHelp[] =
     "Global flags (before or after the command):\n"
     "  --server=HOST:PORT              broker address (default $MEMBROKER_SERVER,\n"
     "                                  else 127.0.0.1:7070)\n"
-    "  --insecure                      plaintext connection (required until TLS exists)\n"
     "  --tls-ca=FILE --tls-cert=FILE --tls-key=FILE\n"
-    "                                  TLS files (also $MEMBROKER_TLS_CA, _CERT, _KEY);\n"
-    "                                  not supported yet\n"
+    "                                  mutual TLS: the CA of the broker's certificate,\n"
+    "                                  your certificate and key (also $MEMBROKER_TLS_CA,\n"
+    "                                  $MEMBROKER_TLS_CERT, $MEMBROKER_TLS_KEY)\n"
+    "  --insecure                      plaintext, unauthenticated (local demo only)\n"
     "  -o, --output=table|wide|json|yaml\n"
     "                                  output format (default table)\n"
     "  --timeout=DURATION              deadline of each call (default 5s)\n"

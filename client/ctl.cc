@@ -11,7 +11,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/output.h"
+#include "client/top_view.h"
 #include "common/proto_time.h"
+#include "common/tls.h"
 #include "common/units.h"
 #include "membroker/v1/admin.grpc.pb.h"
 
@@ -207,6 +209,23 @@ int PlanCmd(Run& r) {
   return Print(r, reply, RenderPlanTable(reply));
 }
 
+int HistoryCmd(Run& r) {
+  v1::ListAuditEntriesRequest request;
+  bool has_limit = false;
+  auto limit = FlagInt(r.inv, "limit", 1, 10000, &has_limit);
+  if (!limit.ok()) return Usage(r.err, limit.status());
+  if (has_limit) request.set_limit(static_cast<uint32_t>(*limit));
+  if (auto vm = r.inv.flags.find("vm"); vm != r.inv.flags.end()) {
+    if (vm->second.empty()) return Usage(r.err, absl::InvalidArgumentError("--vm: empty"));
+    request.set_target(vm->second);
+  }
+  v1::ListAuditEntriesResponse reply;
+  grpc::Status s =
+      Call(r, [&](grpc::ClientContext* c) { return r.stub->ListAuditEntries(c, request, &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, RenderAuditTable(reply));
+}
+
 int TopCmd(Run& r) {
   bool has_host = false, has_interval = false, has_iterations = false;
   auto host = FlagHostId(r.inv, "host", &has_host);
@@ -228,6 +247,16 @@ int TopCmd(Run& r) {
   }
   v1::ListVmsRequest vms_request;
   vms_request.set_host_id(*host);
+  // Bars and colours on a terminal that understands escapes (not
+  // TERM=dumb); colours unless NO_COLOR is set; plain tables otherwise.
+  auto var = [&](const std::string& name) {
+    auto it = r.env.vars.find(name);
+    return it == r.env.vars.end() ? std::string() : it->second;
+  };
+  TopViewOptions view;
+  view.terminal = r.env.out_is_terminal && var("TERM") != "dumb";
+  view.color = view.terminal && r.env.vars.count("NO_COLOR") == 0;
+  view.wide = Wide(r);
   if (r.env.enter_live_view) r.env.enter_live_view();
   int last = kExitOk;
   for (int64_t i = 0;; ++i) {
@@ -241,7 +270,7 @@ int TopCmd(Run& r) {
     }
     const std::string when = FormatUtc(r.env.clock->Now());
     std::string frame;
-    if (r.env.out_is_terminal) {
+    if (view.terminal) {
       frame = absl::StrCat("\x1b[H\x1b[2J", "membrokerctl top  server ", r.inv.global.server, "  ",
                            when, "  every ", absl::FormatDuration(period), " (Ctrl-C to stop)\n\n");
     } else {
@@ -255,11 +284,11 @@ int TopCmd(Run& r) {
         }
         hosts = std::move(filtered);
       }
-      absl::StrAppend(&frame, RenderHostsTable(hosts, Wide(r)), "\n", RenderVmsTable(vms, Wide(r)));
+      absl::StrAppend(&frame, RenderTopFrame(hosts, vms, view));
       last = kExitOk;
     } else {
       const std::string msg = CallError(r, s);
-      if (r.env.out_is_terminal) absl::StrAppend(&frame, "error: ", msg, "\n");
+      if (view.terminal) absl::StrAppend(&frame, "error: ", msg, "\n");
       r.err << "error: " << msg << "\n";
       last = kExitRpcBase + static_cast<int>(s.error_code());
     }
@@ -285,6 +314,7 @@ int Dispatch(Run& r) {
   if (name == "reserve") return ReserveCmd(r);
   if (name == "release") return ReleaseCmd(r);
   if (name == "plan") return PlanCmd(r);
+  if (name == "history") return HistoryCmd(r);
   if (name == "top") return TopCmd(r);
   r.err << "error: command '" << name << "' has no implementation\n";
   return kExitError;
@@ -451,21 +481,20 @@ int RunCtl(const std::vector<std::string>& args, std::ostream& out, std::ostream
     return kExitOk;
   }
   const GlobalOptions& g = inv->global;
-  if (!g.insecure) {
-    if (!g.tls_ca.empty() || !g.tls_cert.empty() || !g.tls_key.empty()) {
-      return Usage(err, absl::InvalidArgumentError(
-                            "--tls-ca/--tls-cert/--tls-key: TLS is not supported yet; use "
-                            "--insecure"));
-    }
-    return Usage(err,
-                 absl::InvalidArgumentError("--insecure is required (TLS is not supported yet)"));
+  auto tls = PickTransportSecurity(g.insecure, {g.tls_cert, g.tls_key, g.tls_ca});
+  if (!tls.ok()) return Usage(err, tls.status());
+  if (tls->has_value()) {
+    std::string warning;
+    if (absl::Status files = CheckTlsFiles(**tls, &warning); !files.ok()) return Usage(err, files);
+    if (!warning.empty()) err << "warning: " << warning << "\n";
   }
   Run run{*inv, out, err, env, nullptr};
   grpc::ChannelArguments channel_args;
   channel_args.SetString(GRPC_ARG_PRIMARY_USER_AGENT_STRING,
                          absl::StrCat("membrokerctl/", MB_VERSION));
-  run.stub = v1::AdminService::NewStub(
-      grpc::CreateCustomChannel(g.server, grpc::InsecureChannelCredentials(), channel_args));
+  run.stub = v1::AdminService::NewStub(grpc::CreateCustomChannel(
+      g.server, *tls ? MutualTlsChannelCredentials(**tls) : grpc::InsecureChannelCredentials(),
+      channel_args));
   return Dispatch(run);
 }
 

@@ -192,6 +192,16 @@ std::string RenderPlanTable(const v1::Plan& plan) {
   return table.Render();
 }
 
+std::string RenderAuditTable(const v1::ListAuditEntriesResponse& history) {
+  if (history.entries().empty()) return "No policy changes recorded.\n";
+  Table table({"ID", "TIME", "ACTOR", "ACTION", "TARGET", "CHANGES"});
+  for (const v1::AuditEntry& e : history.entries()) {
+    table.AddRow({absl::StrCat(e.id()), FormatUtc(FromProto(e.time())), e.actor(), e.action(),
+                  e.target(), absl::StrJoin(e.changes(), "; ")});
+  }
+  return table.Render();
+}
+
 std::string DescribeHost(const v1::Host& h) {
   Description d;
   d.Add("Host", h.host_id());

@@ -52,6 +52,9 @@ std::string ReasonName(v1::ReasonCode reason);
 std::string RenderHostsTable(const v1::ListHostsResponse& reply, bool wide);
 std::string RenderVmsTable(const v1::ListVmsResponse& reply, bool wide);
 std::string RenderPlanTable(const v1::Plan& plan);
+// The audit trail: ID TIME ACTOR ACTION TARGET CHANGES, one row per change
+// (its changed fields joined by "; "), or a line saying there is none.
+std::string RenderAuditTable(const v1::ListAuditEntriesResponse& history);
 
 // Key/value descriptions of one object.
 std::string DescribeHost(const v1::Host& host);

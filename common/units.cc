@@ -31,10 +31,12 @@ absl::StatusOr<uint64_t> ParseBytes(absl::string_view text) {
   else if (unit == "mib" || unit == "mi") multiplier = 1024.0 * 1024;
   else if (unit == "gib" || unit == "gi") multiplier = 1024.0 * 1024 * 1024;
   else if (unit == "tib" || unit == "ti") multiplier = 1024.0 * 1024 * 1024 * 1024;
+  else if (unit == "p" || unit == "pb") multiplier = 1e15;
+  else if (unit == "pib" || unit == "pi") multiplier = 1024.0 * 1024 * 1024 * 1024 * 1024;
   else {
     return absl::InvalidArgumentError(absl::StrCat(
         "size \"", text, "\" has unknown unit \"", unit,
-        "\" (use B, KiB, MiB, GiB, TiB, or K, M, G, T)"));
+        "\" (use B, KiB, MiB, GiB, TiB, PiB, or K, M, G, T, P)"));
   }
   if (number.find('.') == absl::string_view::npos && multiplier == 1) {
     uint64_t v = 0;

@@ -1,7 +1,8 @@
 #pragma once
 // Sizes and durations as operators write them: "512MiB", "4GiB", "1.5G",
-// "1048576". Binary suffixes (KiB, MiB, GiB, TiB) are powers of 1024;
-// decimal ones (K/KB, M/MB, G/GB, T/TB) powers of 1000.
+// "1048576". Binary suffixes (KiB, MiB, GiB, TiB, PiB) are powers of 1024;
+// decimal ones (K/KB, M/MB, G/GB, T/TB, P/PB) powers of 1000. What
+// FormatBytes prints parses back.
 
 #include <cstdint>
 #include <string>

@@ -344,6 +344,16 @@ membroker::v1::HostReport Agent::BuildReport(bool pressure_event) {
       }
     }
   }
+  if (params_.consoles != nullptr) {
+    // Outside the lock: reading a log is file I/O (bounded per poll).
+    for (int i = 0; i < report.vms_size() && i < static_cast<int>(vms.size()); ++i) {
+      membroker::v1::VmSample& sample = *report.mutable_vms(i);
+      if (sample.stats().has_oom_kills_total()) continue;
+      if (std::optional<uint64_t> kills = params_.consoles->Poll(vms[i].name)) {
+        sample.mutable_stats()->set_oom_kills_total(*kills);
+      }
+    }
+  }
   absl::StatusOr<HostMemorySample> host = host_sampler_(vms);
   if (host.ok()) {
     *report.mutable_host() = ToHostSample(*host);

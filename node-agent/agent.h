@@ -50,6 +50,7 @@
 #include "node-agent/agent_metrics.h"
 #include "node-agent/broker_link.h"
 #include "node-agent/deadline_hypervisor.h"
+#include "node-agent/guest_console.h"
 #include "node-agent/host_probe.h"
 #include "node-agent/hypervisor/hypervisor.h"
 #include "node-agent/stats_validation.h"
@@ -89,6 +90,9 @@ struct AgentParams {
   absl::Duration min_early_report_interval = absl::Milliseconds(200);
   // Thresholds of acute pressure.
   PressureParams pressure;
+  // Counts guest OOM kills from console logs (null: none configured);
+  // reported as a VM's oom_kills_total where its backend has no counter.
+  std::shared_ptr<GuestConsoleOomCounter> consoles;
 };
 
 // One host's agent. Thread-safe.

@@ -13,6 +13,7 @@
 #include "common/status.h"
 #include "common/textproto.h"
 #include "common/units.h"
+#include "node-agent/guest_console.h"
 
 namespace membroker::agent {
 namespace {
@@ -212,16 +213,11 @@ absl::StatusOr<AgentOptions> BuildAgentOptions(const AgentFlags& flags) {
   RETURN_IF_ERROR(Prefix(metrics.source, ValidateHostPort(metrics.value)));
   options.metrics_listen = metrics.value;
 
-  const bool any_tls = !flags.tls_cert.empty() || !flags.tls_key.empty() || !flags.tls_ca.empty();
-  if (any_tls) {
-    return absl::InvalidArgumentError(
-        "--tls-cert/--tls-key/--tls-ca: TLS is not available yet; use --insecure");
-  }
-  if (!flags.insecure) {
-    return absl::InvalidArgumentError(
-        "--insecure is required (TLS is not available yet): the broker stream is plaintext");
-  }
-  options.insecure = true;
+  auto tls = PickTransportSecurity(flags.insecure, {flags.tls_cert, flags.tls_key, flags.tls_ca});
+  if (!tls.ok()) return tls.status();
+  if (tls->has_value()) RETURN_IF_ERROR(CheckTlsFiles(**tls, &options.tls_warning));
+  options.tls = *tls;
+  options.insecure = !options.tls.has_value();
 
   if (!flags.report_interval.empty()) {
     auto interval = ParseDurationArg(flags.report_interval);
@@ -239,6 +235,12 @@ absl::StatusOr<AgentOptions> BuildAgentOptions(const AgentFlags& flags) {
       return absl::InvalidArgumentError("--rss-interval must be 0 (off) or between 50ms and 10s");
     }
     options.rss_interval = *interval;
+  }
+  if (!flags.guest_console_logs.empty()) {
+    absl::StatusOr<std::map<std::string, std::string>> logs =
+        ParseConsoleLogs(flags.guest_console_logs);
+    if (!logs.ok()) return logs.status();
+    options.guest_console_logs = *std::move(logs);
   }
   if (!flags.local_grants.empty()) {
     if (flags.local_grants == "true") {

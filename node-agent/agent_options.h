@@ -4,6 +4,7 @@
 // is tested.
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls.h"
 #include "membroker/v1/config.pb.h"
 
 namespace membroker::agent {
@@ -38,6 +40,8 @@ struct AgentFlags {
   // "true"/"false": grant memory to a VM under acute pressure before the
   // broker answers.
   std::string local_grants;
+  // "NAME=PATH" entries: where each guest's serial console is logged.
+  std::vector<std::string> guest_console_logs;
 };
 
 // Rewrites a command line for Abseil's flag parser: flag names spelled
@@ -63,13 +67,20 @@ struct AgentOptions {
   std::optional<uint64_t> host_capacity_bytes;
   std::optional<uint64_t> host_reserve_bytes;
   std::string metrics_listen;
+  // Plaintext stream to the broker (--insecure, the local demo).
   bool insecure = false;
+  // Mutual TLS files (unset with --insecure); re-read when they change.
+  std::optional<TlsFiles> tls;
+  // Non-empty when the certificate is expired or not yet valid.
+  std::string tls_warning;
   // Until the broker's Welcome says otherwise.
   absl::Duration report_interval = absl::Seconds(1);
   // Period of the host-side RSS signal; zero turns it off.
   absl::Duration rss_interval = absl::Milliseconds(200);
   // Local grants under acute pressure (actuator step 2b).
   bool local_grants = true;
+  // VM name -> console log path (--guest-console-logs).
+  std::map<std::string, std::string> guest_console_logs;
 };
 
 // Merges `flags` over the --config file (flags win) and validates every

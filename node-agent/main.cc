@@ -44,10 +44,12 @@ ABSL_FLAG(std::string, host_reserve_bytes, "",
           "Host memory kept for the hypervisor, e.g. 4GiB (exclusive with "
           "--host-capacity-bytes).");
 ABSL_FLAG(std::string, metrics_listen, "", "HOST:PORT serving /metrics.");
-ABSL_FLAG(bool, insecure, false, "Plaintext broker stream (required until TLS exists).");
-ABSL_FLAG(std::string, tls_cert, "", "Client certificate (TLS is not available yet).");
-ABSL_FLAG(std::string, tls_key, "", "Client key (TLS is not available yet).");
-ABSL_FLAG(std::string, tls_ca, "", "CA bundle (TLS is not available yet).");
+ABSL_FLAG(bool, insecure, false,
+          "Plaintext, unauthenticated broker stream (local demo only; instead of --tls-*).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "This host's client certificate (PEM; names the host), re-read when it changes.");
+ABSL_FLAG(std::string, tls_key, "", "Its private key (PEM), re-read when it changes.");
+ABSL_FLAG(std::string, tls_ca, "", "CA that signs the broker's certificate (PEM).");
 ABSL_FLAG(std::string, config, "", "AgentConfig textproto; flags override its values.");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off.");
 ABSL_FLAG(std::string, rss_interval, "",
@@ -56,6 +58,9 @@ ABSL_FLAG(std::string, rss_interval, "",
 ABSL_FLAG(std::string, local_grants, "",
           "true (default) or false: deflate a VM under acute pressure from the host's unassigned "
           "budget before the broker answers.");
+ABSL_FLAG(std::vector<std::string>, guest_console_logs, {},
+          "NAME=PATH[,NAME=PATH...]: where each guest's serial console is logged; the agent "
+          "counts the guest kernel's OOM-kill lines there and reports them to the broker.");
 ABSL_FLAG(std::string, report_interval, "",
           "Report interval until the broker sets one, e.g. 1s (default 1s).");
 
@@ -96,7 +101,7 @@ int main(int argc, char** argv) {
       "membroker-agent --broker=HOST:PORT --host-id=NAME --backend=libvirt|qmp|sim "
       "[--libvirt-uri=URI] [--qmp-socket=PATH,...] [--sim-config=FILE] "
       "[--host-capacity-bytes=N | --host-reserve-bytes=N] --metrics-listen=HOST:PORT "
-      "--insecure");
+      "(--tls-cert=PEM --tls-key=PEM --tls-ca=PEM | --insecure)");
   // The contract spells flags with dashes and lets --qmp-socket repeat.
   std::vector<std::string> args = NormalizeCommandLine(std::vector<std::string>(argv, argv + argc));
   if (const std::string unknown = FindUnknownFlag(args); !unknown.empty()) {
@@ -133,6 +138,7 @@ int main(int argc, char** argv) {
   flags.report_interval = absl::GetFlag(FLAGS_report_interval);
   flags.rss_interval = absl::GetFlag(FLAGS_rss_interval);
   flags.local_grants = absl::GetFlag(FLAGS_local_grants);
+  flags.guest_console_logs = absl::GetFlag(FLAGS_guest_console_logs);
   absl::StatusOr<AgentOptions> options = BuildAgentOptions(flags);
   if (!options.ok()) return Fail(kExitUsage, options.status());
 
@@ -175,8 +181,17 @@ int main(int argc, char** argv) {
   channel_args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
   channel_args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
   channel_args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-      options->broker, grpc::InsecureChannelCredentials(), channel_args);
+  if (!options->tls_warning.empty()) spdlog::warn("{}", options->tls_warning);
+  if (options->insecure) {
+    spdlog::warn(
+        "INSECURE MODE (--insecure): plaintext, unauthenticated broker stream; for a "
+        "local demo only, use --tls-cert/--tls-key/--tls-ca otherwise");
+  }
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(options->broker,
+                                options->tls ? MutualTlsChannelCredentials(*options->tls)
+                                             : grpc::InsecureChannelCredentials(),
+                                channel_args);
 
   AgentParams params;
   params.host_id = options->host_id;
@@ -188,6 +203,9 @@ int main(int argc, char** argv) {
     params.vm_probe = std::make_shared<ProcVmProcessProbe>();
   }
   params.actuator.local_grants = options->local_grants;
+  if (!options->guest_console_logs.empty()) {
+    params.consoles = std::make_shared<GuestConsoleOomCounter>(options->guest_console_logs);
+  }
   Agent agent(params, *std::move(hypervisor), std::move(sampler), clock, channel, registry);
   spdlog::info("membroker-agent {} host {} backend {} capacity {} bytes, broker {}, metrics on "
                "port {}",

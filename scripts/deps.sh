@@ -2,7 +2,12 @@
 # Installs the Debian 12 packages MemBroker needs, only those missing.
 #   scripts/deps.sh build   -- compilers and libraries
 #   scripts/deps.sh test    -- build + what the tests drive (QEMU, busybox,
-#                              Prometheus/promtool, libvirt's test driver)
+#                              Prometheus/promtool, libvirt's test driver,
+#                              podman and podman-compose, debootstrap for the
+#                              image's base, systemd-analyze, openssl for
+#                              scripts/dev-ca.sh, python3-grpcio for the
+#                              outside security suite)
+#   scripts/deps.sh container -- only the container tools
 set -euo pipefail
 
 BUILD_PKGS=(
@@ -12,11 +17,22 @@ BUILD_PKGS=(
   libvirt-dev libsqlite3-dev libspdlog-dev libyaml-cpp-dev
 )
 TEST_PKGS=(
-  qemu-system-x86 busybox-static cpio prometheus curl
+  qemu-system-x86 busybox-static cpio prometheus curl python3 systemd
+  openssl python3-grpcio python3-protobuf
+  clang libclang-rt-14-dev
+)
+# podman as ENVIRONMENT.md describes it (runc, netavark with name DNS).
+CONTAINER_PKGS=(
+  podman runc uidmap slirp4netns fuse-overlayfs netavark aardvark-dns
+  containernetworking-plugins iptables catatonit debootstrap podman-compose binutils
 )
 
-want=("${BUILD_PKGS[@]}")
-if [[ "${1:-build}" == "test" ]]; then want+=("${TEST_PKGS[@]}"); fi
+case "${1:-build}" in
+  build) want=("${BUILD_PKGS[@]}") ;;
+  test) want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${CONTAINER_PKGS[@]}") ;;
+  container) want=("${CONTAINER_PKGS[@]}") ;;
+  *) echo "usage: scripts/deps.sh [build|test|container]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${want[@]}"; do

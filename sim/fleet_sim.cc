@@ -142,6 +142,8 @@ v1::HostReport ReportOf(const HostView& view, uint64_t sequence) {
     g->set_swap_out_bytes_total(vm.swap_out_bytes_total);
     g->set_major_faults_total(vm.major_faults_total);
     g->set_age_seconds(0);
+    // No OOM-kill counter, as from QEMU's and libvirt's balloon statistics:
+    // the broker infers kills from a full guest's used memory falling.
   }
   return report;
 }

@@ -236,6 +236,9 @@ struct SimHost::Impl {
         // The kernel kills the workload; it starts again later from its
         // base.
         ++s.oom_kills_total;
+        // The kernel kills only after reclaim failed: the page cache went
+        // first.
+        m.cache = 0;
         m.restart_at = t + kOomRestartSeconds;
         if (m.config.workload().model_case() == Workload::kLeak) m.origin = m.restart_at;
         m.swapped = 0;

@@ -30,8 +30,9 @@
 //        above the target and the balloon does not inflate again until the
 //        next SetTarget(); the host must find that memory (the fleet
 //        simulator counts touched memory above capacity as host overflow);
-//      - otherwise the kernel OOM-kills the workload: the working set drops
-//        back, the OOM counter increments, and the workload starts again
+//      - otherwise the kernel OOM-kills the workload: its page cache is
+//        gone (reclaim dropped it before the killer ran), the working set
+//        drops back, the OOM counter increments, and the workload starts again
 //        from its base kOomRestartSeconds later. A swapless guest shows no
 //        swap-in before it dies;
 //   6. page-cache refaults: when memory pressure leaves less page cache than

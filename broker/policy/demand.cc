@@ -22,6 +22,7 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
     state.acute = false;
     state.full = false;
     state.deflated = false;
+    state.oom = false;
     state.swap_in_bytes_per_second = 0;
     state.major_faults_per_second = 0;
     return;
@@ -43,6 +44,7 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
         obs.actual_bytes > obs.total_bytes ? obs.actual_bytes - obs.total_bytes : 0;
     state.gap_bytes = std::min(gap, obs.max_bytes / 8);
   }
+  const uint64_t previous_actual = state.last_actual_bytes;
   state.last_actual_bytes = obs.actual_bytes;
   const uint64_t used_u =
       (obs.total_bytes > obs.available_bytes ? obs.total_bytes - obs.available_bytes : 0) +
@@ -85,6 +87,77 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
         std::pow(0.5, obs.elapsed_seconds / std::max(params.trend_half_life_seconds, 1e-3));
     state.used_trend_bytes_per_second = rate + (state.used_trend_bytes_per_second - rate) * keep;
   }
+  // Guest OOM kill: reported by its counter, or inferred from a full guest
+  // whose used memory fell at once while its balloon stayed put.
+  bool oom = false;
+  if (obs.has_oom_kills) {
+    oom = state.initialized && state.has_last_oom_kills &&
+          obs.oom_kills_total > state.last_oom_kills_total;
+    state.has_last_oom_kills = true;
+    state.last_oom_kills_total = obs.oom_kills_total;
+    state.oom_inferred = oom ? false : state.oom_inferred;
+  } else if (state.initialized) {
+    // Inferred. The guest is squeezed when it is full or under the agent's
+    // acute pressure, or its page cache halved; a kill shows as used memory
+    // falling from its peak since then. Statistics lag the guest by up to
+    // a poll, so the fall may spread over a few samples: the window keeps
+    // the peak for oom_squeeze_window_seconds.
+    constexpr uint64_t kCacheNoiseBytes = uint64_t{16} << 20;
+    const bool cache_halved = state.last_disk_caches_bytes >= kCacheNoiseBytes &&
+                              obs.disk_caches_bytes * 2 < state.last_disk_caches_bytes;
+    const double total_now = static_cast<double>(obs.total_bytes);
+    const bool full_now =
+        static_cast<double>(obs.available_bytes) <=
+        std::max(static_cast<double>(params.full_available_bytes),
+                 total_now * params.full_available_percent / 100.0);
+    const bool squeezed_now = full_now || obs.agent_pressure || cache_halved;
+    const bool squeezed_before = state.full || state.last_agent_pressure;
+    const double elapsed = std::max(obs.elapsed_seconds, 0.0);
+    const bool window_open = state.squeeze_age_seconds + elapsed <= params.oom_squeeze_window_seconds;
+    if (obs.actual_bytes + kMoveSlackBytes < previous_actual) {
+      // The balloon inflated: the broker's own move, not a kill.
+      state.squeeze_age_seconds = 1e18;
+    } else if (squeezed_now || squeezed_before) {
+      const uint64_t carried = window_open ? state.squeeze_peak_used_bytes : 0;
+      state.squeeze_peak_used_bytes = std::max({carried, state.last_used_bytes, used_u});
+      state.squeeze_actual_bytes =
+          std::max({window_open ? state.squeeze_actual_bytes : 0, previous_actual, obs.actual_bytes});
+      state.squeeze_age_seconds = squeezed_now ? 0 : elapsed;
+    } else {
+      state.squeeze_age_seconds += elapsed;
+      if (window_open) {
+        state.squeeze_peak_used_bytes = std::max(state.squeeze_peak_used_bytes, used_u);
+        state.squeeze_actual_bytes = std::max(state.squeeze_actual_bytes, obs.actual_bytes);
+      }
+    }
+    if (state.squeeze_age_seconds <= params.oom_squeeze_window_seconds &&
+        state.squeeze_peak_used_bytes > used_u) {
+      const double peak = static_cast<double>(state.squeeze_peak_used_bytes);
+      const double drop_at = std::max(static_cast<double>(params.oom_drop_bytes),
+                                      peak * params.oom_drop_percent / 100.0);
+      oom = peak - static_cast<double>(used_u) >= drop_at;
+    }
+    if (oom) {
+      state.oom_inferred = true;
+      state.squeeze_peak_used_bytes = used_u;  // one kill, counted once
+    }
+  }
+  state.last_disk_caches_bytes = obs.disk_caches_bytes;
+  state.last_agent_pressure = obs.agent_pressure;
+  state.seconds_since_oom =
+      oom ? 0 : state.seconds_since_oom + std::max(obs.elapsed_seconds, 0.0);
+  if (oom) {
+    ++state.oom_kills_seen;
+    // The size it died at: what it had before the kill freed memory.
+    const uint64_t died_at =
+        std::max({obs.actual_bytes, previous_actual, state.oom_inferred ? state.squeeze_actual_bytes : 0});
+    const uint64_t doubled = died_at > obs.max_bytes / 2 ? obs.max_bytes : died_at * 2;
+    const uint64_t previous = state.oom_hold ? state.oom_demand_bytes : 0;
+    state.oom_size_bytes = died_at;
+    state.oom_demand_bytes = std::min(std::max(doubled, previous), obs.max_bytes);
+  }
+  state.oom = oom;
+  state.oom_hold = state.seconds_since_oom < params.oom_hold_seconds;
   state.last_used_bytes = used_u;
   const double growth = state.used_trend_bytes_per_second > params.trend_noise_bytes_per_second
                             ? state.used_trend_bytes_per_second * params.landing_seconds
@@ -98,7 +171,7 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
       deflated ? 0 : state.seconds_since_deflate + std::max(obs.elapsed_seconds, 0.0);
   state.pressure = swap_in_rate > params.swap_in_noise_bytes_per_second ||
                    fault_rate > params.major_fault_noise_per_second || state.full || deflated ||
-                   obs.agent_pressure;
+                   obs.agent_pressure || oom;
 
   state.seconds_since_pressure =
       state.pressure ? 0 : state.seconds_since_pressure + std::max(obs.elapsed_seconds, 0.0);
@@ -132,7 +205,8 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
   // What the guest will use by the time a target lands, if it keeps
   // growing: the projection is added after the filter, so it goes away as
   // soon as the growth stops.
-  const double projected = std::max(state.estimate_bytes, used + growth);
+  double projected = std::max(state.estimate_bytes, used + growth);
+  if (state.oom_hold) projected = std::max(projected, static_cast<double>(state.oom_demand_bytes));
   state.demand_bytes =
       static_cast<uint64_t>(std::llround(max > 0 ? std::min(projected, max) : projected));
   double margin = used * params.protect_margin_percent / 100.0;

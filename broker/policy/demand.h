@@ -28,10 +28,29 @@
 //      being asked (the guest took pages back before its OOM killer ran) is
 //      pressure; for deflate_hold_seconds after it, protect is at least the
 //      balloon's size: the broker never re-inflates into that guest.
-//   6. protect = used + min(used * protect margin, protect margin cap);
+//   6. A guest OOM kill teaches the broker: a kill the guest reports (its
+//      OOM-kill counter rose) or, for a guest without that counter (QEMU's
+//      and libvirt's balloon statistics have none), one inferred. The
+//      guest is squeezed when it is full, under the agent's acute
+//      pressure, or its page cache fell below half since the previous
+//      sample (the kernel kills only after reclaim dropped the cache; a
+//      process that exits leaves the cache alone). A kill shows as used
+//      memory falling, with the balloon not inflated, from its peak since
+//      the squeeze by at least max(oom_drop_bytes, oom_drop_percent of
+//      that peak) within oom_squeeze_window_seconds (the statistics lag
+//      the guest by a poll, so the fall may spread over a few samples).
+//      Such a kill is pressure; for oom_hold_seconds after it, demand is
+//      at least twice the size the guest died at (or the previous kill's
+//      figure, if larger: each kill within the hold doubles it, up to
+//      max). Protect is not raised: on a host that cannot hold every
+//      guest, one guest's kill does not take its neighbours' floors. So a
+//      surge that killed a guest once does not kill it again at the same
+//      size; a guest killed at 1 GiB by a jump to 6 GiB is offered 2, then
+//      4, then 8 GiB.
+//   7. protect = used + min(used * protect margin, protect margin cap);
 //      under pressure at least used + the estimated swap occupancy (pages
 //      being read back are working set); never more than max.
-//   7. Untrusted or missing statistics keep the previous estimate (or, for
+//   8. Untrusted or missing statistics keep the previous estimate (or, for
 //      a VM never seen with valid stats, its current size: no reclaim).
 
 #include <cstdint>
@@ -75,6 +94,15 @@ struct DemandParams {
   // tiers serve) this long after its last pressure sample, so a guest that
   // just got room is not left short again the next second.
   double acute_hold_seconds = 30.0;
+  // After a guest OOM kill, demand and protect stay raised this long.
+  double oom_hold_seconds = 1800.0;
+  // An OOM kill is inferred from a full guest whose used memory falls at
+  // once by at least the larger of these (when it reports no counter).
+  uint64_t oom_drop_bytes = uint64_t{64} << 20;
+  double oom_drop_percent = 25.0;
+  // How long after a guest was squeezed a fall of used memory from its
+  // peak since then still counts as a kill (statistics lag by a poll).
+  double oom_squeeze_window_seconds = 5.0;
 };
 
 // One guest observation.
@@ -93,6 +121,11 @@ struct GuestObservation {
   // deflating on its own, available near zero): faster than the guest's
   // statistics, treated like a full guest.
   bool agent_pressure = false;
+  // The guest's own count of OOM kills, when its statistics carry one
+  // (most do not: then kills are inferred, see above).
+  bool has_oom_kills = false;
+  uint64_t oom_kills_total = 0;
+  uint64_t disk_caches_bytes = 0;  // the guest's page cache
   double elapsed_seconds = 0;      // since the previous observation
 };
 
@@ -116,6 +149,26 @@ struct DemandState {
   double used_trend_bytes_per_second = 0;
   // Seconds since the last deflate-on-oom (large: never).
   double seconds_since_deflate = 1e18;
+  // Page cache and acute agent pressure at the previous observation.
+  uint64_t last_disk_caches_bytes = 0;
+  bool last_agent_pressure = false;
+  // Seconds since the guest was last squeezed (full, acute agent pressure,
+  // page cache halved; large: never), and the highest used memory and
+  // balloon size since then.
+  double squeeze_age_seconds = 1e18;
+  uint64_t squeeze_peak_used_bytes = 0;
+  uint64_t squeeze_actual_bytes = 0;
+  // The guest's OOM-kill counter at the previous observation.
+  bool has_last_oom_kills = false;
+  uint64_t last_oom_kills_total = 0;
+  // Seconds since the last guest OOM kill (large: never), the size the
+  // guest died at, and what it is kept at while the hold lasts.
+  double seconds_since_oom = 1e18;
+  uint64_t oom_size_bytes = 0;
+  uint64_t oom_demand_bytes = 0;
+  // OOM kills seen so far (reported or inferred), and how the last was seen.
+  uint64_t oom_kills_seen = 0;
+  bool oom_inferred = false;
   // Outputs of the last update.
   uint64_t demand_bytes = 0;
   uint64_t protect_bytes = 0;
@@ -126,6 +179,8 @@ struct DemandState {
   bool acute = false;      // pressure within acute_hold_seconds
   bool full = false;       // available memory near zero: demand censored
   bool deflated = false;   // the balloon deflated on its own this sample
+  bool oom = false;        // a guest OOM kill in this sample
+  bool oom_hold = false;   // within oom_hold_seconds of the last kill
   double active_fraction = 1.0;
 };
 

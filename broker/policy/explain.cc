@@ -16,6 +16,17 @@ std::string Fmt(const char* fmt, double a) {
   return buf;
 }
 
+// The OOM hold, when one is on: why demand is at least a figure.
+std::string OomHoldText(const DemandState& d) {
+  if (!d.oom_hold) return "";
+  return "; guest OOM kill " + Fmt("%.0f", d.seconds_since_oom) + " s ago at " +
+         B(d.oom_size_bytes) +
+         (d.oom_inferred ? " (inferred: used memory and page cache fell at once)"
+                         : " (reported by the guest)") +
+         " (" + std::to_string(d.oom_kills_seen) + " seen): demand kept at least " +
+         B(d.oom_demand_bytes) + " while the OOM hold lasts";
+}
+
 }  // namespace
 
 std::string FloorSourceName(const VmInput& in, const VmDecision& d) {
@@ -49,7 +60,8 @@ std::vector<std::string> ExplainSteps(const std::string& host_id, const HostStep
                      : vm.demand.deflated ? " (the guest deflated its balloon to stay alive)"
                      : vm.demand.pressure ? " (raised: guest is swapping)"
                      : vm.demand.acute    ? " (under acute pressure lately)"
-                                          : ""));
+                                          : "") +
+                    OomHoldText(vm.demand));
   }
   if (in.pinned) {
     steps.push_back("1. pinned by policy: floor = max = " + B(d.floor_bytes));

@@ -12,8 +12,11 @@ absl::StatusOr<BrokerPorts> StartBroker(ChildProcess& broker, const std::string&
                                         absl::Duration timeout,
                                         const std::vector<std::string>& extra_args) {
   std::vector<std::string> argv = {broker_bin, "--listen=127.0.0.1:0",
-                                   "--metrics-listen=127.0.0.1:0", "--state-dir=" + state_dir,
-                                   "--insecure"};
+                                   "--metrics-listen=127.0.0.1:0", "--state-dir=" + state_dir};
+  // Plaintext unless the caller gives TLS files.
+  bool tls = false;
+  for (const std::string& a : extra_args) tls = tls || a.rfind("--tls-", 0) == 0;
+  if (!tls) argv.push_back("--insecure");
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   absl::Status started = broker.Start(argv, log_path);
   if (!started.ok()) return started;

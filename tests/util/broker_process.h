@@ -18,10 +18,10 @@ struct BrokerPorts {
 };
 
 // Starts `broker_bin` in `broker` with --listen and --metrics-listen on
-// 127.0.0.1:0, --state-dir=`state_dir`, --insecure and `extra_args` (e.g.
-// --config=FILE), its output in `log_path`, and waits up to `timeout` for
-// the line naming its ports. The errors of ChildProcess::Start and
-// WaitForLog; INTERNAL when the line does not parse.
+// 127.0.0.1:0, --state-dir=`state_dir`, --insecure (unless `extra_args`
+// has a --tls-* flag) and `extra_args` (e.g. --config=FILE), its output in `log_path`, and waits up
+// to `timeout` for the line naming its ports. The errors of ChildProcess::Start and WaitForLog;
+// INTERNAL when the line does not parse.
 absl::StatusOr<BrokerPorts> StartBroker(ChildProcess& broker, const std::string& broker_bin,
                                         const std::string& state_dir, const std::string& log_path,
                                         absl::Duration timeout,

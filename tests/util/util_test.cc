@@ -10,9 +10,11 @@
 
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 #include "tests/util/child_process.h"
 #include "tests/util/http.h"
+#include "tests/util/tcp_proxy.h"
 #include "tests/util/wait.h"
 
 namespace membroker::testing {
@@ -133,6 +135,108 @@ TEST(RunToCompletionTest, ExitCodeAndOutput) {
 TEST(UrlEncodeTest, KeepsUnreservedAndEncodesTheRest) {
   EXPECT_EQ(UrlEncode("up{job=\"a b\"} == 1"), "up%7Bjob%3D%22a%20b%22%7D%20%3D%3D%201");
   EXPECT_EQ(UrlEncode("Az09-_.~"), "Az09-_.~");
+}
+
+}  // namespace
+}  // namespace membroker::testing
+
+namespace membroker::testing {
+namespace {
+
+// A loopback echo server on port 0 for one connection at a time.
+class EchoServer {
+ public:
+  EchoServer() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    ::listen(fd_, 8);
+    socklen_t len = sizeof(a);
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] {
+      while (true) {
+        int c = ::accept(fd_, nullptr, nullptr);
+        if (c < 0) return;
+        char buf[4096];
+        ssize_t n;
+        while ((n = ::recv(c, buf, sizeof(buf), 0)) > 0) ::send(c, buf, n, MSG_NOSIGNAL);
+        ::close(c);
+      }
+    });
+  }
+  ~EchoServer() {
+    ::shutdown(fd_, SHUT_RDWR);
+    ::close(fd_);
+    thread_.join();
+  }
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+int Connect(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  timeval tv{5, 0};  // every read below is bounded
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) return -1;
+  return fd;
+}
+
+// Reads up to `n` bytes (fewer at a timeout or close).
+std::string ReadSome(int fd, size_t n) {
+  std::string out;
+  char buf[256];
+  while (out.size() < n) {
+    ssize_t got = ::recv(fd, buf, std::min(sizeof(buf), n - out.size()), 0);
+    if (got <= 0) break;
+    out.append(buf, static_cast<size_t>(got));
+  }
+  return out;
+}
+
+TEST(TcpProxyTest, ForwardsDuplicatesBlackHolesAndCuts) {
+  EchoServer echo;
+  TcpProxy proxy(echo.port());
+  ASSERT_TRUE(proxy.Start().ok());
+  int fd = Connect(proxy.port());
+  ASSERT_GE(fd, 0);
+  ::send(fd, "ping", 4, MSG_NOSIGNAL);
+  EXPECT_EQ(ReadSome(fd, 4), "ping");
+
+  TcpProxy::Faults f;
+  f.duplicate_probability = 1;  // every chunk twice, each way: 4x
+  proxy.SetFaults(f);
+  ::send(fd, "ab", 2, MSG_NOSIGNAL);
+  EXPECT_EQ(ReadSome(fd, 8), "abababab");
+  EXPECT_GE(proxy.duplicated(), 2);
+
+  f = {};
+  f.black_hole = true;
+  proxy.SetFaults(f);
+  timeval short_tv{0, 300000};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &short_tv, sizeof(short_tv));
+  ::send(fd, "lost", 4, MSG_NOSIGNAL);
+  EXPECT_EQ(ReadSome(fd, 4), "");
+  EXPECT_GE(proxy.dropped(), 1);
+
+  proxy.SetFaults({});
+  proxy.CutAll();
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char c;
+  EXPECT_EQ(::recv(fd, &c, 1, 0), 0);  // closed by the proxy
+  ::close(fd);
+  EXPECT_EQ(proxy.accepted(), 1);
 }
 
 }  // namespace

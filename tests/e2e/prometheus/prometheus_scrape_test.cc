@@ -17,6 +17,7 @@
 #include "tests/util/broker_process.h"
 #include "tests/util/child_process.h"
 #include "tests/util/http.h"
+#include "tests/util/prometheus_process.h"
 #include "tests/util/wait.h"
 
 namespace {
@@ -25,25 +26,11 @@ using ::membroker::testing::BrokerPorts;
 using ::membroker::testing::ChildProcess;
 using ::membroker::testing::HttpGet;
 using ::membroker::testing::HttpReply;
-using ::membroker::testing::PickFreeLoopbackPort;
+using ::membroker::testing::FindPrometheus;
 using ::membroker::testing::StartBroker;
+using ::membroker::testing::StartPrometheus;
 using ::membroker::testing::UrlEncode;
 using ::membroker::testing::WaitUntil;
-
-// The prometheus binary on PATH, or "".
-std::string FindPrometheus() {
-  const char* path = std::getenv("PATH");
-  const std::string dirs = path != nullptr ? path : "/usr/bin:/bin";
-  size_t start = 0;
-  for (int i = 0; i < 1000 && start <= dirs.size(); ++i) {
-    size_t end = dirs.find(':', start);
-    if (end == std::string::npos) end = dirs.size();
-    const std::string candidate = absl::StrCat(dirs.substr(start, end - start), "/prometheus");
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-    start = end + 1;
-  }
-  return "";
-}
 
 class PrometheusScrapeTest : public ::testing::Test {
  protected:
@@ -104,25 +91,11 @@ TEST_F(PrometheusScrapeTest, BothDaemonsSeriesArrive) {
            << "  - job_name: membroker-agent\n    static_configs:\n"
            << "      - targets: ['127.0.0.1:" << *agent_metrics << "']\n";
   }
-  // Prometheus cannot report a port it picked: take a free one, and try
-  // another if something else took it meanwhile.
   ChildProcess prom;
-  int prom_port = -1;
-  for (int attempt = 0; attempt < 5 && prom_port < 0; ++attempt) {
-    const int port = PickFreeLoopbackPort();
-    ASSERT_GT(port, 0);
-    ASSERT_TRUE(prom.Start({prometheus, "--config.file=" + dir_ + "/prometheus.yml",
-                            "--storage.tsdb.path=" + dir_ + "/tsdb",
-                            absl::StrCat("--web.listen-address=127.0.0.1:", port)},
-                           absl::StrCat(dir_, "/prometheus.", attempt, ".log"))
-                    .ok());
-    if (prom.WaitForLog("Server is ready to receive web requests", absl::Seconds(15)).ok()) {
-      prom_port = port;
-    } else {
-      prom.Stop();
-    }
-  }
-  ASSERT_GT(prom_port, 0) << "prometheus did not start";
+  const absl::StatusOr<int> started =
+      StartPrometheus(prom, prometheus, dir_ + "/prometheus.yml", dir_);
+  ASSERT_TRUE(started.ok()) << started.status();
+  const int prom_port = *started;
 
   for (const char* q : {
            "membroker_vm_target_bytes{host=\"prom-host\",vm=\"etl-step\"}",

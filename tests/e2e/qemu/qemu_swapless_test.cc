@@ -23,14 +23,19 @@
 //    overcommitted in ListHosts, membroker_host_overcommitted is 1 on the
 //    broker's /metrics, and ExplainVm of the surging guest names it.
 //
-// Guest OOM kills: the agent reports a guest's OOM count
-// (GuestStats.oom_kills_total) only where the hypervisor backend supplies
-// one, and only the simulator backend does; neither the agent's nor the
-// broker's /metrics exports it. QEMU 7.2's virtio-balloon statistics have
-// no OOM counter, so with --backend=qmp the product cannot see a guest's
-// OOM kill at all today: the field stays unset, no metric, no log line.
-// These tests therefore count OOM kills from each guest's serial console
-// (the kernel's "Out of memory" / "Killed process" lines) and print them.
+// Guest OOM kills: QEMU 7.2's virtio-balloon statistics have no OOM
+// counter. The broker counts a kill the agent reports, read from the
+// guest's console log (--guest-console-logs, test B), and otherwise infers
+// one from the statistics (used memory falling at once after the guest
+// was squeezed; broker/policy/demand.h), in
+// membroker_host_guest_oom_kills_total and Vm.guest_oom_kills. The tests
+// count the real kills from each guest's serial console (the kernel's
+// "Killed process" lines) and check the product's count against them: in
+// test B every kill the console shows is counted; in both, a guest whose
+// console shows no kill is never counted (test A runs on inference alone,
+// so it checks inference makes up no kill). Inference alone cannot see a
+// kill the statistics never show: a guest whose load fills it between two
+// polls dies with its used memory looking unchanged.
 //
 // Each test prints a timeline (on failure and on success), one line a
 // second: per guest the broker's target, the balloon's actual size (seen
@@ -123,6 +128,7 @@ struct GuestSeen {
   uint64_t last_target = 0;
   bool flagged_unhealthy = false;  // health not OK (no stats, no driver, stuck)
   std::string flagged_as;
+  uint64_t oom_kills_counted = 0;  // the broker's Vm.guest_oom_kills, last seen
 };
 
 struct RunResult {
@@ -132,12 +138,37 @@ struct RunResult {
   bool host_overcommitted_seen = false;     // ListHosts, after the surge began
   bool metrics_overcommitted_seen = false;  // /metrics, after the surge began
   bool explain_overcommitted_seen = false;  // ExplainVm sw-surge, after the surge began
+  double metrics_guest_oom_kills = 0;       // membroker_host_guest_oom_kills_total{host="h1"}
   std::string explain_sample;               // one ExplainVm of sw-surge
   std::string timeline;
   bool daemons_alive = true;
 };
 
 class QemuSwaplessTest : public ::testing::Test {
+ public:
+  // The broker's OOM count against the consoles: every guest with a kill
+  // on its console is counted at least once; a guest without one never is.
+  void ExpectOomsCountedAsSeen(const RunResult& r) {
+    uint64_t counted = 0;
+    for (QemuGuest* g : {idle_, surge_, nodrv_}) {
+      const GuestSeen& seen = r.guests.at(g->name());
+      counted += seen.oom_kills_counted;
+      if (OomKills(g->Console()) > 0) {
+        EXPECT_GE(seen.oom_kills_counted, 1u)
+            << g->name() << " was OOM-killed (console) but the broker did not count it";
+      } else {
+        EXPECT_EQ(seen.oom_kills_counted, 0u)
+            << g->name() << " counted as OOM-killed, but its console shows no kill";
+      }
+    }
+    // Sampled a moment apart: the metric may be one report ahead.
+    if (counted == 0) {
+      EXPECT_EQ(r.metrics_guest_oom_kills, 0) << "membroker_host_guest_oom_kills_total counted a kill";
+    } else {
+      EXPECT_GE(r.metrics_guest_oom_kills, 1) << "membroker_host_guest_oom_kills_total missed the kill";
+    }
+  }
+
  protected:
   void SetUp() override {
     kernel_dir_ = Env("MB_GUEST_KERNEL_DIR", MB_DEFAULT_GUEST_KERNEL_DIR);
@@ -211,7 +242,10 @@ class QemuSwaplessTest : public ::testing::Test {
   // the host budget, then samples once a second until the surge has held
   // its maximum for 10 s, a guest OOMs (plus 10 s more), a daemon exits, or
   // the deadline.
-  RunResult Run(uint64_t capacity_bytes) {
+  // With `console_logs` the agent is told where each guest's console is
+  // logged (--guest-console-logs) and reports the kills it counts there;
+  // without, the broker has only the statistics to infer kills from.
+  RunResult Run(uint64_t capacity_bytes, bool console_logs) {
     RunResult r;
     EXPECT_EQ(::mkdir((dir_ + "/state").c_str(), 0755), 0);
     ChildProcess broker;
@@ -225,16 +259,24 @@ class QemuSwaplessTest : public ::testing::Test {
     }
     const std::string port = std::to_string(ports->grpc);
     const int metrics = ports->metrics;
+    std::vector<std::string> agent_args = {
+        MB_AGENT_PATH,
+        absl::StrCat("--broker=127.0.0.1:", port),
+        "--host-id=h1",
+        "--backend=qmp",
+        absl::StrCat("--qmp-socket=", idle_->agent_socket(), ",", surge_->agent_socket(), ",",
+                     nodrv_->agent_socket()),
+        absl::StrCat("--host-capacity-bytes=", capacity_bytes),
+        "--metrics-listen=127.0.0.1:0",
+        "--insecure"};
+    if (console_logs) {
+      agent_args.push_back(absl::StrCat("--guest-console-logs=", idle_->name(), "=",
+                                        idle_->console_path(), ",", surge_->name(), "=",
+                                        surge_->console_path(), ",", nodrv_->name(), "=",
+                                        nodrv_->console_path()));
+    }
     ChildProcess agent_process;
-    EXPECT_TRUE(agent_process
-                    .Start({MB_AGENT_PATH, absl::StrCat("--broker=127.0.0.1:", port),
-                            "--host-id=h1", "--backend=qmp",
-                            absl::StrCat("--qmp-socket=", idle_->agent_socket(), ",",
-                                         surge_->agent_socket(), ",", nodrv_->agent_socket()),
-                            absl::StrCat("--host-capacity-bytes=", capacity_bytes),
-                            "--metrics-listen=127.0.0.1:0", "--insecure"},
-                           dir_ + "/agent.log")
-                    .ok());
+    EXPECT_TRUE(agent_process.Start(agent_args, dir_ + "/agent.log").ok());
     auto stub = v1::AdminService::NewStub(
         grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
 
@@ -293,6 +335,7 @@ class QemuSwaplessTest : public ::testing::Test {
           continue;
         }
         const v1::Vm& vm = it->second;
+        seen.oom_kills_counted = vm.guest_oom_kills();
         if (vm.target_bytes() > 0) {
           seen.min_target = std::min(seen.min_target, vm.target_bytes());
           seen.last_target = vm.target_bytes();
@@ -323,6 +366,16 @@ class QemuSwaplessTest : public ::testing::Test {
               r.metrics_overcommitted_seen = true;
             }
           }
+          double ooms = 0;
+          for (absl::string_view l : absl::StrSplit(reply->body, '\n')) {
+            double v = 0;
+            if (absl::StartsWith(l, "membroker_host_guest_oom_kills_total{") &&
+                absl::StrContains(l, "host=\"h1\"") &&
+                absl::SimpleAtod(l.substr(l.rfind(' ') + 1), &v)) {
+              ooms += v;
+            }
+          }
+          r.metrics_guest_oom_kills = ooms;
         }
         grpc::ClientContext ctx;
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -365,12 +418,15 @@ class QemuSwaplessTest : public ::testing::Test {
       const GuestSeen& s = r.guests.at(g->name());
       std::printf(
           "%s: size %s MiB, lowest actual %s MiB, lowest target %s MiB, flagged %s, "
-          "OOM kills in console %d\n",
+          "OOM kills in console %d, counted by the broker %llu\n",
           g->name().c_str(), Mib(s.size_bytes).c_str(),
           s.min_actual == UINT64_MAX ? "-" : Mib(s.min_actual).c_str(),
           s.min_target == UINT64_MAX ? "-" : Mib(s.min_target).c_str(),
-          s.flagged_unhealthy ? s.flagged_as.c_str() : "no", OomKills(g->Console()));
+          s.flagged_unhealthy ? s.flagged_as.c_str() : "no", OomKills(g->Console()),
+          static_cast<unsigned long long>(s.oom_kills_counted));
     }
+    std::printf("membroker_host_guest_oom_kills_total{host=\"h1\"} (sum): %.0f\n",
+                r.metrics_guest_oom_kills);
     std::printf("surge reached its working set: %s\n", r.surge_reached ? "yes" : "no");
   }
 
@@ -397,13 +453,15 @@ class QemuSwaplessTest : public ::testing::Test {
 TEST_F(QemuSwaplessTest, WorkingSetsFitNoGuestOoms) {
   BootGuests();
   if (!ready_) return;
-  const RunResult r = Run(960 * kMiB);
+  const RunResult r = Run(960 * kMiB, /*console_logs=*/false);
   PrintSummary(r);
 
-  // No guest OOM anywhere: the budget holds every working set.
+  // No guest OOM anywhere: the budget holds every working set; and the
+  // broker counts none (no kill inferred from a guest that was not killed).
   for (QemuGuest* g : {idle_, surge_, nodrv_}) {
     EXPECT_EQ(OomKills(g->Console()), 0) << g->name() << " was OOM-killed";
   }
+  ExpectOomsCountedAsSeen(r);
   // The surge completed and is still running.
   EXPECT_TRUE(r.surge_reached) << "the surging guest's load never reached its working set";
   EXPECT_EQ(surge_->Console().find("MB-MEMLOAD-EXITED"), std::string::npos)
@@ -442,7 +500,7 @@ TEST_F(QemuSwaplessTest, SurgeCannotFitBrokerSaysSo) {
   // OOM-killed at 208 MiB of load with its target at 256 MiB. The checks
   // below hold for that reason today; once floors yield, only the surge
   // will make the host overcommitted, and the checks still apply.
-  const RunResult r = Run(640 * kMiB);
+  const RunResult r = Run(640 * kMiB, /*console_logs=*/true);
   PrintSummary(r);
 
   EXPECT_TRUE(r.surge_started) << "the surge never began";
@@ -453,11 +511,12 @@ TEST_F(QemuSwaplessTest, SurgeCannotFitBrokerSaysSo) {
   EXPECT_TRUE(r.explain_overcommitted_seen)
       << "ExplainVm sw-surge never named the overcommitment; it said:\n"
       << r.explain_sample;
-  // The OOM, if any: the product cannot count a QEMU guest's OOM kill
-  // (see the top of this file), so only the guest's console tells.
+  // The OOM, if any, is counted by the product: a kill the surging guest's
+  // console shows is in Vm.guest_oom_kills and the broker's metric.
   int kills = 0;
   for (QemuGuest* g : {idle_, surge_, nodrv_}) kills += OomKills(g->Console());
-  std::printf("guest OOM kills seen on the consoles (not visible to the product): %d\n", kills);
+  std::printf("guest OOM kills seen on the consoles: %d\n", kills);
+  ExpectOomsCountedAsSeen(r);
   // Nothing but the surge may die for it: the idle and driverless guests
   // hold their working sets.
   EXPECT_EQ(OomKills(idle_->Console()), 0) << "the idle guest was OOM-killed";

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
 #include <random>
 #include <set>
 #include <string>
@@ -35,12 +36,13 @@ v1::VmSample Vm(const std::string& id, uint64_t max, uint64_t actual, uint64_t u
   return s;
 }
 
-double Counter(BrokerMetrics& m, const std::string& name, const std::string& kind = "") {
+double Counter(BrokerMetrics& m, const std::string& name, const std::string& kind = "",
+               const std::string& label = "kind") {
   for (const auto& family : m.registry()->Collect()) {
     if (family.name != name) continue;
     for (const auto& metric : family.metric) {
       bool match = kind.empty();
-      for (const auto& l : metric.label) match |= l.name == "kind" && l.value == kind;
+      for (const auto& l : metric.label) match |= l.name == label && l.value == kind;
       if (match) return metric.counter.value;
     }
   }
@@ -243,6 +245,104 @@ TEST_F(FleetTest, ConnectedAgentsFollowStreamsWithoutAGlobalCount) {
   EXPECT_EQ(gauge(), 2);
   fleet_->Disconnect("h2", second);
   EXPECT_EQ(gauge(), 1);
+}
+
+TEST_F(FleetTest, GuestOomKillsAreCountedOncePerReportAndRaiseDemand) {
+  // A guest whose statistics carry an OOM-kill counter (the agent's count
+  // from its console log): one kill between two reports.
+  const std::string id = "00000000-0000-0000-0000-0000000000c1";
+  auto vm = [&](uint64_t kills, uint64_t used) {
+    v1::VmSample s = Vm(id, 4 * kGiB, 1 * kGiB, used);
+    s.mutable_stats()->set_oom_kills_total(kills);
+    return s;
+  };
+  Report({vm(2, 900 * kMiB)});  // kills before the broker saw it: no event
+  Report({vm(2, 900 * kMiB)});
+  EXPECT_EQ(Counter(*metrics_, "membroker_host_guest_oom_kills_total", "reported", "source"), 0);
+  Report({vm(3, 100 * kMiB)});
+  EXPECT_EQ(Counter(*metrics_, "membroker_host_guest_oom_kills_total", "reported", "source"), 1);
+  EXPECT_EQ(Counter(*metrics_, "membroker_host_guest_oom_kills_total", "inferred", "source"), 0);
+  auto got = fleet_->GetVm(id);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->guest_oom_kills(), 1u);
+  // Demand at least twice the size it died at (1 GiB), and it is offered.
+  EXPECT_GE(got->demand_bytes(), 2 * kGiB);
+  EXPECT_GE(got->target_bytes(), 2 * kGiB);
+  auto e = fleet_->ExplainVm(id);
+  ASSERT_TRUE(e.ok());
+  EXPECT_NE(e->steps(0).find("OOM kill"), std::string::npos) << e->steps(0);
+  // A policy change decides again without a report: not another kill.
+  v1::ClusterPolicy p;
+  p.set_buffer_percent(30);
+  ASSERT_TRUE(fleet_->SetClusterPolicy(p).ok());
+  Report({vm(3, 100 * kMiB)});
+  EXPECT_EQ(Counter(*metrics_, "membroker_host_guest_oom_kills_total", "reported", "source"), 1);
+  EXPECT_EQ(fleet_->GetVm(id)->guest_oom_kills(), 1u);
+}
+
+// The value of the per-VM series `name` (read at scrape time) whose labels
+// include all of `labels`; -1 when absent.
+double VmSeriesValue(BrokerMetrics& m, const std::string& name,
+                     const std::map<std::string, std::string>& labels) {
+  for (const auto& family : m.Collect()) {
+    if (family.name != name) continue;
+    for (const auto& metric : family.metric) {
+      size_t matched = 0;
+      for (const auto& l : metric.label) {
+        auto it = labels.find(l.name);
+        matched += it != labels.end() && it->second == l.value;
+      }
+      if (matched != labels.size()) continue;
+      return family.type == prometheus::MetricType::Counter ? metric.counter.value
+                                                            : metric.gauge.value;
+    }
+  }
+  return -1;
+}
+
+TEST_F(FleetTest, PerVmDashboardSeriesAreProducedAtScrapeTime) {
+  // Configured max, untrusted statistics, the target's reason and the
+  // guest's counters (mirrored: growth since first seen, a restart counts
+  // from zero again) come from the fleet at scrape time like the others.
+  const std::string id = "00000000-0000-0000-0000-0000000000d1";
+  auto vm = [&](uint64_t swap_in, uint64_t faults, bool untrusted) {
+    v1::VmSample s = Vm(id, 4 * kGiB, 2 * kGiB, 1 * kGiB);
+    s.set_name("dash");
+    s.mutable_stats()->set_swap_in_bytes_total(swap_in);
+    s.mutable_stats()->set_major_faults_total(faults);
+    s.mutable_stats()->set_untrusted(untrusted);
+    if (untrusted) s.mutable_stats()->set_untrusted_reason("test");
+    return s;
+  };
+  const std::map<std::string, std::string> labels{{"host", "h1"}, {"vm", "dash"}};
+  Report({vm(100, 7, false)});
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_max_bytes", labels), 4.0 * kGiB);
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_stats_untrusted", labels), 0);
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_swap_in_bytes_total", labels), 100);
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_major_faults_total", labels), 7);
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_oom_kills_total", labels), 0);
+  Report({vm(150, 9, true)});
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_stats_untrusted", labels), 1);
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_swap_in_bytes_total", labels), 150);
+  Report({vm(20, 1, false)});  // the guest restarted: its counters start again
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_swap_in_bytes_total", labels), 170);
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_major_faults_total", labels), 10);
+  // Exactly one reason is 1, and it is the VM's current target reason.
+  auto got = fleet_->GetVm(id);
+  ASSERT_TRUE(got.ok());
+  double ones = 0, zeros = 0;
+  for (const auto& family : metrics_->Collect()) {
+    if (family.name != "membroker_vm_target_reason") continue;
+    for (const auto& metric : family.metric) (metric.gauge.value == 1 ? ones : zeros) += 1;
+  }
+  EXPECT_EQ(ones, 1);
+  EXPECT_EQ(zeros, BrokerMetrics::kReasonCount - 1);
+  // Nothing per VM lives in the registry.
+  for (const auto& family : metrics_->registry()->Collect()) {
+    EXPECT_NE(family.name.rfind("membroker_vm_", 0), 0u) << family.name;
+  }
+  Report({});
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_max_bytes", labels), -1);
 }
 
 }  // namespace

@@ -484,6 +484,20 @@ TEST_F(CtlIntegrationTest, TopClearsTheScreenOnATerminalAndStopsOnInterrupt) {
   EXPECT_EQ(service_.Calls("ListHosts"), 2);
   EXPECT_EQ(r.out.rfind("\x1b[H\x1b[2J", 0), 0u);
   EXPECT_THAT(r.out, HasSubstr("Ctrl-C to stop"));
+  EXPECT_THAT(r.out, HasSubstr("HOSTS  # targets  + demand above targets  | capacity\n"));
+  EXPECT_THAT(r.out, HasSubstr("VMS by pressure"));
+}
+
+TEST_F(CtlIntegrationTest, TopOnADumbTerminalPrintsPlainTables) {
+  CtlEnvironment env;
+  env.out_is_terminal = true;
+  env.vars["TERM"] = "dumb";
+  env.wait = [](absl::Duration) { return true; };
+  Result r = Ctl({"top", "--iterations=1"}, env);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, Not(HasSubstr("\x1b[")));
+  EXPECT_THAT(r.out, Not(HasSubstr("HOSTS  #")));
+  EXPECT_THAT(r.out, HasSubstr("short of demand: "));
 }
 
 TEST_F(CtlIntegrationTest, TopReportsFailuresAndExitsWithTheLastCode) {

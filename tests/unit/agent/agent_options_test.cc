@@ -92,6 +92,18 @@ TEST_F(AgentOptionsTest, RssIntervalAndLocalGrants) {
   EXPECT_TRUE(o->local_grants);
 }
 
+TEST_F(AgentOptionsTest, GuestConsoleLogs) {
+  flags_.guest_console_logs = {"web-1=/var/log/web-1.log", "db=/x/db.log"};
+  absl::StatusOr<AgentOptions> o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->guest_console_logs.size(), 2u);
+  EXPECT_EQ(o->guest_console_logs.at("db"), "/x/db.log");
+  flags_.guest_console_logs = {"web-1"};
+  o = BuildAgentOptions(flags_);
+  EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(o.status().message()), HasSubstr("--guest-console-logs"));
+}
+
 TEST_F(AgentOptionsTest, EachBadFlagIsNamed) {
   struct Case {
     void (*mutate)(AgentFlags&);
@@ -116,8 +128,20 @@ TEST_F(AgentOptionsTest, EachBadFlagIsNamed) {
        "mutually exclusive"},
       {[](AgentFlags& f) { f.metrics_listen = ""; }, "--metrics-listen is required"},
       {[](AgentFlags& f) { f.metrics_listen = "127.0.0.1:99999"; }, "--metrics-listen"},
-      {[](AgentFlags& f) { f.insecure = false; }, "--insecure is required"},
-      {[](AgentFlags& f) { f.tls_cert = "/x.pem"; }, "TLS is not available"},
+      {[](AgentFlags& f) { f.insecure = false; }, "refusing to run without transport security"},
+      {[](AgentFlags& f) { f.tls_cert = "/x.pem"; }, "--insecure conflicts with --tls-cert"},
+      {[](AgentFlags& f) {
+         f.insecure = false;
+         f.tls_cert = "/x.pem";
+       },
+       "--tls-key, --tls-ca missing"},
+      {[](AgentFlags& f) {
+         f.insecure = false;
+         f.tls_cert = "/nonexistent/c.pem";
+         f.tls_key = "/nonexistent/k.pem";
+         f.tls_ca = "/nonexistent/ca.pem";
+       },
+       "--tls-cert=/nonexistent/c.pem: cannot read"},
       {[](AgentFlags& f) { f.report_interval = "fast"; }, "--report-interval"},
       {[](AgentFlags& f) { f.report_interval = "1ms"; }, "--report-interval"},
       {[](AgentFlags& f) { f.rss_interval = "10ms"; }, "--rss-interval"},
@@ -129,7 +153,10 @@ TEST_F(AgentOptionsTest, EachBadFlagIsNamed) {
          f.qmp_sockets.clear();
        },
        "--qmp-socket"},
-      {[](AgentFlags& f) { f.qmp_sockets = {"/run/a.sock", ""}; }, "--qmp-socket: empty"},
+      {[](AgentFlags& f) {
+         f.qmp_sockets = {"/run/a.sock", ""};
+       },
+       "--qmp-socket: empty"},
       {[](AgentFlags& f) { f.qmp_socket_dir = "/nonexistent-dir"; }, "--qmp-socket-dir"},
       {[](AgentFlags& f) { f.qmp_socket_dir = "/etc/hostname"; }, "is not a directory"},
       {[](AgentFlags& f) { f.config = "/nonexistent/agent.textproto"; }, "--config"},

@@ -334,13 +334,18 @@ TEST(RunCtlTest, UsageErrorsExitTwo) {
   const std::string server = "--server=127.0.0.1:1";
   auto r = Ctl({"get", "hosts", server});
   EXPECT_EQ(r.code, 2);
-  EXPECT_THAT(r.err, HasSubstr("--insecure is required"));
+  EXPECT_THAT(r.err, HasSubstr("refusing to run without transport security"));
   r = Ctl({"get", "hosts", server, "--tls-ca=/ca.pem"});
   EXPECT_EQ(r.code, 2);
-  EXPECT_THAT(r.err, HasSubstr("TLS is not supported yet"));
+  EXPECT_THAT(r.err, HasSubstr("--tls-cert, --tls-key missing"));
   r = Ctl({"get", "hosts", server}, {{"MEMBROKER_TLS_CERT", "/c.pem"}});
   EXPECT_EQ(r.code, 2);
-  EXPECT_THAT(r.err, HasSubstr("TLS is not supported yet"));
+  EXPECT_THAT(r.err, HasSubstr("--tls-key, --tls-ca missing"));
+  r = Ctl({"get", "hosts", server}, {{"MEMBROKER_TLS_CERT", "/nonexistent/c.pem"},
+                                     {"MEMBROKER_TLS_KEY", "/nonexistent/k.pem"},
+                                     {"MEMBROKER_TLS_CA", "/nonexistent/ca.pem"}});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--tls-cert=/nonexistent/c.pem: cannot read the file"));
   r = Ctl({"--insecure", server, "set", "vm", "v", "--max=4XB"});
   EXPECT_EQ(r.code, 2);
   EXPECT_THAT(r.err, HasSubstr("--max"));

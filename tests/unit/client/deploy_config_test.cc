@@ -7,6 +7,7 @@
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
+#include <yaml-cpp/yaml.h>
 
 #include <cctype>
 #include <filesystem>
@@ -288,7 +289,7 @@ TEST(ExtractMetricNamesTest, YamlExprForms) {
 
 TEST(DeployMetricsTest, MetricListIsComplete) {
   auto metrics = LoadMetricList();
-  EXPECT_EQ(metrics.size(), 33u);
+  EXPECT_EQ(metrics.size(), 43u);
   EXPECT_EQ(metrics["membroker_decision_latency_seconds"], "histogram");
   EXPECT_EQ(metrics["membroker_agent_report_duration_seconds"], "histogram");
   for (const auto& [name, type] : metrics) {
@@ -349,6 +350,65 @@ TEST(DeployMetricsTest, PrometheusFilesUseOnlyExportedMetrics) {
     }
   }
   EXPECT_GE(total_exprs, 10u);
+}
+
+// The Grafana service (docker-compose.grafana.yml) and its provisioning
+// agree: the provisioning and dashboard directories are mounted where
+// Grafana and the dashboard provider read them, the home dashboard exists,
+// and the datasource URL names the compose Prometheus service and port.
+TEST(DeployConfigTest, GrafanaServiceAndProvisioningAgree) {
+  YAML::Node base = YAML::LoadFile((kDeploy / "docker-compose.yml").string());
+  YAML::Node over = YAML::LoadFile((kDeploy / "docker-compose.grafana.yml").string());
+  ASSERT_TRUE(base["services"]["prometheus"]) << "no prometheus service";
+  EXPECT_FALSE(base["services"]["grafana"]) << "Grafana needs a registry: keep it out of the base";
+  YAML::Node grafana = over["services"]["grafana"];
+  ASSERT_TRUE(grafana);
+  bool depends = false;
+  for (const YAML::Node& d : grafana["depends_on"]) depends |= d.as<std::string>() == "prometheus";
+  EXPECT_TRUE(depends);
+
+  std::map<std::string, fs::path> mounts;  // container path -> host path
+  for (const YAML::Node& v : grafana["volumes"]) {
+    std::vector<std::string> parts = absl::StrSplit(v.as<std::string>(), ':');
+    ASSERT_GE(parts.size(), 2u) << v;
+    const fs::path host = kDeploy / parts[0];
+    EXPECT_TRUE(fs::is_directory(host)) << host;
+    mounts[parts[1]] = host;
+  }
+  ASSERT_EQ(mounts.count("/etc/grafana/provisioning"), 1u);
+  const fs::path provisioning = mounts["/etc/grafana/provisioning"];
+
+  // Dashboard provider: a file provider reading a mounted directory.
+  YAML::Node providers =
+      YAML::LoadFile((provisioning / "dashboards" / "membroker.yml").string())["providers"];
+  ASSERT_EQ(providers.size(), 1u);
+  EXPECT_EQ(providers[0]["type"].as<std::string>(), "file");
+  const std::string dashboards_path = providers[0]["options"]["path"].as<std::string>();
+  ASSERT_EQ(mounts.count(dashboards_path), 1u) << dashboards_path << " is not mounted";
+  const fs::path dashboards = mounts[dashboards_path];
+  EXPECT_EQ(FilesUnder(dashboards, {".json"}).size(), 3u);
+
+  // Home dashboard: a file in that mounted directory.
+  const std::string home =
+      grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"].as<std::string>();
+  ASSERT_TRUE(absl::StartsWith(home, dashboards_path + "/")) << home;
+  EXPECT_TRUE(fs::exists(dashboards / home.substr(dashboards_path.size() + 1))) << home;
+
+  // Datasource: Prometheus at the compose service name and its port.
+  YAML::Node ds =
+      YAML::LoadFile((provisioning / "datasources" / "prometheus.yml").string())["datasources"];
+  ASSERT_EQ(ds.size(), 1u);
+  EXPECT_EQ(ds[0]["type"].as<std::string>(), "prometheus");
+  EXPECT_EQ(ds[0]["access"].as<std::string>(), "proxy");
+  EXPECT_TRUE(ds[0]["isDefault"].as<bool>());
+  EXPECT_EQ(ds[0]["url"].as<std::string>(), "http://prometheus:9090");
+  bool port = false;
+  for (const YAML::Node& p : base["services"]["prometheus"]["ports"]) {
+    port |= absl::EndsWith(p.as<std::string>(), ":9090");
+  }
+  EXPECT_TRUE(port) << "the prometheus service does not serve 9090";
+  EXPECT_THAT(ReadFile(kDeploy / "prometheus" / "Dockerfile"),
+              ::testing::HasSubstr("--web.listen-address=0.0.0.0:9090"));
 }
 
 TEST(DeployConfigTest, SimConfigsParse) {

@@ -127,7 +127,8 @@ TEST(RenderTest, YamlRendersTheSameStructure) {
             "      weight: 250\n"
             "    guest_used_bytes: \"1887436800\"\n"
             "    swap_in_bytes_per_second: 2048\n"
-            "    major_faults_per_second: 0\n");
+            "    major_faults_per_second: 0\n"
+            "    guest_oom_kills: \"0\"\n");
   absl::StatusOr<std::string> empty = RenderMessage(v1::ListVmsResponse(), OutputFormat::kYaml);
   ASSERT_TRUE(empty.ok());
   EXPECT_EQ(*empty, "vms: []\n");

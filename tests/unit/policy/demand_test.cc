@@ -261,5 +261,164 @@ TEST(DemandTest, AgentPressureCountsLikeAFullGuest) {
   EXPECT_EQ(s.demand_bytes, 1 * kGiB + p.pressure_step_bytes);
 }
 
+TEST(DemandTest, InferredOomKillDoublesDemandWithinTheHold) {
+  // A 1 GiB guest with 400 MiB of page cache and 400 MiB used, no OOM-kill
+  // counter (as from QEMU). Between two samples a surge fills it and the
+  // kernel kills it: used falls to 100 MiB and the cache to 20 MiB at once.
+  DemandParams p;
+  p.oom_hold_seconds = 100;
+  DemandState s;
+  GuestObservation o = Obs(1 * kGiB, 1 * kGiB - 400 * kMiB);
+  o.max_bytes = 8 * kGiB;
+  o.disk_caches_bytes = 400 * kMiB;
+  UpdateDemand(o, p, s);
+  UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.oom);
+  o.available_bytes = 1 * kGiB - 100 * kMiB;
+  o.disk_caches_bytes = 20 * kMiB;
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.oom);
+  EXPECT_TRUE(s.oom_inferred);
+  EXPECT_TRUE(s.pressure);
+  EXPECT_TRUE(s.acute);
+  EXPECT_EQ(s.oom_kills_seen, 1u);
+  EXPECT_EQ(s.oom_size_bytes, 1 * kGiB);
+  EXPECT_EQ(s.oom_demand_bytes, 2 * kGiB);
+  EXPECT_GE(s.demand_bytes, 2 * kGiB);
+  // Protect is not raised: a kill does not take floors from neighbours.
+  EXPECT_LT(s.protect_bytes, 1 * kGiB);
+  // The broker gave it 2 GiB; the same surge kills it again at 2 GiB within
+  // the hold: doubled again.
+  o.actual_bytes = o.total_bytes = 2 * kGiB;
+  o.available_bytes = 2 * kGiB - 100 * kMiB;
+  o.disk_caches_bytes = 600 * kMiB;
+  for (int i = 0; i < 10; ++i) UpdateDemand(o, p, s);
+  o.available_bytes = 2 * kGiB - 1900 * kMiB;  // surge: 1.9 GiB used
+  UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.oom);
+  o.available_bytes = 2 * kGiB - 100 * kMiB;
+  o.disk_caches_bytes = 10 * kMiB;
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.oom);
+  EXPECT_EQ(s.oom_kills_seen, 2u);
+  EXPECT_EQ(s.oom_demand_bytes, 4 * kGiB);
+  EXPECT_GE(s.demand_bytes, 4 * kGiB);
+  // After the hold, demand follows use again.
+  for (int i = 0; i < 400; ++i) UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.oom_hold);
+  EXPECT_LT(s.demand_bytes, 1 * kGiB);
+}
+
+TEST(DemandTest, AProcessThatExitsIsNotAnOomKill) {
+  // Used falls by 600 MiB but the page cache stays and the guest was not
+  // full: a process ended, nothing was killed.
+  DemandParams p;
+  DemandState s;
+  GuestObservation o = Obs(2 * kGiB, 2 * kGiB - 1 * kGiB);
+  o.max_bytes = 4 * kGiB;
+  o.disk_caches_bytes = 500 * kMiB;
+  UpdateDemand(o, p, s);
+  o.available_bytes = 2 * kGiB - 400 * kMiB;
+  UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.oom);
+  EXPECT_FALSE(s.oom_hold);
+  EXPECT_EQ(s.oom_kills_seen, 0u);
+  // The same fall from a full guest is a kill.
+  DemandState t;
+  GuestObservation f = Obs(2 * kGiB, 40 * kMiB);
+  f.max_bytes = 4 * kGiB;
+  f.disk_caches_bytes = 30 * kMiB;
+  UpdateDemand(f, p, t);
+  EXPECT_TRUE(t.full);
+  f.available_bytes = 2 * kGiB - 400 * kMiB;
+  UpdateDemand(f, p, t);
+  EXPECT_TRUE(t.oom);
+  // A balloon that inflated meanwhile is the broker's own move, not a kill.
+  DemandState u;
+  GuestObservation g = Obs(2 * kGiB, 40 * kMiB);
+  g.max_bytes = 4 * kGiB;
+  UpdateDemand(g, p, u);
+  g.actual_bytes = g.total_bytes = 1 * kGiB;
+  g.available_bytes = 1 * kGiB - 400 * kMiB;
+  UpdateDemand(g, p, u);
+  EXPECT_FALSE(u.oom);
+}
+
+TEST(DemandTest, ReportedOomCounterIsTrustedOverInference) {
+  DemandParams p;
+  DemandState s;
+  GuestObservation o = Obs(1 * kGiB, 500 * kMiB);
+  o.max_bytes = 4 * kGiB;
+  o.has_oom_kills = true;
+  o.oom_kills_total = 3;  // kills before the broker saw it: not events
+  UpdateDemand(o, p, s);
+  UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.oom);
+  o.oom_kills_total = 4;
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.oom);
+  EXPECT_FALSE(s.oom_inferred);
+  EXPECT_EQ(s.oom_demand_bytes, 2 * kGiB);
+  // A counter that went back (guest reboot) restarts the baseline.
+  o.oom_kills_total = 0;
+  UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.oom);
+  o.oom_kills_total = 1;
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.oom);
+  EXPECT_EQ(s.oom_kills_seen, 2u);
+  // Capped at max.
+  DemandState big;
+  GuestObservation b = Obs(3 * kGiB, 1 * kGiB);
+  b.max_bytes = 4 * kGiB;
+  b.has_oom_kills = true;
+  UpdateDemand(b, p, big);
+  b.oom_kills_total = 1;
+  UpdateDemand(b, p, big);
+  EXPECT_EQ(big.oom_demand_bytes, 4 * kGiB);
+  EXPECT_LE(big.demand_bytes, 4 * kGiB);
+}
+
+TEST(DemandTest, OomKillInferredWhenTheStatisticsLag) {
+  // As seen on a real QEMU guest: the agent saw acute pressure, the kill
+  // came between polls, and used memory fell over two samples (150, 124,
+  // 72 MiB): 78 MiB from the peak, within the window.
+  DemandParams p;
+  DemandState s;
+  GuestObservation o = Obs(217 * kMiB, 217 * kMiB - 86 * kMiB);
+  o.max_bytes = 448 * kMiB;
+  UpdateDemand(o, p, s);
+  o.agent_pressure = true;
+  UpdateDemand(o, p, s);
+  o.agent_pressure = false;
+  o.available_bytes = 217 * kMiB - 150 * kMiB;
+  UpdateDemand(o, p, s);
+  o.available_bytes = 217 * kMiB - 124 * kMiB;
+  UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.oom);
+  o.available_bytes = 217 * kMiB - 72 * kMiB;
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.oom);
+  EXPECT_EQ(s.oom_size_bytes, 217 * kMiB);
+  EXPECT_EQ(s.oom_demand_bytes, 434 * kMiB);
+  // Counted once: staying low is not another kill.
+  UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.oom);
+  EXPECT_EQ(s.oom_kills_seen, 1u);
+  // The same fall long after the squeeze is a process ending, not a kill.
+  DemandState late;
+  GuestObservation g = Obs(217 * kMiB, 217 * kMiB - 150 * kMiB);
+  g.max_bytes = 448 * kMiB;
+  UpdateDemand(g, p, late);
+  g.agent_pressure = true;
+  UpdateDemand(g, p, late);
+  g.agent_pressure = false;
+  for (int i = 0; i < 8; ++i) UpdateDemand(g, p, late);
+  g.available_bytes = 217 * kMiB - 72 * kMiB;
+  UpdateDemand(g, p, late);
+  EXPECT_FALSE(late.oom);
+  EXPECT_EQ(late.oom_kills_seen, 0u);
+}
+
 }  // namespace
 }  // namespace membroker::policy
