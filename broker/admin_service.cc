@@ -1,8 +1,17 @@
 #include "broker/admin_service.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <deque>
+#include <functional>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "broker/peer_identity.h"
 #include "broker/stream_writer.h"
 #include "common/status.h"
@@ -12,23 +21,40 @@ namespace {
 
 const char* CodeName(absl::StatusCode code) {
   switch (code) {
-    case absl::StatusCode::kOk: return "OK";
-    case absl::StatusCode::kCancelled: return "CANCELLED";
-    case absl::StatusCode::kInvalidArgument: return "INVALID_ARGUMENT";
-    case absl::StatusCode::kDeadlineExceeded: return "DEADLINE_EXCEEDED";
-    case absl::StatusCode::kNotFound: return "NOT_FOUND";
-    case absl::StatusCode::kAlreadyExists: return "ALREADY_EXISTS";
-    case absl::StatusCode::kPermissionDenied: return "PERMISSION_DENIED";
-    case absl::StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
-    case absl::StatusCode::kFailedPrecondition: return "FAILED_PRECONDITION";
-    case absl::StatusCode::kAborted: return "ABORTED";
-    case absl::StatusCode::kOutOfRange: return "OUT_OF_RANGE";
-    case absl::StatusCode::kUnimplemented: return "UNIMPLEMENTED";
-    case absl::StatusCode::kInternal: return "INTERNAL";
-    case absl::StatusCode::kUnavailable: return "UNAVAILABLE";
-    case absl::StatusCode::kDataLoss: return "DATA_LOSS";
-    case absl::StatusCode::kUnauthenticated: return "UNAUTHENTICATED";
-    default: return "UNKNOWN";
+    case absl::StatusCode::kOk:
+      return "OK";
+    case absl::StatusCode::kCancelled:
+      return "CANCELLED";
+    case absl::StatusCode::kInvalidArgument:
+      return "INVALID_ARGUMENT";
+    case absl::StatusCode::kDeadlineExceeded:
+      return "DEADLINE_EXCEEDED";
+    case absl::StatusCode::kNotFound:
+      return "NOT_FOUND";
+    case absl::StatusCode::kAlreadyExists:
+      return "ALREADY_EXISTS";
+    case absl::StatusCode::kPermissionDenied:
+      return "PERMISSION_DENIED";
+    case absl::StatusCode::kResourceExhausted:
+      return "RESOURCE_EXHAUSTED";
+    case absl::StatusCode::kFailedPrecondition:
+      return "FAILED_PRECONDITION";
+    case absl::StatusCode::kAborted:
+      return "ABORTED";
+    case absl::StatusCode::kOutOfRange:
+      return "OUT_OF_RANGE";
+    case absl::StatusCode::kUnimplemented:
+      return "UNIMPLEMENTED";
+    case absl::StatusCode::kInternal:
+      return "INTERNAL";
+    case absl::StatusCode::kUnavailable:
+      return "UNAVAILABLE";
+    case absl::StatusCode::kDataLoss:
+      return "DATA_LOSS";
+    case absl::StatusCode::kUnauthenticated:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
   }
 }
 
@@ -68,6 +94,15 @@ class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
   uint64_t id_ = 0;
 };
 
+constexpr int kWorkerThreads = 2;
+
+// Lowers the calling thread's CPU priority (nice 10; Linux nices threads
+// one by one). Best effort: a failure leaves the priority as it was.
+void LowerThisThreadsPriority() {
+  setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10);
+}
+constexpr size_t kMaxQueuedCalls = 256;
+
 // A watch the caller may not open: ends at once with `status`.
 class RefusedWatch final : public grpc::ServerWriteReactor<v1::Decision> {
  public:
@@ -81,6 +116,87 @@ constexpr uint32_t kMaxAuditLimit = 10000;
 constexpr size_t kMaxAuditTarget = 256;
 
 }  // namespace
+
+// A fixed pool of threads running queued admin calls in order. Thread-safe.
+class AdminServiceImpl::Workers {
+ public:
+  Workers() {
+    for (int i = 0; i < kWorkerThreads; ++i) threads_.emplace_back([this] { Run(); });
+  }
+  // Runs what is queued, then joins.
+  ~Workers() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    for (std::thread& t : threads_) t.join();
+  }
+  // Queues `task`; false when kMaxQueuedCalls are already waiting.
+  bool Submit(std::function<void()> task) {
+    absl::MutexLock lock(&mu_);
+    if (queue_.size() >= kMaxQueuedCalls) return false;
+    queue_.push_back(std::move(task));
+    return true;
+  }
+
+ private:
+  void Run() {
+    // Admin work yields the CPU to the report path: listings of the whole
+    // fleet are large and may wait, decisions should not.
+    LowerThisThreadsPriority();
+    while (true) {
+      std::function<void()> task;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](Workers* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mu_) {
+              return w->stopping_ || !w->queue_.empty();
+            },
+            this));
+        if (queue_.empty()) return;  // stopping, nothing left
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+AdminServiceImpl::AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store,
+                                   const Authorizer* authorizer, Planner* planner,
+                                   const ServerLimits& limits)
+    : fleet_(fleet),
+      metrics_(metrics),
+      store_(store),
+      authorizer_(authorizer),
+      planner_(planner),
+      watch_limiter_("watch", limits.max_watch_streams, limits.max_streams_per_peer, metrics),
+      workers_(std::make_unique<Workers>()) {}
+
+AdminServiceImpl::~AdminServiceImpl() = default;
+
+grpc::ServerUnaryReactor* AdminServiceImpl::Offload(grpc::CallbackServerContext* ctx,
+                                                    const char* method,
+                                                    std::function<absl::Status()> work) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  const bool queued = workers_->Submit([this, reactor, method, work = std::move(work)] {
+    const absl::Status status = work();
+    metrics_->AdminRequest(method, CodeName(status.code()));
+    reactor->Finish(ToGrpcStatus(status));
+  });
+  if (!queued) {
+    const absl::Status busy =
+        absl::ResourceExhaustedError("too many admin calls in progress; retry later");
+    metrics_->AdminRequest(method, CodeName(busy.code()));
+    reactor->Finish(ToGrpcStatus(busy));
+  }
+  return reactor;
+}
 
 absl::Status AdminServiceImpl::Authorize(grpc::CallbackServerContext* ctx, const char* method) {
   if (authorizer_->insecure()) return absl::OkStatus();
@@ -103,22 +219,25 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ListHosts(grpc::CallbackServerContex
   if (auto denied = Authorize(ctx, "ListHosts"); !denied.ok()) {
     return Done(ctx, "ListHosts", denied);
   }
-  for (v1::Host& h : fleet_->ListHosts()) *resp->add_hosts() = std::move(h);
-  return Done(ctx, "ListHosts", absl::OkStatus());
+  return Offload(ctx, "ListHosts", [this, resp] {
+    for (v1::Host& h : fleet_->ListHosts()) *resp->add_hosts() = std::move(h);
+    return absl::OkStatus();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetHost(grpc::CallbackServerContext* ctx,
-                                                    const v1::GetHostRequest* req,
-                                                    v1::Host* resp) {
+                                                    const v1::GetHostRequest* req, v1::Host* resp) {
   if (auto denied = Authorize(ctx, "GetHost"); !denied.ok()) {
     return Done(ctx, "GetHost", denied);
   }
   if (req->host_id().empty()) {
     return Done(ctx, "GetHost", absl::InvalidArgumentError("host_id: must not be empty"));
   }
-  auto host = fleet_->GetHost(req->host_id());
-  if (host.ok()) *resp = std::move(*host);
-  return Done(ctx, "GetHost", host.status());
+  return Offload(ctx, "GetHost", [this, req, resp] {
+    auto host = fleet_->GetHost(req->host_id());
+    if (host.ok()) *resp = std::move(*host);
+    return host.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::ListVms(grpc::CallbackServerContext* ctx,
@@ -127,11 +246,14 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ListVms(grpc::CallbackServerContext*
   if (auto denied = Authorize(ctx, "ListVms"); !denied.ok()) {
     return Done(ctx, "ListVms", denied);
   }
-  auto vms = fleet_->ListVms(req->host_id());
-  if (vms.ok()) {
-    for (v1::Vm& v : *vms) *resp->add_vms() = std::move(v);
-  }
-  return Done(ctx, "ListVms", vms.status());
+  return Offload(ctx, "ListVms", [this, req, resp] {
+    auto vms = fleet_->ListVms(req->host_id());
+    if (vms.ok()) {
+      resp->mutable_vms()->Reserve(static_cast<int>(vms->size()));
+      for (v1::Vm& v : *vms) *resp->add_vms() = std::move(v);
+    }
+    return vms.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetVm(grpc::CallbackServerContext* ctx,
@@ -139,9 +261,11 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetVm(grpc::CallbackServerContext* c
   if (auto denied = Authorize(ctx, "GetVm"); !denied.ok()) {
     return Done(ctx, "GetVm", denied);
   }
-  auto vm = fleet_->GetVm(req->vm());
-  if (vm.ok()) *resp = std::move(*vm);
-  return Done(ctx, "GetVm", vm.status());
+  return Offload(ctx, "GetVm", [this, req, resp] {
+    auto vm = fleet_->GetVm(req->vm());
+    if (vm.ok()) *resp = std::move(*vm);
+    return vm.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::SetVmPolicy(grpc::CallbackServerContext* ctx,
@@ -150,10 +274,11 @@ grpc::ServerUnaryReactor* AdminServiceImpl::SetVmPolicy(grpc::CallbackServerCont
   if (auto denied = Authorize(ctx, "SetVmPolicy"); !denied.ok()) {
     return Done(ctx, "SetVmPolicy", denied);
   }
-  auto policy =
-      fleet_->SetVmPolicy(req->vm(), req->policy(), req->merge(), IdentityOf(*ctx).Display());
-  if (policy.ok()) *resp = std::move(*policy);
-  return Done(ctx, "SetVmPolicy", policy.status());
+  return Offload(ctx, "SetVmPolicy", [this, req, resp, actor = IdentityOf(*ctx).Display()] {
+    auto policy = fleet_->SetVmPolicy(req->vm(), req->policy(), req->merge(), actor);
+    if (policy.ok()) *resp = std::move(*policy);
+    return policy.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::ClearVmPolicy(grpc::CallbackServerContext* ctx,
@@ -162,7 +287,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ClearVmPolicy(grpc::CallbackServerCo
   if (auto denied = Authorize(ctx, "ClearVmPolicy"); !denied.ok()) {
     return Done(ctx, "ClearVmPolicy", denied);
   }
-  return Done(ctx, "ClearVmPolicy", fleet_->ClearVmPolicy(req->vm(), IdentityOf(*ctx).Display()));
+  return Offload(ctx, "ClearVmPolicy", [this, req, actor = IdentityOf(*ctx).Display()] {
+    return fleet_->ClearVmPolicy(req->vm(), actor);
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetClusterPolicy(grpc::CallbackServerContext* ctx,
@@ -175,15 +302,17 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetClusterPolicy(grpc::CallbackServe
   return Done(ctx, "GetClusterPolicy", absl::OkStatus());
 }
 
-grpc::ServerUnaryReactor* AdminServiceImpl::SetClusterPolicy(
-    grpc::CallbackServerContext* ctx, const v1::SetClusterPolicyRequest* req,
-    v1::ClusterPolicy* resp) {
+grpc::ServerUnaryReactor* AdminServiceImpl::SetClusterPolicy(grpc::CallbackServerContext* ctx,
+                                                             const v1::SetClusterPolicyRequest* req,
+                                                             v1::ClusterPolicy* resp) {
   if (auto denied = Authorize(ctx, "SetClusterPolicy"); !denied.ok()) {
     return Done(ctx, "SetClusterPolicy", denied);
   }
-  auto policy = fleet_->SetClusterPolicy(req->policy(), IdentityOf(*ctx).Display());
-  if (policy.ok()) *resp = std::move(*policy);
-  return Done(ctx, "SetClusterPolicy", policy.status());
+  return Offload(ctx, "SetClusterPolicy", [this, req, resp, actor = IdentityOf(*ctx).Display()] {
+    auto policy = fleet_->SetClusterPolicy(req->policy(), actor);
+    if (policy.ok()) *resp = std::move(*policy);
+    return policy.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::ExplainVm(grpc::CallbackServerContext* ctx,
@@ -192,14 +321,15 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ExplainVm(grpc::CallbackServerContex
   if (auto denied = Authorize(ctx, "ExplainVm"); !denied.ok()) {
     return Done(ctx, "ExplainVm", denied);
   }
-  auto e = fleet_->ExplainVm(req->vm());
-  if (e.ok()) *resp = std::move(*e);
-  return Done(ctx, "ExplainVm", e.status());
+  return Offload(ctx, "ExplainVm", [this, req, resp] {
+    auto e = fleet_->ExplainVm(req->vm());
+    if (e.ok()) *resp = std::move(*e);
+    return e.status();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::Reserve(grpc::CallbackServerContext* ctx,
-                                                    const v1::ReserveRequest*,
-                                                    v1::Reservation*) {
+                                                    const v1::ReserveRequest*, v1::Reservation*) {
   if (auto denied = Authorize(ctx, "Reserve"); !denied.ok()) {
     return Done(ctx, "Reserve", denied);
   }
@@ -222,8 +352,11 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetPlan(grpc::CallbackServerContext*
   if (auto denied = Authorize(ctx, "GetPlan"); !denied.ok()) {
     return Done(ctx, "GetPlan", denied);
   }
-  *resp = planner_->ComputePlan();
-  return Done(ctx, "GetPlan", absl::OkStatus());
+  // The plan reads every host's snapshot: off the callback threads.
+  return Offload(ctx, "GetPlan", [this, resp] {
+    *resp = planner_->ComputePlan();
+    return absl::OkStatus();
+  });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::Place(grpc::CallbackServerContext* ctx,
@@ -232,9 +365,11 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Place(grpc::CallbackServerContext* c
   if (auto denied = Authorize(ctx, "Place"); !denied.ok()) {
     return Done(ctx, "Place", denied);
   }
-  auto placed = planner_->Place(*req);
-  if (placed.ok()) *resp = std::move(*placed);
-  return Done(ctx, "Place", placed.status());
+  return Offload(ctx, "Place", [this, req, resp] {
+    auto placed = planner_->Place(*req);
+    if (placed.ok()) *resp = std::move(*placed);
+    return placed.status();
+  });
 }
 
 grpc::ServerWriteReactor<v1::Decision>* AdminServiceImpl::WatchDecisions(

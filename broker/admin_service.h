@@ -3,6 +3,14 @@
 // validate, one Fleet call, convert, map the status. Every handler first
 // asks the Authorizer whether the caller's certificate may call it; policy
 // changes are audited under the caller's identity.
+//
+// Calls that take a host's lock (which a decision holds) or write the
+// store run on the service's own worker threads, never on a gRPC callback
+// thread: a long decision on one host delays only the admin calls that
+// need that host, and never the callback threads every agent stream and
+// every other call share.
+
+#include <memory>
 
 #include "broker/authz.h"
 #include "broker/fleet.h"
@@ -16,23 +24,18 @@ namespace membroker::broker {
 class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
   // None owned; all must outlive the service. `limits` caps the open
-  // WatchDecisions streams (in total and per peer).
+  // WatchDecisions streams (in total and per peer). Starts the worker
+  // threads; the destructor finishes queued calls and joins them.
   AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer,
-                   Planner* planner, const ServerLimits& limits = {})
-      : fleet_(fleet),
-        metrics_(metrics),
-        store_(store),
-        authorizer_(authorizer),
-        planner_(planner),
-        watch_limiter_("watch", limits.max_watch_streams, limits.max_streams_per_peer, metrics) {}
+                   Planner* planner, const ServerLimits& limits = {});
+  ~AdminServiceImpl() override;
 
   grpc::ServerUnaryReactor* ListHosts(grpc::CallbackServerContext* ctx,
                                       const v1::ListHostsRequest* req,
                                       v1::ListHostsResponse* resp) override;
-  grpc::ServerUnaryReactor* GetHost(grpc::CallbackServerContext* ctx,
-                                    const v1::GetHostRequest* req, v1::Host* resp) override;
-  grpc::ServerUnaryReactor* ListVms(grpc::CallbackServerContext* ctx,
-                                    const v1::ListVmsRequest* req,
+  grpc::ServerUnaryReactor* GetHost(grpc::CallbackServerContext* ctx, const v1::GetHostRequest* req,
+                                    v1::Host* resp) override;
+  grpc::ServerUnaryReactor* ListVms(grpc::CallbackServerContext* ctx, const v1::ListVmsRequest* req,
                                     v1::ListVmsResponse* resp) override;
   grpc::ServerUnaryReactor* GetVm(grpc::CallbackServerContext* ctx, const v1::GetVmRequest* req,
                                   v1::Vm* resp) override;
@@ -51,11 +54,9 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   grpc::ServerUnaryReactor* ExplainVm(grpc::CallbackServerContext* ctx,
                                       const v1::ExplainVmRequest* req,
                                       v1::Explanation* resp) override;
-  grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* ctx,
-                                    const v1::ReserveRequest* req,
+  grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* ctx, const v1::ReserveRequest* req,
                                     v1::Reservation* resp) override;
-  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* ctx,
-                                    const v1::ReleaseRequest* req,
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* ctx, const v1::ReleaseRequest* req,
                                     v1::ReleaseResponse* resp) override;
   grpc::ServerUnaryReactor* GetPlan(grpc::CallbackServerContext* ctx, const v1::GetPlanRequest* req,
                                     v1::Plan* resp) override;
@@ -68,8 +69,14 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
                                              v1::ListAuditEntriesResponse* resp) override;
 
  private:
+  class Workers;
   grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const char* method,
                                  const absl::Status& status);
+  // Runs `work` on a worker thread and finishes the call with its status.
+  // The request and response stay valid until then (gRPC keeps them until
+  // Finish). RESOURCE_EXHAUSTED at once when too many calls are queued.
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* ctx, const char* method,
+                                    std::function<absl::Status()> work);
   // OK when the caller may call `method`; else the status to reply with
   // (logged with the caller's identity).
   absl::Status Authorize(grpc::CallbackServerContext* ctx, const char* method);
@@ -79,6 +86,8 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   const Authorizer* const authorizer_;
   Planner* const planner_;
   StreamLimiter watch_limiter_;
+  // Last member: destroyed (joined) first, while what calls use still lives.
+  std::unique_ptr<Workers> workers_;
 };
 
 }  // namespace membroker::broker

@@ -1,5 +1,6 @@
 #include "broker/agent_service.h"
 
+#include <google/protobuf/arena.h>
 #include <google/protobuf/stubs/logging.h>
 #include <grpcpp/alarm.h>
 #include <grpcpp/support/proto_buffer_reader.h>
@@ -78,14 +79,13 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
       return;
     }
     absl::Status status = Parse();
-    if (status.ok()) status = Handle(in_);
+    if (status.ok()) status = Handle(*in_);
     if (!status.ok()) {
       uint64_t suppressed = 0;
       if (log_->Allow("agent_stream", &suppressed)) {
         spdlog::warn(
             "agent stream from {} ({}){}{}: {}{}", Truncate(peer_), Truncate(identity_.Display()),
-            host_id_.empty() ? "" : " of host ",
-            host_id_,
+            host_id_.empty() ? "" : " of host ", host_id_,
             Truncate(absl::StrCat(absl::StatusCodeToString(status.code()), ": ", status.message()),
                      200),
             suppressed ? absl::StrCat(" (", suppressed, " similar lines suppressed)") : "");
@@ -121,15 +121,16 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
  private:
   // Parses the raw message into in_, dropping unknown fields.
   absl::Status Parse() {
-    in_.Clear();
-    grpc::Status s = grpc::SerializationTraits<v1::AgentMessage>::Deserialize(&in_buffer_, &in_);
+    arena_.Reset();  // the previous message is handled and gone
+    in_ = google::protobuf::Arena::CreateMessage<v1::AgentMessage>(&arena_);
+    grpc::Status s = grpc::SerializationTraits<v1::AgentMessage>::Deserialize(&in_buffer_, in_);
     if (!s.ok()) {
       metrics_->ReportRejected("malformed");
       return absl::InvalidArgumentError(
           "agent message: not a valid membroker.v1.AgentMessage (malformed protobuf, or a "
           "string field that is not UTF-8)");
     }
-    in_.DiscardUnknownFields();
+    in_->DiscardUnknownFields();
     return absl::OkStatus();
   }
 
@@ -176,9 +177,9 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
       }
       v1::Welcome welcome;
       ASSIGN_OR_RETURN(
-          conn_,
-          fleet_->Connect(
-              msg.hello(), [this](const v1::BrokerMessage& m) { writer_.Enqueue(m); }, &welcome));
+          conn_, fleet_->Connect(
+                     msg.hello(), [this](v1::BrokerMessage m) { writer_.Enqueue(std::move(m)); },
+                     &welcome));
       host_id_ = msg.hello().host_id();
       v1::BrokerMessage out;
       *out.mutable_welcome() = welcome;
@@ -209,10 +210,14 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
   const std::string peer_;  // the peer's address (stream caps, logs)
   const bool admitted_;
   QueuedStreamWriter<v1::BrokerMessage> writer_;
-  grpc::ByteBuffer in_buffer_;   // only touched by the read chain
-  v1::AgentMessage in_;          // only touched by the read chain
-  grpc::ByteBuffer out_buffer_;  // the write in flight (one at a time)
-  std::string host_id_;          // set once, by the read chain
+  // The message being handled, parsed into a fresh arena each time: a
+  // report's hundreds of small objects cost a few block allocations
+  // instead of one malloc and free each.
+  google::protobuf::Arena arena_;   // holds in_; only touched by the read chain
+  grpc::ByteBuffer in_buffer_;      // only touched by the read chain
+  v1::AgentMessage* in_ = nullptr;  // only touched by the read chain
+  grpc::ByteBuffer out_buffer_;     // the write in flight (one at a time)
+  std::string host_id_;             // set once, by the read chain
   uint64_t conn_ = 0;
   grpc::Alarm hello_alarm_;
   absl::Mutex mu_;

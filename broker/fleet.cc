@@ -1,9 +1,9 @@
 #include "broker/fleet.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cctype>
-
-#include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
 #include "broker/policy/explain.h"
@@ -32,7 +32,33 @@ double Seconds(absl::Time monotonic) {
 }  // namespace
 
 Fleet::Fleet(Clock* clock, Store* store, BrokerMetrics* metrics, v1::SafetyParams safety)
-    : clock_(clock), metrics_(metrics), safety_(std::move(safety)), policies_(store) {}
+    : clock_(clock), metrics_(metrics), safety_(std::move(safety)), policies_(store) {
+  metrics_->SetVmSeriesSource(
+      [this](const BrokerMetrics::VmSeriesEmit& emit) { CollectVmSeries(emit); });
+}
+
+Fleet::~Fleet() { metrics_->SetVmSeriesSource(nullptr); }
+
+void Fleet::CollectVmSeries(const BrokerMetrics::VmSeriesEmit& emit) const {
+  for (const auto& h : AllHosts()) {
+    absl::ReaderMutexLock lock(&h->mu);
+    for (const auto& [id, s] : h->step.vms) {
+      auto it = h->vms.find(id);
+      if (it == h->vms.end()) continue;
+      BrokerMetrics::VmSeries series;
+      series.target_bytes = static_cast<double>(s.decision.target_bytes);
+      series.actual_bytes = static_cast<double>(s.actual_bytes);
+      series.demand_bytes = static_cast<double>(s.demand.demand_bytes);
+      series.floor_bytes = static_cast<double>(s.decision.floor_bytes);
+      series.balloon_healthy = s.balloon_healthy ? 1 : 0;
+      series.max_bytes = static_cast<double>(s.max_bytes);
+      series.stats_untrusted = it->second.sample.stats().untrusted() ? 1 : 0;
+      series.reason = static_cast<int>(s.decision.reason);
+      series.counters = it->second.counters;
+      emit(h->host_id, it->second.metric_name, series);
+    }
+  }
+}
 
 absl::Status Fleet::Load(const v1::ClusterPolicy& initial) { return policies_.Load(initial); }
 
@@ -48,11 +74,6 @@ std::vector<std::shared_ptr<Fleet::HostState>> Fleet::AllHosts() const {
   out.reserve(hosts_.size());
   for (const auto& [id, h] : hosts_) out.push_back(h);
   return out;
-}
-
-void Fleet::UpdateConnectedGauge() {
-  absl::ReaderMutexLock lock(&hosts_mu_);
-  metrics_->SetConnectedAgents(connected_);
 }
 
 absl::StatusOr<uint64_t> Fleet::Connect(const v1::Hello& hello, BrokerMessageSink sink,
@@ -91,16 +112,12 @@ absl::StatusOr<uint64_t> Fleet::Connect(const v1::Hello& hello, BrokerMessageSin
     // Targets of the previous connection are forgotten: the agent reports
     // what it has, and the first decision starts from there.
     policy::ForgetDecisions(host->step);
+    if (!was_connected) metrics_->ConnectedAgentsChanged(+1);
     break;
-  }
-  if (!was_connected) {
-    absl::MutexLock lock(&hosts_mu_);
-    ++connected_;
   }
   *welcome->mutable_report_interval() = ToProtoDuration(policies->report_interval);
   *welcome->mutable_safety() = safety_;
   welcome->set_broker_version(MB_VERSION);
-  UpdateConnectedGauge();
   spdlog::info("host {} connected (backend {}, capacity {})", hello.host_id(), hello.backend(),
                FormatBytes(hello.capacity_bytes()));
   return conn;
@@ -115,12 +132,8 @@ void Fleet::Disconnect(const std::string& host_id, uint64_t conn) {
     host->connected = false;
     host->disconnected_at = clock_->MonotonicNow();
     host->sink = nullptr;
+    metrics_->ConnectedAgentsChanged(-1);
   }
-  {
-    absl::MutexLock lock(&hosts_mu_);
-    --connected_;
-  }
-  UpdateConnectedGauge();
   spdlog::info("host {} disconnected", host_id);
 }
 
@@ -137,9 +150,8 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
   // One snapshot of every policy for this report and its decision.
   std::shared_ptr<const PolicySnapshot> policies = policies_.Snapshot();
   std::vector<std::string> problems;
-  const policy::HostObservation obs =
-      ToHostObservation(report, Seconds(clock_->MonotonicNow()), policies->report_interval,
-                        &problems);
+  const policy::HostObservation obs = ToHostObservation(report, Seconds(clock_->MonotonicNow()),
+                                                        policies->report_interval, &problems);
 
   absl::MutexLock lock(&host->mu);
   if (host->conn != conn || !host->connected) {
@@ -164,7 +176,6 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
   for (const std::string& id : changes.removed) {
     auto it = host->vms.find(id);
     if (it == host->vms.end()) continue;
-    metrics_->RemoveVm(host_id, it->second.metric_name);
     host->metric_names.erase(it->second.metric_name);
     host->vms.erase(it);
   }
@@ -175,9 +186,9 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
     if (inserted) {
       // The VM's label is its name, or its id when the name is empty or
       // already labels another VM of this host.
-      vm.metric_name = s.name().empty() || host->metric_names.count(s.name()) ? s.vm_id() : s.name();
+      vm.metric_name =
+          s.name().empty() || host->metric_names.count(s.name()) ? s.vm_id() : s.name();
       host->metric_names.insert(vm.metric_name);
-      vm.gauges = metrics_->AddVm(host_id, vm.metric_name);
     }
     vm.sample = s;
     if (!problems[i].empty() && !s.stats().untrusted()) {
@@ -192,11 +203,12 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
     auto it = host->vms.find(id);
     const std::string& name =
         it == host->vms.end() || it->second.sample.name().empty() ? id : it->second.sample.name();
-    spdlog::warn("VM {} on host {}: guest OOM kill ({}) at {}; demand kept at least {} for the "
-                 "OOM hold ({:.0f} s)",
-                 name, host_id, s.demand.oom_inferred ? "inferred" : "reported by the guest",
-                 FormatBytes(s.demand.oom_size_bytes), FormatBytes(s.demand.oom_demand_bytes),
-                 policies->set.demand.oom_hold_seconds);
+    spdlog::warn(
+        "VM {} on host {}: guest OOM kill ({}) at {}; demand kept at least {} for the "
+        "OOM hold ({:.0f} s)",
+        name, host_id, s.demand.oom_inferred ? "inferred" : "reported by the guest",
+        FormatBytes(s.demand.oom_size_bytes), FormatBytes(s.demand.oom_demand_bytes),
+        policies->set.demand.oom_hold_seconds);
     (s.demand.oom_inferred ? host->series.guest_oom_inferred : host->series.guest_oom_reported)
         ->Increment();
   }
@@ -218,18 +230,19 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
     std::vector<std::pair<uint64_t, std::string>> holders;
     for (const auto& [id, s] : host.step.vms) {
       auto it = host.vms.find(id);
-      const std::string& name = it == host.vms.end() || it->second.sample.name().empty()
-                                    ? id
-                                    : it->second.sample.name();
+      const std::string& name =
+          it == host.vms.end() || it->second.sample.name().empty() ? id : it->second.sample.name();
       holders.emplace_back(s.decision.floor_bytes,
                            absl::StrCat(name, " ", FormatBytes(s.decision.floor_bytes), " (",
                                         policy::FloorSourceName(s.input, s.decision), ")"));
     }
     std::sort(holders.rbegin(), holders.rend());
     std::string list;
-    for (const auto& [bytes, text] : holders) absl::StrAppend(&list, list.empty() ? "" : ", ", text);
+    for (const auto& [bytes, text] : holders)
+      absl::StrAppend(&list, list.empty() ? "" : ", ", text);
     std::string unmet;
-    for (const std::string& id : now.pressure_unmet) absl::StrAppend(&unmet, unmet.empty() ? "" : ", ", id);
+    for (const std::string& id : now.pressure_unmet)
+      absl::StrAppend(&unmet, unmet.empty() ? "" : ", ", id);
     spdlog::warn("host {} overcommitted: floors {} against usable {}{}{}; floors held by {}",
                  host.host_id, FormatBytes(now.floor_bytes), FormatBytes(now.usable_bytes),
                  unmet.empty() ? "" : "; short of demand under acute pressure: ", unmet, list);
@@ -239,17 +252,14 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
   }
   if (now.margin_lent_bytes > 0) host.series.margin_lent->Increment();
   if (now.floors_yielded) host.series.floors_yielded->Increment();
+  // The per-VM series are read at scrape time (CollectVmSeries); only the
+  // guests' counters accumulate here.
   uint64_t reclaimed_bytes = 0;
   for (const auto& [id, s] : host.step.vms) {
     auto it = host.vms.find(id);
     if (it == host.vms.end()) continue;
     VmView& vm = it->second;
-    vm.gauges.target->Set(static_cast<double>(s.decision.target_bytes));
-    vm.gauges.actual->Set(static_cast<double>(s.actual_bytes));
-    vm.gauges.demand->Set(static_cast<double>(s.demand.demand_bytes));
-    vm.gauges.floor->Set(static_cast<double>(s.decision.floor_bytes));
-    vm.gauges.healthy->Set(s.balloon_healthy ? 1 : 0);
-    BrokerMetrics::UpdateVm(vm.gauges, vm.sample, s.max_bytes, static_cast<int>(s.decision.reason));
+    BrokerMetrics::UpdateVmCounters(vm.counters, vm.sample);
     reclaimed_bytes += s.max_bytes - std::min(s.max_bytes, s.decision.target_bytes);
   }
   BrokerMetrics::UpdateHost(host.series, host.sample, reclaimed_bytes);
@@ -260,30 +270,36 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
   host.series.pressure->Set(host.sample.psi_some_avg10_percent() / 100.0);
   if (!changed) return;
   ++host.generation;
-  v1::Decision record;
-  record.set_host_id(host.host_id);
-  record.set_generation(host.generation);
-  *record.mutable_decided_at() = ToProtoTimestamp(clock_->Now());
-  record.set_overcommitted(overcommitted);
+  // The targets are built once, moved to the agent's sink, and copied into
+  // a Decision only when someone watches.
+  v1::BrokerMessage msg;
+  v1::TargetSet* ts = msg.mutable_targets();
+  ts->set_generation(host.generation);
+  ts->set_report_sequence(host.sequence);
+  *ts->mutable_decided_at() = ToProtoTimestamp(clock_->Now());
+  ts->mutable_targets()->Reserve(static_cast<int>(host.step.vms.size()));
   for (const auto& [id, s] : host.step.vms) {
-    v1::VmTarget* t = record.add_targets();
+    v1::VmTarget* t = ts->add_targets();
     t->set_vm_id(id);
     t->set_target_bytes(s.decision.target_bytes);
     t->set_reason(ToProtoReason(s.decision.reason));
   }
+  if (watcher_count_.load(std::memory_order_relaxed) > 0) {
+    v1::Decision record;
+    record.set_host_id(host.host_id);
+    record.set_generation(host.generation);
+    *record.mutable_decided_at() = ts->decided_at();
+    record.set_overcommitted(overcommitted);
+    *record.mutable_targets() = ts->targets();
+    absl::MutexLock wlock(&watch_mu_);
+    for (const auto& [wid, w] : watchers_) {
+      if (w.first.empty() || w.first == host.host_id) w.second(record);
+    }
+  }
   if (host.connected && host.sink) {
-    v1::BrokerMessage msg;
-    v1::TargetSet* ts = msg.mutable_targets();
-    ts->set_generation(host.generation);
-    *ts->mutable_targets() = record.targets();
-    *ts->mutable_decided_at() = record.decided_at();
-    host.sink(msg);
+    host.sink(std::move(msg));
     host.series.targets_pushed->Increment();
     metrics_->ObserveDecisionLatency(absl::ToDoubleSeconds(clock_->Now() - started));
-  }
-  absl::MutexLock wlock(&watch_mu_);
-  for (const auto& [wid, w] : watchers_) {
-    if (w.first.empty() || w.first == host.host_id) w.second(record);
   }
 }
 
@@ -297,8 +313,8 @@ absl::Status Fleet::Ack(const std::string& host_id, uint64_t conn, const v1::Tar
     return valid;
   }
   if (ack.generation() > host->generation) {
-    return absl::InvalidArgumentError(absl::StrCat("ack.generation: ", ack.generation(),
-                                                   " was never sent (last ", host->generation, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ack.generation: ", ack.generation(), " was never sent (last ", host->generation, ")"));
   }
   host->acked_generation = std::max(host->acked_generation, ack.generation());
   if (ack.errors_size() > 0) {
@@ -320,7 +336,6 @@ size_t Fleet::ExpireHosts(absl::Duration after) {
   const absl::Time now = clock_->MonotonicNow();
   size_t expired = 0;
   for (const std::shared_ptr<HostState>& host : AllHosts()) {
-    std::vector<std::string> vm_series;
     {
       absl::MutexLock lock(&host->mu);
       // conn == 0: created by a Connect that has not finished yet.
@@ -329,13 +344,11 @@ size_t Fleet::ExpireHosts(absl::Duration after) {
         continue;
       }
       host->expired.store(true);
-      for (const auto& [id, vm] : host->vms) vm_series.push_back(vm.metric_name);
     }
     absl::MutexLock lock(&hosts_mu_);
     auto it = hosts_.find(host->host_id);
     if (it == hosts_.end() || it->second != host) continue;  // replaced meanwhile
     hosts_.erase(it);
-    for (const std::string& name : vm_series) metrics_->RemoveVm(host->host_id, name);
     metrics_->RemoveHost(host->host_id);
     ++expired;
     spdlog::info("host {}: forgotten after {} disconnected", host->host_id,
@@ -379,8 +392,7 @@ absl::Status Fleet::ClearVmPolicy(const std::string& vm, const std::string& acto
     host = found->first;
     vm_id = found->second;
   } else {
-    if (!absl::IsNotFound(found.status()) ||
-        policies_.Snapshot()->vm_policies.count(vm) == 0) {
+    if (!absl::IsNotFound(found.status()) || policies_.Snapshot()->vm_policies.count(vm) == 0) {
       return found.status();
     }
     vm_id = vm;
@@ -404,12 +416,14 @@ uint64_t Fleet::Watch(const std::string& host_filter, DecisionSink sink) {
   absl::MutexLock lock(&watch_mu_);
   const uint64_t id = next_watch_++;
   watchers_[id] = {host_filter, std::move(sink)};
+  watcher_count_.store(watchers_.size(), std::memory_order_relaxed);
   return id;
 }
 
 void Fleet::Unwatch(uint64_t id) {
   absl::MutexLock lock(&watch_mu_);
   watchers_.erase(id);
+  watcher_count_.store(watchers_.size(), std::memory_order_relaxed);
 }
 
 size_t Fleet::WatcherCount() const {

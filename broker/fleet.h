@@ -40,9 +40,10 @@
 
 namespace membroker::broker {
 
-// Delivers a message to a host's agent stream. Called with the host's lock
-// held: it must only enqueue, never block or call back into the Fleet.
-using BrokerMessageSink = std::function<void(const v1::BrokerMessage&)>;
+// Delivers a message to a host's agent stream (moved in: the sink may keep
+// it). Called with the host's lock held: it must only enqueue, never block
+// or call back into the Fleet.
+using BrokerMessageSink = std::function<void(v1::BrokerMessage)>;
 
 // Receives every decision (WatchDecisions). Same rules as the sink.
 using DecisionSink = std::function<void(const v1::Decision&)>;
@@ -50,7 +51,11 @@ using DecisionSink = std::function<void(const v1::Decision&)>;
 // Thread-safe.
 class Fleet {
  public:
+  // Sets itself as `metrics`' source of per-VM series until destroyed.
   Fleet(Clock* clock, Store* store, BrokerMetrics* metrics, v1::SafetyParams safety);
+  ~Fleet();
+  Fleet(const Fleet&) = delete;
+  Fleet& operator=(const Fleet&) = delete;
 
   // Loads hard state. The stored cluster policy wins over `initial`, which
   // is merged over the defaults and stored when the store has none.
@@ -113,9 +118,9 @@ class Fleet {
  private:
   // What the broker keeps of a VM besides the decision step's state.
   struct VmView {
-    v1::VmSample sample;      // last reported, with the trust verdict set
-    std::string metric_name;  // unique on its host
-    BrokerMetrics::VmGauges gauges;
+    v1::VmSample sample;                 // last reported, with the trust verdict set
+    std::string metric_name;             // unique on its host
+    BrokerMetrics::VmCounters counters;  // the guest's counters as exported
   };
   struct HostState {
     mutable absl::Mutex mu;
@@ -132,7 +137,7 @@ class Fleet {
     v1::HostSample sample ABSL_GUARDED_BY(mu);
     uint64_t sequence ABSL_GUARDED_BY(mu) = 0;
     absl::Time last_report ABSL_GUARDED_BY(mu) = absl::InfinitePast();
-    policy::HostStepState step ABSL_GUARDED_BY(mu);  // the decision's state
+    policy::HostStepState step ABSL_GUARDED_BY(mu);         // the decision's state
     std::map<std::string, VmView> vms ABSL_GUARDED_BY(mu);  // same keys as step.vms
     std::set<std::string> metric_names ABSL_GUARDED_BY(mu);
     uint64_t generation ABSL_GUARDED_BY(mu) = 0;
@@ -153,7 +158,9 @@ class Fleet {
   v1::Host HostProtoLocked(const HostState& host) const ABSL_SHARED_LOCKS_REQUIRED(host.mu);
   v1::Vm VmProtoLocked(const HostState& host, const std::string& vm_id,
                        const PolicySnapshot& policies) const ABSL_SHARED_LOCKS_REQUIRED(host.mu);
-  void UpdateConnectedGauge();
+  // Emits every VM's series for a scrape (BrokerMetrics' source). Holds
+  // one host's lock at a time, only while it reads that host's numbers.
+  void CollectVmSeries(const BrokerMetrics::VmSeriesEmit& emit) const;
 
   Clock* const clock_;
   BrokerMetrics* const metrics_;
@@ -163,7 +170,6 @@ class Fleet {
   mutable absl::Mutex hosts_mu_;
   std::map<std::string, std::shared_ptr<HostState>> hosts_ ABSL_GUARDED_BY(hosts_mu_);
   uint64_t next_conn_ ABSL_GUARDED_BY(hosts_mu_) = 1;
-  int connected_ ABSL_GUARDED_BY(hosts_mu_) = 0;
 
   // Bounds what agents' messages make the broker log.
   LogLimiter log_limiter_{clock_, 5, absl::Seconds(10)};
@@ -171,6 +177,9 @@ class Fleet {
   mutable absl::Mutex watch_mu_;
   std::map<uint64_t, std::pair<std::string, DecisionSink>> watchers_ ABSL_GUARDED_BY(watch_mu_);
   uint64_t next_watch_ ABSL_GUARDED_BY(watch_mu_) = 1;
+  // watchers_.size(), read without watch_mu_ on the report path so that a
+  // decision nobody watches builds no Decision record.
+  std::atomic<size_t> watcher_count_{0};
 };
 
 }  // namespace membroker::broker

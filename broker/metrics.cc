@@ -1,5 +1,9 @@
 #include "broker/metrics.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "broker/policy/allocator.h"
@@ -7,6 +11,57 @@
 
 namespace membroker::broker {
 namespace {
+
+// The per-VM families, in the order they are filled.
+struct VmFamilyInfo {
+  const char* name;
+  const char* help;
+};
+// Gauges with one series per VM, in the order of VmSeries' fields.
+constexpr VmFamilyInfo kVmFamilies[] = {
+    {"membroker_vm_target_bytes", "Balloon target the broker set for the VM."},
+    {"membroker_vm_actual_bytes", "Memory the VM has now (balloon actual)."},
+    {"membroker_vm_demand_bytes", "The broker's demand estimate for the VM."},
+    {"membroker_vm_floor_bytes", "The VM's floor (max of min and protect)."},
+    {"membroker_vm_balloon_healthy",
+     "1 when the VM's balloon follows targets, 0 when stuck or no driver."},
+    {"membroker_vm_max_bytes", "The VM's configured (boot) memory: the most its balloon can give."},
+    {"membroker_vm_stats_untrusted",
+     "1 when the VM's guest statistics are stale or impossible and not used for decisions."},
+};
+constexpr int kVmGauges = sizeof(kVmFamilies) / sizeof(kVmFamilies[0]);
+// Counters with one series per VM, in the order of VmCounters' fields.
+constexpr VmFamilyInfo kVmCounterFamilies[] = {
+    {"membroker_vm_swap_in_bytes_total",
+     "Bytes the guest swapped in (guest statistics): time it stalled on memory."},
+    {"membroker_vm_major_faults_total", "Major page faults in the guest (guest statistics)."},
+    {"membroker_vm_oom_kills_total",
+     "Processes the guest's OOM killer killed, where the backend knows it."},
+};
+constexpr int kVmCounters = sizeof(kVmCounterFamilies) / sizeof(kVmCounterFamilies[0]);
+constexpr VmFamilyInfo kVmReasonFamily = {
+    "membroker_vm_target_reason",
+    "1 for the reason of the VM's current target (label reason), 0 for the other reasons."};
+
+// Serves BrokerMetrics::Collect to the exposer.
+class BrokerCollectable final : public prometheus::Collectable {
+ public:
+  explicit BrokerCollectable(const BrokerMetrics* metrics) : metrics_(metrics) {}
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    // A scrape of a large fleet is heavy: the exposer's thread, which also
+    // serializes the reply, yields the CPU to the report path (nice 10;
+    // Linux nices threads one by one; best effort).
+    thread_local bool lowered = false;
+    if (!lowered) {
+      lowered = true;
+      setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10);
+    }
+    return metrics_->Collect();
+  }
+
+ private:
+  const BrokerMetrics* const metrics_;
+};
 
 static_assert(static_cast<int>(policy::Reason::kSurplus) + 1 == BrokerMetrics::kReasonCount,
               "one reason series per policy::Reason");
@@ -17,6 +72,14 @@ template <typename T>
 void Mirror(prometheus::Counter* counter, T value, T* last) {
   const T grown = value >= *last ? value - *last : value;
   counter->Increment(static_cast<double>(grown));
+  *last = value;
+}
+
+// The same for a total kept as a number (the per-VM counters, exported at
+// scrape time).
+void Mirror(double* total, uint64_t value, uint64_t* last) {
+  const uint64_t grown = value >= *last ? value - *last : value;
+  *total += static_cast<double>(grown);
   *last = value;
 }
 
@@ -40,54 +103,6 @@ BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
                           .Name("membroker_admin_requests_total")
                           .Help("Admin API calls by method and status code.")
                           .Register(*registry)),
-      vm_target_(prometheus::BuildGauge()
-                     .Name("membroker_vm_target_bytes")
-                     .Help("Balloon target the broker set for the VM.")
-                     .Register(*registry)),
-      vm_actual_(prometheus::BuildGauge()
-                     .Name("membroker_vm_actual_bytes")
-                     .Help("Memory the VM has now (balloon actual).")
-                     .Register(*registry)),
-      vm_demand_(prometheus::BuildGauge()
-                     .Name("membroker_vm_demand_bytes")
-                     .Help("The broker's demand estimate for the VM.")
-                     .Register(*registry)),
-      vm_floor_(prometheus::BuildGauge()
-                    .Name("membroker_vm_floor_bytes")
-                    .Help("The VM's floor (max of min and protect).")
-                    .Register(*registry)),
-      vm_healthy_(prometheus::BuildGauge()
-                      .Name("membroker_vm_balloon_healthy")
-                      .Help("1 when the VM's balloon follows targets, 0 when stuck or no driver.")
-                      .Register(*registry)),
-      vm_max_(prometheus::BuildGauge()
-                  .Name("membroker_vm_max_bytes")
-                  .Help("The VM's configured (boot) memory: the most its balloon can give.")
-                  .Register(*registry)),
-      vm_stats_untrusted_(prometheus::BuildGauge()
-                              .Name("membroker_vm_stats_untrusted")
-                              .Help("1 when the VM's guest statistics are stale or impossible "
-                                    "and not used for decisions.")
-                              .Register(*registry)),
-      vm_reason_(prometheus::BuildGauge()
-                     .Name("membroker_vm_target_reason")
-                     .Help("1 for the reason of the VM's current target (label reason), 0 for "
-                           "the other reasons.")
-                     .Register(*registry)),
-      vm_swap_in_(prometheus::BuildCounter()
-                      .Name("membroker_vm_swap_in_bytes_total")
-                      .Help("Bytes the guest swapped in (guest statistics): time it stalled "
-                            "on memory.")
-                      .Register(*registry)),
-      vm_major_faults_(prometheus::BuildCounter()
-                           .Name("membroker_vm_major_faults_total")
-                           .Help("Major page faults in the guest (guest statistics).")
-                           .Register(*registry)),
-      vm_oom_kills_(prometheus::BuildCounter()
-                        .Name("membroker_vm_oom_kills_total")
-                        .Help("Processes the guest's OOM killer killed, where the backend "
-                              "knows it.")
-                        .Register(*registry)),
       host_reclaimed_(prometheus::BuildGauge()
                           .Name("membroker_host_reclaimed_bytes")
                           .Help("Memory taken back from the host's VMs: sum of configured max "
@@ -109,11 +124,13 @@ BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
                        .Name("membroker_host_target_bytes")
                        .Help("Sum of the host's VM targets.")
                        .Register(*registry)),
-      host_overcommitted_(prometheus::BuildGauge()
-                              .Name("membroker_host_overcommitted")
-                              .Help("1 when the host cannot hold what its VMs need: their floors, or the demand of a "
-                                    "guest under acute pressure after every sacrifice.")
-                              .Register(*registry)),
+      host_overcommitted_(
+          prometheus::BuildGauge()
+              .Name("membroker_host_overcommitted")
+              .Help(
+                  "1 when the host cannot hold what its VMs need: their floors, or the demand of a "
+                  "guest under acute pressure after every sacrifice.")
+              .Register(*registry)),
       host_pressure_(prometheus::BuildGauge()
                          .Name("membroker_host_memory_pressure_some_ratio")
                          .Help("Host memory PSI 'some' avg10 as a ratio (0..1).")
@@ -142,15 +159,78 @@ BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
                            .Help("Agents with an open stream.")
                            .Register(*registry)
                            .Add({});
-  decision_latency_ =
-      &prometheus::BuildHistogram()
-           .Name("membroker_decision_latency_seconds")
-           .Help("Time from receiving a report to pushing its targets.")
-           .Register(*registry)
-           .Add({}, prometheus::Histogram::BucketBoundaries{0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                                            0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                                            0.5, 1});
+  decision_latency_ = &prometheus::BuildHistogram()
+                           .Name("membroker_decision_latency_seconds")
+                           .Help("Time from receiving a report to pushing its targets.")
+                           .Register(*registry)
+                           .Add({}, prometheus::Histogram::BucketBoundaries{
+                                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                        0.05, 0.1, 0.25, 0.5, 1});
   AddBuildInfo(*registry, "broker");
+  collectable_ = std::make_shared<BrokerCollectable>(this);
+}
+
+void BrokerMetrics::SetVmSeriesSource(VmSeriesSource source) {
+  absl::MutexLock lock(&source_mu_);
+  vm_source_ = std::move(source);
+}
+
+std::vector<prometheus::MetricFamily> BrokerMetrics::Collect() const {
+  std::vector<prometheus::MetricFamily> out = registry_->Collect();
+  const size_t first = out.size();
+  for (const VmFamilyInfo& info : kVmFamilies) {
+    prometheus::MetricFamily f;
+    f.name = info.name;
+    f.help = info.help;
+    f.type = prometheus::MetricType::Gauge;
+    out.push_back(std::move(f));
+  }
+  const size_t first_counter = out.size();
+  for (const VmFamilyInfo& info : kVmCounterFamilies) {
+    prometheus::MetricFamily f;
+    f.name = info.name;
+    f.help = info.help;
+    f.type = prometheus::MetricType::Counter;
+    out.push_back(std::move(f));
+  }
+  const size_t reason_family = out.size();
+  {
+    prometheus::MetricFamily f;
+    f.name = kVmReasonFamily.name;
+    f.help = kVmReasonFamily.help;
+    f.type = prometheus::MetricType::Gauge;
+    out.push_back(std::move(f));
+  }
+  absl::ReaderMutexLock lock(&source_mu_);
+  if (!vm_source_) return out;
+  vm_source_([&](const std::string& host, const std::string& vm, const VmSeries& s) {
+    const double gauges[kVmGauges] = {s.target_bytes,   s.actual_bytes,    s.demand_bytes,
+                                      s.floor_bytes,    s.balloon_healthy, s.max_bytes,
+                                      s.stats_untrusted};
+    for (int i = 0; i < kVmGauges; ++i) {
+      prometheus::ClientMetric m;
+      m.label = {{"host", host}, {"vm", vm}};
+      m.gauge.value = gauges[i];
+      out[first + i].metric.push_back(std::move(m));
+    }
+    const double counters[kVmCounters] = {s.counters.swap_in_bytes, s.counters.major_faults,
+                                          s.counters.oom_kills};
+    for (int i = 0; i < kVmCounters; ++i) {
+      prometheus::ClientMetric m;
+      m.label = {{"host", host}, {"vm", vm}};
+      m.counter.value = counters[i];
+      out[first_counter + i].metric.push_back(std::move(m));
+    }
+    for (int r = 0; r < kReasonCount; ++r) {
+      prometheus::ClientMetric m;
+      m.label = {{"host", host},
+                 {"reason", policy::ReasonName(static_cast<policy::Reason>(r))},
+                 {"vm", vm}};
+      m.gauge.value = r == s.reason ? 1 : 0;
+      out[reason_family].metric.push_back(std::move(m));
+    }
+  });
+  return out;
 }
 
 void BrokerMetrics::ReportRejected(const std::string& reason) {
@@ -163,56 +243,16 @@ void BrokerMetrics::AdminRequest(const std::string& method, const std::string& c
   admin_requests_.Add({{"method", method}, {"code", code}}).Increment();
 }
 
-BrokerMetrics::VmGauges BrokerMetrics::AddVm(const std::string& host, const std::string& vm) {
-  absl::MutexLock lock(&mu_);
-  const std::map<std::string, std::string> labels{{"host", host}, {"vm", vm}};
-  VmGauges gauges{&vm_target_.Add(labels), &vm_actual_.Add(labels), &vm_demand_.Add(labels),
-                  &vm_floor_.Add(labels), &vm_healthy_.Add(labels)};
-  gauges.max = &vm_max_.Add(labels);
-  gauges.stats_untrusted = &vm_stats_untrusted_.Add(labels);
-  gauges.swap_in = &vm_swap_in_.Add(labels);
-  gauges.major_faults = &vm_major_faults_.Add(labels);
-  gauges.oom_kills = &vm_oom_kills_.Add(labels);
-  for (int r = 0; r < kReasonCount; ++r) {
-    gauges.reason[r] =
-        &vm_reason_.Add({{"host", host},
-                         {"vm", vm},
-                         {"reason", policy::ReasonName(static_cast<policy::Reason>(r))}});
-  }
-  return gauges;
-}
-
-void BrokerMetrics::UpdateVm(VmGauges& gauges, const v1::VmSample& sample, uint64_t max_bytes,
-                             int reason) {
-  gauges.max->Set(static_cast<double>(max_bytes));
-  gauges.stats_untrusted->Set(sample.stats().untrusted() ? 1 : 0);
-  for (int r = 0; r < kReasonCount; ++r) gauges.reason[r]->Set(r == reason ? 1 : 0);
+void BrokerMetrics::UpdateVmCounters(VmCounters& counters, const v1::VmSample& sample) {
   const v1::GuestStats& stats = sample.stats();
   if (stats.has_swap_in_bytes_total()) {
-    Mirror(gauges.swap_in, stats.swap_in_bytes_total(), &gauges.last_swap_in_bytes);
+    Mirror(&counters.swap_in_bytes, stats.swap_in_bytes_total(), &counters.last_swap_in_bytes);
   }
   if (stats.has_major_faults_total()) {
-    Mirror(gauges.major_faults, stats.major_faults_total(), &gauges.last_major_faults);
+    Mirror(&counters.major_faults, stats.major_faults_total(), &counters.last_major_faults);
   }
   if (stats.has_oom_kills_total()) {
-    Mirror(gauges.oom_kills, stats.oom_kills_total(), &gauges.last_oom_kills);
-  }
-}
-
-void BrokerMetrics::RemoveVm(const std::string& host, const std::string& vm) {
-  absl::MutexLock lock(&mu_);
-  const std::map<std::string, std::string> labels{{"host", host}, {"vm", vm}};
-  for (auto* family : {&vm_target_, &vm_actual_, &vm_demand_, &vm_floor_, &vm_healthy_, &vm_max_,
-                       &vm_stats_untrusted_}) {
-    if (family->Has(labels)) family->Remove(&family->Add(labels));
-  }
-  for (auto* family : {&vm_swap_in_, &vm_major_faults_, &vm_oom_kills_}) {
-    if (family->Has(labels)) family->Remove(&family->Add(labels));
-  }
-  for (int r = 0; r < kReasonCount; ++r) {
-    const std::map<std::string, std::string> with_reason{
-        {"host", host}, {"vm", vm}, {"reason", policy::ReasonName(static_cast<policy::Reason>(r))}};
-    if (vm_reason_.Has(with_reason)) vm_reason_.Remove(&vm_reason_.Add(with_reason));
+    Mirror(&counters.oom_kills, stats.oom_kills_total(), &counters.last_oom_kills);
   }
 }
 
@@ -248,7 +288,7 @@ void BrokerMetrics::RemoveHost(const std::string& host) {
   absl::MutexLock lock(&mu_);
   const std::map<std::string, std::string> labels{{"host", host}};
   for (auto* family : {&host_capacity_, &host_target_, &host_overcommitted_, &host_pressure_,
-                        &host_reclaimed_, &host_pressure_full_}) {
+                       &host_reclaimed_, &host_pressure_full_}) {
     if (family->Has(labels)) family->Remove(&family->Add(labels));
   }
   for (auto* family : {&reports_received_, &targets_pushed_, &host_overcommit_episodes_}) {

@@ -1,17 +1,26 @@
 #pragma once
 // The broker's Prometheus metrics. Thread-safe (prometheus-cpp metrics are
 // atomic; label-set creation and removal are serialized by this class).
+//
+// Per-VM series (membroker_vm_*) are not prometheus-cpp metric objects: a
+// fleet of 500 000 VMs would keep millions of them, and prometheus-cpp
+// removes one by a linear search of its family. They are read from the
+// fleet at scrape time through a source the Fleet sets (SetVmSeriesSource),
+// so adding or removing a VM costs the metrics nothing.
 
-#include <array>
-#include <cstdint>
-#include <memory>
-#include <string>
-
+#include <prometheus/collectable.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -25,7 +34,9 @@ class BrokerMetrics {
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
-  void SetConnectedAgents(int n) { connected_agents_->Set(n); }
+  // Adds `delta` (+1 or -1) to the agents with an open stream: an atomic
+  // update, no lock, so connecting one agent touches no other host.
+  void ConnectedAgentsChanged(int delta) { connected_agents_->Increment(delta); }
   void ReportRejected(const std::string& reason);
   void ObserveDecisionLatency(double seconds) { decision_latency_->Observe(seconds); }
   void AdminRequest(const std::string& method, const std::string& code);
@@ -33,38 +44,52 @@ class BrokerMetrics {
   // Number of policy::Reason values (the reason series of a VM).
   static constexpr int kReasonCount = 11;
 
-  // One VM's gauges. Created once per VM (AddVm), then set without any
-  // lock on the report path; valid until RemoveVm of the same labels.
-  struct VmGauges {
-    prometheus::Gauge* target = nullptr;
-    prometheus::Gauge* actual = nullptr;
-    prometheus::Gauge* demand = nullptr;
-    prometheus::Gauge* floor = nullptr;
-    prometheus::Gauge* healthy = nullptr;
-    prometheus::Gauge* max = nullptr;
-    prometheus::Gauge* stats_untrusted = nullptr;
-    prometheus::Counter* swap_in = nullptr;
-    prometheus::Counter* major_faults = nullptr;
-    prometheus::Counter* oom_kills = nullptr;
-    // membroker_vm_target_reason{reason=...}, indexed by policy::Reason:
-    // 1 for the reason of the current target, 0 for the others.
-    std::array<prometheus::Gauge*, kReasonCount> reason{};
-    // The guest's cumulative counters as last mirrored (UpdateVm); written
-    // only under the owning host's lock.
+  // A guest's cumulative counters as the broker exports them: what the
+  // guest's own counters grew by since the broker first saw the VM (a value
+  // going down means the guest restarted and counts from zero again).
+  // Owned by the Fleet per VM; written only under the owning host's lock.
+  struct VmCounters {
+    double swap_in_bytes = 0;
+    double major_faults = 0;
+    double oom_kills = 0;
+    // The guest's values as last mirrored (UpdateVmCounters).
     uint64_t last_swap_in_bytes = 0;
     uint64_t last_major_faults = 0;
     uint64_t last_oom_kills = 0;
   };
-  VmGauges AddVm(const std::string& host, const std::string& vm);
-  void RemoveVm(const std::string& host, const std::string& vm);
-  // Sets a VM's series that come from its report and decision beyond the
-  // five above: configured max, trust of its statistics, the reason of its
-  // target (`reason`: a policy::Reason value), and the guest's swap-in,
-  // major-fault and OOM-kill counters (mirrored from the guest's cumulative
-  // values; a value going down means the guest restarted and counts from
-  // zero again). Call under the owning host's lock.
-  static void UpdateVm(VmGauges& gauges, const v1::VmSample& sample, uint64_t max_bytes,
-                       int reason);
+  // Adds to `counters` what the guest's cumulative counters in `sample`
+  // grew by. Call under the owning host's lock.
+  static void UpdateVmCounters(VmCounters& counters, const v1::VmSample& sample);
+
+  // One VM's exported numbers (membroker_vm_*).
+  struct VmSeries {
+    double target_bytes = 0;
+    double actual_bytes = 0;
+    double demand_bytes = 0;
+    double floor_bytes = 0;
+    double balloon_healthy = 0;
+    double max_bytes = 0;        // configured (boot) memory
+    double stats_untrusted = 0;  // 1 when the guest statistics are not used
+    // The policy::Reason of the current target (membroker_vm_target_reason
+    // is 1 for it and 0 for the others); -1 for none.
+    int reason = -1;
+    VmCounters counters;
+  };
+  // Called once per VM with its labels (host, vm) and numbers.
+  using VmSeriesEmit =
+      std::function<void(const std::string& host, const std::string& vm, const VmSeries& series)>;
+  // Calls `emit` for every VM; must not call back into BrokerMetrics.
+  using VmSeriesSource = std::function<void(const VmSeriesEmit& emit)>;
+  // Sets (or, with nullptr, clears) where scrapes read the VMs' series.
+  // Clearing waits for a scrape in progress, so the source's owner may go
+  // away afterwards.
+  void SetVmSeriesSource(VmSeriesSource source);
+
+  // Everything /metrics serves: the registry's families, then the VMs'.
+  std::vector<prometheus::MetricFamily> Collect() const;
+  // The same as a Collectable, for the metrics server. Valid while this
+  // object lives.
+  std::shared_ptr<prometheus::Collectable> collectable() const { return collectable_; }
 
   // One host's series, created once per host (removed when it expires).
   struct HostSeries {
@@ -106,17 +131,6 @@ class BrokerMetrics {
   prometheus::Family<prometheus::Counter>& reports_rejected_;
   prometheus::Family<prometheus::Counter>& targets_pushed_;
   prometheus::Family<prometheus::Counter>& admin_requests_;
-  prometheus::Family<prometheus::Gauge>& vm_target_;
-  prometheus::Family<prometheus::Gauge>& vm_actual_;
-  prometheus::Family<prometheus::Gauge>& vm_demand_;
-  prometheus::Family<prometheus::Gauge>& vm_floor_;
-  prometheus::Family<prometheus::Gauge>& vm_healthy_;
-  prometheus::Family<prometheus::Gauge>& vm_max_;
-  prometheus::Family<prometheus::Gauge>& vm_stats_untrusted_;
-  prometheus::Family<prometheus::Gauge>& vm_reason_;
-  prometheus::Family<prometheus::Counter>& vm_swap_in_;
-  prometheus::Family<prometheus::Counter>& vm_major_faults_;
-  prometheus::Family<prometheus::Counter>& vm_oom_kills_;
   prometheus::Family<prometheus::Gauge>& host_reclaimed_;
   prometheus::Family<prometheus::Gauge>& host_pressure_full_;
   prometheus::Family<prometheus::Counter>& host_stall_;
@@ -128,6 +142,10 @@ class BrokerMetrics {
   prometheus::Family<prometheus::Counter>& host_sacrifices_;
   prometheus::Family<prometheus::Counter>& host_guest_oom_kills_;
   absl::Mutex mu_;
+  // Held while a scrape reads the source (shared) and while it is replaced.
+  mutable absl::Mutex source_mu_;
+  VmSeriesSource vm_source_ ABSL_GUARDED_BY(source_mu_);
+  std::shared_ptr<prometheus::Collectable> collectable_;
 };
 
 }  // namespace membroker::broker

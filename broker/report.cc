@@ -57,9 +57,9 @@ absl::Status ValidateHello(const v1::Hello& hello) {
         absl::StrCat("hello.capacity_bytes: must be in 1..", kMaxBytes));
   }
   if (hello.host_total_bytes() != 0 && hello.capacity_bytes() > hello.host_total_bytes()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "hello.capacity_bytes (", hello.capacity_bytes(), ") is above hello.host_total_bytes (",
-        hello.host_total_bytes(), ")"));
+    return absl::InvalidArgumentError(absl::StrCat("hello.capacity_bytes (", hello.capacity_bytes(),
+                                                   ") is above hello.host_total_bytes (",
+                                                   hello.host_total_bytes(), ")"));
   }
   if (hello.backend().size() > 64 || hello.agent_version().size() > 128) {
     return absl::InvalidArgumentError("hello.backend or hello.agent_version: too long");
@@ -78,36 +78,43 @@ absl::Status ValidateReport(const v1::HostReport& report) {
   if (report.capacity_bytes() > kMaxBytes) {
     return absl::InvalidArgumentError("report.capacity_bytes: out of range");
   }
-  std::set<std::string> seen;
+  // Ids point into the report (no copies); the field name is only built
+  // for an error.
+  std::set<absl::string_view> seen;
   for (int i = 0; i < report.vms_size(); ++i) {
     const v1::VmSample& vm = report.vms(i);
-    const std::string field = absl::StrCat("report.vms[", i, "]");
-    RETURN_IF_ERROR(ValidateId(field + ".vm_id", vm.vm_id()));
+    const auto field = [i] { return absl::StrCat("report.vms[", i, "]"); };
+    absl::Status id = ValidateId("vm_id", vm.vm_id());
+    if (!id.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("report.vms[", i, "].", id.message()));
+    }
     if (!seen.insert(vm.vm_id()).second) {
       return absl::InvalidArgumentError(
-          absl::StrCat(field, ".vm_id: duplicate id \"", vm.vm_id(), "\""));
+          absl::StrCat(field(), ".vm_id: duplicate id \"", vm.vm_id(), "\""));
     }
     if (vm.name().size() > kMaxVmNameChars) {
       return absl::InvalidArgumentError(
-          absl::StrCat(field, ".name: at most ", kMaxVmNameChars, " characters"));
+          absl::StrCat(field(), ".name: at most ", kMaxVmNameChars, " characters"));
     }
     if (vm.stats().untrusted_reason().size() > kMaxUntrustedReasonChars) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, ".stats.untrusted_reason: at most ", kMaxUntrustedReasonChars, " characters"));
+      return absl::InvalidArgumentError(absl::StrCat(field(), ".stats.untrusted_reason: at most ",
+                                                     kMaxUntrustedReasonChars, " characters"));
     }
     if (vm.pressure_reasons_size() > kMaxPressureReasons) {
       return absl::InvalidArgumentError(
-          absl::StrCat(field, ".pressure_reasons: at most ", kMaxPressureReasons));
+          absl::StrCat(field(), ".pressure_reasons: at most ", kMaxPressureReasons));
     }
     if (vm.max_bytes() == 0 || vm.max_bytes() > kMaxBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".max_bytes: must be in 1..", kMaxBytes));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field(), ".max_bytes: must be in 1..", kMaxBytes));
     }
     if (vm.actual_bytes() > vm.max_bytes()) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".actual_bytes (", vm.actual_bytes(),
-                                                     ") is above max_bytes (", vm.max_bytes(), ")"));
+      return absl::InvalidArgumentError(absl::StrCat(field(), ".actual_bytes (", vm.actual_bytes(),
+                                                     ") is above max_bytes (", vm.max_bytes(),
+                                                     ")"));
     }
     if (!v1::BalloonHealth_IsValid(vm.health())) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".health: unknown value"));
+      return absl::InvalidArgumentError(absl::StrCat(field(), ".health: unknown value"));
     }
   }
   const v1::HostSample& h = report.host();

@@ -49,8 +49,7 @@ absl::Status ValidateBrokerOptions(const BrokerOptions& o) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& options,
-                                                      Clock* clock) {
+absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& options, Clock* clock) {
   RETURN_IF_ERROR(ValidateBrokerOptions(options));
   std::unique_ptr<Broker> b(new Broker());
   ASSIGN_OR_RETURN(b->store_, Store::Open(options.state_dir));
@@ -60,7 +59,8 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
                                       WithDefaults(options.safety));
   RETURN_IF_ERROR(b->fleet_->Load(options.cluster_policy));
   b->planner_ = std::make_unique<Planner>(b->fleet_.get(), clock, *registry);
-  ASSIGN_OR_RETURN(b->metrics_server_, MetricsServer::Start(options.metrics_listen, registry));
+  ASSIGN_OR_RETURN(b->metrics_server_,
+                   MetricsServer::Start(options.metrics_listen, b->metrics_->collectable()));
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (options.tls.has_value()) {
     std::string warning;
@@ -91,7 +91,8 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
     return absl::UnavailableError(absl::StrCat("--listen=", options.listen, ": cannot listen"));
   }
   b->server_->GetHealthCheckService()->SetServingStatus(true);
-  b->host_expiry_ = std::make_unique<HostExpiry>(b->fleet_.get(), clock, options.limits.host_expiry);
+  b->host_expiry_ =
+      std::make_unique<HostExpiry>(b->fleet_.get(), clock, options.limits.host_expiry);
   if (options.plan_interval > absl::ZeroDuration()) b->planner_->Start(options.plan_interval);
   spdlog::info("broker serving gRPC ({}) on port {} and /metrics on port {}",
                options.tls ? "mutual TLS" : "PLAINTEXT, --insecure", b->grpc_port_,

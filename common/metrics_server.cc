@@ -10,7 +10,7 @@
 namespace membroker {
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
-    absl::string_view address, std::shared_ptr<prometheus::Registry> registry) {
+    absl::string_view address, std::shared_ptr<prometheus::Collectable> metrics) {
   absl::Status valid = ValidateHostPort(address);
   if (!valid.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--metrics-listen: ", valid.message()));
@@ -22,7 +22,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("cannot serve /metrics on ", address, ": ", e.what()));
   }
-  server->exposer_->RegisterCollectable(registry);
+  server->exposer_->RegisterCollectable(metrics);
   auto ports = server->exposer_->GetListeningPorts();
   server->port_ = ports.empty() ? 0 : ports.front();
   return server;

@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include <prometheus/collectable.h>
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 
@@ -12,13 +13,14 @@
 
 namespace membroker {
 
-// Serves one registry at http://ADDRESS/metrics. Thread-safe.
+// Serves one collectable (a registry, or a registry with series read at
+// scrape time) at http://ADDRESS/metrics. Thread-safe.
 class MetricsServer {
  public:
   // Starts serving on `address` (HOST:PORT, port 0 picks a free one).
   // INVALID_ARGUMENT for a malformed address, UNAVAILABLE when it cannot bind.
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
-      absl::string_view address, std::shared_ptr<prometheus::Registry> registry);
+      absl::string_view address, std::shared_ptr<prometheus::Collectable> metrics);
 
   // The port actually bound.
   int port() const { return port_; }

@@ -11,11 +11,13 @@ ObserveResult ObserveHost(const HostObservation& obs, const DemandParams& demand
   if (obs.capacity_bytes != 0) state.capacity_bytes = obs.capacity_bytes;
   state.host_available_bytes = obs.host_available_bytes;
   state.host_psi_some_avg10_percent = obs.host_psi_some_avg10_percent;
-  std::set<std::string> present;
+  // A VM is present when this observation stamped it: no per-report set
+  // of ids to build.
+  const uint64_t stamp = ++state.observations;
   for (const VmObservation& o : obs.vms) {
-    present.insert(o.vm_id);
     auto [it, inserted] = state.vms.try_emplace(o.vm_id);
     VmStepState& vm = it->second;
+    vm.observed_in = stamp;
     if (inserted) result.added.push_back(o.vm_id);
     GuestObservation g = o.guest;
     g.actual_bytes = o.actual_bytes;
@@ -28,7 +30,7 @@ ObserveResult ObserveHost(const HostObservation& obs, const DemandParams& demand
     vm.balloon_healthy = o.balloon_healthy;
   }
   for (auto it = state.vms.begin(); it != state.vms.end();) {
-    if (present.count(it->first) == 0) {
+    if (it->second.observed_in != stamp) {
       result.removed.push_back(it->first);
       it = state.vms.erase(it);
     } else {

@@ -58,7 +58,7 @@ struct VmObservation {
 
 // One host report, in plain form. VM ids are unique.
 struct HostObservation {
-  double now_seconds = 0;     // monotonic time the report was received
+  double now_seconds = 0;       // monotonic time the report was received
   uint64_t capacity_bytes = 0;  // 0: keep the previous capacity
   // The host's own memory: MemAvailable (0: unknown) and PSI "some" avg10.
   uint64_t host_available_bytes = 0;
@@ -73,9 +73,10 @@ struct VmStepState {
   uint64_t max_bytes = 0;
   uint64_t actual_bytes = 0;
   bool balloon_healthy = true;
-  bool decided = false;  // false until decided (and after a reconnect)
-  VmInput input;         // last decision's input
-  VmDecision decision;   // last decision
+  bool decided = false;      // false until decided (and after a reconnect)
+  uint64_t observed_in = 0;  // HostStepState::observations when last observed
+  VmInput input;             // last decision's input
+  VmDecision decision;       // last decision
 };
 
 // What the step keeps per host. Owned by the caller.
@@ -84,8 +85,9 @@ struct HostStepState {
   uint64_t host_available_bytes = 0;  // last reported (0: unknown)
   double host_psi_some_avg10_percent = 0;
   std::map<std::string, VmStepState> vms;  // by VM id
-  HostDecision decision;  // last decision, VMs in id order
-  PolicyParams params;    // of the last decision
+  HostDecision decision;                   // last decision, VMs in id order
+  PolicyParams params;                     // of the last decision
+  uint64_t observations = 0;               // ObserveHost calls so far
 };
 
 // What an observation changed.

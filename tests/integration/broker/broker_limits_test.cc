@@ -47,7 +47,7 @@ std::chrono::system_clock::time_point Deadline(int seconds = 20) {
 // The value of a counter or gauge with these labels; -1 when absent.
 double MetricValue(BrokerMetrics& m, const std::string& name,
                    const std::map<std::string, std::string>& labels = {}) {
-  for (const auto& family : m.registry()->Collect()) {
+  for (const auto& family : m.Collect()) {
     if (family.name != name) continue;
     for (const auto& metric : family.metric) {
       bool match = true;

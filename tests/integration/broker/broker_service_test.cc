@@ -51,7 +51,7 @@ v1::VmSample Vm(const std::string& id, const std::string& name, uint64_t max, ui
 
 double MetricValue(BrokerMetrics& m, const std::string& name,
                    const std::map<std::string, std::string>& labels = {}) {
-  for (const auto& family : m.registry()->Collect()) {
+  for (const auto& family : m.Collect()) {
     if (family.name != name) continue;
     for (const auto& metric : family.metric) {
       bool match = true;

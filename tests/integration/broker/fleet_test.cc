@@ -4,11 +4,13 @@
 
 #include "broker/fleet.h"
 
-#include <filesystem>
-#include <random>
-#include <string>
-
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
 
 #include "broker/metrics.h"
 #include "broker/store.h"
@@ -63,7 +65,8 @@ class FleetTest : public ::testing::Test {
     hello.set_host_id("h1");
     hello.set_capacity_bytes(4 * kGiB);
     v1::Welcome welcome;
-    conn_ = *fleet_->Connect(hello, [](const v1::BrokerMessage&) {}, &welcome);
+    conn_ = *fleet_->Connect(
+        hello, [](const v1::BrokerMessage&) {}, &welcome);
   }
   void TearDown() override {
     fleet_.reset();
@@ -150,6 +153,100 @@ TEST_F(FleetTest, AFullGuestBorrowsTheMargin) {
   EXPECT_NE(e->steps(0).find("full"), std::string::npos) << e->steps(0);
 }
 
+// Counts the series of `name` in `families` and whether their (host, vm)
+// label pairs are unique.
+size_t SeriesCount(const std::vector<prometheus::MetricFamily>& families, const std::string& name,
+                   bool* unique = nullptr) {
+  std::set<std::pair<std::string, std::string>> labels;
+  size_t n = 0;
+  for (const auto& family : families) {
+    if (family.name != name) continue;
+    for (const auto& metric : family.metric) {
+      ++n;
+      std::string host, vm;
+      for (const auto& l : metric.label) (l.name == "host" ? host : vm) = l.value;
+      labels.emplace(host, vm);
+    }
+  }
+  if (unique) *unique = labels.size() == n;
+  return n;
+}
+
+TEST_F(FleetTest, TenThousandVmsComeAndGoWithoutPerVmMetricObjects) {
+  // Regression: adding a VM used to create five prometheus-cpp gauges and
+  // removing it called Family::Remove five times, each a linear search of
+  // every VM's series in the fleet (a 10 000-VM report cost seconds). The
+  // per-VM series are now read at scrape time: the registry holds no
+  // per-VM object at all, whatever comes and goes, and the scrape shows
+  // exactly the VMs present, with unique labels.
+  std::vector<v1::VmSample> vms;
+  for (int i = 0; i < 10000; ++i) {
+    char id[40];
+    std::snprintf(id, sizeof(id), "00000000-0000-0000-0000-%012d", i);
+    v1::VmSample s = Vm(id, 64 * kMiB, 64 * kMiB, 16 * kMiB);
+    // Every tenth VM shares its name with the VM before it: labelled by id.
+    s.set_name(i % 10 == 9 ? "vm-" + std::to_string(i - 1) : "vm-" + std::to_string(i));
+    vms.push_back(s);
+  }
+  Report(vms);
+  for (const auto& family : metrics_->registry()->Collect()) {
+    if (family.name.rfind("membroker_vm_", 0) == 0) {
+      ADD_FAILURE() << family.name << " is kept in the registry (" << family.metric.size()
+                    << " series)";
+    }
+  }
+  bool unique = false;
+  EXPECT_EQ(SeriesCount(metrics_->Collect(), "membroker_vm_target_bytes", &unique), 10000u);
+  EXPECT_TRUE(unique);
+  EXPECT_EQ(SeriesCount(metrics_->Collect(), "membroker_vm_balloon_healthy"), 10000u);
+  // All but one leave; one new VM takes a departed VM's name.
+  v1::VmSample newcomer =
+      Vm("00000000-0000-0000-0000-0000000f0000", 64 * kMiB, 64 * kMiB, 16 * kMiB);
+  newcomer.set_name("vm-8");
+  Report({vms[0], newcomer});
+  EXPECT_EQ(SeriesCount(metrics_->Collect(), "membroker_vm_target_bytes", &unique), 2u);
+  EXPECT_TRUE(unique);
+  double label_found = 0;
+  for (const auto& family : metrics_->Collect()) {
+    if (family.name != "membroker_vm_actual_bytes") continue;
+    for (const auto& metric : family.metric) {
+      for (const auto& l : metric.label) {
+        if (l.name == "vm" && l.value == "vm-8") label_found = metric.gauge.value;
+      }
+    }
+  }
+  EXPECT_EQ(label_found, static_cast<double>(64 * kMiB));
+  // Every VM gone: no VM series left.
+  Report({});
+  EXPECT_EQ(SeriesCount(metrics_->Collect(), "membroker_vm_target_bytes"), 0u);
+}
+
+TEST_F(FleetTest, ConnectedAgentsFollowStreamsWithoutAGlobalCount) {
+  // The gauge is updated by one atomic step per change (no lock over every
+  // host): replacing a stream does not count twice; disconnects count down.
+  auto gauge = [&] {
+    for (const auto& family : metrics_->Collect()) {
+      if (family.name == "membroker_connected_agents") return family.metric.at(0).gauge.value;
+    }
+    return -1.0;
+  };
+  EXPECT_EQ(gauge(), 1);
+  v1::Hello hello;
+  hello.set_host_id("h2");
+  hello.set_capacity_bytes(4 * kGiB);
+  v1::Welcome welcome;
+  const uint64_t first = *fleet_->Connect(
+      hello, [](const v1::BrokerMessage&) {}, &welcome);
+  EXPECT_EQ(gauge(), 2);
+  const uint64_t second = *fleet_->Connect(
+      hello, [](const v1::BrokerMessage&) {}, &welcome);
+  EXPECT_EQ(gauge(), 2);
+  fleet_->Disconnect("h2", first);  // the replaced stream: no change
+  EXPECT_EQ(gauge(), 2);
+  fleet_->Disconnect("h2", second);
+  EXPECT_EQ(gauge(), 1);
+}
+
 TEST_F(FleetTest, GuestOomKillsAreCountedOncePerReportAndRaiseDemand) {
   // A guest whose statistics carry an OOM-kill counter (the agent's count
   // from its console log): one kill between two reports.
@@ -181,6 +278,71 @@ TEST_F(FleetTest, GuestOomKillsAreCountedOncePerReportAndRaiseDemand) {
   Report({vm(3, 100 * kMiB)});
   EXPECT_EQ(Counter(*metrics_, "membroker_host_guest_oom_kills_total", "reported", "source"), 1);
   EXPECT_EQ(fleet_->GetVm(id)->guest_oom_kills(), 1u);
+}
+
+// The value of the per-VM series `name` (read at scrape time) whose labels
+// include all of `labels`; -1 when absent.
+double VmSeriesValue(BrokerMetrics& m, const std::string& name,
+                     const std::map<std::string, std::string>& labels) {
+  for (const auto& family : m.Collect()) {
+    if (family.name != name) continue;
+    for (const auto& metric : family.metric) {
+      size_t matched = 0;
+      for (const auto& l : metric.label) {
+        auto it = labels.find(l.name);
+        matched += it != labels.end() && it->second == l.value;
+      }
+      if (matched != labels.size()) continue;
+      return family.type == prometheus::MetricType::Counter ? metric.counter.value
+                                                            : metric.gauge.value;
+    }
+  }
+  return -1;
+}
+
+TEST_F(FleetTest, PerVmDashboardSeriesAreProducedAtScrapeTime) {
+  // Configured max, untrusted statistics, the target's reason and the
+  // guest's counters (mirrored: growth since first seen, a restart counts
+  // from zero again) come from the fleet at scrape time like the others.
+  const std::string id = "00000000-0000-0000-0000-0000000000d1";
+  auto vm = [&](uint64_t swap_in, uint64_t faults, bool untrusted) {
+    v1::VmSample s = Vm(id, 4 * kGiB, 2 * kGiB, 1 * kGiB);
+    s.set_name("dash");
+    s.mutable_stats()->set_swap_in_bytes_total(swap_in);
+    s.mutable_stats()->set_major_faults_total(faults);
+    s.mutable_stats()->set_untrusted(untrusted);
+    if (untrusted) s.mutable_stats()->set_untrusted_reason("test");
+    return s;
+  };
+  const std::map<std::string, std::string> labels{{"host", "h1"}, {"vm", "dash"}};
+  Report({vm(100, 7, false)});
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_max_bytes", labels), 4.0 * kGiB);
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_stats_untrusted", labels), 0);
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_swap_in_bytes_total", labels), 100);
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_major_faults_total", labels), 7);
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_oom_kills_total", labels), 0);
+  Report({vm(150, 9, true)});
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_stats_untrusted", labels), 1);
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_swap_in_bytes_total", labels), 150);
+  Report({vm(20, 1, false)});  // the guest restarted: its counters start again
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_swap_in_bytes_total", labels), 170);
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_major_faults_total", labels), 10);
+  // Exactly one reason is 1, and it is the VM's current target reason.
+  auto got = fleet_->GetVm(id);
+  ASSERT_TRUE(got.ok());
+  double ones = 0, zeros = 0;
+  for (const auto& family : metrics_->Collect()) {
+    if (family.name != "membroker_vm_target_reason") continue;
+    for (const auto& metric : family.metric) (metric.gauge.value == 1 ? ones : zeros) += 1;
+  }
+  EXPECT_EQ(ones, 1);
+  EXPECT_EQ(zeros, BrokerMetrics::kReasonCount - 1);
+  // Nothing per VM lives in the registry.
+  for (const auto& family : metrics_->registry()->Collect()) {
+    EXPECT_NE(family.name.rfind("membroker_vm_", 0), 0u) << family.name;
+  }
+  Report({});
+  EXPECT_EQ(VmSeriesValue(*metrics_, "membroker_vm_max_bytes", labels), -1);
 }
 
 }  // namespace
