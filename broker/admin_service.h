@@ -7,6 +7,8 @@
 #include "broker/authz.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
+#include "broker/reservations.h"
+#include "broker/watch.h"
 #include "membroker/v1/admin.grpc.pb.h"
 
 namespace membroker::broker {
@@ -14,8 +16,16 @@ namespace membroker::broker {
 class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
   // None owned; all must outlive the service.
-  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer)
-      : fleet_(fleet), metrics_(metrics), store_(store), authorizer_(authorizer) {}
+  // Without `reservations`, Reserve / Release / ListReservations answer
+  // UNIMPLEMENTED; without `watch_hub`, WatchVms / WatchHosts do.
+  AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer,
+                   Reservations* reservations = nullptr, WatchHub* watch_hub = nullptr)
+      : fleet_(fleet),
+        metrics_(metrics),
+        store_(store),
+        authorizer_(authorizer),
+        reservations_(reservations),
+        watch_hub_(watch_hub) {}
 
   grpc::ServerUnaryReactor* ListHosts(grpc::CallbackServerContext* ctx,
                                       const v1::ListHostsRequest* req,
@@ -55,6 +65,13 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   grpc::ServerUnaryReactor* ListAuditEntries(grpc::CallbackServerContext* ctx,
                                              const v1::ListAuditEntriesRequest* req,
                                              v1::ListAuditEntriesResponse* resp) override;
+  grpc::ServerUnaryReactor* ListReservations(grpc::CallbackServerContext* ctx,
+                                             const v1::ListReservationsRequest* req,
+                                             v1::ListReservationsResponse* resp) override;
+  grpc::ServerWriteReactor<v1::VmEvent>* WatchVms(grpc::CallbackServerContext* ctx,
+                                                  const v1::WatchVmsRequest* req) override;
+  grpc::ServerWriteReactor<v1::HostEvent>* WatchHosts(grpc::CallbackServerContext* ctx,
+                                                      const v1::WatchHostsRequest* req) override;
 
  private:
   grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const char* method,
@@ -66,6 +83,8 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   BrokerMetrics* const metrics_;
   Store* const store_;
   const Authorizer* const authorizer_;
+  Reservations* const reservations_;
+  WatchHub* const watch_hub_;
 };
 
 }  // namespace membroker::broker

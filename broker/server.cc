@@ -58,6 +58,11 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
   b->fleet_ = std::make_unique<Fleet>(clock, b->store_.get(), b->metrics_.get(),
                                       WithDefaults(options.safety));
   RETURN_IF_ERROR(b->fleet_->Load(options.cluster_policy));
+  b->reservations_ = std::make_unique<Reservations>(clock, b->store_.get());
+  RETURN_IF_ERROR(b->reservations_->Load());
+  b->reservations_->Start(b->fleet_.get());
+  b->watch_hub_ = std::make_unique<WatchHub>(b->fleet_.get(), clock, options.watch);
+  b->watch_hub_->Start();
   ASSIGN_OR_RETURN(b->metrics_server_, MetricsServer::Start(options.metrics_listen, registry));
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (options.tls.has_value()) {
@@ -74,7 +79,9 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
   b->agent_service_ =
       std::make_unique<AgentServiceImpl>(b->fleet_.get(), b->metrics_.get(), b->authorizer_.get());
   b->admin_service_ = std::make_unique<AdminServiceImpl>(b->fleet_.get(), b->metrics_.get(),
-                                                         b->store_.get(), b->authorizer_.get());
+                                                         b->store_.get(), b->authorizer_.get(),
+                                                         b->reservations_.get(),
+                                                         b->watch_hub_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -15,7 +15,9 @@
 #include "broker/authz.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
+#include "broker/reservations.h"
 #include "broker/store.h"
+#include "broker/watch.h"
 #include "common/clock.h"
 #include "common/metrics_server.h"
 #include "common/tls.h"
@@ -37,6 +39,8 @@ struct BrokerOptions {
   absl::Duration tls_reload_interval = kDefaultTlsReloadInterval;
   // Roles of client certificates (with TLS only).
   v1::SecurityConfig security;
+  // WatchVms / WatchHosts: scan period, per-watcher queue limit, batch.
+  WatchHub::Options watch;
 };
 
 // Checks options: addresses, state dir, policy. INVALID_ARGUMENT naming the
@@ -55,6 +59,8 @@ class Broker {
   int metrics_port() const { return metrics_server_ ? metrics_server_->port() : 0; }
   Fleet& fleet() { return *fleet_; }
   BrokerMetrics& metrics() { return *metrics_; }
+  Reservations& reservations() { return *reservations_; }
+  WatchHub& watch_hub() { return *watch_hub_; }
   // Stops accepting calls and ends open streams (deadline 2 s).
   void Shutdown();
   // Blocks until Shutdown.
@@ -66,6 +72,9 @@ class Broker {
   std::unique_ptr<BrokerMetrics> metrics_;
   std::unique_ptr<MetricsServer> metrics_server_;
   std::unique_ptr<Fleet> fleet_;
+  // After fleet_: its worker calls into the fleet, so it goes first.
+  std::unique_ptr<Reservations> reservations_;
+  std::unique_ptr<WatchHub> watch_hub_;
   std::unique_ptr<Authorizer> authorizer_;
   std::unique_ptr<AgentServiceImpl> agent_service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;

@@ -52,6 +52,7 @@ std::string ReasonName(v1::ReasonCode reason);
 std::string RenderHostsTable(const v1::ListHostsResponse& reply, bool wide);
 std::string RenderVmsTable(const v1::ListVmsResponse& reply, bool wide);
 std::string RenderPlanTable(const v1::Plan& plan);
+std::string RenderReservationsTable(const v1::ListReservationsResponse& reply);
 // The audit trail: ID TIME ACTOR ACTION TARGET CHANGES, one row per change
 // (its changed fields joined by "; "), or a line saying there is none.
 std::string RenderAuditTable(const v1::ListAuditEntriesResponse& history);

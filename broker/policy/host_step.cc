@@ -62,7 +62,7 @@ VmInput BuildVmInput(const std::string& vm_id, const VmStepState& vm, const Poli
 
 bool DecideStep(const PolicySet& policies, HostStepState& state) {
   HostInput input;
-  input.capacity_bytes = state.capacity_bytes;
+  input.capacity_bytes = state.capacity_bytes - std::min(state.capacity_bytes, state.reserved_bytes);
   // The host really holds the margin: what it has free covers the margin
   // beyond what the VMs' last targets may still take from it, and it is not
   // itself under memory pressure.
