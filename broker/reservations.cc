@@ -118,6 +118,8 @@ absl::StatusOr<v1::Reservation> Reservations::Add(const v1::ReserveRequest& requ
   absl::MutexLock lock(&mu_);
   reserved_by_host_[r.host_id()] += r.bytes();
   by_id_[r.id()] = r;
+  // Wakes the worker: its next deadline may now be this expiry.
+  dirty_hosts_.insert(r.host_id());
   return r;
 }
 

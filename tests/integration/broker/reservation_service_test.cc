@@ -37,6 +37,9 @@ v1::VmSample Vm(const std::string& id, const std::string& name, uint64_t max, ui
   s.mutable_stats()->set_total_bytes(actual);
   s.mutable_stats()->set_available_bytes(actual - used);
   s.mutable_stats()->set_free_bytes(actual - used);
+  s.mutable_stats()->set_age_seconds(0);
+  s.mutable_stats()->set_swap_in_bytes_total(0);
+  s.mutable_stats()->set_major_faults_total(0);
   return s;
 }
 

@@ -35,6 +35,9 @@ v1::VmSample Vm(const std::string& id, uint64_t actual, uint64_t used, uint64_t 
   s.mutable_stats()->set_total_bytes(actual);
   s.mutable_stats()->set_available_bytes(actual - used);
   s.mutable_stats()->set_free_bytes(free == 0 ? actual - used : free);
+  s.mutable_stats()->set_age_seconds(0);
+  s.mutable_stats()->set_swap_in_bytes_total(0);
+  s.mutable_stats()->set_major_faults_total(0);
   return s;
 }
 
@@ -227,13 +230,14 @@ TEST_F(WatchServiceTest, SlowWatcherIsDroppedFastOneKeepsGoing) {
   StartBroker(/*max_queued=*/64, /*batch=*/1);
   Agent* h1 = Connect("h1");
   constexpr int kVms = 20;
-  // Long names make each event about 2 KiB, so a reader that stops reading
-  // fills the stream's flow-control window within a few rounds.
+  // Long names (200 characters, near the 256 allowed) make each event
+  // about half a KiB, so a reader that stops reading fills the stream's
+  // flow-control window within a few rounds.
   auto vms = [&](int round) {
     std::vector<v1::VmSample> out;
     for (int i = 0; i < kVms; ++i) {
       v1::VmSample v = Vm("vm-" + std::to_string(i), 4 * kGiB - (round % 2) * 64 * kMiB, kGiB);
-      v.set_name(std::string(2000, 'a' + static_cast<char>(i)));
+      v.set_name(std::string(200, static_cast<char>('a' + i)));
       out.push_back(v);
     }
     return out;
