@@ -82,7 +82,7 @@ struct VmStepState {
 struct HostStepState {
   uint64_t capacity_bytes = 0;
   // Held free for reservations: the decision's capacity is capacity_bytes
-  // minus this (at least 0).
+  // minus this (at least 0), reached in reclaim steps (DecideStep).
   uint64_t reserved_bytes = 0;
   uint64_t host_available_bytes = 0;  // last reported (0: unknown)
   double host_psi_some_avg10_percent = 0;

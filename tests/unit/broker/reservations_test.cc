@@ -5,6 +5,7 @@
 #include "broker/reservations.h"
 
 #include <filesystem>
+#include <algorithm>
 #include <random>
 
 #include <gtest/gtest.h>
@@ -180,22 +181,27 @@ TEST(ReservedCapacityTest, ReservationLowersTheDecisionsCapacity) {
   policy::DecideStep(p, state);
   // 8 GiB for two 4 GiB VMs: surplus 100 % keeps both at max.
   EXPECT_EQ(state.decision.target_bytes, 8 * kGiB);
+  // Capacity 8 - 4 = 4 GiB, reached in 1 GiB reclaim steps per VM:
+  // 3 + 3 = 6 GiB, then 2 + 2 = 4 GiB.
   state.reserved_bytes = 4 * kGiB;
-  policy::DecideStep(p, state);
-  // Capacity 8 - 4 = 4 GiB; each VM may lose at most the 1 GiB step:
-  // 3 + 3 = 6 GiB now.
-  EXPECT_EQ(state.vms.at("a").decision.target_bytes, 3 * kGiB);
-  EXPECT_EQ(state.vms.at("b").decision.target_bytes, 3 * kGiB);
   obs.now_seconds = 1;
   policy::ObserveHost(obs, p.demand, state);
   policy::DecideStep(p, state);
-  // Next step: 2 + 2 = 4 GiB = the capacity left.
-  EXPECT_EQ(state.decision.target_bytes, 4 * kGiB);
-  // More than the floors allow: they hold (1 GiB used each), overcommitted.
-  state.reserved_bytes = 7 * kGiB;
+  EXPECT_EQ(state.vms.at("a").decision.target_bytes, 3 * kGiB);
+  EXPECT_EQ(state.vms.at("b").decision.target_bytes, 3 * kGiB);
   obs.now_seconds = 2;
   policy::ObserveHost(obs, p.demand, state);
   policy::DecideStep(p, state);
+  EXPECT_EQ(state.vms.at("a").decision.target_bytes, 2 * kGiB);
+  EXPECT_EQ(state.decision.target_bytes, 4 * kGiB);
+  EXPECT_FALSE(state.decision.overcommitted);
+  // More than the floors allow: they hold (1 GiB used each), overcommitted.
+  state.reserved_bytes = 7 * kGiB;
+  for (int i = 3; i <= 5; ++i) {
+    obs.now_seconds = i;
+    policy::ObserveHost(obs, p.demand, state);
+    policy::DecideStep(p, state);
+  }
   EXPECT_GE(state.vms.at("a").decision.target_bytes, 1 * kGiB);
   EXPECT_GE(state.vms.at("b").decision.target_bytes, 1 * kGiB);
   EXPECT_TRUE(state.decision.overcommitted);
