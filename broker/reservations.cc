@@ -1,9 +1,9 @@
 #include "broker/reservations.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cctype>
-
-#include <spdlog/spdlog.h>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -30,8 +30,7 @@ absl::Status ValidDuration(const google::protobuf::Duration& d, const char* fiel
     return absl::InvalidArgumentError(absl::StrCat(field, ": must not be negative"));
   }
   if (FromProto(d) > max) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ": at most ", absl::FormatDuration(max)));
+    return absl::InvalidArgumentError(absl::StrCat(field, ": at most ", absl::FormatDuration(max)));
   }
   return absl::OkStatus();
 }
@@ -102,8 +101,7 @@ absl::StatusOr<v1::Reservation> Reservations::Add(const v1::ReserveRequest& requ
     return absl::InvalidArgumentError("for_vm_id: must be a VM id (UUID)");
   }
   const absl::Time now = clock_->Now();
-  const absl::Duration ttl =
-      request.has_ttl() ? FromProto(request.ttl()) : kDefaultReservationTtl;
+  const absl::Duration ttl = request.has_ttl() ? FromProto(request.ttl()) : kDefaultReservationTtl;
   v1::Reservation r;
   {
     absl::MutexLock lock(&mu_);
@@ -226,9 +224,9 @@ bool Reservations::Ready(const HostRoom& room) {
 std::string Reservations::CannotFit(const HostRoom& room, uint64_t bytes) {
   const uint64_t others = room.reserved_bytes;
   if (room.held_bytes + others + bytes <= room.capacity_bytes) return "";
-  std::string out = absl::StrCat(
-      "host capacity ", FormatBytes(room.capacity_bytes), " cannot hold ", FormatBytes(bytes),
-      " more: ", FormatBytes(room.held_bytes), " is held by floors");
+  std::string out = absl::StrCat("host capacity ", FormatBytes(room.capacity_bytes),
+                                 " cannot hold ", FormatBytes(bytes),
+                                 " more: ", FormatBytes(room.held_bytes), " is held by floors");
   if (others > 0) absl::StrAppend(&out, " and ", FormatBytes(others), " by other reservations");
   absl::StrAppend(&out, "; held by ");
   size_t shown = 0;
@@ -401,8 +399,8 @@ void Reservations::CheckHost(const std::string& host_id) {
         } else if (room->held_bytes + room->reserved_bytes > room->capacity_bytes) {
           HostRoom others = *room;
           others.reserved_bytes -= std::min(others.reserved_bytes, bytes);
-          why = absl::FailedPreconditionError(absl::StrCat(
-              "reservation ", w.reservation_id, " not met: ", CannotFit(others, bytes)));
+          why = absl::FailedPreconditionError(absl::StrCat("reservation ", w.reservation_id,
+                                                           " not met: ", CannotFit(others, bytes)));
         } else {
           std::string moving;
           for (const std::string& m : room->moving) {

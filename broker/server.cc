@@ -39,6 +39,10 @@ absl::Status ValidateBrokerOptions(const BrokerOptions& o) {
       return absl::InvalidArgumentError("--tls-reload-interval: must be at least 1s");
     }
   }
+  if (o.watch.period <= absl::ZeroDuration() || o.watch.max_queued == 0 || o.watch.batch == 0) {
+    return absl::InvalidArgumentError(
+        "watch: period, max_queued and batch must be greater than 0");
+  }
   const auto& safety = o.safety;
   for (const auto* d : {&safety.stuck_timeout(), &safety.fail_static_grace()}) {
     if (d->seconds() < 0 || d->nanos() < 0) {

@@ -1,11 +1,11 @@
 #include "broker/watch.h"
 
+#include <spdlog/spdlog.h>
+
 #include <functional>
 #include <tuple>
 #include <utility>
 #include <vector>
-
-#include <spdlog/spdlog.h>
 
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
@@ -32,14 +32,14 @@ void Fleet::CollectChanges(WatchCursor& cursor, FleetChanges* out) const {
       if (auto p = policies->vm_policies.find(id); p != policies->vm_policies.end()) {
         policy = p->second.SerializeAsString();
       }
-      const uint64_t fp = absl::Hash<std::tuple<std::string, uint64_t, uint64_t, uint64_t, uint64_t,
-                                                uint64_t, uint64_t, int, int, uint64_t, uint64_t,
-                                                std::string>>{}(
-          std::make_tuple(sample.name(), sample.max_bytes(), sample.actual_bytes(),
-                          s.decision.target_bytes, s.demand.demand_bytes, s.decision.floor_bytes,
-                          s.demand.protect_bytes, static_cast<int>(sample.health()),
-                          static_cast<int>(s.decision.reason), s.demand.used_bytes,
-                          s.demand.oom_kills_seen, policy));
+      const uint64_t fp =
+          absl::Hash<std::tuple<std::string, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t,
+                                uint64_t, int, int, uint64_t, uint64_t, std::string>>{}(
+              std::make_tuple(
+                  sample.name(), sample.max_bytes(), sample.actual_bytes(), s.decision.target_bytes,
+                  s.demand.demand_bytes, s.decision.floor_bytes, s.demand.protect_bytes,
+                  static_cast<int>(sample.health()), static_cast<int>(s.decision.reason),
+                  s.demand.used_bytes, s.demand.oom_kills_seen, policy));
       auto old = seen.vms.find(id);
       if (out != nullptr && (old == seen.vms.end() || old->second != fp)) {
         out->vms.push_back(VmProtoLocked(*host, id, *policies));

@@ -19,14 +19,14 @@
 // Fleet host lock (a snapshot reads the Fleet under mu_). The Fleet never
 // calls the hub.
 
+#include <grpcpp/support/server_callback.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
 #include <thread>
-
-#include <grpcpp/support/server_callback.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"

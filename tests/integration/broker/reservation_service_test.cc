@@ -5,15 +5,15 @@
 // expires, one handed to the VM it was made for, and one that survives a
 // broker restart. Waits are bounded by deadlines.
 
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <future>
 #include <memory>
 #include <random>
 #include <thread>
-
-#include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
-#include <gtest/gtest.h>
 
 #include "broker/server.h"
 #include "membroker/v1/admin.grpc.pb.h"

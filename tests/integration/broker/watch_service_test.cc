@@ -4,16 +4,16 @@
 // The hub's period is an hour: the test steps it with ScanNow, so what
 // each scan sends is known. Waits are bounded.
 
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <list>
 #include <memory>
 #include <random>
 #include <set>
 #include <thread>
-
-#include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
-#include <gtest/gtest.h>
 
 #include "broker/server.h"
 #include "membroker/v1/admin.grpc.pb.h"

@@ -4,11 +4,11 @@
 
 #include "broker/reservations.h"
 
-#include <filesystem>
-#include <algorithm>
-#include <random>
-
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <random>
 
 #include "broker/policy/host_step.h"
 #include "common/proto_time.h"
