@@ -84,7 +84,7 @@ void Reservations::Start(Fleet* fleet) {
   worker_ = std::thread([this] { Run(); });
 }
 
-absl::StatusOr<v1::Reservation> Reservations::Add(const v1::ReserveRequest& request) {
+absl::Status Reservations::Validate(const v1::ReserveRequest& request) {
   if (absl::Status s = ValidateHostId(request.host_id()); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("host_id: ", s.message()));
   }
@@ -100,6 +100,11 @@ absl::StatusOr<v1::Reservation> Reservations::Add(const v1::ReserveRequest& requ
   if (!request.for_vm_id().empty() && !IsUuid(request.for_vm_id())) {
     return absl::InvalidArgumentError("for_vm_id: must be a VM id (UUID)");
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Reservation> Reservations::Add(const v1::ReserveRequest& request) {
+  if (absl::Status s = Validate(request); !s.ok()) return s;
   const absl::Time now = clock_->Now();
   const absl::Duration ttl = request.has_ttl() ? FromProto(request.ttl()) : kDefaultReservationTtl;
   v1::Reservation r;
@@ -244,6 +249,10 @@ std::string Reservations::CannotFit(const HostRoom& room, uint64_t bytes) {
 uint64_t Reservations::Reserve(const v1::ReserveRequest& request, Done done) {
   if (fleet_ == nullptr) {
     done(absl::FailedPreconditionError("reservations are not started"));
+    return 0;
+  }
+  if (absl::Status s = Validate(request); !s.ok()) {
+    done(s);
     return 0;
   }
   absl::StatusOr<HostRoom> before = fleet_->GetRoom(request.host_id());

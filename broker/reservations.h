@@ -65,6 +65,8 @@ class Reservations {
 
   // --- Bookkeeping (no Fleet calls) ---
 
+  // OK, or INVALID_ARGUMENT naming the field of `request` that is wrong.
+  static absl::Status Validate(const v1::ReserveRequest& request);
   // Validates `request` (INVALID_ARGUMENT naming the field), gives it an id
   // and stores it. Does not check the host's room.
   absl::StatusOr<v1::Reservation> Add(const v1::ReserveRequest& request);

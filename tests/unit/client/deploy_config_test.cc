@@ -289,7 +289,7 @@ TEST(ExtractMetricNamesTest, YamlExprForms) {
 
 TEST(DeployMetricsTest, MetricListIsComplete) {
   auto metrics = LoadMetricList();
-  EXPECT_EQ(metrics.size(), 43u);
+  EXPECT_EQ(metrics.size(), 44u);
   EXPECT_EQ(metrics["membroker_decision_latency_seconds"], "histogram");
   EXPECT_EQ(metrics["membroker_agent_report_duration_seconds"], "histogram");
   for (const auto& [name, type] : metrics) {
