@@ -103,10 +103,66 @@ void LowerThisThreadsPriority() {
 }
 constexpr size_t kMaxQueuedCalls = 256;
 
-// A watch the caller may not open: ends at once with `status`.
-class RefusedWatch final : public grpc::ServerWriteReactor<v1::Decision> {
+// One Reserve call: completes when Reservations calls back (maybe at once,
+// maybe later from its worker); a cancelled call ends its wait.
+class ReserveCall final : public grpc::ServerUnaryReactor {
  public:
-  explicit RefusedWatch(const grpc::Status& status) { Finish(status); }
+  ReserveCall(Reservations* reservations, BrokerMetrics* metrics, v1::Reservation* resp)
+      : reservations_(reservations), metrics_(metrics), resp_(resp) {}
+
+  // Runs on an admin worker thread (it may take the host's lock). A call
+  // cancelled before it ran reserves nothing.
+  void Start(const v1::ReserveRequest& req) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (cancelled_) {
+        Complete(absl::CancelledError("the caller went away before the reservation was made"));
+        return;
+      }
+    }
+    const uint64_t waiter = reservations_->Reserve(
+        req, [this](absl::StatusOr<v1::Reservation> r) { Complete(std::move(r)); });
+    absl::MutexLock lock(&mu_);
+    waiter_ = waiter;
+  }
+
+  // Ends the call with `status` (the request was not started).
+  void Fail(const absl::Status& status) { Complete(status); }
+
+  void OnCancel() override {
+    uint64_t waiter;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      waiter = waiter_;
+    }
+    // Only when the wait was still pending: else its completion finishes.
+    if (waiter != 0 && reservations_->Cancel(waiter)) {
+      Complete(absl::CancelledError("the caller went away; the reservation was removed"));
+    }
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Complete(absl::StatusOr<v1::Reservation> r) {
+    metrics_->AdminRequest("Reserve", CodeName(r.status().code()));
+    if (r.ok()) *resp_ = *std::move(r);
+    Finish(ToGrpcStatus(r.status()));
+  }
+
+  Reservations* const reservations_;
+  BrokerMetrics* const metrics_;
+  v1::Reservation* const resp_;
+  absl::Mutex mu_;
+  uint64_t waiter_ ABSL_GUARDED_BY(mu_) = 0;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// A watch the caller may not open: ends at once with `status`.
+template <typename Event = v1::Decision>
+class RefusedWatch final : public grpc::ServerWriteReactor<Event> {
+ public:
+  explicit RefusedWatch(const grpc::Status& status) { this->Finish(status); }
   void OnDone() override { delete this; }
 };
 
@@ -169,12 +225,15 @@ class AdminServiceImpl::Workers {
 
 AdminServiceImpl::AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store,
                                    const Authorizer* authorizer, Planner* planner,
-                                   const ServerLimits& limits)
+                                   const ServerLimits& limits, Reservations* reservations,
+                                   WatchHub* watch_hub)
     : fleet_(fleet),
       metrics_(metrics),
       store_(store),
       authorizer_(authorizer),
       planner_(planner),
+      reservations_(reservations),
+      watch_hub_(watch_hub),
       watch_limiter_("watch", limits.max_watch_streams, limits.max_streams_per_peer, metrics),
       workers_(std::make_unique<Workers>()) {}
 
@@ -329,22 +388,50 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ExplainVm(grpc::CallbackServerContex
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::Reserve(grpc::CallbackServerContext* ctx,
-                                                    const v1::ReserveRequest*, v1::Reservation*) {
+                                                    const v1::ReserveRequest* req,
+                                                    v1::Reservation* resp) {
   if (auto denied = Authorize(ctx, "Reserve"); !denied.ok()) {
     return Done(ctx, "Reserve", denied);
   }
-  return Done(ctx, "Reserve",
-              absl::UnimplementedError("reservations are not implemented in this version"));
+  if (reservations_ == nullptr) {
+    return Done(ctx, "Reserve", absl::UnimplementedError("reservations are not enabled"));
+  }
+  // Answers from the reservations' worker when the room is free, so the
+  // wait holds no callback thread.
+  auto* call = new ReserveCall(reservations_, metrics_, resp);
+  if (!workers_->Submit([call, req] { call->Start(*req); })) {
+    call->Fail(absl::ResourceExhaustedError("too many admin calls in progress; retry later"));
+  }
+  return call;
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::Release(grpc::CallbackServerContext* ctx,
-                                                    const v1::ReleaseRequest*,
+                                                    const v1::ReleaseRequest* req,
                                                     v1::ReleaseResponse*) {
   if (auto denied = Authorize(ctx, "Release"); !denied.ok()) {
     return Done(ctx, "Release", denied);
   }
-  return Done(ctx, "Release",
-              absl::UnimplementedError("reservations are not implemented in this version"));
+  if (reservations_ == nullptr) {
+    return Done(ctx, "Release", absl::UnimplementedError("reservations are not enabled"));
+  }
+  if (req->id().empty()) return Done(ctx, "Release", absl::InvalidArgumentError("id: empty"));
+  // Removing re-decides the host (its lock): off the callback threads.
+  return Offload(ctx, "Release", [this, req] { return reservations_->Remove(req->id()); });
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::ListReservations(
+    grpc::CallbackServerContext* ctx, const v1::ListReservationsRequest* req,
+    v1::ListReservationsResponse* resp) {
+  if (auto denied = Authorize(ctx, "ListReservations"); !denied.ok()) {
+    return Done(ctx, "ListReservations", denied);
+  }
+  if (reservations_ == nullptr) {
+    return Done(ctx, "ListReservations", absl::UnimplementedError("reservations are not enabled"));
+  }
+  for (v1::Reservation& r : reservations_->List(req->host_id())) {
+    *resp->add_reservations() = std::move(r);
+  }
+  return Done(ctx, "ListReservations", absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::GetPlan(grpc::CallbackServerContext* ctx,
@@ -376,14 +463,43 @@ grpc::ServerWriteReactor<v1::Decision>* AdminServiceImpl::WatchDecisions(
     grpc::CallbackServerContext* ctx, const v1::WatchDecisionsRequest* req) {
   if (absl::Status denied = Authorize(ctx, "WatchDecisions"); !denied.ok()) {
     metrics_->AdminRequest("WatchDecisions", CodeName(denied.code()));
-    return new RefusedWatch(ToGrpcStatus(denied));
+    return new RefusedWatch<>(ToGrpcStatus(denied));
   }
   if (absl::Status admitted = watch_limiter_.Acquire(ctx->peer()); !admitted.ok()) {
     metrics_->AdminRequest("WatchDecisions", CodeName(admitted.code()));
-    return new RefusedWatch(ToGrpcStatus(admitted));
+    return new RefusedWatch<>(ToGrpcStatus(admitted));
   }
   metrics_->AdminRequest("WatchDecisions", "OK");
   return new DecisionWriter(fleet_, req->host_id(), &watch_limiter_, ctx->peer());
+}
+
+grpc::ServerWriteReactor<v1::VmEvent>* AdminServiceImpl::WatchVms(
+    grpc::CallbackServerContext* ctx, const v1::WatchVmsRequest* req) {
+  absl::Status refused = Authorize(ctx, "WatchVms");
+  if (refused.ok() && watch_hub_ == nullptr) {
+    refused = absl::UnimplementedError("watches are not enabled");
+  }
+  if (refused.ok() && !req->host_id().empty() && !fleet_->GetHost(req->host_id()).ok()) {
+    refused = absl::NotFoundError(absl::StrCat("host \"", req->host_id().substr(0, 64),
+                                               "\" is not known"));
+  }
+  if (refused.ok()) refused = watch_limiter_.Acquire(ctx->peer());
+  metrics_->AdminRequest("WatchVms", CodeName(refused.code()));
+  if (!refused.ok()) return new RefusedWatch<v1::VmEvent>(ToGrpcStatus(refused));
+  return watch_hub_->WatchVms(req->host_id(),
+                              [this, peer = ctx->peer()] { watch_limiter_.Release(peer); });
+}
+
+grpc::ServerWriteReactor<v1::HostEvent>* AdminServiceImpl::WatchHosts(
+    grpc::CallbackServerContext* ctx, const v1::WatchHostsRequest*) {
+  absl::Status refused = Authorize(ctx, "WatchHosts");
+  if (refused.ok() && watch_hub_ == nullptr) {
+    refused = absl::UnimplementedError("watches are not enabled");
+  }
+  if (refused.ok()) refused = watch_limiter_.Acquire(ctx->peer());
+  metrics_->AdminRequest("WatchHosts", CodeName(refused.code()));
+  if (!refused.ok()) return new RefusedWatch<v1::HostEvent>(ToGrpcStatus(refused));
+  return watch_hub_->WatchHosts([this, peer = ctx->peer()] { watch_limiter_.Release(peer); });
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::ListAuditEntries(grpc::CallbackServerContext* ctx,

@@ -17,6 +17,8 @@
 #include "broker/metrics.h"
 #include "broker/server_limits.h"
 #include "broker/planner.h"
+#include "broker/reservations.h"
+#include "broker/watch.h"
 #include "membroker/v1/admin.grpc.pb.h"
 
 namespace membroker::broker {
@@ -24,10 +26,14 @@ namespace membroker::broker {
 class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
   // None owned; all must outlive the service. `limits` caps the open
-  // WatchDecisions streams (in total and per peer). Starts the worker
-  // threads; the destructor finishes queued calls and joins them.
+  // watch streams (WatchDecisions, WatchVms, WatchHosts; in total and per
+  // peer). Without `reservations`, Reserve / Release / ListReservations
+  // answer UNIMPLEMENTED; without `watch_hub`, WatchVms / WatchHosts do.
+  // Starts the worker threads; the destructor finishes queued calls and
+  // joins them.
   AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer,
-                   Planner* planner, const ServerLimits& limits = {});
+                   Planner* planner, const ServerLimits& limits = {},
+                   Reservations* reservations = nullptr, WatchHub* watch_hub = nullptr);
   ~AdminServiceImpl() override;
 
   grpc::ServerUnaryReactor* ListHosts(grpc::CallbackServerContext* ctx,
@@ -67,6 +73,13 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   grpc::ServerUnaryReactor* ListAuditEntries(grpc::CallbackServerContext* ctx,
                                              const v1::ListAuditEntriesRequest* req,
                                              v1::ListAuditEntriesResponse* resp) override;
+  grpc::ServerUnaryReactor* ListReservations(grpc::CallbackServerContext* ctx,
+                                             const v1::ListReservationsRequest* req,
+                                             v1::ListReservationsResponse* resp) override;
+  grpc::ServerWriteReactor<v1::VmEvent>* WatchVms(grpc::CallbackServerContext* ctx,
+                                                  const v1::WatchVmsRequest* req) override;
+  grpc::ServerWriteReactor<v1::HostEvent>* WatchHosts(grpc::CallbackServerContext* ctx,
+                                                      const v1::WatchHostsRequest* req) override;
 
  private:
   class Workers;
@@ -85,6 +98,8 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   Store* const store_;
   const Authorizer* const authorizer_;
   Planner* const planner_;
+  Reservations* const reservations_;
+  WatchHub* const watch_hub_;
   StreamLimiter watch_limiter_;
   // Last member: destroyed (joined) first, while what calls use still lives.
   std::unique_ptr<Workers> workers_;

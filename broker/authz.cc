@@ -124,9 +124,10 @@ const char* RoleName(Role role) {
 }
 
 AdminAccess AccessOf(absl::string_view method) {
-  static const char* const kReads[] = {"ListHosts",        "GetHost",   "ListVms", "GetVm",
-                                       "GetClusterPolicy", "ExplainVm", "GetPlan", "WatchDecisions",
-                                       "ListAuditEntries", "Place"};
+  static const char* const kReads[] = {
+      "ListHosts",        "GetHost",          "ListVms",  "GetVm",      "GetClusterPolicy",
+      "ExplainVm",        "GetPlan",          "Place",    "WatchDecisions", "ListAuditEntries",
+      "ListReservations", "WatchVms",         "WatchHosts"};
   for (const char* read : kReads) {
     if (method == read) return AdminAccess::kRead;
   }

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "broker/policy/explain.h"
 #include "broker/policy_config.h"
+#include "broker/reservations.h"
 #include "common/proto_time.h"
 #include "common/status.h"
 #include "common/units.h"
@@ -107,8 +108,13 @@ absl::StatusOr<uint64_t> Fleet::Connect(const v1::Hello& hello, BrokerMessageSin
     host->conn = conn;
     host->hello = hello;
     host->step.capacity_bytes = hello.capacity_bytes();
+    if (reservations_) {
+      host->step.reserved_bytes = reservations_->ReservedBytes(hello.host_id());
+      host->series.reserved->Set(static_cast<double>(host->step.reserved_bytes));
+    }
     host->sequence = 0;  // a new agent process starts its sequence again
     host->sink = std::move(sink);
+    host->changes.fetch_add(1, std::memory_order_relaxed);
     // Targets of the previous connection are forgotten: the agent reports
     // what it has, and the first decision starts from there.
     policy::ForgetDecisions(host->step);
@@ -133,6 +139,7 @@ void Fleet::Disconnect(const std::string& host_id, uint64_t conn) {
     host->disconnected_at = clock_->MonotonicNow();
     host->sink = nullptr;
     metrics_->ConnectedAgentsChanged(-1);
+    host->changes.fetch_add(1, std::memory_order_relaxed);
   }
   spdlog::info("host {} disconnected", host_id);
 }
@@ -153,7 +160,7 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
   const policy::HostObservation obs = ToHostObservation(report, Seconds(clock_->MonotonicNow()),
                                                         policies->report_interval, &problems);
 
-  absl::MutexLock lock(&host->mu);
+  absl::ReleasableMutexLock lock(&host->mu);
   if (host->conn != conn || !host->connected) {
     metrics_->ReportRejected("superseded");
     return absl::FailedPreconditionError("this stream was replaced by a newer one for the host");
@@ -173,6 +180,12 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
   host->series.reports_received->Increment();
 
   const policy::ObserveResult changes = policy::ObserveHost(obs, policies->set.demand, host->step);
+  if (reservations_ && !changes.added.empty() &&
+      reservations_->HandOver(host_id, changes.added)) {
+    // A VM started with its reservation: its memory is now its own.
+    host->step.reserved_bytes = reservations_->ReservedBytes(host_id);
+    host->series.reserved->Set(static_cast<double>(host->step.reserved_bytes));
+  }
   for (const std::string& id : changes.removed) {
     auto it = host->vms.find(id);
     if (it == host->vms.end()) continue;
@@ -213,6 +226,8 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
         ->Increment();
   }
   DecideLocked(*host, *policies, received);
+  lock.Release();
+  if (reservations_) reservations_->OnReport(host_id);
   return absl::OkStatus();
 }
 
@@ -220,6 +235,7 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
   const bool was_overcommitted =
       host.step.decision.overcommitted || !host.step.decision.pressure_unmet.empty();
   const bool changed = policy::DecideStep(policies.set, host.step);
+  host.changes.fetch_add(1, std::memory_order_relaxed);
   const policy::HostDecision& now = host.step.decision;
   // Overcommitted as operators see it: the floors do not fit, or a guest
   // under acute pressure is short of its demand after every sacrifice.
@@ -316,6 +332,9 @@ absl::Status Fleet::Ack(const std::string& host_id, uint64_t conn, const v1::Tar
     return absl::InvalidArgumentError(absl::StrCat(
         "ack.generation: ", ack.generation(), " was never sent (last ", host->generation, ")"));
   }
+  if (ack.generation() > host->acked_generation) {
+    host->changes.fetch_add(1, std::memory_order_relaxed);
+  }
   host->acked_generation = std::max(host->acked_generation, ack.generation());
   if (ack.errors_size() > 0) {
     // One line per ack, naming a few VMs; at most a burst per host.
@@ -410,6 +429,57 @@ absl::StatusOr<v1::ClusterPolicy> Fleet::SetClusterPolicy(const v1::ClusterPolic
                    policies_.SetClusterPolicy(update, {actor, clock_->Now()}));
   for (const auto& h : AllHosts()) Redecide(h);
   return next;
+}
+
+void Fleet::AttachReservations(Reservations* reservations) { reservations_ = reservations; }
+
+void Fleet::RefreshReserved(const std::string& host_id) {
+  std::shared_ptr<HostState> host = FindHost(host_id);
+  if (!host || !reservations_) return;
+  std::shared_ptr<const PolicySnapshot> policies = policies_.Snapshot();
+  absl::MutexLock lock(&host->mu);
+  host->step.reserved_bytes = reservations_->ReservedBytes(host_id);
+  host->series.reserved->Set(static_cast<double>(host->step.reserved_bytes));
+  if (host->step.vms.empty()) return;
+  DecideLocked(*host, *policies, clock_->Now());
+}
+
+absl::StatusOr<HostRoom> Fleet::GetRoom(const std::string& host_id) const {
+  std::shared_ptr<HostState> host = FindHost(host_id);
+  if (!host) return absl::NotFoundError(absl::StrCat("host \"", host_id, "\" is not known"));
+  absl::MutexLock lock(&host->mu);
+  HostRoom room;
+  room.connected = host->connected;
+  room.report_sequence = host->sequence;
+  room.capacity_bytes = host->step.capacity_bytes;
+  room.reserved_bytes = host->step.reserved_bytes;
+  for (const auto& [id, s] : host->step.vms) {
+    room.actual_bytes += s.actual_bytes;
+    auto it = host->vms.find(id);
+    const std::string& name =
+        it == host->vms.end() || it->second.sample.name().empty() ? id : it->second.sample.name();
+    if (!s.decided) continue;
+    // A default floor yields under pressure (sacrifice b): only what the
+    // guest uses holds then.
+    std::string why = policy::FloorSourceName(s.input, s.decision);
+    uint64_t held = s.decision.floor_bytes;
+    if (why == "default min") {
+      why = "protect";
+      held = std::min(s.input.protect_bytes, s.input.max_bytes);
+    }
+    if (held > 0) {
+      room.holds.push_back({name, held, why});
+      room.held_bytes += held;
+    }
+    if (s.actual_bytes > s.decision.target_bytes) {
+      room.moving.push_back(absl::StrCat(name, " (actual ", FormatBytes(s.actual_bytes),
+                                         ", target ", FormatBytes(s.decision.target_bytes),
+                                         s.balloon_healthy ? ")" : ", balloon not moving)"));
+    }
+  }
+  std::sort(room.holds.begin(), room.holds.end(),
+            [](const HostRoom::Hold& a, const HostRoom::Hold& b) { return a.bytes > b.bytes; });
+  return room;
 }
 
 uint64_t Fleet::Watch(const std::string& host_filter, DecisionSink sink) {

@@ -40,6 +40,51 @@
 
 namespace membroker::broker {
 
+class Reservations;
+
+// What a host holds and what could be freed, for reservations (GetRoom).
+struct HostRoom {
+  bool connected = false;
+  uint64_t report_sequence = 0;
+  uint64_t capacity_bytes = 0;  // the host's, before reservations
+  uint64_t actual_bytes = 0;    // sum of the VMs' balloon actuals
+  uint64_t reserved_bytes = 0;  // sum of the host's reservations
+  // Memory no reclaim can take: per VM, what its policy or balloon holds
+  // (pinned: max; stuck balloon: actual; operator min; what the guest
+  // actively uses).
+  struct Hold {
+    std::string vm;  // name, or id when unnamed
+    uint64_t bytes = 0;
+    std::string why;  // "pinned", "balloon unhealthy", "operator min", "protect"
+  };
+  std::vector<Hold> holds;  // largest first
+  uint64_t held_bytes = 0;  // sum of holds
+  // VMs whose balloon is still above its target: name, actual, target.
+  std::vector<std::string> moving;
+  // Free now: capacity - actual (0 when the VMs hold more).
+  uint64_t free_bytes() const {
+    return capacity_bytes > actual_bytes ? capacity_bytes - actual_bytes : 0;
+  }
+};
+
+// What a watch has seen of the fleet (Fleet::CollectChanges): per host a
+// change counter and fingerprints of the host and each VM.
+struct WatchCursor {
+  struct HostSeen {
+    uint64_t changes = ~uint64_t{0};  // Fleet's per-host change counter
+    uint64_t fingerprint = 0;
+    std::map<std::string, uint64_t> vms;  // VM id -> fingerprint
+  };
+  std::map<std::string, HostSeen> hosts;
+};
+
+// What changed since a cursor.
+struct FleetChanges {
+  std::vector<v1::Vm> vms;          // appeared or changed: new state
+  std::vector<v1::Vm> removed_vms;  // vm_id and host_id only
+  std::vector<v1::Host> hosts;      // appeared or changed
+};
+
 // Delivers a message to a host's agent stream (moved in: the sink may keep
 // it). Called with the host's lock held: it must only enqueue, never block
 // or call back into the Fleet.
@@ -109,6 +154,28 @@ class Fleet {
   // Hosts in id order.
   std::vector<policy::PlanHost> PlanSnapshot() const;
 
+  // --- Reservations ---
+
+  // Makes the Fleet consult `reservations` (not owned; outlives the Fleet's
+  // use): each host's decision leaves its reserved bytes free, and a
+  // reservation for a VM ends when that VM first appears. Call before
+  // serving.
+  void AttachReservations(Reservations* reservations);
+  // Re-reads the host's reserved bytes and re-decides it (no-op for an
+  // unknown host).
+  void RefreshReserved(const std::string& host_id);
+  // NOT_FOUND for an unknown host.
+  absl::StatusOr<HostRoom> GetRoom(const std::string& host_id) const;
+
+  // --- Watch (VMs, hosts) ---
+
+  // Fills `out` (when not null) with what changed since `cursor` and moves
+  // the cursor. Hosts whose change counter did not move are skipped without
+  // taking their lock; for the others, one fingerprint per VM (fields that
+  // matter to an operator, not raw guest statistics) is compared, and only
+  // changed VMs are copied. With `out` null only the cursor moves.
+  void CollectChanges(WatchCursor& cursor, FleetChanges* out) const;
+
   // Decision watchers.
   uint64_t Watch(const std::string& host_filter, DecisionSink sink);
   void Unwatch(uint64_t id);
@@ -143,6 +210,9 @@ class Fleet {
     uint64_t generation ABSL_GUARDED_BY(mu) = 0;
     uint64_t acked_generation ABSL_GUARDED_BY(mu) = 0;
     BrokerMessageSink sink ABSL_GUARDED_BY(mu);
+    // Bumped (under mu) whenever something a watcher sees may have
+    // changed; read without the lock by CollectChanges.
+    std::atomic<uint64_t> changes{0};
   };
 
   std::shared_ptr<HostState> FindHost(const std::string& host_id) const;
@@ -166,6 +236,7 @@ class Fleet {
   BrokerMetrics* const metrics_;
   const v1::SafetyParams safety_;
   PolicyRegistry policies_;
+  Reservations* reservations_ = nullptr;  // set before serving
 
   mutable absl::Mutex hosts_mu_;
   std::map<std::string, std::shared_ptr<HostState>> hosts_ ABSL_GUARDED_BY(hosts_mu_);

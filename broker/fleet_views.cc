@@ -21,6 +21,7 @@ v1::Host Fleet::HostProtoLocked(const HostState& h) const {
   out.set_backend(h.hello.backend());
   out.set_agent_version(h.hello.agent_version());
   out.set_capacity_bytes(h.step.capacity_bytes);
+  out.set_reserved_bytes(h.step.reserved_bytes);
   *out.mutable_sample() = h.sample;
   out.set_vm_count(static_cast<uint32_t>(h.step.vms.size()));
   uint64_t actual = 0, demand = 0;

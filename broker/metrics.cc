@@ -120,6 +120,10 @@ BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
                          .Name("membroker_host_capacity_bytes")
                          .Help("Memory VMs on the host may have in total.")
                          .Register(*registry)),
+      host_reserved_(prometheus::BuildGauge()
+                         .Name("membroker_host_reserved_bytes")
+                         .Help("Memory held free on the host for reservations.")
+                         .Register(*registry)),
       host_target_(prometheus::BuildGauge()
                        .Name("membroker_host_target_bytes")
                        .Help("Sum of the host's VM targets.")
@@ -269,6 +273,7 @@ BrokerMetrics::HostSeries BrokerMetrics::AddHost(const std::string& host) {
   series.guest_oom_inferred = &host_guest_oom_kills_.Add({{"host", host}, {"source", "inferred"}});
   series.reclaimed = &host_reclaimed_.Add(labels);
   series.pressure_full = &host_pressure_full_.Add(labels);
+  series.reserved = &host_reserved_.Add(labels);
   series.stall_some = &host_stall_.Add({{"host", host}, {"kind", "some"}});
   series.stall_full = &host_stall_.Add({{"host", host}, {"kind", "full"}});
   return series;

@@ -106,6 +106,7 @@ class BrokerMetrics {
     prometheus::Counter* guest_oom_inferred = nullptr;
     prometheus::Gauge* reclaimed = nullptr;
     prometheus::Gauge* pressure_full = nullptr;
+    prometheus::Gauge* reserved = nullptr;  // sum of the host's reservations
     prometheus::Counter* stall_some = nullptr;  // kind="some"
     prometheus::Counter* stall_full = nullptr;  // kind="full"
     // The host's PSI stall totals as last mirrored (UpdateHost); written
@@ -135,6 +136,7 @@ class BrokerMetrics {
   prometheus::Family<prometheus::Gauge>& host_pressure_full_;
   prometheus::Family<prometheus::Counter>& host_stall_;
   prometheus::Family<prometheus::Gauge>& host_capacity_;
+  prometheus::Family<prometheus::Gauge>& host_reserved_;
   prometheus::Family<prometheus::Gauge>& host_target_;
   prometheus::Family<prometheus::Gauge>& host_overcommitted_;
   prometheus::Family<prometheus::Gauge>& host_pressure_;

@@ -40,6 +40,10 @@ absl::Status ValidateBrokerOptions(const BrokerOptions& o) {
     }
   }
   RETURN_IF_ERROR(ValidateServerLimits(o.limits));
+  if (o.watch.period <= absl::ZeroDuration() || o.watch.max_queued == 0 || o.watch.batch == 0) {
+    return absl::InvalidArgumentError(
+        "watch: period, max_queued and batch must be greater than 0");
+  }
   const auto& safety = o.safety;
   for (const auto* d : {&safety.stuck_timeout(), &safety.fail_static_grace()}) {
     if (d->seconds() < 0 || d->nanos() < 0) {
@@ -59,6 +63,11 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
                                       WithDefaults(options.safety));
   RETURN_IF_ERROR(b->fleet_->Load(options.cluster_policy));
   b->planner_ = std::make_unique<Planner>(b->fleet_.get(), clock, *registry);
+  b->reservations_ = std::make_unique<Reservations>(clock, b->store_.get());
+  RETURN_IF_ERROR(b->reservations_->Load());
+  b->reservations_->Start(b->fleet_.get());
+  b->watch_hub_ = std::make_unique<WatchHub>(b->fleet_.get(), clock, options.watch);
+  b->watch_hub_->Start();
   ASSIGN_OR_RETURN(b->metrics_server_,
                    MetricsServer::Start(options.metrics_listen, b->metrics_->collectable()));
   std::shared_ptr<grpc::ServerCredentials> credentials;
@@ -77,7 +86,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
       b->fleet_.get(), b->metrics_.get(), b->authorizer_.get(), clock, options.limits);
   b->admin_service_ = std::make_unique<AdminServiceImpl>(
       b->fleet_.get(), b->metrics_.get(), b->store_.get(), b->authorizer_.get(), b->planner_.get(),
-      options.limits);
+      options.limits, b->reservations_.get(), b->watch_hub_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

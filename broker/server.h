@@ -17,7 +17,9 @@
 #include "broker/metrics.h"
 #include "broker/server_limits.h"
 #include "broker/planner.h"
+#include "broker/reservations.h"
 #include "broker/store.h"
+#include "broker/watch.h"
 #include "common/clock.h"
 #include "common/metrics_server.h"
 #include "common/tls.h"
@@ -43,6 +45,8 @@ struct BrokerOptions {
   // How often the rebalance plan is recomputed for its metrics (0: never;
   // GetPlan always computes a fresh one).
   absl::Duration plan_interval = kDefaultPlanInterval;
+  // WatchVms / WatchHosts: scan period, per-watcher queue limit, batch.
+  WatchHub::Options watch;
 };
 
 // Checks options: addresses, state dir, policy. INVALID_ARGUMENT naming the
@@ -62,6 +66,8 @@ class Broker {
   Fleet& fleet() { return *fleet_; }
   BrokerMetrics& metrics() { return *metrics_; }
   Planner& planner() { return *planner_; }
+  Reservations& reservations() { return *reservations_; }
+  WatchHub& watch_hub() { return *watch_hub_; }
   // Stops accepting calls and ends open streams (deadline 2 s).
   void Shutdown();
   // Blocks until Shutdown.
@@ -74,6 +80,9 @@ class Broker {
   std::unique_ptr<MetricsServer> metrics_server_;
   std::unique_ptr<Fleet> fleet_;
   std::unique_ptr<Planner> planner_;  // after fleet_: stopped before it goes
+  // After fleet_: its worker calls into the fleet, so it goes first.
+  std::unique_ptr<Reservations> reservations_;
+  std::unique_ptr<WatchHub> watch_hub_;
   std::unique_ptr<Authorizer> authorizer_;
   std::unique_ptr<AgentServiceImpl> agent_service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;

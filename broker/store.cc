@@ -55,6 +55,8 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir) {
            "CREATE TABLE IF NOT EXISTS cluster_policy (id INTEGER PRIMARY KEY CHECK (id = 1), "
            "policy BLOB NOT NULL)",
            "CREATE TABLE IF NOT EXISTS vm_policy (vm_id TEXT PRIMARY KEY, policy BLOB NOT NULL)",
+           "CREATE TABLE IF NOT EXISTS reservation (id TEXT PRIMARY KEY, reservation BLOB NOT "
+           "NULL)",
            "CREATE TABLE IF NOT EXISTS audit_log (id INTEGER PRIMARY KEY AUTOINCREMENT, "
            "target TEXT NOT NULL, entry BLOB NOT NULL)",
        }) {
@@ -182,6 +184,44 @@ absl::Status Store::DeleteVmPolicy(const std::string& vm_id, const v1::AuditEntr
         return absl::OkStatus();
       },
       audit);
+}
+
+absl::StatusOr<std::vector<v1::Reservation>> Store::LoadReservations() {
+  absl::MutexLock lock(&mu_);
+  Stmt st;
+  if (sqlite3_prepare_v2(db_, "SELECT reservation FROM reservation ORDER BY id", -1, &st.s,
+                         nullptr) != SQLITE_OK) {
+    return SqlError(db_, "prepare");
+  }
+  std::vector<v1::Reservation> out;
+  int rc;
+  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) {
+    v1::Reservation r;
+    if (!r.ParseFromArray(sqlite3_column_blob(st.s, 0), sqlite3_column_bytes(st.s, 0))) {
+      return absl::DataLossError("state store: a stored reservation does not parse");
+    }
+    out.push_back(std::move(r));
+  }
+  if (rc != SQLITE_DONE) return SqlError(db_, "read reservations");
+  return out;
+}
+
+absl::Status Store::PutReservation(const v1::Reservation& reservation) {
+  absl::MutexLock lock(&mu_);
+  return PutBlobLocked("INSERT OR REPLACE INTO reservation (id, reservation) VALUES (?1, ?2)",
+                       reservation.id(), reservation.SerializeAsString());
+}
+
+absl::Status Store::DeleteReservation(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  Stmt st;
+  if (sqlite3_prepare_v2(db_, "DELETE FROM reservation WHERE id = ?1", -1, &st.s, nullptr) !=
+      SQLITE_OK) {
+    return SqlError(db_, "prepare");
+  }
+  sqlite3_bind_text(st.s, 1, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
+  if (sqlite3_step(st.s) != SQLITE_DONE) return SqlError(db_, "delete");
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<v1::AuditEntry>> Store::ListAuditEntries(size_t limit,

@@ -1,6 +1,6 @@
 #pragma once
-// Hard state (per-VM policies, the cluster policy, the audit trail of
-// policy changes) in an embedded SQLite
+// Hard state (per-VM policies, the cluster policy, reservations, the audit
+// trail of policy changes) in an embedded SQLite
 // database under --state-dir. Every write is durable (synchronous=FULL,
 // committed) before it returns OK, so a kill -9 loses nothing acknowledged.
 
@@ -44,6 +44,13 @@ class Store {
                            const v1::AuditEntry* audit = nullptr);
   // OK also when there was none.
   absl::Status DeleteVmPolicy(const std::string& vm_id, const v1::AuditEntry* audit = nullptr);
+
+  // Every stored reservation (the Reservation message, `ready` unset), by id.
+  absl::StatusOr<std::vector<v1::Reservation>> LoadReservations();
+  // Stores (or replaces) a reservation by its id.
+  absl::Status PutReservation(const v1::Reservation& reservation);
+  // OK also when there was none.
+  absl::Status DeleteReservation(const std::string& id);
 
   // The newest `limit` audit entries (only those of `target` when it is not
   // empty), oldest first, with their ids.

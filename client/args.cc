@@ -13,23 +13,32 @@ namespace membroker::client {
 namespace {
 
 const FlagSpec kHostFilter{"host", "HOST", "only this host"};
+const FlagSpec kWatch{"watch", "true|false", "print the list, then only changes (until Ctrl-C)"};
+#define WATCH_HELP                                                                          \
+  "With --watch: the list, then, as they happen, only what changed (and what\n"          \
+  "is gone); guest statistics alone are not a change. With -o json|yaml, one\n"          \
+  "event per document. A watcher that falls too far behind is ended by the\n"           \
+  "broker with RESOURCE_EXHAUSTED; run it again for a fresh list.\n\n"
 
 std::vector<CommandSpec> BuildCommands() {
   std::vector<CommandSpec> c;
   c.push_back({{"get", "hosts"},
                {},
-               {},
+               {kWatch},
                "List hosts with their memory totals.",
                "Columns: HOST CONNECTED VMS CAPACITY TARGET ACTUAL FLOOR DEMAND PRESSURE\n"
                "OVERCOMMITTED (-o wide adds BACKEND VERSION RESERVED MEM_AVAILABLE\n"
-               "GENERATION ACKED).\n\nExample:\n  membrokerctl --insecure get hosts -o wide\n"});
+               "GENERATION ACKED).\n\n" WATCH_HELP
+               "Example:\n  membrokerctl --insecure get hosts -o wide\n"});
   c.push_back({{"get", "vms"},
                {},
-               {kHostFilter},
+               {kHostFilter, kWatch},
                "List VMs and their balloon targets.",
                "Columns: HOST NAME MAX ACTUAL TARGET DEMAND FLOOR HEALTH REASON\n"
-               "(-o wide adds VM_ID WEIGHT GUEST_USED SWAP_IN/s).\n\nExamples:\n"
+               "(-o wide adds VM_ID WEIGHT GUEST_USED SWAP_IN/s).\n\n" WATCH_HELP
+               "Examples:\n"
                "  membrokerctl --insecure get vms\n"
+               "  membrokerctl --insecure get vms --watch\n"
                "  membrokerctl --insecure get vms --host=kvm-01 -o json\n"});
   c.push_back({{"describe", "host"},
                {"HOST"},
@@ -92,11 +101,26 @@ std::vector<CommandSpec> BuildCommands() {
                {},
                {{"host", "HOST", "the host to make room on (required)"},
                 {"bytes", "SIZE", "how much room, e.g. 4GiB (required)"},
-                {"wait", "DURATION", "how long the broker may take to make room"}},
+                {"wait", "DURATION", "how long the broker may take to make room"},
+                {"ttl", "DURATION", "how long the reservation lasts (default 10m, at most 24h)"},
+                {"for-vm", "VM_ID", "hand the reservation to this VM (UUID) when it starts"}},
                "Make room on a host for a VM about to start.",
-               "Prints the reservation id; release it with `membrokerctl release ID` once\n"
-               "the VM runs. The call's deadline is --timeout plus --wait.\n\nExample:\n"
+               "The broker reclaims memory on the host within policy (floors and step\n"
+               "limits hold) until its report shows the room free. With --wait the call\n"
+               "answers then, or fails at the deadline: FAILED_PRECONDITION when floors,\n"
+               "pinned VMs or stuck balloons leave too little (naming them),\n"
+               "DEADLINE_EXCEEDED naming the balloons still moving. Without --wait it\n"
+               "answers at once (READY says whether the room is free yet). Prints the\n"
+               "reservation id; it ends with `membrokerctl release ID`, at its --ttl, or\n"
+               "when the VM named by --for-vm appears on the host (its memory then counts\n"
+               "as that VM's). The call's deadline is --timeout plus --wait.\n\nExample:\n"
                "  membrokerctl --insecure reserve --host=kvm-01 --bytes=8GiB --wait=30s\n"});
+  c.push_back({{"get", "reservations"},
+               {},
+               {kHostFilter},
+               "List active reservations.",
+               "Columns: ID HOST SIZE READY FOR_VM CREATED EXPIRES.\n\nExample:\n"
+               "  membrokerctl --insecure get reservations --host=kvm-01\n"});
   c.push_back({{"release"},
                {"ID"},
                {},
@@ -153,6 +177,7 @@ std::string Canonical(const std::string& verb, const std::string& word) {
   if (verb == "get") {
     if (word == "host") return "hosts";
     if (word == "vm") return "vms";
+    if (word == "reservation") return "reservations";
   } else if (verb == "describe" || verb == "explain" || verb == "set" || verb == "unset") {
     if (word == "hosts") return "host";
     if (word == "vms") return "vm";
@@ -320,7 +345,11 @@ absl::StatusOr<Invocation> ParseArgs(const std::vector<std::string>& args,
       inv.global.insecure = !has_value || value == "true";
       continue;
     }
-    // Every other flag takes a value.
+    // --watch alone means --watch=true; every other flag takes a value.
+    if (name == "watch" && !has_value) {
+      value = "true";
+      has_value = true;
+    }
     if (!has_value) {
       if (i + 1 >= args.size()) {
         return absl::InvalidArgumentError(absl::StrCat(shown, " needs a value"));

@@ -88,7 +88,106 @@ int Print(const Run& r, const google::protobuf::Message& reply, const std::strin
   return kExitOk;
 }
 
+// The value of --watch (false when absent).
+absl::StatusOr<bool> WatchFlag(const Run& r) {
+  auto it = r.inv.flags.find("watch");
+  if (it == r.inv.flags.end() || it->second == "false") return false;
+  if (it->second == "true") return true;
+  return absl::InvalidArgumentError("--watch: value must be true or false");
+}
+
+// Time of a watch event, for people.
+std::string EventHeader(const Run& r, absl::string_view what) {
+  return absl::StrCat("--- ", what, " ", FormatUtc(r.env.clock->Now()), " ---\n");
+}
+
+// Reads a watch stream to its end: each event printed as it comes. `human`
+// renders one event for table/wide.
+template <typename Event>
+int Watch(Run& r, grpc::ClientContext* context, grpc::ClientReaderInterface<Event>* reader,
+          const std::function<std::string(const Event&)>& human) {
+  Event e;
+  while (reader->Read(&e)) {
+    if (Machine(r)) {
+      absl::StatusOr<std::string> text = RenderMessage(e, r.inv.global.output);
+      if (!text.ok()) {
+        context->TryCancel();
+        reader->Finish().IgnoreError();
+        r.err << "error: " << text.status().message() << "\n";
+        return kExitError;
+      }
+      r.out << *text;
+      if (r.inv.global.output == OutputFormat::kYaml) r.out << "---\n";
+    } else {
+      r.out << human(e);
+    }
+    r.out.flush();
+  }
+  grpc::Status s = reader->Finish();
+  if (!s.ok()) return Failed(r, s);
+  return kExitOk;
+}
+
+int WatchHosts(Run& r) {
+  grpc::ClientContext context;  // no deadline: until the user stops it
+  auto reader = r.stub->WatchHosts(&context, v1::WatchHostsRequest());
+  v1::ListHostsResponse snapshot;
+  return Watch<v1::HostEvent>(r, &context, reader.get(), [&](const v1::HostEvent& e) {
+    std::string out;
+    switch (e.type()) {
+      case v1::HostEvent::TYPE_SNAPSHOT:
+        for (const v1::Host& h : e.hosts()) *snapshot.add_hosts() = h;
+        return out;
+      case v1::HostEvent::TYPE_SNAPSHOT_END:
+        return absl::StrCat(EventHeader(r, "hosts"), RenderHostsTable(snapshot, Wide(r)));
+      default: {
+        out = EventHeader(r, "changed");
+        if (e.hosts_size() > 0) {
+          v1::ListHostsResponse changed;
+          *changed.mutable_hosts() = e.hosts();
+          absl::StrAppend(&out, RenderHostsTable(changed, Wide(r)));
+        }
+        for (const v1::Host& h : e.removed()) absl::StrAppend(&out, "removed host ", h.host_id(), "\n");
+        return out;
+      }
+    }
+  });
+}
+
+int WatchVms(Run& r, const v1::ListVmsRequest& request) {
+  grpc::ClientContext context;  // no deadline: until the user stops it
+  v1::WatchVmsRequest watch;
+  watch.set_host_id(request.host_id());
+  auto reader = r.stub->WatchVms(&context, watch);
+  v1::ListVmsResponse snapshot;
+  return Watch<v1::VmEvent>(r, &context, reader.get(), [&](const v1::VmEvent& e) {
+    std::string out;
+    switch (e.type()) {
+      case v1::VmEvent::TYPE_SNAPSHOT:
+        for (const v1::Vm& vm : e.vms()) *snapshot.add_vms() = vm;
+        return out;
+      case v1::VmEvent::TYPE_SNAPSHOT_END:
+        return absl::StrCat(EventHeader(r, "vms"), RenderVmsTable(snapshot, Wide(r)));
+      default: {
+        out = EventHeader(r, "changed");
+        if (e.vms_size() > 0) {
+          v1::ListVmsResponse changed;
+          *changed.mutable_vms() = e.vms();
+          absl::StrAppend(&out, RenderVmsTable(changed, Wide(r)));
+        }
+        for (const v1::Vm& vm : e.removed()) {
+          absl::StrAppend(&out, "removed vm ", vm.vm_id(), " (host ", vm.host_id(), ")\n");
+        }
+        return out;
+      }
+    }
+  });
+}
+
 int GetHosts(Run& r) {
+  auto watch = WatchFlag(r);
+  if (!watch.ok()) return Usage(r.err, watch.status());
+  if (*watch) return WatchHosts(r);
   v1::ListHostsResponse reply;
   grpc::Status s = Call(r, [&](grpc::ClientContext* c) {
     return r.stub->ListHosts(c, v1::ListHostsRequest(), &reply);
@@ -100,6 +199,9 @@ int GetHosts(Run& r) {
 int GetVms(Run& r) {
   auto request = BuildListVmsRequest(r.inv);
   if (!request.ok()) return Usage(r.err, request.status());
+  auto watch = WatchFlag(r);
+  if (!watch.ok()) return Usage(r.err, watch.status());
+  if (*watch) return WatchVms(r, *request);
   v1::ListVmsResponse reply;
   grpc::Status s =
       Call(r, [&](grpc::ClientContext* c) { return r.stub->ListVms(c, *request, &reply); });
@@ -189,6 +291,19 @@ int ReserveCmd(Run& r) {
       r, [&](grpc::ClientContext* c) { return r.stub->Reserve(c, *request, &reply); }, wait);
   if (!s.ok()) return Failed(r, s);
   return Print(r, reply, DescribeReservation(reply));
+}
+
+int GetReservations(Run& r) {
+  bool has_host = false;
+  auto host = FlagHostId(r.inv, "host", &has_host);
+  if (!host.ok()) return Usage(r.err, host.status());
+  v1::ListReservationsRequest request;
+  request.set_host_id(*host);
+  v1::ListReservationsResponse reply;
+  grpc::Status s = Call(
+      r, [&](grpc::ClientContext* c) { return r.stub->ListReservations(c, request, &reply); });
+  if (!s.ok()) return Failed(r, s);
+  return Print(r, reply, RenderReservationsTable(reply));
 }
 
 int ReleaseCmd(Run& r) {
@@ -323,6 +438,7 @@ int Dispatch(Run& r) {
   if (name == "policy set") return PolicySetCmd(r);
   if (name == "reserve") return ReserveCmd(r);
   if (name == "release") return ReleaseCmd(r);
+  if (name == "get reservations") return GetReservations(r);
   if (name == "plan") return PlanCmd(r);
   if (name == "place") return PlaceCmd(r);
   if (name == "history") return HistoryCmd(r);
@@ -471,9 +587,17 @@ absl::StatusOr<v1::ReserveRequest> BuildReserveRequest(const Invocation& inv) {
   if (*bytes == 0) return absl::InvalidArgumentError("--bytes must be greater than 0");
   auto wait = FlagDuration(inv, "wait", /*allow_zero=*/true, &has_wait);
   if (!wait.ok()) return wait.status();
+  bool has_ttl = false;
+  auto ttl = FlagDuration(inv, "ttl", /*allow_zero=*/false, &has_ttl);
+  if (!ttl.ok()) return ttl.status();
   request.set_host_id(*host);
   request.set_bytes(*bytes);
   if (has_wait) *request.mutable_wait() = ToProtoDuration(*wait);
+  if (has_ttl) *request.mutable_ttl() = ToProtoDuration(*ttl);
+  if (auto vm = inv.flags.find("for-vm"); vm != inv.flags.end()) {
+    if (vm->second.empty()) return absl::InvalidArgumentError("--for-vm: empty");
+    request.set_for_vm_id(vm->second);
+  }
   return request;
 }
 

@@ -249,6 +249,18 @@ std::string RenderPlaceTable(const v1::PlaceResponse& reply) {
   return out;
 }
 
+std::string RenderReservationsTable(const v1::ListReservationsResponse& reply) {
+  if (reply.reservations().empty()) return "No reservations.\n";
+  Table table({"ID", "HOST", "SIZE", "READY", "FOR_VM", "CREATED", "EXPIRES"});
+  for (const v1::Reservation& r : reply.reservations()) {
+    table.AddRow({r.id(), r.host_id(), Bytes(r.bytes()), YesNo(r.ready()),
+                  r.for_vm_id().empty() ? "-" : r.for_vm_id(),
+                  r.has_created_at() ? FormatUtc(FromProto(r.created_at())) : "-",
+                  r.has_expires_at() ? FormatUtc(FromProto(r.expires_at())) : "-"});
+  }
+  return table.Render();
+}
+
 std::string RenderAuditTable(const v1::ListAuditEntriesResponse& history) {
   if (history.entries().empty()) return "No policy changes recorded.\n";
   Table table({"ID", "TIME", "ACTOR", "ACTION", "TARGET", "CHANGES"});
@@ -389,7 +401,9 @@ std::string DescribeReservation(const v1::Reservation& r) {
   return absl::StrCat(
       "reservation ", r.id(), ": ", Bytes(r.bytes()), " on host ", r.host_id(),
       r.has_created_at() ? absl::StrCat(" since ", FormatUtc(FromProto(r.created_at()))) : "",
-      "\n");
+      r.has_expires_at() ? absl::StrCat(", expires ", FormatUtc(FromProto(r.expires_at()))) : "",
+      r.for_vm_id().empty() ? "" : absl::StrCat(", for VM ", r.for_vm_id()),
+      r.ready() ? ", room free" : ", room not free yet", "\n");
 }
 
 }  // namespace membroker::client

@@ -57,6 +57,7 @@ std::string RenderPlanTable(const v1::Plan& plan, bool wide = false);
 // Placement: HOST FREE RECLAIM HEADROOM, best first, then where `count`
 // VMs would go.
 std::string RenderPlaceTable(const v1::PlaceResponse& reply);
+std::string RenderReservationsTable(const v1::ListReservationsResponse& reply);
 // The audit trail: ID TIME ACTOR ACTION TARGET CHANGES, one row per change
 // (its changed fields joined by "; "), or a line saying there is none.
 std::string RenderAuditTable(const v1::ListAuditEntriesResponse& history);

@@ -64,7 +64,19 @@ VmInput BuildVmInput(const std::string& vm_id, const VmStepState& vm, const Poli
 
 bool DecideStep(const PolicySet& policies, HostStepState& state) {
   HostInput input;
-  input.capacity_bytes = state.capacity_bytes;
+  input.capacity_bytes = state.capacity_bytes - std::min(state.capacity_bytes, state.reserved_bytes);
+  if (state.reserved_bytes > 0) {
+    // Room for reservations is made in reclaim steps: the capacity shrinks
+    // no faster than every VM giving back one step from its last target
+    // (the allocator would otherwise reclaim past the step to fit).
+    uint64_t stepped = 0;
+    for (const auto& [id, vm] : state.vms) {
+      const uint64_t prev = vm.decided ? vm.decision.target_bytes : vm.actual_bytes;
+      stepped += prev - std::min(prev, policies.params.reclaim_step_bytes);
+    }
+    input.capacity_bytes =
+        std::max(input.capacity_bytes, std::min(state.capacity_bytes, stepped));
+  }
   // The host really holds the margin: what it has free covers the margin
   // beyond what the VMs' last targets may still take from it, and it is not
   // itself under memory pressure.

@@ -82,6 +82,9 @@ struct VmStepState {
 // What the step keeps per host. Owned by the caller.
 struct HostStepState {
   uint64_t capacity_bytes = 0;
+  // Held free for reservations: the decision's capacity is capacity_bytes
+  // minus this (at least 0), reached in reclaim steps (DecideStep).
+  uint64_t reserved_bytes = 0;
   uint64_t host_available_bytes = 0;  // last reported (0: unknown)
   double host_psi_some_avg10_percent = 0;
   std::map<std::string, VmStepState> vms;  // by VM id

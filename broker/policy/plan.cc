@@ -79,8 +79,9 @@ PlanHost PlanHostFromStep(const std::string& host_id, bool connected, const Host
   PlanHost out;
   out.host_id = host_id;
   out.connected = connected;
-  const uint64_t margin = state.params.host_free_margin_bytes;
-  out.usable_bytes = state.capacity_bytes > margin ? state.capacity_bytes - margin : 0;
+  // Room promised to reservations is as taken as the free margin.
+  const uint64_t held = state.params.host_free_margin_bytes + state.reserved_bytes;
+  out.usable_bytes = state.capacity_bytes > held ? state.capacity_bytes - held : 0;
   out.vms.reserve(state.vms.size());
   for (const auto& [id, s] : state.vms) {
     PlanVm vm;

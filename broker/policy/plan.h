@@ -61,7 +61,7 @@ struct PlanVm {
 struct PlanHost {
   std::string host_id;
   bool connected = false;
-  uint64_t usable_bytes = 0;  // capacity - free margin
+  uint64_t usable_bytes = 0;  // capacity - free margin - reserved
   std::vector<PlanVm> vms;    // in id order
 
   // Sums over `vms`.

@@ -263,6 +263,10 @@ def host():
             [(f"membroker_host_capacity_bytes{{{h}}} - membroker_host_target_bytes{{{h}}}", "free margin"),
              (f"membroker_agent_host_memory_available_bytes{{{h}}}", "MemAvailable"),
              (f"membroker_agent_host_capacity_bytes{{{h}}}", "capacity (agent)")], unit="bytes")
+    b.panel("timeseries", "Reserved for VMs about to start",
+            "Memory held free by reservations (membrokerctl reserve); the host's decision "
+            "uses its capacity minus this.",
+            [(f"membroker_host_reserved_bytes{{{h}}}", "reserved")], unit="bytes", min_=0)
     b.panel("timeseries", "Memory pressure (PSI avg10)", "Share of time tasks stall on memory.",
             [(f"membroker_host_memory_pressure_some_ratio{{{h}}}", "some"),
              (f"membroker_host_memory_pressure_full_ratio{{{h}}}", "full"),

@@ -327,7 +327,9 @@ TEST_F(BrokerServiceTest, AdminValidationAndNotFound) {
   grpc::ClientContext c6;
   v1::ReserveRequest rr;
   v1::Reservation res;
-  EXPECT_EQ(admin_->Reserve(&c6, rr, &res).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  st = admin_->Reserve(&c6, rr, &res);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("host_id"), std::string::npos) << st.error_message();
   EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_admin_requests_total",
                         {{"method", "GetVm"}, {"code", "NOT_FOUND"}}),
             1);

@@ -178,6 +178,40 @@ class FakeAdminService final : public v1::AdminService::Service {
     reply->set_requested(req->count());
     return grpc::Status::OK;
   }
+  grpc::Status ListReservations(grpc::ServerContext*, const v1::ListReservationsRequest* req,
+                                v1::ListReservationsResponse* reply) override {
+    Record("ListReservations", *req);
+    v1::Reservation* r = reply->add_reservations();
+    r->set_id("r-1");
+    r->set_host_id("kvm-01");
+    r->set_bytes(4ull << 30);
+    r->set_ready(true);
+    r->set_for_vm_id("6f1c2a7e-0d3b-4c55-9a1e-2b7d4f8e9c10");
+    return grpc::Status::OK;
+  }
+  // A snapshot of both VMs, one change and one removal, then the status a
+  // broker gives a watcher that fell behind.
+  grpc::Status WatchVms(grpc::ServerContext*, const v1::WatchVmsRequest* req,
+                        grpc::ServerWriter<v1::VmEvent>* writer) override {
+    Record("WatchVms", *req);
+    v1::VmEvent e;
+    e.set_type(v1::VmEvent::TYPE_SNAPSHOT);
+    *e.mutable_vms() = vms_.vms();
+    writer->Write(e);
+    e.Clear();
+    e.set_type(v1::VmEvent::TYPE_SNAPSHOT_END);
+    writer->Write(e);
+    e.Clear();
+    e.set_type(v1::VmEvent::TYPE_CHANGES);
+    v1::Vm changed = vms_.vms(0);
+    changed.set_name("web-0-changed");
+    *e.add_vms() = changed;
+    v1::Vm* gone = e.add_removed();
+    gone->set_vm_id("uuid-1");
+    gone->set_host_id("kvm-02");
+    writer->Write(e);
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "watch fell behind: more than 1024 events unsent");
+  }
   grpc::Status GetPlan(grpc::ServerContext*, const v1::GetPlanRequest*, v1::Plan* reply) override {
     Count("GetPlan");
     v1::PlannedMove* m = reply->add_moves();
@@ -450,6 +484,47 @@ TEST_F(CtlIntegrationTest, PlaceTableJsonYaml) {
   ASSERT_EQ(r.code, 0) << r.err;
   doc = YAML::Load(r.out);
   EXPECT_EQ(doc["moves"][0]["to_host_id"].as<std::string>(), "kvm-01") << r.out;
+}
+
+TEST_F(CtlIntegrationTest, ReserveWithTtlAndForVmAndListReservations) {
+  Result r = Ctl({"reserve", "--host=kvm-01", "--bytes=4GiB", "--ttl=90s",
+                  "--for-vm=6f1c2a7e-0d3b-4c55-9a1e-2b7d4f8e9c10"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto req = service_.LastAs<v1::ReserveRequest>("Reserve");
+  EXPECT_EQ(FromProto(req.ttl()), absl::Seconds(90));
+  EXPECT_FALSE(req.has_wait());
+  EXPECT_EQ(req.for_vm_id(), "6f1c2a7e-0d3b-4c55-9a1e-2b7d4f8e9c10");
+
+  r = Ctl({"get", "reservations", "--host=kvm-01"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(service_.Last("ListReservations"), "host_id: \"kvm-01\"");
+  EXPECT_THAT(r.out, HasSubstr("ID   HOST    SIZE   READY  FOR_VM"));
+  EXPECT_THAT(r.out, HasSubstr("r-1  kvm-01  4 GiB  true   6f1c2a7e-0d3b-4c55-9a1e-2b7d4f8e9c10"));
+  r = Ctl({"get", "reservation", "-o", "json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"for_vm_id\": \"6f1c2a7e-0d3b-4c55-9a1e-2b7d4f8e9c10\""));
+  r = Ctl({"reserve", "--host=kvm-01", "--bytes=1GiB", "--ttl=0s"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--ttl"));
+}
+
+TEST_F(CtlIntegrationTest, WatchVmsPrintsSnapshotThenChangesAndTheEndStatus) {
+  Result r = Ctl({"get", "vms", "--watch", "--host=kvm-01"});
+  EXPECT_EQ(r.code, 64 + 8) << r.err;
+  EXPECT_EQ(service_.Last("WatchVms"), "host_id: \"kvm-01\"");
+  EXPECT_THAT(r.out, HasSubstr("--- vms "));
+  EXPECT_THAT(r.out, HasSubstr("web-1"));
+  EXPECT_THAT(r.out, HasSubstr("--- changed "));
+  EXPECT_THAT(r.out, HasSubstr("web-0-changed"));
+  EXPECT_THAT(r.out, HasSubstr("removed vm uuid-1 (host kvm-02)"));
+  EXPECT_THAT(r.err, HasSubstr("RESOURCE_EXHAUSTED: watch fell behind: more than 1024 events"));
+  r = Ctl({"get", "vms", "--watch", "-o", "json"});
+  EXPECT_EQ(r.code, 64 + 8) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"type\": \"TYPE_SNAPSHOT\""));
+  EXPECT_THAT(r.out, HasSubstr("\"type\": \"TYPE_CHANGES\""));
+  r = Ctl({"get", "vms", "--watch=maybe"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--watch"));
 }
 
 TEST_F(CtlIntegrationTest, FailedCallsExitWith64PlusCode) {

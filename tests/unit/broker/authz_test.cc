@@ -107,7 +107,8 @@ TEST(AuthorizerTest, AdminMethodsByRole) {
         Row{"Place", true},
         Row{"WatchDecisions", true}, Row{"ListAuditEntries", true}, Row{"SetVmPolicy", false},
         Row{"ClearVmPolicy", false}, Row{"SetClusterPolicy", false}, Row{"Reserve", false},
-        Row{"Release", false}, Row{"SomeFutureMethod", false}}) {
+        Row{"Release", false}, Row{"ListReservations", true}, Row{"WatchVms", true},
+        Row{"WatchHosts", true}, Row{"SomeFutureMethod", false}}) {
     SCOPED_TRACE(row.method);
     EXPECT_TRUE(a.AuthorizeAdmin(admin, row.method).ok());
     absl::Status r = a.AuthorizeAdmin(reader, row.method);

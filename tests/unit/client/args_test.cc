@@ -155,6 +155,17 @@ TEST(ParseArgsTest, HelpAtEveryLevel) {
   EXPECT_THAT(HelpText({"get"}), ::testing::Not(HasSubstr("policy set")));
   EXPECT_THAT(HelpText({"policy", "set"}), HasSubstr("--idle-tax-percent=P"));
   EXPECT_THAT(HelpText({"reserve"}), HasSubstr("--wait=DURATION"));
+  EXPECT_THAT(HelpText({"reserve"}), HasSubstr("--for-vm=VM_ID"));
+  EXPECT_THAT(HelpText({"get"}), HasSubstr("get reservations"));
+  EXPECT_THAT(HelpText({"get", "vms"}), HasSubstr("--watch"));
+  // --watch alone means true; reservation is the singular of reservations.
+  auto watch = Parse({"get", "vms", "--watch", "--host=h"});
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  EXPECT_EQ(watch->flags.at("watch"), "true");
+  EXPECT_EQ(watch->flags.at("host"), "h");
+  auto singular = Parse({"get", "reservation"});
+  ASSERT_TRUE(singular.ok()) << singular.status();
+  EXPECT_EQ(singular->command->path, (std::vector<std::string>{"get", "reservations"}));
 }
 
 // Every command documents every flag it accepts.
@@ -304,7 +315,9 @@ TEST(BuildRequestTest, ReserveNeedsHostAndBytes) {
            {{"reserve", "--host=h"}, "needs --bytes"},
            {{"reserve", "--host=h", "--bytes=0"}, "--bytes must be greater than 0"},
            {{"reserve", "--host=bad host", "--bytes=1G"}, "--host"},
-           {{"reserve", "--host=h", "--bytes=1G", "--wait=-1s"}, "--wait"}}) {
+           {{"reserve", "--host=h", "--bytes=1G", "--wait=-1s"}, "--wait"},
+           {{"reserve", "--host=h", "--bytes=1G", "--ttl=0s"}, "--ttl"},
+           {{"reserve", "--host=h", "--bytes=1G", "--for-vm="}, "--for-vm"}}) {
     auto bad = Parse(args);
     ASSERT_TRUE(bad.ok());
     auto r = BuildReserveRequest(*bad);
