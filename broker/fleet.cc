@@ -240,6 +240,7 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
   if (now.margin_lent_bytes > 0) host.series.margin_lent->Increment();
   if (now.floors_yielded) host.series.floors_yielded->Increment();
   uint64_t reclaimed_bytes = 0;
+  uint64_t guest_free_on_host_bytes = 0;
   for (const auto& [id, s] : host.step.vms) {
     auto it = host.vms.find(id);
     if (it == host.vms.end()) continue;
@@ -251,8 +252,9 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
     vm.gauges.healthy->Set(s.balloon_healthy ? 1 : 0);
     BrokerMetrics::UpdateVm(vm.gauges, vm.sample, s.max_bytes, static_cast<int>(s.decision.reason));
     reclaimed_bytes += s.max_bytes - std::min(s.max_bytes, s.decision.target_bytes);
+    guest_free_on_host_bytes += GuestFreeOnHostBytes(vm.sample);
   }
-  BrokerMetrics::UpdateHost(host.series, host.sample, reclaimed_bytes);
+  BrokerMetrics::UpdateHost(host.series, host.sample, reclaimed_bytes, guest_free_on_host_bytes);
   const policy::HostDecision& decision = host.step.decision;
   host.series.capacity->Set(static_cast<double>(host.step.capacity_bytes));
   host.series.target->Set(static_cast<double>(decision.target_bytes));

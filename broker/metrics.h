@@ -80,6 +80,7 @@ class BrokerMetrics {
     prometheus::Counter* guest_oom_reported = nullptr;
     prometheus::Counter* guest_oom_inferred = nullptr;
     prometheus::Gauge* reclaimed = nullptr;
+    prometheus::Gauge* guest_free_on_host = nullptr;
     prometheus::Gauge* pressure_full = nullptr;
     prometheus::Counter* stall_some = nullptr;  // kind="some"
     prometheus::Counter* stall_full = nullptr;  // kind="full"
@@ -90,10 +91,11 @@ class BrokerMetrics {
   };
   HostSeries AddHost(const std::string& host);
   // Sets a host's reclaimed memory (sum over its VMs of configured max
-  // minus target), PSI "full" and its stall-time counters from `sample`.
-  // Call under the host's lock.
-  static void UpdateHost(HostSeries& series, const v1::HostSample& sample,
-                         uint64_t reclaimed_bytes);
+  // minus target), the memory free in its guests that free page reporting
+  // already gave back (sum of GuestFreeOnHostBytes), PSI "full" and its
+  // stall-time counters from `sample`. Call under the host's lock.
+  static void UpdateHost(HostSeries& series, const v1::HostSample& sample, uint64_t reclaimed_bytes,
+                         uint64_t guest_free_on_host_bytes);
   // Removes a host's series (an expired host); its HostSeries pointers
   // become invalid.
   void RemoveHost(const std::string& host);
@@ -119,6 +121,7 @@ class BrokerMetrics {
   prometheus::Family<prometheus::Counter>& vm_oom_kills_;
   prometheus::Family<prometheus::Gauge>& host_reclaimed_;
   prometheus::Family<prometheus::Gauge>& host_pressure_full_;
+  prometheus::Family<prometheus::Gauge>& host_guest_free_on_host_;
   prometheus::Family<prometheus::Counter>& host_stall_;
   prometheus::Family<prometheus::Gauge>& host_capacity_;
   prometheus::Family<prometheus::Gauge>& host_target_;
