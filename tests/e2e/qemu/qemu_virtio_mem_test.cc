@@ -301,7 +301,9 @@ TEST_F(QemuVirtioMemTest, VirtioMemGuestGrowsAndShrinks) {
       absl::StrAppend(&line, " | ", Mib(vm->target_bytes()), "/", Mib(vm->actual_bytes()), "/",
                       Mib(vm->virtio_mem_plugged_bytes()), ", ", Mib(stats_total), ", ",
                       vm->sizing_mechanism(), ", ",
-                      vm->free_page_reporting() ? "reporting" : "no-reporting");
+                      vm->free_page_reporting() ? absl::StrCat("reporting, free on host ",
+                                                               Mib(vm->guest_free_on_host_bytes()))
+                                                : "no-reporting");
       if (!vm->sizing_mechanism().empty()) mechanism_seen = vm->sizing_mechanism();
       if (vm->free_page_reporting()) reporting_seen = true;
       peak_stats_total = std::max(peak_stats_total, stats_total);
