@@ -271,14 +271,16 @@ void Fleet::DecideLocked(HostState& host, const PolicySnapshot& policies, absl::
   // The per-VM series are read at scrape time (CollectVmSeries); only the
   // guests' counters accumulate here.
   uint64_t reclaimed_bytes = 0;
+  uint64_t guest_free_on_host_bytes = 0;
   for (const auto& [id, s] : host.step.vms) {
     auto it = host.vms.find(id);
     if (it == host.vms.end()) continue;
     VmView& vm = it->second;
     BrokerMetrics::UpdateVmCounters(vm.counters, vm.sample);
     reclaimed_bytes += s.max_bytes - std::min(s.max_bytes, s.decision.target_bytes);
+    guest_free_on_host_bytes += GuestFreeOnHostBytes(vm.sample);
   }
-  BrokerMetrics::UpdateHost(host.series, host.sample, reclaimed_bytes);
+  BrokerMetrics::UpdateHost(host.series, host.sample, reclaimed_bytes, guest_free_on_host_bytes);
   const policy::HostDecision& decision = host.step.decision;
   host.series.capacity->Set(static_cast<double>(host.step.capacity_bytes));
   host.series.target->Set(static_cast<double>(decision.target_bytes));

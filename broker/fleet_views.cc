@@ -90,6 +90,8 @@ v1::Vm Fleet::VmProtoLocked(const HostState& h, const std::string& vm_id,
   out.set_virtio_mem_plugged_bytes(view.sample.virtio_mem_plugged_bytes());
   out.set_balloon_inflated_bytes(view.sample.balloon_inflated_bytes());
   out.set_health_reason(view.sample.health_reason());
+  out.set_free_page_reporting(view.sample.free_page_reporting());
+  out.set_guest_free_on_host_bytes(GuestFreeOnHostBytes(view.sample));
   auto it = policies.vm_policies.find(vm_id);
   if (it != policies.vm_policies.end()) *out.mutable_policy() = it->second;
   return out;
@@ -210,6 +212,19 @@ absl::StatusOr<v1::Explanation> Fleet::ExplainVm(const std::string& vm) const {
     e.add_steps(absl::StrCat("sizing (agent): ", sample.sizing_mechanism(), "; virtio-mem plugged ",
                              sample.virtio_mem_plugged_bytes(), " B, balloon holds ",
                              sample.balloon_inflated_bytes(), " B out"));
+  }
+  if (sample.free_page_reporting()) {
+    e.add_steps(
+        sample.has_host_rss_bytes()
+            ? absl::StrCat("free page reporting: on; ", GuestFreeOnHostBytes(sample),
+                           " B of the guest's memory is free and already back on the host "
+                           "(actual ",
+                           sample.actual_bytes(), " B, host RSS ", sample.host_rss_bytes(), " B)")
+            : std::string("free page reporting: on (the agent does not read the VM's RSS)"));
+  } else {
+    e.add_steps(
+        "free page reporting: off (memory the guest frees stays with it until the "
+        "balloon takes it)");
   }
   return e;
 }

@@ -112,6 +112,13 @@ BrokerMetrics::BrokerMetrics(std::shared_ptr<prometheus::Registry> registry)
                               .Name("membroker_host_memory_pressure_full_ratio")
                               .Help("Host memory PSI 'full' avg10 as a ratio (0..1).")
                               .Register(*registry)),
+      host_guest_free_on_host_(
+          prometheus::BuildGauge()
+              .Name("membroker_host_guest_free_on_host_bytes")
+              .Help("Memory the host's VMs with free page reporting have but that is not "
+                    "resident on the host (sum of actual minus the QEMU process's RSS, at "
+                    "least 0): free in the guests and already back on the host.")
+              .Register(*registry)),
       host_stall_(prometheus::BuildCounter()
                       .Name("membroker_host_memory_stall_seconds_total")
                       .Help("Host memory stall time from PSI totals (kind some or full).")
@@ -272,6 +279,7 @@ BrokerMetrics::HostSeries BrokerMetrics::AddHost(const std::string& host) {
   series.guest_oom_reported = &host_guest_oom_kills_.Add({{"host", host}, {"source", "reported"}});
   series.guest_oom_inferred = &host_guest_oom_kills_.Add({{"host", host}, {"source", "inferred"}});
   series.reclaimed = &host_reclaimed_.Add(labels);
+  series.guest_free_on_host = &host_guest_free_on_host_.Add(labels);
   series.pressure_full = &host_pressure_full_.Add(labels);
   series.reserved = &host_reserved_.Add(labels);
   series.stall_some = &host_stall_.Add({{"host", host}, {"kind", "some"}});
@@ -280,8 +288,9 @@ BrokerMetrics::HostSeries BrokerMetrics::AddHost(const std::string& host) {
 }
 
 void BrokerMetrics::UpdateHost(HostSeries& series, const v1::HostSample& sample,
-                               uint64_t reclaimed_bytes) {
+                               uint64_t reclaimed_bytes, uint64_t guest_free_on_host_bytes) {
   series.reclaimed->Set(static_cast<double>(reclaimed_bytes));
+  series.guest_free_on_host->Set(static_cast<double>(guest_free_on_host_bytes));
   series.pressure_full->Set(sample.psi_full_avg10_percent() / 100.0);
   Mirror(series.stall_some, std::max(0.0, sample.psi_some_seconds_total()),
          &series.last_stall_some_seconds);
@@ -293,7 +302,8 @@ void BrokerMetrics::RemoveHost(const std::string& host) {
   absl::MutexLock lock(&mu_);
   const std::map<std::string, std::string> labels{{"host", host}};
   for (auto* family : {&host_capacity_, &host_target_, &host_overcommitted_, &host_pressure_,
-                       &host_reclaimed_, &host_pressure_full_}) {
+                       &host_reclaimed_, &host_pressure_full_, &host_guest_free_on_host_,
+                       &host_reserved_}) {
     if (family->Has(labels)) family->Remove(&family->Add(labels));
   }
   for (auto* family : {&reports_received_, &targets_pushed_, &host_overcommit_episodes_}) {

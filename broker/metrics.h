@@ -105,6 +105,7 @@ class BrokerMetrics {
     prometheus::Counter* guest_oom_reported = nullptr;
     prometheus::Counter* guest_oom_inferred = nullptr;
     prometheus::Gauge* reclaimed = nullptr;
+    prometheus::Gauge* guest_free_on_host = nullptr;
     prometheus::Gauge* pressure_full = nullptr;
     prometheus::Gauge* reserved = nullptr;  // sum of the host's reservations
     prometheus::Counter* stall_some = nullptr;  // kind="some"
@@ -116,10 +117,11 @@ class BrokerMetrics {
   };
   HostSeries AddHost(const std::string& host);
   // Sets a host's reclaimed memory (sum over its VMs of configured max
-  // minus target), PSI "full" and its stall-time counters from `sample`.
-  // Call under the host's lock.
-  static void UpdateHost(HostSeries& series, const v1::HostSample& sample,
-                         uint64_t reclaimed_bytes);
+  // minus target), the memory free in its guests that free page reporting
+  // already gave back (sum of GuestFreeOnHostBytes), PSI "full" and its
+  // stall-time counters from `sample`. Call under the host's lock.
+  static void UpdateHost(HostSeries& series, const v1::HostSample& sample, uint64_t reclaimed_bytes,
+                         uint64_t guest_free_on_host_bytes);
   // Removes a host's series (an expired host); its HostSeries pointers
   // become invalid.
   void RemoveHost(const std::string& host);
@@ -134,6 +136,7 @@ class BrokerMetrics {
   prometheus::Family<prometheus::Counter>& admin_requests_;
   prometheus::Family<prometheus::Gauge>& host_reclaimed_;
   prometheus::Family<prometheus::Gauge>& host_pressure_full_;
+  prometheus::Family<prometheus::Gauge>& host_guest_free_on_host_;
   prometheus::Family<prometheus::Counter>& host_stall_;
   prometheus::Family<prometheus::Gauge>& host_capacity_;
   prometheus::Family<prometheus::Gauge>& host_reserved_;

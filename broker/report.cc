@@ -49,6 +49,13 @@ bool BalloonHealthy(v1::BalloonHealth h) {
          h != v1::BALLOON_HEALTH_EXCLUDED;
 }
 
+uint64_t GuestFreeOnHostBytes(const v1::VmSample& sample) {
+  if (!sample.free_page_reporting() || !sample.has_host_rss_bytes()) return 0;
+  return sample.actual_bytes() > sample.host_rss_bytes()
+             ? sample.actual_bytes() - sample.host_rss_bytes()
+             : 0;
+}
+
 absl::Status ValidateHello(const v1::Hello& hello) {
   absl::Status id = ValidateHostId(hello.host_id());
   if (!id.ok()) return absl::InvalidArgumentError(absl::StrCat("hello.", id.message()));

@@ -41,6 +41,13 @@ absl::Status ValidateAck(const v1::TargetAck& ack);
 // driver, not excluded).
 bool BalloonHealthy(v1::BalloonHealth health);
 
+// Memory the guest has that is not resident on the host, for a VM whose
+// balloon has free page reporting on: max(actual - host RSS, 0). With
+// reporting, pages the guest frees go back to the host by themselves, so
+// this is free guest memory already reclaimed without the balloon. 0 for
+// a VM without reporting or whose RSS the agent does not read.
+uint64_t GuestFreeOnHostBytes(const v1::VmSample& sample);
+
 // Converts a validated report received at `now_seconds` (monotonic) into the
 // decision step's observation. `problems`, when not null, gets one entry per
 // VM in report order: "" or the reason its statistics were not trusted.

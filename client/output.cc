@@ -162,7 +162,7 @@ std::string RenderVmsTable(const v1::ListVmsResponse& reply, bool wide) {
                                      "DEMAND", "FLOOR", "HEALTH", "REASON"};
   if (wide) {
     for (const char* h : {"VM_ID", "WEIGHT", "GUEST_USED", "SWAP_IN/s", "SIZING", "VMEM_PLUGGED",
-                          "BALLOONED", "HEALTH_REASON"}) {
+                          "BALLOONED", "FREE_PAGE_REPORTING", "FREE_ON_HOST", "HEALTH_REASON"}) {
       header.push_back(h);
     }
   }
@@ -188,6 +188,8 @@ std::string RenderVmsTable(const v1::ListVmsResponse& reply, bool wide) {
       row.push_back(absl::StrContains(sizing, "virtio-mem") ? Bytes(vm.virtio_mem_plugged_bytes())
                                                             : "-");
       row.push_back(Bytes(vm.balloon_inflated_bytes()));
+      row.push_back(vm.free_page_reporting() ? "on" : "off");
+      row.push_back(vm.free_page_reporting() ? Bytes(vm.guest_free_on_host_bytes()) : "-");
       row.push_back(vm.health_reason().empty() ? "-" : vm.health_reason());
     }
     table.AddRow(std::move(row));
@@ -320,6 +322,10 @@ std::string DescribeVm(const v1::Vm& vm) {
   d.Add("Sizing", absl::StrCat(vm.sizing_mechanism().empty() ? "balloon" : vm.sizing_mechanism(),
                                " (virtio-mem plugged ", Bytes(vm.virtio_mem_plugged_bytes()),
                                ", balloon holds ", Bytes(vm.balloon_inflated_bytes()), ")"));
+  d.Add("Free page reporting",
+        vm.free_page_reporting() ? absl::StrCat("on (", Bytes(vm.guest_free_on_host_bytes()),
+                                                " free in the guest and already back on the host)")
+                                 : "off");
   const v1::VmPolicy& p = vm.policy();
   d.Add("Policy", absl::StrCat("min=", OptBytes(p.has_min_bytes(), p.min_bytes()),
                                " max=", OptBytes(p.has_max_bytes(), p.max_bytes()),

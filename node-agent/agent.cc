@@ -55,6 +55,7 @@ membroker::v1::VmSample ToVmSample(const VmStatus& vm, const VmActuation* actuat
   out.set_virtio_mem_requested_bytes(sizing.virtio_mem_requested_bytes);
   out.set_balloon_inflated_bytes(sizing.balloon_inflated_bytes);
   out.set_boot_bytes(sizing.boot_bytes);
+  out.set_free_page_reporting(vm.free_page_reporting);
   if (!sizing.excluded_reason.empty()) {
     // Never reclaimed from, whatever its balloon does.
     health = membroker::v1::BALLOON_HEALTH_EXCLUDED;
@@ -322,6 +323,7 @@ void Agent::UpdateVmMetrics(const std::vector<VmStatus>& vms,
     v.actual_bytes = vm.actual_bytes;
     v.virtio_mem_plugged_bytes = vm.sizing.virtio_mem_plugged_bytes;
     v.balloon_inflated_bytes = vm.sizing.balloon_inflated_bytes;
+    v.free_page_reporting = vm.free_page_reporting;
     if (!vm.sizing.excluded_reason.empty()) {
       const size_t colon = vm.sizing.excluded_reason.find(':');
       v.excluded_kind = vm.sizing.excluded_reason.substr(0, colon);

@@ -37,20 +37,20 @@ AgentMetrics::AgentMetrics(prometheus::Registry& registry)
                                     "Memory granted by those local grants.")),
       host_capacity_(NewGauge(registry, "membroker_agent_host_capacity_bytes",
                               "Memory the operator allows VMs on this host in total.")),
-      host_available_(NewGauge(registry, "membroker_agent_host_memory_available_bytes",
-                               "Host MemAvailable.")),
+      host_available_(
+          NewGauge(registry, "membroker_agent_host_memory_available_bytes", "Host MemAvailable.")),
       host_pressure_some_(NewGauge(registry, "membroker_agent_host_memory_pressure_some_ratio",
                                    "Host memory PSI some avg10 as a ratio (0..1).")),
       hypervisor_calls_hung_(
           NewGauge(registry, "membroker_agent_hypervisor_calls_hung",
                    "Hypervisor calls past their deadline that have not returned yet.")),
-      report_duration_(prometheus::BuildHistogram()
-                           .Name("membroker_agent_report_duration_seconds")
-                           .Help("Time to build and send one host report.")
-                           .Register(registry)
-                           .Add({}, prometheus::Histogram::BucketBoundaries{
-                                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                        0.25, 0.5, 1})),
+      report_duration_(
+          prometheus::BuildHistogram()
+              .Name("membroker_agent_report_duration_seconds")
+              .Help("Time to build and send one host report.")
+              .Register(registry)
+              .Add({}, prometheus::Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                                               0.025, 0.05, 0.1, 0.25, 0.5, 1})),
       vm_actual_(prometheus::BuildGauge()
                      .Name("membroker_agent_vm_actual_bytes")
                      .Help("Balloon actual: memory the VM has now.")
@@ -76,7 +76,13 @@ AgentMetrics::AgentMetrics(prometheus::Registry& registry)
                        .Name("membroker_agent_vm_excluded")
                        .Help("1 for a VM the agent never resizes (PCI passthrough, hugepage "
                              "or locked memory), labelled with the kind of reason.")
-                       .Register(registry)) {
+                       .Register(registry)),
+      vm_free_page_reporting_(
+          prometheus::BuildGauge()
+              .Name("membroker_agent_vm_free_page_reporting")
+              .Help("1 when the VM's balloon has free page reporting on (memory the guest "
+                    "frees goes back to the host by itself), else 0.")
+              .Register(registry)) {
   AddBuildInfo(registry, "agent");
 }
 
@@ -113,6 +119,7 @@ void AgentMetrics::SetVms(const std::map<std::string, VmValues>& vms) {
       vm_virtio_mem_plugged_.Remove(it->second.virtio_mem_plugged);
       vm_balloon_inflated_.Remove(it->second.balloon_inflated);
       if (it->second.excluded != nullptr) vm_excluded_.Remove(it->second.excluded);
+      vm_free_page_reporting_.Remove(it->second.free_page_reporting);
       it = vm_series_.erase(it);
     } else {
       ++it;
@@ -125,12 +132,14 @@ void AgentMetrics::SetVms(const std::map<std::string, VmValues>& vms) {
       it = vm_series_
                .emplace(key, VmSeries{&vm_actual_.Add(labels), &vm_target_.Add(labels),
                                       &vm_stuck_.Add(labels), &vm_virtio_mem_plugged_.Add(labels),
-                                      &vm_balloon_inflated_.Add(labels), nullptr, values.vm, ""})
+                                      &vm_balloon_inflated_.Add(labels), nullptr,
+                                      &vm_free_page_reporting_.Add(labels), values.vm, ""})
                .first;
     }
     VmSeries& series = it->second;
     series.virtio_mem_plugged->Set(static_cast<double>(values.virtio_mem_plugged_bytes));
     series.balloon_inflated->Set(static_cast<double>(values.balloon_inflated_bytes));
+    series.free_page_reporting->Set(values.free_page_reporting ? 1 : 0);
     if (series.excluded_kind != values.excluded_kind) {
       if (series.excluded != nullptr) vm_excluded_.Remove(series.excluded);
       series.excluded = nullptr;

@@ -62,6 +62,8 @@ class AgentMetrics {
     // Non-empty: the VM is excluded from resizing, for this kind of reason
     // ("PCI passthrough", "hugepage-backed memory", "locked memory").
     std::string excluded_kind;
+    // The VM's balloon has free page reporting on.
+    bool free_page_reporting = false;
   };
   // Sets the per-VM gauges for exactly `vms`; series of VMs not listed
   // are removed.
@@ -75,6 +77,7 @@ class AgentMetrics {
     prometheus::Gauge* virtio_mem_plugged;
     prometheus::Gauge* balloon_inflated;
     prometheus::Gauge* excluded;  // null while not excluded
+    prometheus::Gauge* free_page_reporting;
     std::string vm;
     std::string excluded_kind;
   };
@@ -97,6 +100,7 @@ class AgentMetrics {
   prometheus::Family<prometheus::Gauge>& vm_virtio_mem_plugged_;
   prometheus::Family<prometheus::Gauge>& vm_balloon_inflated_;
   prometheus::Family<prometheus::Gauge>& vm_excluded_;
+  prometheus::Family<prometheus::Gauge>& vm_free_page_reporting_;
 
   absl::Mutex mu_;
   std::map<std::string, VmSeries> vm_series_ ABSL_GUARDED_BY(mu_);

@@ -1,11 +1,11 @@
 #!/bin/sh
-# Fetches the Debian cloud kernel and the virtio balloon modules that the
-# QEMU end-to-end test boots its guests with.
+# Fetches the Debian cloud kernel and the virtio balloon and virtio-mem
+# modules that the QEMU end-to-end tests boot their guests with.
 #
 # Usage: scripts/fetch-guest-kernel.sh DIR
 #
 # Puts DIR/vmlinuz and DIR/{virtio_ring,virtio,virtio_pci_modern_dev,
-# virtio_pci_legacy_dev,virtio_pci,virtio_balloon}.ko. Idempotent: does
+# virtio_pci_legacy_dev,virtio_pci,virtio_balloon,virtio_mem}.ko. Idempotent: does
 # nothing when they are all present. Needs apt-get (no root: it only
 # downloads the package) and dpkg-deb.
 set -eu
@@ -15,7 +15,7 @@ if [ $# -ne 1 ]; then
   exit 2
 fi
 dir=$1
-modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon"
+modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon virtio_mem"
 
 complete=yes
 [ -s "$dir/vmlinuz" ] || complete=no

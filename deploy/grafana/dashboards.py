@@ -253,6 +253,12 @@ def host():
               "margin")], w=4, h=5, unit="bytes")
     b.panel("stat", "Reclaimed", "Configured minus target over this host's VMs.",
             [(f"membroker_host_reclaimed_bytes{{{h}}}", "reclaimed")], w=4, h=5, unit="bytes")
+    b.panel("stat", "Free in guests, back on host",
+            "VMs with free page reporting: memory they have (actual) that is not resident on "
+            "the host (QEMU RSS), i.e. freed in the guest and already reclaimed without the "
+            "balloon.",
+            [(f"membroker_host_guest_free_on_host_bytes{{{h}}}", "free, on host")], w=4, h=5,
+            unit="bytes")
     b.panel("stat", "Demand over capacity", "Above 100 %: the host is short of demand.",
             [(f"sum(membroker_vm_demand_bytes{{{h}}}) / on () membroker_host_capacity_bytes{{{h}}}",
               "demand")], w=4, h=5, unit="percentunit")
@@ -337,7 +343,11 @@ def vm():
             "Memory virtio-mem has plugged and memory the balloon holds out of the guest.",
             [(f"membroker_agent_vm_virtio_mem_plugged_bytes{{{v}}}", "virtio-mem plugged"),
              (f"membroker_agent_vm_balloon_inflated_bytes{{{v}}}", "balloon inflated")],
-            w=24, unit="bytes")
+            w=16, unit="bytes")
+    b.panel("stat", "Free page reporting", "1: the VM's balloon has free page reporting on "
+            "(QEMU virtio-balloon free-page-reporting=on; libvirt freePageReporting='on').",
+            [(f"membroker_agent_vm_free_page_reporting{{{v}}}", "reporting")], w=8,
+            options={"textMode": "value_and_name", "reduceOptions": {"calcs": ["lastNotNull"]}})
     vms = 'label_values(membroker_vm_target_bytes{host="$host"}, vm)'
     return dashboard("membroker-vm", "MemBroker VM detail", b,
                      [variable("host", "Host", HOSTS, False), variable("vm", "VM", vms, False)],

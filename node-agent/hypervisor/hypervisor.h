@@ -79,6 +79,10 @@ struct VmStatus {
   // The devices that size it. Backends without virtio-mem set `balloon`
   // (and leave the rest).
   VmSizing sizing;
+  // The balloon has free page reporting on: pages the guest frees go back
+  // to the host by themselves. False without a balloon, when it is off, or
+  // when the backend cannot tell.
+  bool free_page_reporting = false;
 };
 
 // A hypervisor backend. Implementations are thread-compatible: the agent

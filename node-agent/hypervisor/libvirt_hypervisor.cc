@@ -270,6 +270,7 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
       char* xml = virDomainGetXMLDesc(dom.get(), 0);
       if (xml != nullptr) {
         excluded = exclusions_.emplace(vm.vm_id, LibvirtExclusionReason(xml)).first;
+        free_page_reporting_[vm.vm_id] = LibvirtFreePageReporting(xml);
         free(xml);
         if (!excluded->second.empty()) {
           spdlog::warn("libvirt: domain {} is not resized: {}", vm.name, excluded->second);
@@ -279,6 +280,9 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
       }
     }
     if (excluded != exclusions_.end()) vm.sizing.excluded_reason = excluded->second;
+    if (auto fpr = free_page_reporting_.find(vm.vm_id); fpr != free_page_reporting_.end()) {
+      vm.free_page_reporting = fpr->second;
+    }
     if (!options_.pid_dir.empty() && name != nullptr &&
         std::string(name).find('/') == std::string::npos) {
       absl::StatusOr<int64_t> pid = ReadPidFile(absl::StrCat(options_.pid_dir, "/", name, ".pid"));
@@ -315,6 +319,9 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
   }
   for (auto it = exclusions_.begin(); it != exclusions_.end();) {
     it = seen.count(it->first) == 0 ? exclusions_.erase(it) : std::next(it);
+  }
+  for (auto it = free_page_reporting_.begin(); it != free_page_reporting_.end();) {
+    it = seen.count(it->first) == 0 ? free_page_reporting_.erase(it) : std::next(it);
   }
   known_ = std::move(seen);
   return out;
@@ -399,8 +406,10 @@ absl::Status LibvirtHypervisor::SetStatsPeriod(const std::string& vm_id, absl::D
   return absl::OkStatus();
 }
 
-std::string LibvirtExclusionReason(const std::string& domain_xml) {
-  // Drop comments, bounded by the input's size.
+namespace {
+
+// The XML without its comments (an unterminated comment ends it).
+std::string StripXmlComments(const std::string& domain_xml) {
   std::string xml;
   xml.reserve(domain_xml.size());
   for (size_t i = 0; i < domain_xml.size();) {
@@ -412,39 +421,77 @@ std::string LibvirtExclusionReason(const std::string& domain_xml) {
       xml.push_back(domain_xml[i++]);
     }
   }
-  // An element start "<name" followed by a delimiter (not "<hostdevX").
-  auto find_tag = [&xml](const std::string& name, size_t from, size_t to) {
-    const std::string open = "<" + name;
-    for (size_t at = xml.find(open, from); at != std::string::npos && at < to;
-         at = xml.find(open, at + 1)) {
-      const size_t after = at + open.size();
-      if (after < xml.size() && std::string(" \t\r\n/>").find(xml[after]) != std::string::npos) {
-        return at;
-      }
+  return xml;
+}
+
+// The position of the element start "<name" followed by a delimiter (not
+// "<hostdevX") in [from, to) of `xml`; npos when none.
+size_t FindTag(const std::string& xml, const std::string& name, size_t from, size_t to) {
+  const std::string open = "<" + name;
+  for (size_t at = xml.find(open, from); at != std::string::npos && at < to;
+       at = xml.find(open, at + 1)) {
+    const size_t after = at + open.size();
+    if (after < xml.size() && std::string(" \t\r\n/>").find(xml[after]) != std::string::npos) {
+      return at;
     }
-    return std::string::npos;
-  };
-  const size_t devices = find_tag("devices", 0, xml.size());
+  }
+  return std::string::npos;
+}
+
+}  // namespace
+
+std::string LibvirtExclusionReason(const std::string& domain_xml) {
+  const std::string xml = StripXmlComments(domain_xml);
+  const size_t devices = FindTag(xml, "devices", 0, xml.size());
   if (devices != std::string::npos) {
     const size_t end = xml.find("</devices>", devices);
     const size_t hostdev =
-        find_tag("hostdev", devices, end == std::string::npos ? xml.size() : end);
+        FindTag(xml, "hostdev", devices, end == std::string::npos ? xml.size() : end);
     if (hostdev != std::string::npos) {
       return "PCI passthrough: the domain has a <hostdev> (VFIO pins guest memory)";
     }
   }
-  const size_t backing = find_tag("memoryBacking", 0, xml.size());
+  const size_t backing = FindTag(xml, "memoryBacking", 0, xml.size());
   if (backing != std::string::npos) {
     size_t end = xml.find("</memoryBacking>", backing);
     if (end == std::string::npos) end = backing;  // <memoryBacking/>: empty
-    if (find_tag("hugepages", backing, end) != std::string::npos) {
+    if (FindTag(xml, "hugepages", backing, end) != std::string::npos) {
       return "hugepage-backed memory: <memoryBacking><hugepages/>";
     }
-    if (find_tag("locked", backing, end) != std::string::npos) {
+    if (FindTag(xml, "locked", backing, end) != std::string::npos) {
       return "locked memory: <memoryBacking><locked/>";
     }
   }
   return "";
+}
+
+bool LibvirtFreePageReporting(const std::string& domain_xml) {
+  const std::string xml = StripXmlComments(domain_xml);
+  const size_t devices = FindTag(xml, "devices", 0, xml.size());
+  if (devices == std::string::npos) return false;
+  size_t end = xml.find("</devices>", devices);
+  if (end == std::string::npos) end = xml.size();
+  const size_t balloon = FindTag(xml, "memballoon", devices, end);
+  if (balloon == std::string::npos) return false;
+  const size_t tag_end = xml.find('>', balloon);
+  if (tag_end == std::string::npos) return false;
+  // The start tag's attributes: name = 'value' or "value".
+  const std::string tag = xml.substr(balloon, tag_end - balloon);
+  const std::string attr = "freePageReporting";
+  for (size_t at = tag.find(attr); at != std::string::npos; at = tag.find(attr, at + 1)) {
+    if (std::string(" \t\r\n").find(tag[at - 1]) == std::string::npos) continue;
+    size_t i = at + attr.size();
+    while (i < tag.size() && std::string(" \t\r\n").find(tag[i]) != std::string::npos) ++i;
+    if (i >= tag.size() || tag[i] != '=') continue;
+    ++i;
+    while (i < tag.size() && std::string(" \t\r\n").find(tag[i]) != std::string::npos) ++i;
+    if (i >= tag.size() || (tag[i] != '\'' && tag[i] != '"')) continue;
+    const char quote = tag[i];
+    const size_t close = tag.find(quote, i + 1);
+    if (close == std::string::npos) return false;
+    return tag.substr(i + 1, close - i - 1) == "on";
+  }
+  return false;
 }
 
 absl::StatusOr<std::unique_ptr<Hypervisor>> MakeLibvirtHypervisor(const std::string& uri,

@@ -111,6 +111,9 @@ class LibvirtHypervisor : public Hypervisor {
   // Why a domain must not be resized (from its XML, read once while it is
   // known; empty: it may be), by UUID.
   std::map<std::string, std::string> exclusions_;
+  // Whether a domain's balloon has free page reporting (from the same
+  // read of its XML), by UUID.
+  std::map<std::string, bool> free_page_reporting_;
 };
 
 // Why a libvirt domain must not be ballooned, from its XML (empty: it may
@@ -118,6 +121,11 @@ class LibvirtHypervisor : public Hypervisor {
 // <memoryBacking> with <hugepages/> or <locked/>. Comments are ignored.
 // Untrusted: malformed XML finds nothing rather than failing.
 std::string LibvirtExclusionReason(const std::string& domain_xml);
+
+// Whether a libvirt domain's balloon has free page reporting, from its XML:
+// `<memballoon ... freePageReporting='on'>` inside <devices>. Comments are
+// ignored; malformed XML reads as off.
+bool LibvirtFreePageReporting(const std::string& domain_xml);
 
 // Maps virDomainMemoryStats output into GuestMemoryStats (bytes). Sets
 // `*actual_bytes` from ACTUAL_BALLOON when present. Untrusted: a value of

@@ -133,6 +133,28 @@ std::string ReadSmallFile(const std::string& path) {
   return out;
 }
 
+// The balloon's free-page-reporting property (QEMU 5.1 and later). A
+// connection error is returned; a QEMU without the property, an error
+// reply or a value that is not a boolean reads as off.
+absl::StatusOr<bool> ReadFreePageReporting(QmpClient& client, const std::string& balloon_path,
+                                           const std::string& socket_path) {
+  Struct args =
+      Args({{"path", StringValue(balloon_path)}, {"property", StringValue("free-page-reporting")}});
+  auto reply = client.Execute("qom-get", &args);
+  if (!reply.ok()) {
+    if (IsConnectionError(reply.status())) return reply.status();
+    spdlog::debug("qmp {}: free-page-reporting: {}; taken as off", socket_path,
+                  std::string(reply.status().message()));
+    return false;
+  }
+  if (reply->kind_case() != Value::kBoolValue) {
+    spdlog::warn("qmp {}: free-page-reporting of {} is not a boolean; taken as off", socket_path,
+                 balloon_path);
+    return false;
+  }
+  return reply->bool_value();
+}
+
 }  // namespace
 
 std::optional<uint64_t> QmpUint(const Struct& object, const std::string& key) {
@@ -270,6 +292,8 @@ struct QmpHypervisor::Vm {
   std::string name;
   uint64_t max_bytes = 0;
   std::string balloon_path;  // empty: no balloon device
+  // The balloon's free-page-reporting property, read once per connection.
+  bool free_page_reporting = false;
   // Boot memory (base plus non-virtio-mem hot-plugged memory).
   uint64_t boot_bytes = 0;
   // The virtio-mem device driven (empty id: none) as last read.
@@ -512,11 +536,16 @@ absl::Status QmpHypervisor::Identify(Vm& vm) {
     spdlog::warn("qmp {}: no virtio-balloon or virtio-mem device found; its memory cannot be moved",
                  vm.path);
   }
+  bool reporting = false;
+  if (!balloon.empty()) {
+    ASSIGN_OR_RETURN(reporting, ReadFreePageReporting(*vm.client, balloon, vm.path));
+  }
 
   vm.vm_id = id;
   vm.name = name;
   vm.max_bytes = max_bytes;
   vm.balloon_path = balloon;
+  vm.free_page_reporting = reporting;
   vm.pid = vm.client->PeerPid();
   vm.boot_bytes = boot_bytes;
   vm.vmem = vmem;
@@ -546,6 +575,7 @@ absl::StatusOr<VmStatus> QmpHypervisor::ReadVm(Vm& vm) {
   status.name = vm.name;
   status.max_bytes = vm.max_bytes;
   status.host_pid = vm.pid;
+  status.free_page_reporting = vm.free_page_reporting;
 
   auto balloon = vm.client->Execute("query-balloon");
   if (balloon.ok()) {

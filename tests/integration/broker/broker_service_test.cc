@@ -466,6 +466,57 @@ TEST_F(BrokerServiceTest, VmMetricsAreLabelledUniquelyAndRemovedWithTheVm) {
   s.rw->Finish();
 }
 
+TEST_F(BrokerServiceTest, FreeInGuestsBackOnTheHostCountsOnlyReportingVmsWithRss) {
+  Stream s = Open();
+  ASSERT_TRUE(s.rw->Write(Hello("h1", 8 * kGiB)));
+  v1::BrokerMessage m;
+  ASSERT_TRUE(s.rw->Read(&m));
+  // reporting: 2 GiB actual, 1.5 GiB resident: 512 MiB free and back.
+  v1::VmSample reporting = Vm("id-1", "reporting", 2 * kGiB, 2 * kGiB, kGiB);
+  reporting.set_free_page_reporting(true);
+  reporting.set_host_rss_bytes(1536 * kMiB);
+  // over: resident above its actual (QEMU's own memory): 0, not negative.
+  v1::VmSample over = Vm("id-2", "over", 2 * kGiB, kGiB, 512 * kMiB);
+  over.set_free_page_reporting(true);
+  over.set_host_rss_bytes(kGiB + 100 * kMiB);
+  // no-rss: reporting on but the agent cannot see its process: 0.
+  v1::VmSample no_rss = Vm("id-3", "no-rss", 2 * kGiB, 2 * kGiB, kGiB);
+  no_rss.set_free_page_reporting(true);
+  // off: not resident, but without reporting the guest still holds it: 0.
+  v1::VmSample off = Vm("id-4", "off", 2 * kGiB, 2 * kGiB, kGiB);
+  off.set_host_rss_bytes(kGiB);
+  ASSERT_TRUE(s.rw->Write(Report(1, {reporting, over, no_rss, off})));
+  ASSERT_TRUE(s.rw->Read(&m));
+  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_host_guest_free_on_host_bytes",
+                        {{"host", "h1"}}),
+            static_cast<double>(512 * kMiB));
+  grpc::ClientContext ctx;
+  v1::ListVmsResponse listed;
+  ASSERT_TRUE(admin_->ListVms(&ctx, {}, &listed).ok());
+  std::map<std::string, v1::Vm> by_name;
+  for (const v1::Vm& vm : listed.vms()) by_name[vm.name()] = vm;
+  ASSERT_EQ(by_name.size(), 4u);
+  EXPECT_TRUE(by_name["reporting"].free_page_reporting());
+  EXPECT_EQ(by_name["reporting"].guest_free_on_host_bytes(), 512 * kMiB);
+  EXPECT_EQ(by_name["over"].guest_free_on_host_bytes(), 0u);
+  EXPECT_EQ(by_name["no-rss"].guest_free_on_host_bytes(), 0u);
+  EXPECT_FALSE(by_name["off"].free_page_reporting());
+  EXPECT_EQ(by_name["off"].guest_free_on_host_bytes(), 0u);
+  // explain says it.
+  grpc::ClientContext ectx;
+  v1::ExplainVmRequest req;
+  req.set_vm("reporting");
+  v1::Explanation e;
+  ASSERT_TRUE(admin_->ExplainVm(&ectx, req, &e).ok());
+  bool said = false;
+  for (const std::string& step : e.steps()) {
+    said |= step.find("free page reporting: on; 536870912 B") != std::string::npos;
+  }
+  EXPECT_TRUE(said);
+  s.ctx->TryCancel();
+  s.rw->Finish();
+}
+
 TEST_F(BrokerServiceTest, NewerStreamReplacesOlder) {
   Stream a = Open();
   ASSERT_TRUE(a.rw->Write(Hello("h1", 4 * kGiB)));

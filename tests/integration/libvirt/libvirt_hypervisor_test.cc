@@ -186,6 +186,46 @@ TEST(LibvirtExclusionReasonTest, ReadsHostdevAndMemoryBackingAndIgnoresTheRest) 
   }
 }
 
+TEST_F(LibvirtHypervisorTest, FreePageReportingIsReadFromTheMemballoon) {
+  std::string node = WriteNode(
+      "node.xml",
+      absl::StrCat(DomainXmlWith("reporting", "33333333-3333-3333-3333-000000000001",
+                                 "<devices><memballoon model='virtio' freePageReporting='on'>"
+                                 "<stats period='1'/></memballoon></devices>"),
+                   DomainXmlWith("plain", "33333333-3333-3333-3333-000000000002",
+                                 "<devices><memballoon model='virtio'/></devices>")));
+  auto hv = Make(absl::StrCat("test://", node));
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok()) << vms.status();
+  auto by_id = ById(*vms);
+  ASSERT_EQ(by_id.size(), 2u);
+  // The test driver keeps the attribute in the XML it returns.
+  EXPECT_TRUE(by_id["33333333-3333-3333-3333-000000000001"].free_page_reporting);
+  EXPECT_FALSE(by_id["33333333-3333-3333-3333-000000000002"].free_page_reporting);
+}
+
+TEST(LibvirtFreePageReportingTest, ReadsTheAttributeAndIgnoresTheRest) {
+  EXPECT_TRUE(LibvirtFreePageReporting(
+      "<domain><devices><memballoon model='virtio' freePageReporting='on'/></devices></domain>"));
+  EXPECT_TRUE(LibvirtFreePageReporting(
+      "<domain><devices>\n<memballoon\n model=\"virtio\"\n freePageReporting = \"on\">"
+      "<stats period='5'/></memballoon></devices></domain>"));
+  // Off: the attribute off, absent, in a comment, on another element, a
+  // look-alike attribute, truncated, unquoted, or empty input.
+  for (const char* xml :
+       {"<domain><devices><memballoon model='virtio' freePageReporting='off'/></devices>",
+        "<domain><devices><memballoon model='virtio'/></devices></domain>",
+        "<domain><devices><!-- <memballoon freePageReporting='on'/> --></devices></domain>",
+        "<domain><devices><memballoon model='none'/><disk freePageReporting='on'/></devices>",
+        "<domain><devices><memballoon xfreePageReporting='on'/></devices></domain>",
+        "<domain><memballoon freePageReporting='on'/></domain>",
+        "<domain><devices><memballoon freePageReporting='on",
+        "<domain><devices><memballoon freePageReporting=on/></devices>", ""}) {
+    SCOPED_TRACE(xml);
+    EXPECT_FALSE(LibvirtFreePageReporting(xml));
+  }
+}
+
 TEST_F(LibvirtHypervisorTest, SetsTheBalloonInKibAndValidates) {
   std::string node = WriteNode(
       "node.xml", DomainXml("web", "11111111-1111-1111-1111-000000000001", 1048576, 1048576));

@@ -556,5 +556,119 @@ TEST(ParseQmpGuestStatsTest, MissingOrMistypedPartsAreNotACrash) {
   }
 }
 
+// free-page-reporting of the balloon, as QEMU 5.1+ answers qom-get.
+constexpr char kReportingProp[] = "/machine/peripheral/balloon0|free-page-reporting";
+
+// Whether a QMP request (the whole message) asks for free-page-reporting.
+bool AsksFreePageReporting(const google::protobuf::Struct& request) {
+  auto args = request.fields().find("arguments");
+  if (args == request.fields().end()) return false;
+  auto prop = args->second.struct_value().fields().find("property");
+  return prop != args->second.struct_value().fields().end() &&
+         prop->second.string_value() == "free-page-reporting";
+}
+
+TEST_F(QmpHypervisorTest, FreePageReportingIsReadOncePerConnection) {
+  FakeVmState on;
+  on.object_props[kReportingProp] = "true";
+  FakeQmpServer* a = AddServer("a.sock", on);
+  FakeVmState off;
+  off.uuid = "6f0a2c1e-9d3b-4c5a-8e7f-000000000002";
+  off.name = "guest-b";
+  off.object_props[kReportingProp] = "false";
+  FakeQmpServer* b = AddServer("b.sock", off);
+  auto hv = Make({a->path(), b->path()});
+  ASSERT_NE(hv, nullptr);
+  for (int round = 0; round < 2; ++round) {
+    auto vms = hv->ListVms();
+    ASSERT_TRUE(vms.ok()) << vms.status();
+    ASSERT_EQ(vms->size(), 2u);
+    for (const VmStatus& vm : *vms) {
+      EXPECT_EQ(vm.free_page_reporting, vm.name == "guest-a") << vm.name;
+    }
+  }
+  // Read when the VM is identified, not every round.
+  int asked = 0;
+  for (const std::string& line : a->requests()) {
+    if (line.find("free-page-reporting") != std::string::npos) ++asked;
+  }
+  EXPECT_EQ(asked, 1);
+}
+
+TEST_F(QmpHypervisorTest, HostileOrMissingFreePageReportingReadsAsOffAndChangesNothingElse) {
+  // Each case: the raw reply lines for the qom-get (empty: the fake's own
+  // "Property not found" error, as from a QEMU without the property).
+  const std::vector<std::vector<std::string>> cases = {
+      {},
+      {R"({"error": {"class": "GenericError", "desc": "Property 'free-page-reporting' not found"}, "id": "$ID"})"},
+      {R"({"error": {"class": "DeviceNotFound", "desc": "no such device"}, "id": "$ID"})"},
+      {R"({"return": "on", "id": "$ID"})"},
+      {R"({"return": 1, "id": "$ID"})"},
+      {R"({"return": null, "id": "$ID"})"},
+      {R"({"return": {"value": true}, "id": "$ID"})"},
+      {R"({"return": [true], "id": "$ID"})"},
+  };
+  int index = 0;
+  for (const std::vector<std::string>& reply : cases) {
+    SCOPED_TRACE(index);
+    FakeVmState state;
+    state.actual = 300 * kMiB;
+    state.guest_stats_json = kStats;
+    FakeQmpServer* server = AddServer(absl::StrCat("h", index++, ".sock"), state);
+    if (!reply.empty()) {
+      server->set_override([reply](const std::string& cmd, const google::protobuf::Struct& request)
+                               -> std::optional<std::vector<std::string>> {
+        if (cmd != "qom-get" || !AsksFreePageReporting(request)) return std::nullopt;
+        return reply;
+      });
+    }
+    auto hv = Make({server->path()});
+    ASSERT_NE(hv, nullptr);
+    auto vms = hv->ListVms();
+    ASSERT_TRUE(vms.ok()) << vms.status();
+    ASSERT_EQ(vms->size(), 1u);
+    const VmStatus& vm = (*vms)[0];
+    EXPECT_FALSE(vm.free_page_reporting);
+    // The property was asked for once (and answered with this case's reply).
+    int asked = 0;
+    for (const std::string& line : server->requests()) {
+      if (line.find("free-page-reporting") != std::string::npos) ++asked;
+    }
+    EXPECT_EQ(asked, 1);
+    // The rest of the VM is read as usual, and it can be sized.
+    EXPECT_EQ(vm.actual_bytes, 300 * kMiB);
+    EXPECT_TRUE(vm.sizing.balloon);
+    EXPECT_EQ(vm.stats.total_bytes, 480000000u);
+    EXPECT_TRUE(hv->SetBalloonTarget(vm.vm_id, 256 * kMiB).ok());
+  }
+}
+
+TEST_F(QmpHypervisorTest, ConnectionLostOnFreePageReportingIsRetried) {
+  FakeVmState state;
+  state.object_props[kReportingProp] = "true";
+  FakeQmpServer* server = AddServer("a.sock", state);
+  server->set_override(
+      [](const std::string& cmd,
+         const google::protobuf::Struct& request) -> std::optional<std::vector<std::string>> {
+        if (cmd == "qom-get" && AsksFreePageReporting(request)) {
+          return std::vector<std::string>{testing::kDropConnection};
+        }
+        return std::nullopt;
+      });
+  auto hv = Make({server->path()}, "", /*jitter=*/0);
+  ASSERT_NE(hv, nullptr);
+  // Not identified: no VM this round, and no crash.
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok()) << vms.status();
+  EXPECT_TRUE(vms->empty());
+  // QEMU answers again: after the backoff the VM is found, reporting on.
+  server->set_override(nullptr);
+  clock_.Advance(absl::Minutes(2));
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok()) << vms.status();
+  ASSERT_EQ(vms->size(), 1u);
+  EXPECT_TRUE((*vms)[0].free_page_reporting);
+}
+
 }  // namespace
 }  // namespace membroker::agent

@@ -41,6 +41,13 @@ TEST(ToVmSampleTest, ReportsWhichMechanismHoldsWhat) {
   EXPECT_EQ(s.health_reason(), "");
 }
 
+TEST(ToVmSampleTest, CarriesFreePageReporting) {
+  VmStatus vm = VirtioMemVm();
+  EXPECT_FALSE(ToVmSample(vm, nullptr, nullptr).free_page_reporting());
+  vm.free_page_reporting = true;
+  EXPECT_TRUE(ToVmSample(vm, nullptr, nullptr).free_page_reporting());
+}
+
 TEST(ToVmSampleTest, ExcludedVmIsReportedExcludedWithItsReasonWhateverItsBalloon) {
   VmStatus vm = VirtioMemVm();
   vm.sizing.excluded_reason = "PCI passthrough: VFIO device hostdev0 (vfio-pci) pins guest memory";

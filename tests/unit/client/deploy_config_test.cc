@@ -289,11 +289,13 @@ TEST(ExtractMetricNamesTest, YamlExprForms) {
 
 TEST(DeployMetricsTest, MetricListIsComplete) {
   auto metrics = LoadMetricList();
-  EXPECT_EQ(metrics.size(), 51u);
+  EXPECT_EQ(metrics.size(), 53u);
   EXPECT_EQ(metrics["membroker_decision_latency_seconds"], "histogram");
   EXPECT_EQ(metrics["membroker_agent_vm_virtio_mem_plugged_bytes"], "gauge");
   EXPECT_EQ(metrics["membroker_agent_vm_balloon_inflated_bytes"], "gauge");
   EXPECT_EQ(metrics["membroker_agent_vm_excluded"], "gauge");
+  EXPECT_EQ(metrics["membroker_agent_vm_free_page_reporting"], "gauge");
+  EXPECT_EQ(metrics["membroker_host_guest_free_on_host_bytes"], "gauge");
   EXPECT_EQ(metrics["membroker_plan_moves"], "gauge");
   EXPECT_EQ(metrics["membroker_plan_hosts_short"], "gauge");
   EXPECT_EQ(metrics["membroker_agent_report_duration_seconds"], "histogram");

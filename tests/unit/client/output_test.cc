@@ -18,8 +18,10 @@
 #include <string>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "membroker/v1/agent.pb.h"
 
 namespace membroker::client {
@@ -108,6 +110,36 @@ TEST(RenderTest, WideVmsTableSaysWhichMechanismMovedWhat) {
   EXPECT_THAT(last, HasSubstr("balloon"));
 }
 
+TEST(RenderTest, WideVmsTableShowsFreePageReporting) {
+  v1::ListVmsResponse r;
+  v1::Vm* on = r.add_vms();
+  on->set_host_id("kvm-01");
+  on->set_name("reporting");
+  on->set_free_page_reporting(true);
+  on->set_guest_free_on_host_bytes(123ull << 20);
+  v1::Vm* off = r.add_vms();
+  off->set_host_id("kvm-01");
+  off->set_name("not-reporting");
+  off->set_guest_free_on_host_bytes(77ull << 20);  // ignored: reporting is off
+  EXPECT_THAT(RenderVmsTable(r, /*wide=*/false), Not(HasSubstr("FREE_PAGE_REPORTING")));
+  const std::string wide = RenderVmsTable(r, /*wide=*/true);
+  EXPECT_THAT(wide, HasSubstr("FREE_PAGE_REPORTING"));
+  EXPECT_THAT(wide, HasSubstr("FREE_ON_HOST"));
+  std::string on_row;
+  std::string off_row;
+  for (absl::string_view line : absl::StrSplit(wide, '\n')) {
+    if (absl::StrContains(line, "not-reporting")) {
+      off_row = std::string(line);
+    } else if (absl::StrContains(line, "reporting")) {
+      on_row = std::string(line);
+    }
+  }
+  EXPECT_THAT(on_row, HasSubstr(" on "));
+  EXPECT_THAT(on_row, HasSubstr("123 MiB"));
+  EXPECT_THAT(off_row, HasSubstr(" off "));
+  EXPECT_THAT(off_row, Not(HasSubstr("77 MiB")));
+}
+
 TEST(RenderTest, HostsTableHasContractColumns) {
   v1::ListHostsResponse r;
   v1::Host* h = r.add_hosts();
@@ -165,7 +197,9 @@ TEST(RenderTest, YamlRendersTheSameStructure) {
             "    sizing_mechanism: \"\"\n"
             "    virtio_mem_plugged_bytes: \"0\"\n"
             "    balloon_inflated_bytes: \"0\"\n"
-            "    health_reason: \"\"\n");
+            "    health_reason: \"\"\n"
+            "    free_page_reporting: false\n"
+            "    guest_free_on_host_bytes: \"0\"\n");
   absl::StatusOr<std::string> empty = RenderMessage(v1::ListVmsResponse(), OutputFormat::kYaml);
   ASSERT_TRUE(empty.ok());
   EXPECT_EQ(*empty, "vms: []\n");
