@@ -2,10 +2,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "broker/peer_identity.h"
+#include "broker/report.h"
 #include "broker/stream_writer.h"
 #include "common/status.h"
+#include "common/units.h"
 
 namespace membroker::broker {
 namespace {
@@ -33,19 +37,37 @@ const char* CodeName(absl::StatusCode code) {
 }
 
 // Streams decisions to one watcher; drops the oldest when the watcher is
-// slow (at most kMaxQueued pending), so a slow watcher never blocks reports.
+// slow (at most kMaxQueued pending), so a slow watcher never blocks
+// reports. A watcher whose unsent decisions would hold more than
+// `max_bytes`, or take the watchers' shared budget over its maximum, has
+// fallen behind: it is ended with RESOURCE_EXHAUSTED, counted as
+// membroker_reports_rejected_total{reason="watch_fell_behind"}.
 class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
  public:
   static constexpr size_t kMaxQueued = 1024;
 
   // `limiter` admitted the stream from `peer`; released when it ends.
-  DecisionWriter(Fleet* fleet, const std::string& host, StreamLimiter* limiter, std::string peer)
+  // `shared` (not owned) is the budget of all watchers' unsent bytes.
+  DecisionWriter(Fleet* fleet, BrokerMetrics* metrics, const std::string& host,
+                 StreamLimiter* limiter, std::string peer, size_t max_bytes,
+                 SharedByteBudget* shared)
       : fleet_(fleet),
         limiter_(limiter),
         peer_(std::move(peer)),
         writer_({[this](const v1::Decision* d) { StartWrite(d); },
-                 [this](const grpc::Status& s) { Finish(s); }, nullptr},
-                kMaxQueued) {
+                 [this](const grpc::Status& s) { Finish(s); }, nullptr,
+                 [](const v1::Decision& d) { return d.ByteSizeLong(); },
+                 [metrics, max_bytes, shared](size_t queued, bool all) {
+                   metrics->ReportRejected("watch_fell_behind");
+                   return ToGrpcStatus(absl::ResourceExhaustedError(
+                       all ? absl::StrCat("the watcher fell behind: the decisions unsent to all "
+                                          "watchers reached their budget of ",
+                                          shared->max(), " bytes")
+                           : absl::StrCat("the watcher fell behind: ", queued,
+                                          " bytes of decisions unsent, above its budget of ",
+                                          max_bytes, " bytes")));
+                 }},
+                kMaxQueued, max_bytes, shared) {
     id_ = fleet_->Watch(host, [this](const v1::Decision& d) { writer_.Enqueue(d); });
   }
 
@@ -74,6 +96,22 @@ class RefusedWatch final : public grpc::ServerWriteReactor<v1::Decision> {
   explicit RefusedWatch(const grpc::Status& status) { Finish(status); }
   void OnDone() override { delete this; }
 };
+
+// The longest string each request field may carry: a host id as agents
+// may send it (ValidateHostId), a VM id or name as reports may carry it
+// (report.h). Longer ones are refused before any lookup, so no error quotes
+// them and no client gets an error larger than its metadata limit.
+constexpr size_t kMaxRequestHostIdChars = kMaxHostIdChars;
+constexpr size_t kMaxRequestVmChars = std::max(kMaxVmIdChars, kMaxVmNameChars);
+constexpr size_t kMaxRequestIdChars = kMaxVmIdChars;
+
+// INVALID_ARGUMENT naming `field` and the limit when `value` is longer
+// than `max` bytes.
+absl::Status CheckLength(const char* field, const std::string& value, size_t max) {
+  if (value.size() <= max) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ": at most ", max, " characters, got ", value.size()));
+}
 
 // Default and largest number of audit entries one ListAuditEntries returns.
 constexpr uint32_t kDefaultAuditLimit = 100;
@@ -113,6 +151,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetHost(grpc::CallbackServerContext*
   if (auto denied = Authorize(ctx, "GetHost"); !denied.ok()) {
     return Done(ctx, "GetHost", denied);
   }
+  if (auto bad = CheckLength("host_id", req->host_id(), kMaxRequestHostIdChars); !bad.ok()) {
+    return Done(ctx, "GetHost", bad);
+  }
   if (req->host_id().empty()) {
     return Done(ctx, "GetHost", absl::InvalidArgumentError("host_id: must not be empty"));
   }
@@ -127,6 +168,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ListVms(grpc::CallbackServerContext*
   if (auto denied = Authorize(ctx, "ListVms"); !denied.ok()) {
     return Done(ctx, "ListVms", denied);
   }
+  if (auto bad = CheckLength("host_id", req->host_id(), kMaxRequestHostIdChars); !bad.ok()) {
+    return Done(ctx, "ListVms", bad);
+  }
   auto vms = fleet_->ListVms(req->host_id());
   if (vms.ok()) {
     for (v1::Vm& v : *vms) *resp->add_vms() = std::move(v);
@@ -139,6 +183,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetVm(grpc::CallbackServerContext* c
   if (auto denied = Authorize(ctx, "GetVm"); !denied.ok()) {
     return Done(ctx, "GetVm", denied);
   }
+  if (auto bad = CheckLength("vm", req->vm(), kMaxRequestVmChars); !bad.ok()) {
+    return Done(ctx, "GetVm", bad);
+  }
   auto vm = fleet_->GetVm(req->vm());
   if (vm.ok()) *resp = std::move(*vm);
   return Done(ctx, "GetVm", vm.status());
@@ -149,6 +196,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::SetVmPolicy(grpc::CallbackServerCont
                                                         v1::VmPolicy* resp) {
   if (auto denied = Authorize(ctx, "SetVmPolicy"); !denied.ok()) {
     return Done(ctx, "SetVmPolicy", denied);
+  }
+  if (auto bad = CheckLength("vm", req->vm(), kMaxRequestVmChars); !bad.ok()) {
+    return Done(ctx, "SetVmPolicy", bad);
   }
   auto policy =
       fleet_->SetVmPolicy(req->vm(), req->policy(), req->merge(), IdentityOf(*ctx).Display());
@@ -161,6 +211,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ClearVmPolicy(grpc::CallbackServerCo
                                                           v1::ClearVmPolicyResponse*) {
   if (auto denied = Authorize(ctx, "ClearVmPolicy"); !denied.ok()) {
     return Done(ctx, "ClearVmPolicy", denied);
+  }
+  if (auto bad = CheckLength("vm", req->vm(), kMaxRequestVmChars); !bad.ok()) {
+    return Done(ctx, "ClearVmPolicy", bad);
   }
   return Done(ctx, "ClearVmPolicy", fleet_->ClearVmPolicy(req->vm(), IdentityOf(*ctx).Display()));
 }
@@ -192,26 +245,35 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ExplainVm(grpc::CallbackServerContex
   if (auto denied = Authorize(ctx, "ExplainVm"); !denied.ok()) {
     return Done(ctx, "ExplainVm", denied);
   }
+  if (auto bad = CheckLength("vm", req->vm(), kMaxRequestVmChars); !bad.ok()) {
+    return Done(ctx, "ExplainVm", bad);
+  }
   auto e = fleet_->ExplainVm(req->vm());
   if (e.ok()) *resp = std::move(*e);
   return Done(ctx, "ExplainVm", e.status());
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::Reserve(grpc::CallbackServerContext* ctx,
-                                                    const v1::ReserveRequest*,
+                                                    const v1::ReserveRequest* req,
                                                     v1::Reservation*) {
   if (auto denied = Authorize(ctx, "Reserve"); !denied.ok()) {
     return Done(ctx, "Reserve", denied);
+  }
+  if (auto bad = CheckLength("host_id", req->host_id(), kMaxRequestHostIdChars); !bad.ok()) {
+    return Done(ctx, "Reserve", bad);
   }
   return Done(ctx, "Reserve",
               absl::UnimplementedError("reservations are not implemented in this version"));
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::Release(grpc::CallbackServerContext* ctx,
-                                                    const v1::ReleaseRequest*,
+                                                    const v1::ReleaseRequest* req,
                                                     v1::ReleaseResponse*) {
   if (auto denied = Authorize(ctx, "Release"); !denied.ok()) {
     return Done(ctx, "Release", denied);
+  }
+  if (auto bad = CheckLength("id", req->id(), kMaxRequestIdChars); !bad.ok()) {
+    return Done(ctx, "Release", bad);
   }
   return Done(ctx, "Release",
               absl::UnimplementedError("reservations are not implemented in this version"));
@@ -243,12 +305,18 @@ grpc::ServerWriteReactor<v1::Decision>* AdminServiceImpl::WatchDecisions(
     metrics_->AdminRequest("WatchDecisions", CodeName(denied.code()));
     return new RefusedWatch(ToGrpcStatus(denied));
   }
+  if (absl::Status bad = CheckLength("host_id", req->host_id(), kMaxRequestHostIdChars);
+      !bad.ok()) {
+    metrics_->AdminRequest("WatchDecisions", CodeName(bad.code()));
+    return new RefusedWatch(ToGrpcStatus(bad));
+  }
   if (absl::Status admitted = watch_limiter_.Acquire(ctx->peer()); !admitted.ok()) {
     metrics_->AdminRequest("WatchDecisions", CodeName(admitted.code()));
     return new RefusedWatch(ToGrpcStatus(admitted));
   }
   metrics_->AdminRequest("WatchDecisions", "OK");
-  return new DecisionWriter(fleet_, req->host_id(), &watch_limiter_, ctx->peer());
+  return new DecisionWriter(fleet_, metrics_, req->host_id(), &watch_limiter_, ctx->peer(),
+                            watch_buffer_bytes_, &watch_budget_);
 }
 
 grpc::ServerUnaryReactor* AdminServiceImpl::ListAuditEntries(grpc::CallbackServerContext* ctx,

@@ -7,8 +7,9 @@
 #include "broker/authz.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
-#include "broker/server_limits.h"
 #include "broker/planner.h"
+#include "broker/server_limits.h"
+#include "broker/stream_writer.h"
 #include "membroker/v1/admin.grpc.pb.h"
 
 namespace membroker::broker {
@@ -16,7 +17,8 @@ namespace membroker::broker {
 class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
   // None owned; all must outlive the service. `limits` caps the open
-  // WatchDecisions streams (in total and per peer).
+  // WatchDecisions streams (in total and per peer) and the bytes of
+  // decisions they hold unsent (per watcher and in total).
   AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer,
                    Planner* planner, const ServerLimits& limits = {})
       : fleet_(fleet),
@@ -24,7 +26,9 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
         store_(store),
         authorizer_(authorizer),
         planner_(planner),
-        watch_limiter_("watch", limits.max_watch_streams, limits.max_streams_per_peer, metrics) {}
+        watch_limiter_("watch", limits.max_watch_streams, limits.max_streams_per_peer, metrics),
+        watch_buffer_bytes_(limits.watch_buffer_bytes),
+        watch_budget_(limits.watch_buffer_total_bytes) {}
 
   grpc::ServerUnaryReactor* ListHosts(grpc::CallbackServerContext* ctx,
                                       const v1::ListHostsRequest* req,
@@ -79,6 +83,9 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   const Authorizer* const authorizer_;
   Planner* const planner_;
   StreamLimiter watch_limiter_;
+  const size_t watch_buffer_bytes_;
+  // Unsent decision bytes of all watchers.
+  SharedByteBudget watch_budget_;
 };
 
 }  // namespace membroker::broker
