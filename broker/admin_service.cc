@@ -36,6 +36,27 @@ const char* CodeName(absl::StatusCode code) {
   }
 }
 
+// Roughly what a queued Decision holds in memory: the message, its
+// targets and their strings, with allocator overhead. Several times its
+// wire size (ByteSizeLong), which would understate a watcher's footprint.
+// Linear in the targets, no reflection: it runs for every watcher on every
+// decision.
+size_t DecisionMemoryBytes(const v1::Decision& d) {
+  constexpr size_t kAllocOverhead = 16;
+  auto string_bytes = [](const std::string& s) -> size_t {
+    if (s.empty()) return 0;  // the shared default
+    return sizeof(std::string) + kAllocOverhead +
+           (s.capacity() > 15 ? s.capacity() + 1 + kAllocOverhead : 0);
+  };
+  size_t bytes = sizeof(v1::Decision) + string_bytes(d.host_id());
+  if (d.has_decided_at()) bytes += sizeof(google::protobuf::Timestamp) + kAllocOverhead;
+  bytes += (d.targets_size() + 1) * sizeof(void*) + kAllocOverhead;  // the pointer array
+  for (const v1::VmTarget& t : d.targets()) {
+    bytes += sizeof(v1::VmTarget) + kAllocOverhead + string_bytes(t.vm_id());
+  }
+  return bytes;
+}
+
 // Streams decisions to one watcher; drops the oldest when the watcher is
 // slow (at most kMaxQueued pending), so a slow watcher never blocks
 // reports. A watcher whose unsent decisions would hold more than
@@ -55,8 +76,7 @@ class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
         limiter_(limiter),
         peer_(std::move(peer)),
         writer_({[this](const v1::Decision* d) { StartWrite(d); },
-                 [this](const grpc::Status& s) { Finish(s); }, nullptr,
-                 [](const v1::Decision& d) { return d.ByteSizeLong(); },
+                 [this](const grpc::Status& s) { Finish(s); }, nullptr, DecisionMemoryBytes,
                  [metrics, max_bytes, shared](size_t queued, bool all) {
                    metrics->ReportRejected("watch_fell_behind");
                    return ToGrpcStatus(absl::ResourceExhaustedError(
