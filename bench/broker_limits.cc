@@ -216,9 +216,11 @@ int main(int argc, char** argv) {
     if (left > absl::ZeroDuration()) std::this_thread::sleep_for(absl::ToChronoMicroseconds(left));
     if (s % 5 == 0 || s == seconds) {
       std::printf(
-          "%-58s %6.1f MiB\n",
+          "%-58s %6.1f MiB  (%g ended as fallen behind)\n",
           absl::StrCat("C: + ", w, " watchers that never read, ", s, " rounds of reports").c_str(),
-          RssMiB(pid));
+          RssMiB(pid),
+          BrokerCounter(ports->metrics,
+                        "membroker_reports_rejected_total{reason=\"watch_fell_behind\"}"));
     }
   }
   for (auto& x : watchers) x.ctx->TryCancel();

@@ -5,6 +5,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <deque>
 #include <functional>
 #include <thread>
@@ -13,8 +14,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "broker/peer_identity.h"
+#include "broker/report.h"
 #include "broker/stream_writer.h"
 #include "common/status.h"
+#include "common/units.h"
 
 namespace membroker::broker {
 namespace {
@@ -58,20 +61,58 @@ const char* CodeName(absl::StatusCode code) {
   }
 }
 
+// Roughly what a queued Decision holds in memory: the message, its
+// targets and their strings, with allocator overhead. Several times its
+// wire size (ByteSizeLong), which would understate a watcher's footprint.
+// Linear in the targets, no reflection: it runs for every watcher on every
+// decision.
+size_t DecisionMemoryBytes(const v1::Decision& d) {
+  constexpr size_t kAllocOverhead = 16;
+  auto string_bytes = [](const std::string& s) -> size_t {
+    if (s.empty()) return 0;  // the shared default
+    return sizeof(std::string) + kAllocOverhead +
+           (s.capacity() > 15 ? s.capacity() + 1 + kAllocOverhead : 0);
+  };
+  size_t bytes = sizeof(v1::Decision) + string_bytes(d.host_id());
+  if (d.has_decided_at()) bytes += sizeof(google::protobuf::Timestamp) + kAllocOverhead;
+  bytes += (d.targets_size() + 1) * sizeof(void*) + kAllocOverhead;  // the pointer array
+  for (const v1::VmTarget& t : d.targets()) {
+    bytes += sizeof(v1::VmTarget) + kAllocOverhead + string_bytes(t.vm_id());
+  }
+  return bytes;
+}
+
 // Streams decisions to one watcher; drops the oldest when the watcher is
-// slow (at most kMaxQueued pending), so a slow watcher never blocks reports.
+// slow (at most kMaxQueued pending), so a slow watcher never blocks
+// reports. A watcher whose unsent decisions would hold more than
+// `max_bytes`, or take the watchers' shared budget over its maximum, has
+// fallen behind: it is ended with RESOURCE_EXHAUSTED, counted as
+// membroker_reports_rejected_total{reason="watch_fell_behind"}.
 class DecisionWriter final : public grpc::ServerWriteReactor<v1::Decision> {
  public:
   static constexpr size_t kMaxQueued = 1024;
 
   // `limiter` admitted the stream from `peer`; released when it ends.
-  DecisionWriter(Fleet* fleet, const std::string& host, StreamLimiter* limiter, std::string peer)
+  // `shared` (not owned) is the budget of all watchers' unsent bytes.
+  DecisionWriter(Fleet* fleet, BrokerMetrics* metrics, const std::string& host,
+                 StreamLimiter* limiter, std::string peer, size_t max_bytes,
+                 SharedByteBudget* shared)
       : fleet_(fleet),
         limiter_(limiter),
         peer_(std::move(peer)),
         writer_({[this](const v1::Decision* d) { StartWrite(d); },
-                 [this](const grpc::Status& s) { Finish(s); }, nullptr},
-                kMaxQueued) {
+                 [this](const grpc::Status& s) { Finish(s); }, nullptr, DecisionMemoryBytes,
+                 [metrics, max_bytes, shared](size_t queued, bool all) {
+                   metrics->ReportRejected("watch_fell_behind");
+                   return ToGrpcStatus(absl::ResourceExhaustedError(
+                       all ? absl::StrCat("the watcher fell behind: the decisions unsent to all "
+                                          "watchers reached their budget of ",
+                                          shared->max(), " bytes")
+                           : absl::StrCat("the watcher fell behind: ", queued,
+                                          " bytes of decisions unsent, above its budget of ",
+                                          max_bytes, " bytes")));
+                 }},
+                kMaxQueued, max_bytes, shared) {
     id_ = fleet_->Watch(host, [this](const v1::Decision& d) { writer_.Enqueue(d); });
   }
 
@@ -166,6 +207,22 @@ class RefusedWatch final : public grpc::ServerWriteReactor<Event> {
   void OnDone() override { delete this; }
 };
 
+// The longest string each request field may carry: a host id as agents
+// may send it (ValidateHostId), a VM id or name as reports may carry it
+// (report.h). Longer ones are refused before any lookup, so no error quotes
+// them and no client gets an error larger than its metadata limit.
+constexpr size_t kMaxRequestHostIdChars = kMaxHostIdChars;
+constexpr size_t kMaxRequestVmChars = std::max(kMaxVmIdChars, kMaxVmNameChars);
+constexpr size_t kMaxRequestIdChars = kMaxVmIdChars;
+
+// INVALID_ARGUMENT naming `field` and the limit when `value` is longer
+// than `max` bytes.
+absl::Status CheckLength(const char* field, const std::string& value, size_t max) {
+  if (value.size() <= max) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ": at most ", max, " characters, got ", value.size()));
+}
+
 // Default and largest number of audit entries one ListAuditEntries returns.
 constexpr uint32_t kDefaultAuditLimit = 100;
 constexpr uint32_t kMaxAuditLimit = 10000;
@@ -235,6 +292,8 @@ AdminServiceImpl::AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* 
       reservations_(reservations),
       watch_hub_(watch_hub),
       watch_limiter_("watch", limits.max_watch_streams, limits.max_streams_per_peer, metrics),
+      watch_buffer_bytes_(limits.watch_buffer_bytes),
+      watch_budget_(limits.watch_buffer_total_bytes),
       workers_(std::make_unique<Workers>()) {}
 
 AdminServiceImpl::~AdminServiceImpl() = default;
@@ -289,6 +348,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetHost(grpc::CallbackServerContext*
   if (auto denied = Authorize(ctx, "GetHost"); !denied.ok()) {
     return Done(ctx, "GetHost", denied);
   }
+  if (auto bad = CheckLength("host_id", req->host_id(), kMaxRequestHostIdChars); !bad.ok()) {
+    return Done(ctx, "GetHost", bad);
+  }
   if (req->host_id().empty()) {
     return Done(ctx, "GetHost", absl::InvalidArgumentError("host_id: must not be empty"));
   }
@@ -305,6 +367,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ListVms(grpc::CallbackServerContext*
   if (auto denied = Authorize(ctx, "ListVms"); !denied.ok()) {
     return Done(ctx, "ListVms", denied);
   }
+  if (auto bad = CheckLength("host_id", req->host_id(), kMaxRequestHostIdChars); !bad.ok()) {
+    return Done(ctx, "ListVms", bad);
+  }
   return Offload(ctx, "ListVms", [this, req, resp] {
     auto vms = fleet_->ListVms(req->host_id());
     if (vms.ok()) {
@@ -320,6 +385,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetVm(grpc::CallbackServerContext* c
   if (auto denied = Authorize(ctx, "GetVm"); !denied.ok()) {
     return Done(ctx, "GetVm", denied);
   }
+  if (auto bad = CheckLength("vm", req->vm(), kMaxRequestVmChars); !bad.ok()) {
+    return Done(ctx, "GetVm", bad);
+  }
   return Offload(ctx, "GetVm", [this, req, resp] {
     auto vm = fleet_->GetVm(req->vm());
     if (vm.ok()) *resp = std::move(*vm);
@@ -333,6 +401,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::SetVmPolicy(grpc::CallbackServerCont
   if (auto denied = Authorize(ctx, "SetVmPolicy"); !denied.ok()) {
     return Done(ctx, "SetVmPolicy", denied);
   }
+  if (auto bad = CheckLength("vm", req->vm(), kMaxRequestVmChars); !bad.ok()) {
+    return Done(ctx, "SetVmPolicy", bad);
+  }
   return Offload(ctx, "SetVmPolicy", [this, req, resp, actor = IdentityOf(*ctx).Display()] {
     auto policy = fleet_->SetVmPolicy(req->vm(), req->policy(), req->merge(), actor);
     if (policy.ok()) *resp = std::move(*policy);
@@ -345,6 +416,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ClearVmPolicy(grpc::CallbackServerCo
                                                           v1::ClearVmPolicyResponse*) {
   if (auto denied = Authorize(ctx, "ClearVmPolicy"); !denied.ok()) {
     return Done(ctx, "ClearVmPolicy", denied);
+  }
+  if (auto bad = CheckLength("vm", req->vm(), kMaxRequestVmChars); !bad.ok()) {
+    return Done(ctx, "ClearVmPolicy", bad);
   }
   return Offload(ctx, "ClearVmPolicy", [this, req, actor = IdentityOf(*ctx).Display()] {
     return fleet_->ClearVmPolicy(req->vm(), actor);
@@ -380,6 +454,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::ExplainVm(grpc::CallbackServerContex
   if (auto denied = Authorize(ctx, "ExplainVm"); !denied.ok()) {
     return Done(ctx, "ExplainVm", denied);
   }
+  if (auto bad = CheckLength("vm", req->vm(), kMaxRequestVmChars); !bad.ok()) {
+    return Done(ctx, "ExplainVm", bad);
+  }
   return Offload(ctx, "ExplainVm", [this, req, resp] {
     auto e = fleet_->ExplainVm(req->vm());
     if (e.ok()) *resp = std::move(*e);
@@ -392,6 +469,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Reserve(grpc::CallbackServerContext*
                                                     v1::Reservation* resp) {
   if (auto denied = Authorize(ctx, "Reserve"); !denied.ok()) {
     return Done(ctx, "Reserve", denied);
+  }
+  if (auto bad = CheckLength("host_id", req->host_id(), kMaxRequestHostIdChars); !bad.ok()) {
+    return Done(ctx, "Reserve", bad);
   }
   if (reservations_ == nullptr) {
     return Done(ctx, "Reserve", absl::UnimplementedError("reservations are not enabled"));
@@ -411,6 +491,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Release(grpc::CallbackServerContext*
   if (auto denied = Authorize(ctx, "Release"); !denied.ok()) {
     return Done(ctx, "Release", denied);
   }
+  if (auto bad = CheckLength("id", req->id(), kMaxRequestIdChars); !bad.ok()) {
+    return Done(ctx, "Release", bad);
+  }
   if (reservations_ == nullptr) {
     return Done(ctx, "Release", absl::UnimplementedError("reservations are not enabled"));
   }
@@ -419,14 +502,17 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Release(grpc::CallbackServerContext*
   return Offload(ctx, "Release", [this, req] { return reservations_->Remove(req->id()); });
 }
 
-grpc::ServerUnaryReactor* AdminServiceImpl::ListReservations(
-    grpc::CallbackServerContext* ctx, const v1::ListReservationsRequest* req,
-    v1::ListReservationsResponse* resp) {
+grpc::ServerUnaryReactor* AdminServiceImpl::ListReservations(grpc::CallbackServerContext* ctx,
+                                                             const v1::ListReservationsRequest* req,
+                                                             v1::ListReservationsResponse* resp) {
   if (auto denied = Authorize(ctx, "ListReservations"); !denied.ok()) {
     return Done(ctx, "ListReservations", denied);
   }
   if (reservations_ == nullptr) {
     return Done(ctx, "ListReservations", absl::UnimplementedError("reservations are not enabled"));
+  }
+  if (auto bad = CheckLength("host_id", req->host_id(), kMaxRequestHostIdChars); !bad.ok()) {
+    return Done(ctx, "ListReservations", bad);
   }
   for (v1::Reservation& r : reservations_->List(req->host_id())) {
     *resp->add_reservations() = std::move(r);
@@ -465,24 +551,28 @@ grpc::ServerWriteReactor<v1::Decision>* AdminServiceImpl::WatchDecisions(
     metrics_->AdminRequest("WatchDecisions", CodeName(denied.code()));
     return new RefusedWatch<>(ToGrpcStatus(denied));
   }
+  if (absl::Status bad = CheckLength("host_id", req->host_id(), kMaxRequestHostIdChars);
+      !bad.ok()) {
+    metrics_->AdminRequest("WatchDecisions", CodeName(bad.code()));
+    return new RefusedWatch(ToGrpcStatus(bad));
+  }
   if (absl::Status admitted = watch_limiter_.Acquire(ctx->peer()); !admitted.ok()) {
     metrics_->AdminRequest("WatchDecisions", CodeName(admitted.code()));
     return new RefusedWatch<>(ToGrpcStatus(admitted));
   }
   metrics_->AdminRequest("WatchDecisions", "OK");
-  return new DecisionWriter(fleet_, req->host_id(), &watch_limiter_, ctx->peer());
+  return new DecisionWriter(fleet_, metrics_, req->host_id(), &watch_limiter_, ctx->peer(),
+                            watch_buffer_bytes_, &watch_budget_);
 }
 
-grpc::ServerWriteReactor<v1::VmEvent>* AdminServiceImpl::WatchVms(
-    grpc::CallbackServerContext* ctx, const v1::WatchVmsRequest* req) {
+grpc::ServerWriteReactor<v1::VmEvent>* AdminServiceImpl::WatchVms(grpc::CallbackServerContext* ctx,
+                                                                  const v1::WatchVmsRequest* req) {
   absl::Status refused = Authorize(ctx, "WatchVms");
   if (refused.ok() && watch_hub_ == nullptr) {
     refused = absl::UnimplementedError("watches are not enabled");
   }
-  if (refused.ok() && !req->host_id().empty() && !fleet_->GetHost(req->host_id()).ok()) {
-    refused = absl::NotFoundError(absl::StrCat("host \"", req->host_id().substr(0, 64),
-                                               "\" is not known"));
-  }
+  if (refused.ok()) refused = CheckLength("host_id", req->host_id(), kMaxRequestHostIdChars);
+  // An unknown host is refused by the snapshot (NOT_FOUND), off this thread.
   if (refused.ok()) refused = watch_limiter_.Acquire(ctx->peer());
   metrics_->AdminRequest("WatchVms", CodeName(refused.code()));
   if (!refused.ok()) return new RefusedWatch<v1::VmEvent>(ToGrpcStatus(refused));

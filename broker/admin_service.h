@@ -15,9 +15,10 @@
 #include "broker/authz.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
-#include "broker/server_limits.h"
 #include "broker/planner.h"
 #include "broker/reservations.h"
+#include "broker/server_limits.h"
+#include "broker/stream_writer.h"
 #include "broker/watch.h"
 #include "membroker/v1/admin.grpc.pb.h"
 
@@ -27,10 +28,11 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
   // None owned; all must outlive the service. `limits` caps the open
   // watch streams (WatchDecisions, WatchVms, WatchHosts; in total and per
-  // peer). Without `reservations`, Reserve / Release / ListReservations
-  // answer UNIMPLEMENTED; without `watch_hub`, WatchVms / WatchHosts do.
-  // Starts the worker threads; the destructor finishes queued calls and
-  // joins them.
+  // peer) and the bytes of decisions WatchDecisions streams hold unsent
+  // (per watcher and in total). Without `reservations`, Reserve / Release /
+  // ListReservations answer UNIMPLEMENTED; without `watch_hub`, WatchVms /
+  // WatchHosts do. Starts the worker threads; the destructor finishes
+  // queued calls and joins them.
   AdminServiceImpl(Fleet* fleet, BrokerMetrics* metrics, Store* store, const Authorizer* authorizer,
                    Planner* planner, const ServerLimits& limits = {},
                    Reservations* reservations = nullptr, WatchHub* watch_hub = nullptr);
@@ -101,6 +103,9 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   Reservations* const reservations_;
   WatchHub* const watch_hub_;
   StreamLimiter watch_limiter_;
+  const size_t watch_buffer_bytes_;
+  // Unsent decision bytes of all watchers.
+  SharedByteBudget watch_budget_;
   // Last member: destroyed (joined) first, while what calls use still lives.
   std::unique_ptr<Workers> workers_;
 };

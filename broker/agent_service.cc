@@ -58,7 +58,8 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
                  // snapshot.
                  [](const v1::BrokerMessage& last, const v1::BrokerMessage& incoming) {
                    return last.has_targets() && incoming.has_targets();
-                 }},
+                 },
+                 nullptr, nullptr},
                 kMaxQueuedPerAgent) {
     if (!admitted_) {
       alarm_pending_ = false;

@@ -9,6 +9,7 @@
 #include "broker/policy/explain.h"
 #include "broker/policy_config.h"
 #include "broker/reservations.h"
+#include "common/log_limit.h"
 #include "common/proto_time.h"
 #include "common/status.h"
 #include "common/units.h"
@@ -180,8 +181,7 @@ absl::Status Fleet::Report(const std::string& host_id, uint64_t conn,
   host->series.reports_received->Increment();
 
   const policy::ObserveResult changes = policy::ObserveHost(obs, policies->set.demand, host->step);
-  if (reservations_ && !changes.added.empty() &&
-      reservations_->HandOver(host_id, changes.added)) {
+  if (reservations_ && !changes.added.empty() && reservations_->HandOver(host_id, changes.added)) {
     // A VM started with its reservation: its memory is now its own.
     host->step.reserved_bytes = reservations_->ReservedBytes(host_id);
     host->series.reserved->Set(static_cast<double>(host->step.reserved_bytes));
@@ -448,7 +448,8 @@ void Fleet::RefreshReserved(const std::string& host_id) {
 
 absl::StatusOr<HostRoom> Fleet::GetRoom(const std::string& host_id) const {
   std::shared_ptr<HostState> host = FindHost(host_id);
-  if (!host) return absl::NotFoundError(absl::StrCat("host \"", host_id, "\" is not known"));
+  if (!host)
+    return absl::NotFoundError(absl::StrCat("host \"", QuoteInput(host_id), "\" is not known"));
   absl::MutexLock lock(&host->mu);
   HostRoom room;
   room.connected = host->connected;

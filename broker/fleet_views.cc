@@ -8,6 +8,7 @@
 #include "broker/fleet.h"
 #include "broker/policy/explain.h"
 #include "broker/policy_config.h"
+#include "common/log_limit.h"
 #include "common/proto_time.h"
 #include "common/status.h"
 #include "common/units.h"
@@ -108,7 +109,8 @@ std::vector<v1::Host> Fleet::ListHosts() const {
 
 absl::StatusOr<v1::Host> Fleet::GetHost(const std::string& host_id) const {
   std::shared_ptr<HostState> h = FindHost(host_id);
-  if (!h) return absl::NotFoundError(absl::StrCat("host \"", host_id, "\" is not known"));
+  if (!h)
+    return absl::NotFoundError(absl::StrCat("host \"", QuoteInput(host_id), "\" is not known"));
   absl::MutexLock lock(&h->mu);
   return HostProtoLocked(*h);
 }
@@ -119,7 +121,8 @@ absl::StatusOr<std::vector<v1::Vm>> Fleet::ListVms(const std::string& host_id) c
     hosts = AllHosts();
   } else {
     std::shared_ptr<HostState> h = FindHost(host_id);
-    if (!h) return absl::NotFoundError(absl::StrCat("host \"", host_id, "\" is not known"));
+    if (!h)
+      return absl::NotFoundError(absl::StrCat("host \"", QuoteInput(host_id), "\" is not known"));
     hosts.push_back(h);
   }
   std::shared_ptr<const PolicySnapshot> policies = policies_.Snapshot();
@@ -149,18 +152,19 @@ absl::StatusOr<std::pair<std::shared_ptr<Fleet::HostState>, std::string>> Fleet:
     }
   }
   if (name_matches > 1) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("VM name \"", vm, "\" is on ", name_matches, " hosts: use its id"));
+    return absl::FailedPreconditionError(absl::StrCat("VM name \"", QuoteInput(vm), "\" is on ",
+                                                      name_matches, " hosts: use its id"));
   }
   if (name_matches == 1) return std::make_pair(by_name, name_id);
-  return absl::NotFoundError(absl::StrCat("VM \"", vm, "\" is not known (no id or name matches)"));
+  return absl::NotFoundError(
+      absl::StrCat("VM \"", QuoteInput(vm), "\" is not known (no id or name matches)"));
 }
 
 absl::StatusOr<v1::Vm> Fleet::GetVm(const std::string& vm) const {
   ASSIGN_OR_RETURN(auto found, ResolveVm(vm));
   absl::MutexLock lock(&found.first->mu);
   if (found.first->vms.count(found.second) == 0) {
-    return absl::NotFoundError(absl::StrCat("VM \"", vm, "\" left"));
+    return absl::NotFoundError(absl::StrCat("VM \"", QuoteInput(vm), "\" left"));
   }
   return VmProtoLocked(*found.first, found.second, *policies_.Snapshot());
 }
@@ -172,12 +176,12 @@ absl::StatusOr<v1::Explanation> Fleet::ExplainVm(const std::string& vm) const {
   absl::MutexLock lock(&h.mu);
   auto it = h.step.vms.find(found.second);
   if (it == h.step.vms.end() || h.vms.count(found.second) == 0) {
-    return absl::NotFoundError(absl::StrCat("VM \"", vm, "\" left"));
+    return absl::NotFoundError(absl::StrCat("VM \"", QuoteInput(vm), "\" left"));
   }
   const policy::VmStepState& s = it->second;
   if (!s.decided) {
     return absl::FailedPreconditionError(
-        absl::StrCat("VM \"", vm, "\" has no decision yet (its host reconnected)"));
+        absl::StrCat("VM \"", QuoteInput(vm), "\" has no decision yet (its host reconnected)"));
   }
   const policy::VmInput& in = s.input;
   const policy::VmDecision& d = s.decision;

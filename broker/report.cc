@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/guest_stats.h"
+#include "common/log_limit.h"
 #include "common/status.h"
 #include "common/units.h"
 
@@ -97,7 +98,7 @@ absl::Status ValidateReport(const v1::HostReport& report) {
     }
     if (!seen.insert(vm.vm_id()).second) {
       return absl::InvalidArgumentError(
-          absl::StrCat(field(), ".vm_id: duplicate id \"", vm.vm_id(), "\""));
+          absl::StrCat(field(), ".vm_id: duplicate id \"", QuoteInput(vm.vm_id()), "\""));
     }
     if (vm.name().size() > kMaxVmNameChars) {
       return absl::InvalidArgumentError(

@@ -7,6 +7,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/log_limit.h"
 #include "common/proto_time.h"
 #include "common/units.h"
 
@@ -132,7 +133,7 @@ absl::Status Reservations::Remove(const std::string& id) {
     absl::MutexLock lock(&mu_);
     auto it = by_id_.find(id);
     if (it == by_id_.end()) {
-      return absl::NotFoundError(absl::StrCat("reservation \"", id.substr(0, 64),
+      return absl::NotFoundError(absl::StrCat("reservation \"", QuoteInput(id),
                                               "\" is not known (released, expired or handed "
                                               "to its VM)"));
     }

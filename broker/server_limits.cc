@@ -120,6 +120,13 @@ absl::Status ValidateServerLimits(const ServerLimits& l) {
       return absl::InvalidArgumentError(absl::StrCat("limits.", name, ": must be > 0"));
     }
   }
+  if (l.watch_buffer_bytes < (size_t{4} << 10)) {
+    return absl::InvalidArgumentError("limits.watch_buffer_bytes: at least 4 KiB");
+  }
+  if (l.watch_buffer_total_bytes < l.watch_buffer_bytes) {
+    return absl::InvalidArgumentError(
+        "limits.watch_buffer_total_bytes: at least limits.watch_buffer_bytes");
+  }
   if (l.max_receive_message_bytes != 0 && l.max_receive_message_bytes < (size_t{64} << 10)) {
     return absl::InvalidArgumentError("limits.max_receive_message_bytes: at least 64 KiB");
   }

@@ -40,6 +40,12 @@ struct ServerLimits {
   int max_agent_streams = 20000;
   // Open WatchDecisions streams.
   int max_watch_streams = 1000;
+  // Bytes of decisions one WatchDecisions stream may hold unsent (its
+  // reader is slower than the decisions): a watcher above it has fallen
+  // behind and is ended with RESOURCE_EXHAUSTED.
+  size_t watch_buffer_bytes = size_t{256} << 10;
+  // The same, over all watchers together.
+  size_t watch_buffer_total_bytes = size_t{32} << 20;
   // Open streams of one kind (agent, watch) from one peer address.
   int max_streams_per_peer = 64;
   // An agent stream that sends no Hello within this is ended

@@ -227,7 +227,7 @@ void WatchHub::Start() {
 }
 
 grpc::ServerWriteReactor<v1::VmEvent>* WatchHub::WatchVms(const std::string& host_filter,
-                                                         std::function<void()> on_done) {
+                                                          std::function<void()> on_done) {
   return new WatchReactor<v1::VmEvent>(this, host_filter, std::move(on_done));
 }
 

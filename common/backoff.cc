@@ -48,6 +48,11 @@ absl::Duration Backoff::Next() {
   return base * factor;
 }
 
+void Backoff::SetMax(absl::Duration max) {
+  params_.max = std::max(max, params_.initial);
+  current_ = std::min(current_, params_.max);
+}
+
 void Backoff::Reset() {
   current_ = params_.initial;
   failures_ = 0;

@@ -65,6 +65,10 @@ class Backoff {
   // Starts over at the initial delay; Ready() is true again at once.
   void Reset();
 
+  // Caps later delays at `max` (at least the initial delay); the delay
+  // growing now is cut back to it when above.
+  void SetMax(absl::Duration max);
+
   // Records a failed attempt at `now`: the next attempt is allowed from
   // now + Next(). Returns that delay.
   absl::Duration Fail(absl::Time now);

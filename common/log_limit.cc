@@ -9,6 +9,25 @@ std::string Truncate(absl::string_view text, size_t max_chars) {
   return absl::StrCat(text.substr(0, max_chars), "...");
 }
 
+std::string QuoteInput(absl::string_view text, size_t max_chars) {
+  absl::string_view shown = text;
+  if (text.size() > max_chars) {
+    size_t cut = max_chars;
+    // Do not split a multi-byte UTF-8 character (continuation bytes are
+    // 10xxxxxx).
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+    shown = text.substr(0, cut);
+  }
+  std::string out;
+  out.reserve(shown.size() + 24);
+  for (char c : shown) {
+    const auto u = static_cast<unsigned char>(c);
+    out.push_back(u < 0x20 || u == 0x7f ? '?' : c);
+  }
+  if (shown.size() < text.size()) absl::StrAppend(&out, "...(", text.size(), " bytes)");
+  return out;
+}
+
 std::string SummarizeItems(const std::vector<std::pair<std::string, std::string>>& items,
                            size_t max_items, size_t max_chars) {
   std::string out;

@@ -26,6 +26,14 @@ namespace membroker {
 // strings are quoted in logs and error messages.
 std::string Truncate(absl::string_view text, size_t max_chars = 64);
 
+// How a client's string is quoted in an error message it gets back: the
+// text whole when it has at most `max_chars` bytes, else its first
+// `max_chars` bytes (cut back to a UTF-8 character boundary) and
+// "...(N bytes)". Control characters become '?'. An error that quotes a
+// request field therefore stays far below a client's metadata limit,
+// whatever the client sent.
+std::string QuoteInput(absl::string_view text, size_t max_chars = 64);
+
 // "k1: v1; k2: v2; ... (+N more)": at most `max_items` items, each key and
 // value cut with Truncate to `max_chars`.
 std::string SummarizeItems(const std::vector<std::pair<std::string, std::string>>& items,

@@ -111,13 +111,18 @@ absl::Status ValidateHostPort(absl::string_view address) {
 }
 
 absl::Status ValidateHostId(absl::string_view host_id) {
-  if (host_id.empty() || host_id.size() > 253) {
-    return absl::InvalidArgumentError("host_id must be 1..253 characters");
+  if (host_id.empty() || host_id.size() > kMaxHostIdChars) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("host_id must be 1..", kMaxHostIdChars, " characters"));
   }
   for (char c : host_id) {
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_')) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "host_id \"", host_id, "\" may only contain letters, digits, '.', '-' and '_'"));
+      // The id is the caller's input: quote a short prefix, printable only.
+      std::string shown;
+      for (char q : host_id.substr(0, 64)) shown.push_back(q >= 0x20 && q < 0x7f ? q : '?');
+      return absl::InvalidArgumentError(
+          absl::StrCat("host_id \"", shown, host_id.size() > 64 ? "..." : "",
+                       "\" may only contain letters, digits, '.', '-' and '_'"));
     }
   }
   return absl::OkStatus();

@@ -4,6 +4,7 @@
 // decimal ones (K/KB, M/MB, G/GB, T/TB, P/PB) powers of 1000. What
 // FormatBytes prints parses back.
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -27,7 +28,11 @@ absl::StatusOr<absl::Duration> ParseDurationArg(absl::string_view text);
 // Checks "HOST:PORT" (IPv4, [IPv6], or a name; port 0..65535).
 absl::Status ValidateHostPort(absl::string_view address);
 
-// Checks a host id: 1..253 characters of [A-Za-z0-9._-].
+// The longest host id (a DNS name's limit).
+inline constexpr size_t kMaxHostIdChars = 253;
+
+// Checks a host id: 1..kMaxHostIdChars characters of [A-Za-z0-9._-].
+// Errors quote at most the id's first 64 characters.
 absl::Status ValidateHostId(absl::string_view host_id);
 
 }  // namespace membroker

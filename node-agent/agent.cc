@@ -423,6 +423,12 @@ void Agent::SyncLinkCounters() {
 }
 
 void Agent::OnWelcome(const membroker::v1::Welcome& welcome) {
+  if (params_.backoff_follows_report_interval && welcome.has_report_interval()) {
+    const absl::Duration interval = FromProto(welcome.report_interval());
+    if (interval >= absl::Milliseconds(100) && interval <= absl::Hours(1)) {
+      link_->SetMaxBackoff(ReconnectBackoff(interval).max);
+    }
+  }
   absl::MutexLock lock(&mu_);
   if (welcome.has_report_interval()) {
     const absl::Duration interval = FromProto(welcome.report_interval());

@@ -79,6 +79,10 @@ struct AgentParams {
   absl::Duration stats_period = absl::Seconds(1);
   ActuatorParams actuator;
   BackoffParams backoff;
+  // When true, a Welcome's report interval also sets the reconnect
+  // backoff's cap (ReconnectBackoff: max(1 s, interval)); false when the
+  // operator fixed the cap (--reconnect-max-backoff).
+  bool backoff_follows_report_interval = false;
   // Deadlines of hypervisor calls.
   HypervisorCallParams hypervisor_calls;
   // Reads VM processes' resident memory (null: no RSS signal).

@@ -227,6 +227,15 @@ absl::StatusOr<AgentOptions> BuildAgentOptions(const AgentFlags& flags) {
     }
     options.report_interval = *interval;
   }
+  if (!flags.reconnect_max_backoff.empty()) {
+    auto cap = ParseDurationArg(flags.reconnect_max_backoff);
+    if (!cap.ok()) return Prefix("--reconnect-max-backoff", cap.status());
+    // At least 1 s: an agent never retries a broker that is down faster.
+    if (*cap < absl::Seconds(1) || *cap > absl::Minutes(5)) {
+      return absl::InvalidArgumentError("--reconnect-max-backoff must be between 1s and 5m");
+    }
+    options.reconnect_max_backoff = *cap;
+  }
   if (!flags.rss_interval.empty()) {
     auto interval = ParseDurationArg(flags.rss_interval);
     if (!interval.ok()) return Prefix("--rss-interval", interval.status());

@@ -35,6 +35,8 @@ struct AgentFlags {
   std::string tls_ca;
   std::string config;
   std::string report_interval;
+  // The reconnect backoff's cap ("": max(1 s, the report interval)).
+  std::string reconnect_max_backoff;
   // How often each VM process's resident memory is read ("0": never).
   std::string rss_interval;
   // "true"/"false": grant memory to a VM under acute pressure before the
@@ -75,6 +77,9 @@ struct AgentOptions {
   std::string tls_warning;
   // Until the broker's Welcome says otherwise.
   absl::Duration report_interval = absl::Seconds(1);
+  // The cap of the reconnect backoff; zero: max(1 s, the report interval in
+  // force), following the broker's Welcome.
+  absl::Duration reconnect_max_backoff = absl::ZeroDuration();
   // Period of the host-side RSS signal; zero turns it off.
   absl::Duration rss_interval = absl::Milliseconds(200);
   // Local grants under acute pressure (actuator step 2b).

@@ -18,7 +18,23 @@ BrokerLink::BrokerLink(std::shared_ptr<grpc::Channel> channel, membroker::v1::He
       hello_(std::move(hello)),
       callbacks_(std::move(callbacks)),
       clock_(clock),
-      backoff_params_(backoff) {}
+      backoff_params_(backoff),
+      max_backoff_(backoff.max) {}
+
+BackoffParams ReconnectBackoff(absl::Duration report_interval, absl::Duration max_override) {
+  BackoffParams params;
+  params.initial = absl::Milliseconds(100);
+  params.multiplier = 2.0;
+  params.jitter = 0.2;
+  params.max = max_override > absl::ZeroDuration() ? max_override
+                                                   : std::max(absl::Seconds(1), report_interval);
+  return params;
+}
+
+void BrokerLink::SetMaxBackoff(absl::Duration max) {
+  absl::MutexLock lock(&mu_);
+  max_backoff_ = max;
+}
 
 BrokerLink::~BrokerLink() { Stop(); }
 
@@ -103,6 +119,10 @@ void BrokerLink::Run() {
     first = false;
     const bool healthy = RunStream();
     if (healthy) backoff.Reset();
+    {
+      absl::MutexLock lock(&mu_);
+      backoff.SetMax(max_backoff_);
+    }
     const absl::Duration delay = backoff.Next();
     // Once per outage at info level; the retries at debug.
     if (healthy || failed_attempts_ == 0) {

@@ -29,6 +29,15 @@
 
 namespace membroker::agent {
 
+// The reconnect backoff of an agent that reports every `report_interval`:
+// from 100 ms, doubling, with +-20 % jitter, capped at `max_override` when
+// it is not zero, else at max(1 s, report_interval). A restarted broker is
+// then found within about one report interval (targets converge within
+// three), while a broker that stays down gets at most about one attempt
+// per second from each agent.
+BackoffParams ReconnectBackoff(absl::Duration report_interval,
+                               absl::Duration max_override = absl::ZeroDuration());
+
 // Streams to the broker. Thread-safe.
 class BrokerLink {
  public:
@@ -76,6 +85,10 @@ class BrokerLink {
   // write fails.
   absl::Status SendAck(uint64_t stream, const membroker::v1::TargetAck& ack);
 
+  // Caps the reconnect delays from the next one on at `max` (e.g. when
+  // the broker's Welcome changes the report interval).
+  void SetMaxBackoff(absl::Duration max);
+
   // True between a Welcome and the loss of its stream.
   bool connected() const;
 
@@ -106,6 +119,8 @@ class BrokerLink {
   uint64_t stream_id_ ABSL_GUARDED_BY(mu_) = 0;
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
   Counters counters_ ABSL_GUARDED_BY(mu_);
+  // The reconnect backoff's cap (SetMaxBackoff).
+  absl::Duration max_backoff_ ABSL_GUARDED_BY(mu_);
 
   // Serializes writes; held while writing (lock order: write_mu_ then mu_).
   absl::Mutex write_mu_;

@@ -6,12 +6,16 @@
 //   - BrokerKill9UnderLoadAndRestart: no VM with an operator min goes below
 //     it, no target falls by more than the reclaim step in one move (no
 //     reclaim jump after the restart), the VMs do not move while the broker
-//     is gone, agents reconnect and targets converge within three reports,
+//     is gone, agents reconnect within about one report interval and
+//     targets converge within three reports,
 //     the acknowledged policy is still there. Prints the reconnect and
 //     convergence times.
 //   - BrokerGoneBeyondGraceWalksBackInSteps: after the grace period the
 //     agent walks every VM back to its configured size in bounded steps,
 //     never earlier, never inflating.
+//   - BrokerGoneGuestUnderPressureIsDeflatedAtOnce: within the grace, a
+//     guest whose working set outgrows its memory is deflated by its
+//     agent at once; the other VM does not move, nothing is inflated.
 //   - AgentKill9AndRestartReadoptsWithoutAJump: QMP backend over fake QEMU
 //     guests (tests/integration/qmp): the guests keep their balloons while
 //     the agent is dead, and the restarted agent's VMs are taken back in
@@ -62,6 +66,8 @@ using ::membroker::testing::WaitUntil;
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
 constexpr uint64_t kReclaimStep = 128 * kMiB;  // the broker config below
+// The broker's report interval (its default; the agents follow it).
+constexpr absl::Duration kReportInterval = absl::Seconds(1);
 // The most a balloon moves down at once without a jump: two decisions'
 // reclaim steps may land between two samples, and the agent inflates at
 // most max_inflate_step_bytes (256 MiB, the broker's default) per tick.
@@ -83,6 +89,23 @@ void WriteSim(const std::string& path, const std::string& prefix, int seed, int 
   vm("busy", absl::StrCat("constant { working_set_bytes: ", 1536 * kMiB, " }"));
   vm("grower", absl::StrCat("step { before_bytes: ", 512 * kMiB, " after_bytes: ", 2 * kGiB,
                             " at { seconds: ", grow_at_seconds, " } }"));
+}
+
+// A simulated host of 16 GiB with two 4 GiB VMs: PREFIX-idle (256 MiB
+// working set) and PREFIX-leaker, whose working set grows from 512 MiB by
+// 64 MiB/s up to 3.5 GiB, so that whatever it was given it is short of
+// memory some seconds later, and swaps.
+void WriteLeakSim(const std::string& path, const std::string& prefix) {
+  std::ofstream f(path);
+  f << "host_total_bytes: " << 16 * kGiB << "\nseed: 5\ntime_scale: 1\n"
+    << "balloon_rate_bytes_per_second: " << kGiB << "\n";
+  auto vm = [&](const std::string& name, const std::string& workload) {
+    f << "vms { name: \"" << prefix << "-" << name << "\" max_bytes: " << 4 * kGiB << " workload { "
+      << workload << " } page_cache_bytes: " << 256 * kMiB << " swap_bytes: " << kGiB << " }\n";
+  };
+  vm("idle", absl::StrCat("constant { working_set_bytes: ", 256 * kMiB, " }"));
+  vm("leaker", absl::StrCat("leak { start_bytes: ", 512 * kMiB, " rate_bytes_per_second: ",
+                            64 * kMiB, " cap_bytes: ", 3584 * kMiB, " }"));
 }
 
 // One agent's /metrics: per VM name, actual and target bytes.
@@ -197,9 +220,13 @@ class FaultsE2eTest : public ::testing::Test {
   // Starts an agent for host `host` with its simulated VMs; returns the
   // port of its /metrics.
   int StartAgent(const std::string& host, int seed, int grow_at_seconds = 100000,
-                 const std::string& capacity = "5GiB") {
+                 const std::string& capacity = "5GiB", bool leak = false) {
     const std::string sim = (dir_ / (host + ".textproto")).string();
-    WriteSim(sim, host, seed, grow_at_seconds);
+    if (leak) {
+      WriteLeakSim(sim, host);
+    } else {
+      WriteSim(sim, host, seed, grow_at_seconds);
+    }
     agents_.push_back(std::make_unique<ChildProcess>());
     ChildProcess& agent = *agents_.back();
     EXPECT_TRUE(agent
@@ -297,7 +324,9 @@ TEST_F(FaultsE2eTest, BrokerKill9UnderLoadAndRestart) {
 
   const absl::Time killed_at = absl::Now();
   broker_.Kill();
-  std::this_thread::sleep_for(std::chrono::seconds(3));  // the broker is gone for a while
+  // The broker is gone long enough for an uncapped backoff to grow well
+  // past the report interval (0.1 + 0.2 + ... + 3.2 s).
+  std::this_thread::sleep_for(std::chrono::seconds(8));
   const absl::Time restart_at = absl::Now();
   StartTheBroker();
   const absl::Time started_at = absl::Now();
@@ -316,6 +345,13 @@ TEST_F(FaultsE2eTest, BrokerKill9UnderLoadAndRestart) {
   // counts reports per host since it started).
   EXPECT_LE(reports_h1, 3);
   EXPECT_LE(reports_h2, 3);
+  // Found again within about one report interval: the agents' reconnect
+  // backoff is capped at max(1 s, interval). The bound is three intervals
+  // plus 2 s of slack for a loaded machine; an agent whose backoff had
+  // grown on (to 6.4 s after 8 s down) would miss it.
+  EXPECT_LE(reconnected_at - started_at, 3 * kReportInterval + absl::Seconds(2))
+      << "agents took " << absl::FormatDuration(reconnected_at - started_at)
+      << " to reconnect to the restarted broker";
   std::this_thread::sleep_for(std::chrono::seconds(2));
   sampler.Stop();
 
@@ -416,6 +452,74 @@ TEST_F(FaultsE2eTest, BrokerGoneBeyondGraceWalksBackInSteps) {
     if (v.actual_bytes() + 768 * kMiB < 4 * kGiB) {
       EXPECT_GE(increases, 2) << v.name() << " went back in one jump";
     }
+  }
+}
+
+// While the broker is gone (within the fail-static grace), a guest that
+// comes under pressure is deflated by its agent at once, long before the
+// walk back would start; nothing else moves and no balloon is inflated.
+TEST_F(FaultsE2eTest, BrokerGoneGuestUnderPressureIsDeflatedAtOnce) {
+  constexpr int kGraceSeconds = 120;
+  WriteBrokerConfig(kGraceSeconds, /*surplus_percent=*/0);
+  StartTheBroker();
+  StartProxy();
+  const int port = StartAgent("h1", 0, 0, "14GiB", /*leak=*/true);
+  // The broker takes idle memory from both VMs; the broker is killed once
+  // it has (the leaker then has room for some seconds only).
+  AgentView at_kill;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        at_kill = {};
+        if (!ReadAgent(port, &at_kill) || at_kill.actual.size() != 2) return false;
+        return at_kill.actual["h1-idle"] <= 3.5 * kGiB && at_kill.actual["h1-leaker"] <= 3.0 * kGiB;
+      },
+      absl::Seconds(90)))
+      << "the broker did not reclaim from the VMs";
+  Sampler sampler({port});
+  const absl::Time killed_at = absl::Now();
+  broker_.Kill();
+  const double leaker_at_kill = at_kill.actual["h1-leaker"];
+  // The leaker outgrows what it has and swaps: its agent deflates it.
+  absl::Time grown_at = absl::InfiniteFuture();
+  const bool grown = WaitUntil(
+      [&] {
+        AgentView v;
+        if (!ReadAgent(port, &v) || v.actual.count("h1-leaker") == 0) return false;
+        if (v.actual["h1-leaker"] < leaker_at_kill + 256.0 * kMiB) return false;
+        grown_at = absl::Now();
+        return true;
+      },
+      absl::Seconds(90));
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  sampler.Stop();
+  ASSERT_TRUE(grown) << "the leaker was not deflated while the broker was gone";
+  std::printf(
+      "broker gone, guest under pressure: leaker deflated from %.0f MiB %.1f s after the kill "
+      "(grace %d s)\n",
+      leaker_at_kill / kMiB, absl::ToDoubleSeconds(grown_at - killed_at), kGraceSeconds);
+  // Well before the grace: this was the pressure rule, not the walk back.
+  EXPECT_LT(grown_at - killed_at, absl::Seconds(kGraceSeconds) / 2);
+  // The last targets the broker sent may still be landing for a moment
+  // after the kill (the agent holds them); from then on:
+  const absl::Time settled_at = killed_at + absl::Seconds(2);
+  for (const auto& [vm, points] : sampler.series()) {
+    double settled = -1, last = -1;
+    for (const auto& p : points) {
+      if (p.at < settled_at) continue;
+      if (settled < 0) settled = p.actual;
+      // No balloon is inflated without a broker.
+      if (last >= 0) {
+        EXPECT_GE(p.actual, last - kMiB) << vm << " was inflated without a broker";
+      }
+      last = p.actual;
+      // The VM without pressure stays where the broker left it (no walk
+      // back before the grace).
+      if (vm == "h1-idle") {
+        EXPECT_NEAR(p.actual, settled, static_cast<double>(kMiB))
+            << "h1-idle moved without a broker, before the grace";
+      }
+    }
+    EXPECT_GE(settled, 0) << vm << " was not sampled after the kill";
   }
 }
 

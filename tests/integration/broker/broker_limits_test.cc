@@ -12,12 +12,16 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "broker/report.h"
@@ -42,6 +46,16 @@ std::string TempDir() {
 
 std::chrono::system_clock::time_point Deadline(int seconds = 20) {
   return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
+}
+
+// Polls `done` every 10 ms for at most `seconds`.
+bool WaitFor(const std::function<bool()>& done, int seconds = 30) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return done();
 }
 
 // The value of a counter or gauge with these labels; -1 when absent.
@@ -338,6 +352,113 @@ TEST_F(BrokerLimitsTest, MessageAboveTheLargestLegalReportIsResourceExhausted) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
 }
 
+// A 10 000-character name in any admin call is refused with
+// INVALID_ARGUMENT naming the limit, in an error far below a client's
+// metadata limit (8 KiB by default: above it the client sees
+// RESOURCE_EXHAUSTED and its connection is torn down); the same channel
+// then serves an ordinary call. A name within the limit that matches
+// nothing is quoted only by a short prefix.
+TEST_F(BrokerLimitsTest, OverlongNamesInAdminCallsAreRefusedWithShortErrors) {
+  Start();
+  Stream s = Connected("h1");
+  ASSERT_TRUE(s.rw->Write(Report(1, {Vm("vm-a", kGiB)})));
+  const std::string huge(10000, 'n');
+  std::vector<std::pair<std::string, std::function<grpc::Status(grpc::ClientContext*)>>> calls;
+  calls.emplace_back("GetHost", [&](grpc::ClientContext* ctx) {
+    v1::GetHostRequest req;
+    req.set_host_id(huge);
+    v1::Host resp;
+    return admin_->GetHost(ctx, req, &resp);
+  });
+  calls.emplace_back("ListVms", [&](grpc::ClientContext* ctx) {
+    v1::ListVmsRequest req;
+    req.set_host_id(huge);
+    v1::ListVmsResponse resp;
+    return admin_->ListVms(ctx, req, &resp);
+  });
+  calls.emplace_back("GetVm", [&](grpc::ClientContext* ctx) {
+    v1::GetVmRequest req;
+    req.set_vm(huge);
+    v1::Vm resp;
+    return admin_->GetVm(ctx, req, &resp);
+  });
+  calls.emplace_back("ExplainVm", [&](grpc::ClientContext* ctx) {
+    v1::ExplainVmRequest req;
+    req.set_vm(huge);
+    v1::Explanation resp;
+    return admin_->ExplainVm(ctx, req, &resp);
+  });
+  calls.emplace_back("SetVmPolicy", [&](grpc::ClientContext* ctx) {
+    v1::SetVmPolicyRequest req;
+    req.set_vm(huge);
+    req.mutable_policy()->set_pinned(true);
+    v1::VmPolicy resp;
+    return admin_->SetVmPolicy(ctx, req, &resp);
+  });
+  calls.emplace_back("ClearVmPolicy", [&](grpc::ClientContext* ctx) {
+    v1::ClearVmPolicyRequest req;
+    req.set_vm(huge);
+    v1::ClearVmPolicyResponse resp;
+    return admin_->ClearVmPolicy(ctx, req, &resp);
+  });
+  calls.emplace_back("Reserve", [&](grpc::ClientContext* ctx) {
+    v1::ReserveRequest req;
+    req.set_host_id(huge);
+    v1::Reservation resp;
+    return admin_->Reserve(ctx, req, &resp);
+  });
+  calls.emplace_back("Release", [&](grpc::ClientContext* ctx) {
+    v1::ReleaseRequest req;
+    req.set_id(huge);
+    v1::ReleaseResponse resp;
+    return admin_->Release(ctx, req, &resp);
+  });
+  calls.emplace_back("ListAuditEntries", [&](grpc::ClientContext* ctx) {
+    v1::ListAuditEntriesRequest req;
+    req.set_target(huge);
+    v1::ListAuditEntriesResponse resp;
+    return admin_->ListAuditEntries(ctx, req, &resp);
+  });
+  calls.emplace_back("WatchDecisions", [&](grpc::ClientContext* ctx) {
+    v1::WatchDecisionsRequest req;
+    req.set_host_id(huge);
+    auto reader = admin_->WatchDecisions(ctx, req);
+    v1::Decision d;
+    while (reader->Read(&d)) {
+    }
+    return reader->Finish();
+  });
+  for (const auto& [method, call] : calls) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    const grpc::Status st = call(&ctx);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << method << ": " << st.error_message().substr(0, 200);
+    EXPECT_LT(st.error_message().size(), 512u) << method;
+    EXPECT_NE(st.error_message().find("at most"), std::string::npos)
+        << method << ": " << st.error_message().substr(0, 200);
+    // The connection is still good: an ordinary call on it succeeds.
+    grpc::ClientContext next;
+    next.set_deadline(Deadline());
+    v1::ListHostsResponse hosts;
+    const grpc::Status after = admin_->ListHosts(&next, {}, &hosts);
+    EXPECT_TRUE(after.ok()) << "after " << method << ": " << after.error_message();
+    EXPECT_EQ(hosts.hosts_size(), 1) << "after " << method;
+  }
+  // A name within the limit that matches nothing: NOT_FOUND quoting a
+  // short prefix and the name's size.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline());
+  v1::GetVmRequest req;
+  req.set_vm(std::string(250, 'v'));
+  v1::Vm vm;
+  const grpc::Status st = admin_->GetVm(&ctx, req, &vm);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
+  EXPECT_NE(st.error_message().find("(250 bytes)"), std::string::npos) << st.error_message();
+  EXPECT_EQ(st.error_message().find(std::string(65, 'v')), std::string::npos) << st.error_message();
+  s.ctx->TryCancel();
+}
+
 TEST_F(BrokerLimitsTest, StreamsPerPeerAreCapped) {
   ServerLimits limits;
   limits.max_streams_per_peer = 2;
@@ -391,6 +512,72 @@ TEST_F(BrokerLimitsTest, WatchersAreCapped) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(st.error_message().find("max_watch_streams"), std::string::npos) << st.error_message();
   first.TryCancel();
+  s.ctx->TryCancel();
+}
+
+// A watcher that never reads holds at most its byte budget of decisions:
+// once it falls behind it is ended with RESOURCE_EXHAUSTED saying so,
+// counted, and unregistered; a watcher that reads stays.
+TEST_F(BrokerLimitsTest, WatcherThatFallsBehindIsEndedAndCounted) {
+  ServerLimits limits;
+  limits.watch_buffer_bytes = 64 << 10;
+  Start(limits);
+  // The stalled watcher has a connection of its own.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto stalled_channel =
+      grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(broker_->grpc_port()),
+                                grpc::InsecureChannelCredentials(), args);
+  auto stalled_admin = v1::AdminService::NewStub(stalled_channel);
+  grpc::ClientContext stalled_ctx;
+  stalled_ctx.set_deadline(Deadline(120));
+  auto stalled = stalled_admin->WatchDecisions(&stalled_ctx, {});
+  // A watcher that reads everything, on a thread of its own.
+  grpc::ClientContext reading_ctx;
+  reading_ctx.set_deadline(Deadline(120));
+  auto reading = admin_->WatchDecisions(&reading_ctx, {});
+  std::atomic<int> read{0};
+  std::thread reader([&] {
+    v1::Decision d;
+    while (reading->Read(&d)) ++read;
+  });
+  ASSERT_TRUE(WaitFor([&] { return broker_->fleet().WatcherCount() == 2; }));
+
+  // Large decisions (200 VMs whose numbers move every report) until the
+  // broker gives up on the stalled watcher; bounded.
+  Stream s = Connected("h1");
+  auto dropped = [&] {
+    return MetricValue(broker_->metrics(), "membroker_reports_rejected_total",
+                       {{"reason", "watch_fell_behind"}}) >= 1;
+  };
+  uint64_t seq = 0;
+  for (int round = 0; round < 5000 && !dropped(); ++round) {
+    std::vector<v1::VmSample> vms;
+    for (int i = 0; i < 200; ++i) {
+      v1::VmSample v = Vm("vm-" + std::to_string(i) + std::string(60, 'x'), 4 * kGiB);
+      v.mutable_stats()->set_available_bytes((1 + (i + round) % 3) * kGiB);
+      vms.push_back(std::move(v));
+    }
+    ASSERT_TRUE(s.rw->Write(Report(++seq, vms)));
+    if (round % 50 == 49) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(dropped()) << "the stalled watcher was never ended";
+  // It gets what was already on its way, then the status.
+  v1::Decision d;
+  while (stalled->Read(&d)) {
+  }
+  const grpc::Status st = stalled->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_NE(st.error_message().find("fell behind"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find(std::to_string(64 << 10)), std::string::npos)
+      << st.error_message();
+  // Unregistered; the reading watcher is still there and still served.
+  EXPECT_TRUE(WaitFor([&] { return broker_->fleet().WatcherCount() == 1; }));
+  const int before = read.load();
+  ASSERT_TRUE(s.rw->Write(Report(++seq, {Vm("vm-late", kGiB)})));
+  EXPECT_TRUE(WaitFor([&] { return read.load() > before; }));
+  reading_ctx.TryCancel();
+  reader.join();
   s.ctx->TryCancel();
 }
 

@@ -1,5 +1,7 @@
 #include "node-agent/agent_options.h"
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -8,10 +10,9 @@
 #include <fstream>
 #include <string>
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include "absl/strings/str_cat.h"
+#include "common/backoff.h"
+#include "node-agent/broker_link.h"
 
 namespace membroker::agent {
 namespace {
@@ -92,6 +93,62 @@ TEST_F(AgentOptionsTest, RssIntervalAndLocalGrants) {
   EXPECT_TRUE(o->local_grants);
 }
 
+TEST_F(AgentOptionsTest, ReconnectMaxBackoff) {
+  absl::StatusOr<AgentOptions> o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->reconnect_max_backoff, absl::ZeroDuration());  // follows the interval
+  flags_.reconnect_max_backoff = "3s";
+  o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->reconnect_max_backoff, absl::Seconds(3));
+}
+
+// The reconnect schedule: exponential from 100 ms, jittered, capped at the
+// report interval but never below 1 s (or at the operator's cap).
+TEST(ReconnectBackoffTest, CapFollowsTheReportIntervalButNotBelowOneSecond) {
+  EXPECT_EQ(ReconnectBackoff(absl::Seconds(1)).max, absl::Seconds(1));
+  EXPECT_EQ(ReconnectBackoff(absl::Seconds(5)).max, absl::Seconds(5));
+  EXPECT_EQ(ReconnectBackoff(absl::Milliseconds(100)).max, absl::Seconds(1));
+  EXPECT_EQ(ReconnectBackoff(absl::Seconds(1), absl::Seconds(30)).max, absl::Seconds(30));
+  EXPECT_EQ(ReconnectBackoff(absl::Seconds(1)).initial, absl::Milliseconds(100));
+  EXPECT_TRUE(ValidateBackoffParams(ReconnectBackoff(absl::Seconds(1))).ok());
+}
+
+TEST(ReconnectBackoffTest, ScheduleIsExponentialJitteredAndCapped) {
+  for (absl::Duration interval : {absl::Milliseconds(200), absl::Seconds(1), absl::Seconds(4)}) {
+    const BackoffParams p = ReconnectBackoff(interval);
+    const double cap = absl::ToDoubleSeconds(p.max);
+    ASSERT_GE(cap, 1.0);
+    Backoff backoff(p, /*seed=*/7);
+    double base = 0.1, waited = 0;
+    int attempts_until_cap = 0;
+    for (int i = 0; i < 40; ++i) {
+      const double d = absl::ToDoubleSeconds(backoff.Next());
+      EXPECT_GE(d, base * 0.8 - 1e-9) << "attempt " << i;
+      EXPECT_LE(d, base * 1.2 + 1e-9) << "attempt " << i;
+      // Never hammered: once at the cap, at most one attempt per 0.8 s.
+      if (base >= cap) {
+        EXPECT_GE(d, 0.8 - 1e-9);
+      }
+      if (base < cap) {
+        waited += d;
+        ++attempts_until_cap;
+      }
+      base = std::min(cap, base * 2);
+    }
+    // Exponential: the cap is reached within a few attempts and about
+    // two caps of waiting, so a broker back after any outage is retried
+    // within about one cap (= one report interval, at least 1 s).
+    EXPECT_LE(attempts_until_cap, 6) << absl::FormatDuration(interval);
+    EXPECT_LE(waited, 2 * 1.2 * cap) << absl::FormatDuration(interval);
+  }
+  // Jittered: agents that lost the broker together do not retry in step.
+  Backoff a(ReconnectBackoff(absl::Seconds(1)), 1), b(ReconnectBackoff(absl::Seconds(1)), 2);
+  int different = 0;
+  for (int i = 0; i < 20; ++i) different += a.Next() != b.Next() ? 1 : 0;
+  EXPECT_GE(different, 15);
+}
+
 TEST_F(AgentOptionsTest, GuestConsoleLogs) {
   flags_.guest_console_logs = {"web-1=/var/log/web-1.log", "db=/x/db.log"};
   absl::StatusOr<AgentOptions> o = BuildAgentOptions(flags_);
@@ -144,6 +201,9 @@ TEST_F(AgentOptionsTest, EachBadFlagIsNamed) {
        "--tls-cert=/nonexistent/c.pem: cannot read"},
       {[](AgentFlags& f) { f.report_interval = "fast"; }, "--report-interval"},
       {[](AgentFlags& f) { f.report_interval = "1ms"; }, "--report-interval"},
+      {[](AgentFlags& f) { f.reconnect_max_backoff = "500ms"; }, "--reconnect-max-backoff"},
+      {[](AgentFlags& f) { f.reconnect_max_backoff = "1h"; }, "--reconnect-max-backoff"},
+      {[](AgentFlags& f) { f.reconnect_max_backoff = "soon"; }, "--reconnect-max-backoff"},
       {[](AgentFlags& f) { f.rss_interval = "10ms"; }, "--rss-interval"},
       {[](AgentFlags& f) { f.rss_interval = "1m"; }, "--rss-interval"},
       {[](AgentFlags& f) { f.rss_interval = "often"; }, "--rss-interval"},

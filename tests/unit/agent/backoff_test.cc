@@ -29,6 +29,22 @@ TEST(BackoffTest, DoublesWithinJitterUpToMax) {
   }
 }
 
+TEST(BackoffTest, SetMaxCapsLaterDelays) {
+  BackoffParams p;  // 100 ms doubling to 10 s, +-20 %
+  Backoff backoff(p, /*seed=*/3);
+  for (int i = 0; i < 10; ++i) backoff.Next();  // grown to the 10 s cap
+  backoff.SetMax(absl::Seconds(1));
+  for (int i = 0; i < 20; ++i) {
+    const double d = absl::ToDoubleSeconds(backoff.Next());
+    EXPECT_LE(d, 1.2 + 1e-9);
+    EXPECT_GE(d, 0.8 - 1e-9);
+  }
+  // Never below the initial delay.
+  backoff.SetMax(absl::ZeroDuration());
+  backoff.Reset();
+  EXPECT_GE(absl::ToDoubleSeconds(backoff.Next()), 0.08 - 1e-9);
+}
+
 TEST(BackoffTest, JitterSpreadsDelays) {
   BackoffParams p;
   p.multiplier = 1.0;

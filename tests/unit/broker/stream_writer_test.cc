@@ -72,6 +72,56 @@ TEST_F(StreamWriterTest, FinishWaitsForTheWriteInFlightAndHappensOnce) {
   EXPECT_EQ(started_, std::vector<std::string>({"decision1"}));  // 2 was dropped
 }
 
+// Byte budgets: a stream whose unsent messages would go over its own
+// budget, or over the budget shared with other streams, is finished with
+// the overflow status; the bytes it held go back to the shared budget.
+TEST_F(StreamWriterTest, ByteBudgetsFinishAStreamThatFallsBehind) {
+  SharedByteBudget shared(250);
+  std::vector<std::pair<size_t, bool>> overflows;
+  auto hooks = [&] {
+    QueuedStreamWriter<Msg>::Hooks h = Hooks(false);
+    h.byte_size = [](const Msg& m) { return static_cast<size_t>(m.n); };
+    h.overflow = [&overflows](size_t queued, bool all) {
+      overflows.emplace_back(queued, all);
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "fell behind");
+    };
+    return h;
+  };
+  {
+    QueuedStreamWriter<Msg> a(hooks(), 1024, /*max_queued_bytes=*/100, &shared);
+    EXPECT_TRUE(a.Enqueue({"decision", 10}));  // in flight: not counted
+    EXPECT_TRUE(a.Enqueue({"decision", 60}));
+    EXPECT_TRUE(a.Enqueue({"decision", 40}));
+    EXPECT_EQ(a.queued_bytes(), 100u);
+    EXPECT_EQ(shared.used(), 100u);
+    a.OnWriteDone(true);  // 60 goes out: 40 left
+    EXPECT_EQ(a.queued_bytes(), 40u);
+    EXPECT_EQ(shared.used(), 40u);
+    EXPECT_TRUE(a.Enqueue({"decision", 50}));
+    EXPECT_FALSE(a.Enqueue({"decision", 20}));  // 110 > 100: fell behind
+    ASSERT_EQ(overflows.size(), 1u);
+    EXPECT_EQ(overflows[0], std::make_pair(size_t{110}, false));
+    EXPECT_EQ(shared.used(), 0u);    // its unsent bytes went back
+    EXPECT_TRUE(finished_.empty());  // after the write in flight
+    a.OnWriteDone(true);
+    ASSERT_EQ(finished_.size(), 1u);
+    EXPECT_EQ(finished_[0], grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_FALSE(a.Enqueue({"decision", 1}));
+  }
+  // The shared budget: two streams within their own budgets, over it
+  // together.
+  QueuedStreamWriter<Msg> b(hooks(), 1024, 200, &shared);
+  QueuedStreamWriter<Msg> c(hooks(), 1024, 200, &shared);
+  b.Enqueue({"decision", 1});
+  c.Enqueue({"decision", 1});
+  EXPECT_TRUE(b.Enqueue({"decision", 150}));
+  EXPECT_TRUE(c.Enqueue({"decision", 100}));
+  EXPECT_FALSE(c.Enqueue({"decision", 50}));  // 300 > 250 in total
+  ASSERT_EQ(overflows.size(), 2u);
+  EXPECT_TRUE(overflows[1].second);
+  EXPECT_EQ(shared.used(), 150u);  // b's bytes only
+}
+
 TEST_F(StreamWriterTest, FinishWithNothingInFlightIsImmediate) {
   QueuedStreamWriter<Msg> w(Hooks(false), 8);
   w.FinishOnce(grpc::Status::OK);

@@ -13,6 +13,20 @@ TEST(LogLimitTest, TruncateCutsLongTextAndMarksIt) {
   EXPECT_EQ(Truncate(std::string(10000, 'x'), 8), "xxxxxxxx...");
 }
 
+TEST(LogLimitTest, QuoteInputKeepsShortTextAndCutsLongTextWithItsSize) {
+  EXPECT_EQ(QuoteInput("vm-1"), "vm-1");
+  EXPECT_EQ(QuoteInput(std::string(64, 'a')), std::string(64, 'a'));
+  EXPECT_EQ(QuoteInput(std::string(10000, 'x'), 8), "xxxxxxxx...(10000 bytes)");
+  EXPECT_LT(QuoteInput(std::string(10000, 'x')).size(), 100u);
+  // Control characters are not echoed.
+  EXPECT_EQ(QuoteInput("a\nb\x01"), "a?b?");
+  // A cut never splits a UTF-8 character: "\xc3\xa9" is one.
+  EXPECT_EQ(QuoteInput("ab\xc3\xa9"
+                       "cd",
+                       3),
+            "ab...(6 bytes)");
+}
+
 TEST(LogLimitTest, SummarizeNamesAFewItemsAndCountsTheRest) {
   std::vector<std::pair<std::string, std::string>> items;
   for (int i = 0; i < 10000; ++i) items.emplace_back("vm-" + std::to_string(i), "stuck");
