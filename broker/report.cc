@@ -121,6 +121,29 @@ absl::Status ValidateReport(const v1::HostReport& report) {
                                                      ") is above max_bytes (", vm.max_bytes(),
                                                      ")"));
     }
+    if (vm.has_host_working_set_bytes()) {
+      // Touched guest memory cannot exceed the guest's memory (slack as
+      // for a guest's total); the interval is the agent's (1 s .. 1 h).
+      if (vm.host_working_set_bytes() > vm.max_bytes() + kGuestTotalSlackBytes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".host_working_set_bytes (", vm.host_working_set_bytes(),
+                         ") is above max_bytes (", vm.max_bytes(), ")"));
+      }
+      if (vm.host_working_set_interval_ms() < kMinWorkingSetIntervalMs ||
+          vm.host_working_set_interval_ms() > kMaxWorkingSetIntervalMs) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".host_working_set_interval_ms: must be in ", kMinWorkingSetIntervalMs, "..",
+            kMaxWorkingSetIntervalMs, " when host_working_set_bytes is set"));
+      }
+    } else if (vm.host_working_set_interval_ms() != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".host_working_set_interval_ms: set without host_working_set_bytes"));
+    }
+    if (vm.has_host_psi_some_avg10_percent() &&
+        !(vm.host_psi_some_avg10_percent() >= 0 && vm.host_psi_some_avg10_percent() <= 100)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".host_psi_some_avg10_percent: must be in 0..100"));
+    }
     if (!v1::BalloonHealth_IsValid(vm.health())) {
       return absl::InvalidArgumentError(absl::StrCat(field(), ".health: unknown value"));
     }
@@ -166,6 +189,12 @@ policy::HostObservation ToHostObservation(const v1::HostReport& report, double n
     o.guest.has_oom_kills = g.has_oom_kills_total();
     o.guest.oom_kills_total = g.oom_kills_total();
     o.guest.disk_caches_bytes = g.disk_caches_bytes();
+    o.guest.has_host_working_set = s.has_host_working_set_bytes();
+    o.guest.host_working_set_bytes = s.host_working_set_bytes();
+    o.guest.host_working_set_interval_seconds =
+        static_cast<double>(s.host_working_set_interval_ms()) / 1000.0;
+    o.guest.has_host_psi = s.has_host_psi_some_avg10_percent();
+    o.guest.host_psi_some_avg10_percent = s.host_psi_some_avg10_percent();
     obs.vms.push_back(std::move(o));
     if (problems) problems->push_back(problem);
   }

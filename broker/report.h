@@ -24,6 +24,10 @@ inline constexpr size_t kMaxUntrustedReasonChars = 256;
 inline constexpr int kMaxPressureReasons = 8;
 inline constexpr int kMaxAckErrors = kMaxVmsPerHost;
 inline constexpr size_t kMaxAckErrorChars = 256;
+// Bounds of VmSample.host_working_set_interval_ms (the agent measures every
+// 1 s .. 10 min; a missed round can stretch one interval).
+inline constexpr uint64_t kMinWorkingSetIntervalMs = 100;
+inline constexpr uint64_t kMaxWorkingSetIntervalMs = 3600 * 1000;
 
 // Checks a Hello. INVALID_ARGUMENT naming the field.
 absl::Status ValidateHello(const v1::Hello& hello);

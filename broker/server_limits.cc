@@ -26,6 +26,9 @@ void FillLargestVm(int index, v1::VmSample* vm) {
   vm->set_last_target_bytes(kBig);
   vm->set_health(v1::BALLOON_HEALTH_NO_DRIVER);
   vm->set_host_rss_bytes(kBig);
+  vm->set_host_working_set_bytes(kBig);
+  vm->set_host_working_set_interval_ms(kBig);
+  vm->set_host_psi_some_avg10_percent(100.0);
   v1::GuestStats* g = vm->mutable_stats();
   g->set_total_bytes(kBig);
   g->set_available_bytes(kBig);

@@ -69,6 +69,23 @@ membroker::v1::VmSample ToVmSample(const VmStatus& vm, const VmActuation* actuat
   return out;
 }
 
+void SetHostSignals(const WorkingSetSample& sample, uint64_t max_bytes,
+                    membroker::v1::VmSample& out) {
+  // Only what the broker accepts (broker/report.h): an interval of 100 ms
+  // .. 1 h, and at most the VM's memory (a mapping-rule surprise is capped,
+  // never a rejected report).
+  if (sample.working_set_bytes.has_value() && sample.interval >= absl::Milliseconds(100) &&
+      sample.interval <= absl::Hours(1)) {
+    out.set_host_working_set_bytes(std::min(*sample.working_set_bytes, max_bytes));
+    out.set_host_working_set_interval_ms(
+        static_cast<uint64_t>(absl::ToInt64Milliseconds(sample.interval)));
+  }
+  if (sample.psi_some_avg10_percent.has_value() && *sample.psi_some_avg10_percent >= 0 &&
+      *sample.psi_some_avg10_percent <= 100) {
+    out.set_host_psi_some_avg10_percent(*sample.psi_some_avg10_percent);
+  }
+}
+
 membroker::v1::HostSample ToHostSample(const HostMemorySample& sample) {
   membroker::v1::HostSample out;
   out.set_mem_total_bytes(sample.meminfo.mem_total_bytes);
@@ -98,7 +115,8 @@ Agent::Agent(AgentParams params, std::unique_ptr<Hypervisor> hypervisor, HostSam
         return a;
       }()),
       report_interval_(params_.report_interval),
-      pressure_(params_.pressure) {
+      pressure_(params_.pressure),
+      working_set_sampler_(params_.working_set_probe, params_.working_set_cpu_seconds) {
   metrics_.SetHostCapacity(params_.capacity_bytes);
   metrics_.SetBrokerConnected(false);
   membroker::v1::Hello hello;
@@ -134,6 +152,9 @@ void Agent::Start() {
   if (params_.vm_probe != nullptr && params_.rss_interval > absl::ZeroDuration()) {
     rss_thread_ = std::thread([this] { RssLoop(); });
   }
+  if (params_.working_set_probe != nullptr && params_.working_set_interval > absl::ZeroDuration()) {
+    working_set_thread_ = std::thread([this] { WorkingSetLoop(); });
+  }
 }
 
 void Agent::Stop() {
@@ -147,6 +168,7 @@ void Agent::Stop() {
   if (apply_thread_.joinable()) apply_thread_.join();
   if (report_thread_.joinable()) report_thread_.join();
   if (rss_thread_.joinable()) rss_thread_.join();
+  if (working_set_thread_.joinable()) working_set_thread_.join();
 }
 
 bool Agent::connected() const { return link_->connected(); }
@@ -362,6 +384,9 @@ membroker::v1::HostReport Agent::BuildReport(bool pressure_event) {
         sample.mutable_stats()->set_untrusted_reason(h->second);
       }
       if (auto r = rss.find(vm.vm_id); r != rss.end()) sample.set_host_rss_bytes(r->second);
+      if (auto w = working_sets_.find(vm.vm_id); w != working_sets_.end()) {
+        SetHostSignals(w->second, vm.max_bytes, sample);
+      }
       if (auto r = reasons.find(vm.vm_id); r != reasons.end()) {
         for (membroker::v1::PressureReason reason : r->second) sample.add_pressure_reasons(reason);
       }
@@ -566,6 +591,51 @@ void Agent::SampleRss() {
                    w->name, rss, w->actual_bytes);
       OnAcutePressure(w->vm_id);
     }
+  }
+}
+
+void Agent::SampleWorkingSet() {
+  if (params_.working_set_probe == nullptr) return;
+  absl::MutexLock round(&working_set_mu_);
+  std::vector<WorkingSetTarget> targets;
+  std::map<std::string, std::string> names;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const VmStatus& vm : vms_) {
+      if (!vm.host_pid.has_value()) continue;
+      auto v = verdicts_.find(vm.vm_id);
+      const bool statless =
+          v == verdicts_.end() || !v->second.trusted || hung_.count(vm.vm_id) != 0;
+      if (!statless && !params_.working_set_all_vms) continue;
+      targets.push_back({vm.vm_id, *vm.host_pid,
+                         vm.sizing.boot_bytes != 0 ? vm.sizing.boot_bytes : vm.max_bytes});
+      names[vm.vm_id] = vm.name;
+    }
+  }
+  // /proc reads and writes, outside mu_.
+  std::map<std::string, WorkingSetSample> samples =
+      working_set_sampler_.Round(targets, clock_->MonotonicNow());
+  double cpu_seconds = 0;
+  for (const auto& [vm_id, s] : samples) {
+    cpu_seconds += s.cpu_seconds;
+    if (!s.error.empty()) spdlog::debug("VM {}: working set: {}", names[vm_id], s.error);
+  }
+  metrics_.AddWorkingSetRound(samples.size(), cpu_seconds);
+  absl::MutexLock lock(&mu_);
+  working_sets_ = std::move(samples);
+}
+
+void Agent::WorkingSetLoop() {
+  absl::Time next = clock_->MonotonicNow();  // the first round only clears
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
+      clock_->AwaitWithDeadline(&mu_, absl::Condition(&stop), next);
+      if (stopping_) return;
+    }
+    next = clock_->MonotonicNow() + params_.working_set_interval;
+    SampleWorkingSet();
   }
 }
 

@@ -19,7 +19,11 @@
 //     published, so reports keep flowing while a call hangs;
 //   - the RSS watcher (when a VmProcessProbe is given) reads each VM
 //     process's resident memory every rss_interval, between the guest's
-//     statistics (at most once a second), and feeds the PressureDetector.
+//     statistics (at most once a second), and feeds the PressureDetector;
+//   - the working-set watcher (when a WorkingSetProbe is given) measures,
+//     every working_set_interval, the guest memory touched by each VM whose
+//     statistics are missing, stale or untrusted (or every VM), and its
+//     cgroup's memory.pressure (working_set.h); the next reports carry them.
 // Acute pressure (vm_pressure.h: RSS near actual and growing, deflate-on-
 // oom, available near zero) sends an early report with the VM's reasons
 // and asks the next step for a local grant (actuator step 2b), which the
@@ -56,6 +60,7 @@
 #include "node-agent/stats_validation.h"
 #include "node-agent/vm_pressure.h"
 #include "node-agent/vm_process_probe.h"
+#include "node-agent/working_set.h"
 
 namespace membroker::agent {
 
@@ -97,6 +102,15 @@ struct AgentParams {
   // Counts guest OOM kills from console logs (null: none configured);
   // reported as a VM's oom_kills_total where its backend has no counter.
   std::shared_ptr<GuestConsoleOomCounter> consoles;
+  // Measures VMs' host-side working set and cgroup pressure (null: none).
+  std::shared_ptr<const WorkingSetProbe> working_set_probe;
+  // How often the working-set watcher measures (zero: never).
+  absl::Duration working_set_interval = absl::Seconds(10);
+  // Measure every VM with a known process, not only those whose guest
+  // statistics are missing, stale or untrusted.
+  bool working_set_all_vms = false;
+  // CPU time of the measuring thread (null: CLOCK_THREAD_CPUTIME_ID).
+  std::function<double()> working_set_cpu_seconds;
 };
 
 // One host's agent. Thread-safe.
@@ -137,6 +151,11 @@ class Agent {
   // without a probe. Never calls the hypervisor.
   void SampleRss();
 
+  // One round of the working-set watcher: measures the VMs it should
+  // (AgentParams.working_set_all_vms) and keeps the results for the next
+  // reports. No-op without a probe. Never calls the hypervisor.
+  void SampleWorkingSet() ABSL_LOCKS_EXCLUDED(working_set_mu_, mu_);
+
   // True while the broker stream is welcomed.
   bool connected() const;
 
@@ -171,6 +190,7 @@ class Agent {
   void ApplyLoop();
   void ReportLoop();
   void RssLoop();
+  void WorkingSetLoop();
   // Marks acute pressure of `vm_id`: early report and a local grant.
   void OnAcutePressure(const std::string& vm_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -182,7 +202,8 @@ class Agent {
   // Thread-safe as far as its lanes allow; only steps call it.
   DeadlineHypervisor hypervisor_;
 
-  // Lock order: step_mu_, then mu_, then counters_mu_.
+  // Lock order: step_mu_, then mu_, then counters_mu_; working_set_mu_
+  // before mu_.
   //
   // One control step at a time. Held across hypervisor calls, which are
   // bounded by their deadline; never taken by the link's reader or the
@@ -216,6 +237,13 @@ class Agent {
   // VMs under acute pressure waiting for the next step's local grant.
   std::set<std::string> grant_requests_ ABSL_GUARDED_BY(mu_);
 
+  // Host-side working set and cgroup pressure per VM from the last round.
+  std::map<std::string, WorkingSetSample> working_sets_ ABSL_GUARDED_BY(mu_);
+
+  // One working-set round at a time; taken before mu_.
+  absl::Mutex working_set_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  WorkingSetSampler working_set_sampler_ ABSL_GUARDED_BY(working_set_mu_);
+
   // Link counters already added to the metrics.
   absl::Mutex counters_mu_;
   BrokerLink::Counters synced_ ABSL_GUARDED_BY(counters_mu_);
@@ -224,12 +252,20 @@ class Agent {
   std::thread apply_thread_;
   std::thread report_thread_;
   std::thread rss_thread_;
+  std::thread working_set_thread_;
 };
 
 // Converts one VM (its status, the actuator's view and the statistics
 // verdict) into a VmSample.
 membroker::v1::VmSample ToVmSample(const VmStatus& vm, const VmActuation* actuation,
                                    const StatsVerdict* verdict);
+
+// Copies one VM's host-side working set and cgroup pressure into `out`,
+// within the bounds the broker accepts (the working set capped at
+// `max_bytes`; an interval outside 100 ms .. 1 h, or a
+// pressure outside 0..100, is left out).
+void SetHostSignals(const WorkingSetSample& sample, uint64_t max_bytes,
+                    membroker::v1::VmSample& out);
 
 // Converts a host memory sample into a HostSample.
 membroker::v1::HostSample ToHostSample(const HostMemorySample& sample);

@@ -35,6 +35,14 @@ AgentMetrics::AgentMetrics(prometheus::Registry& registry)
                                "acute pressure, before the broker answered.")),
       local_grant_bytes_(NewCounter(registry, "membroker_agent_local_grant_bytes_total",
                                     "Memory granted by those local grants.")),
+      working_set_cpu_(NewCounter(registry, "membroker_agent_working_set_cpu_seconds_total",
+                                  "CPU seconds spent measuring VMs' host-side working set and "
+                                  "cgroup pressure (clear_refs, smaps, memory.pressure).")),
+      working_set_cpu_per_vm_(
+          NewGauge(registry, "membroker_agent_working_set_cpu_seconds_per_vm",
+                   "CPU seconds per VM of the last working-set round (one round per interval).")),
+      working_set_vms_(NewGauge(registry, "membroker_agent_working_set_measured_vms",
+                                "VMs measured in the last working-set round.")),
       host_capacity_(NewGauge(registry, "membroker_agent_host_capacity_bytes",
                               "Memory the operator allows VMs on this host in total.")),
       host_available_(
@@ -96,6 +104,11 @@ void AgentMetrics::AddTargetErrors(uint64_t n) { target_errors_.Increment(static
 void AgentMetrics::AddLocalGrants(uint64_t n, uint64_t bytes) {
   local_grants_.Increment(static_cast<double>(n));
   local_grant_bytes_.Increment(static_cast<double>(bytes));
+}
+void AgentMetrics::AddWorkingSetRound(size_t vms, double cpu_seconds) {
+  working_set_cpu_.Increment(cpu_seconds);
+  working_set_vms_.Set(static_cast<double>(vms));
+  working_set_cpu_per_vm_.Set(vms > 0 ? cpu_seconds / static_cast<double>(vms) : 0.0);
 }
 void AgentMetrics::SetHostCapacity(uint64_t bytes) {
   host_capacity_.Set(static_cast<double>(bytes));

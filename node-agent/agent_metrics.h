@@ -36,6 +36,12 @@ class AgentMetrics {
   // membroker_agent_local_grant_bytes_total += bytes: memory the agent gave
   // VMs under acute pressure before the broker answered.
   void AddLocalGrants(uint64_t n, uint64_t bytes);
+  // One round of the host-side working-set probe over `vms` VMs that took
+  // `cpu_seconds` of CPU: membroker_agent_working_set_cpu_seconds_total
+  // += cpu_seconds, membroker_agent_working_set_measured_vms = vms and
+  // membroker_agent_working_set_cpu_seconds_per_vm = cpu_seconds / vms
+  // (0 when none).
+  void AddWorkingSetRound(size_t vms, double cpu_seconds);
   // membroker_agent_target_errors_total += n.
   void AddTargetErrors(uint64_t n);
   // membroker_agent_host_capacity_bytes.
@@ -89,6 +95,9 @@ class AgentMetrics {
   prometheus::Counter& target_errors_;
   prometheus::Counter& local_grants_;
   prometheus::Counter& local_grant_bytes_;
+  prometheus::Counter& working_set_cpu_;
+  prometheus::Gauge& working_set_cpu_per_vm_;
+  prometheus::Gauge& working_set_vms_;
   prometheus::Gauge& host_capacity_;
   prometheus::Gauge& host_available_;
   prometheus::Gauge& host_pressure_some_;

@@ -251,6 +251,26 @@ absl::StatusOr<AgentOptions> BuildAgentOptions(const AgentFlags& flags) {
     if (!logs.ok()) return logs.status();
     options.guest_console_logs = *std::move(logs);
   }
+  if (!flags.working_set_interval.empty()) {
+    auto interval = ParseDurationArg(flags.working_set_interval);
+    if (!interval.ok()) return Prefix("--working-set-interval", interval.status());
+    if (*interval != absl::ZeroDuration() &&
+        (*interval < absl::Seconds(1) || *interval > absl::Minutes(10))) {
+      return absl::InvalidArgumentError(
+          "--working-set-interval must be 0 (off) or between 1s and 10m");
+    }
+    options.working_set_interval = *interval;
+  }
+  if (!flags.working_set_all_vms.empty()) {
+    if (flags.working_set_all_vms == "true") {
+      options.working_set_all_vms = true;
+    } else if (flags.working_set_all_vms == "false") {
+      options.working_set_all_vms = false;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--working-set-all-vms must be true or false, not \"", flags.working_set_all_vms, "\""));
+    }
+  }
   if (!flags.local_grants.empty()) {
     if (flags.local_grants == "true") {
       options.local_grants = true;

@@ -44,6 +44,11 @@ struct AgentFlags {
   std::string local_grants;
   // "NAME=PATH" entries: where each guest's serial console is logged.
   std::vector<std::string> guest_console_logs;
+  // How often the host-side working set is measured ("0": never).
+  std::string working_set_interval;
+  // "true"/"false": measure every VM, not only those without usable
+  // guest statistics.
+  std::string working_set_all_vms;
 };
 
 // Rewrites a command line for Abseil's flag parser: flag names spelled
@@ -86,6 +91,12 @@ struct AgentOptions {
   bool local_grants = true;
   // VM name -> console log path (--guest-console-logs).
   std::map<std::string, std::string> guest_console_logs;
+  // Period of the host-side working-set probe (node-agent/working_set.h);
+  // zero turns it off. 1 s .. 10 min.
+  absl::Duration working_set_interval = absl::Seconds(10);
+  // Measure every VM, not only those whose guest statistics are missing,
+  // stale or untrusted.
+  bool working_set_all_vms = false;
 };
 
 // Merges `flags` over the --config file (flags win) and validates every

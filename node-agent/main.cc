@@ -56,6 +56,13 @@ ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or of
 ABSL_FLAG(std::string, rss_interval, "",
           "How often each VM's QEMU process resident memory is read for acute pressure, e.g. "
           "200ms (default); 0 turns the signal off.");
+ABSL_FLAG(std::string, working_set_interval, "",
+          "How often the memory each VM's guest touched is measured from the host (clear_refs, "
+          "then smaps' Referenced of its guest RAM) for VMs without usable guest statistics, "
+          "e.g. 10s (default); 0 turns it off. 1s..10m.");
+ABSL_FLAG(std::string, working_set_all_vms, "",
+          "true or false (default): measure the host-side working set of every VM, not only of "
+          "those whose guest statistics are missing, stale or untrusted.");
 ABSL_FLAG(std::string, local_grants, "",
           "true (default) or false: deflate a VM under acute pressure from the host's unassigned "
           "budget before the broker answers.");
@@ -152,6 +159,8 @@ int main(int argc, char** argv) {
   flags.rss_interval = absl::GetFlag(FLAGS_rss_interval);
   flags.local_grants = absl::GetFlag(FLAGS_local_grants);
   flags.guest_console_logs = absl::GetFlag(FLAGS_guest_console_logs);
+  flags.working_set_interval = absl::GetFlag(FLAGS_working_set_interval);
+  flags.working_set_all_vms = absl::GetFlag(FLAGS_working_set_all_vms);
   absl::StatusOr<AgentOptions> options = BuildAgentOptions(flags);
   if (!options.ok()) return Fail(kExitUsage, options.status());
 
@@ -224,6 +233,11 @@ int main(int argc, char** argv) {
   params.rss_interval = options->rss_interval;
   if (options->rss_interval > absl::ZeroDuration() && options->backend != "sim") {
     params.vm_probe = std::make_shared<ProcVmProcessProbe>();
+  }
+  params.working_set_interval = options->working_set_interval;
+  params.working_set_all_vms = options->working_set_all_vms;
+  if (options->working_set_interval > absl::ZeroDuration() && options->backend != "sim") {
+    params.working_set_probe = std::make_shared<ProcWorkingSetProbe>("/proc", FindCgroupV2Root());
   }
   params.actuator.local_grants = options->local_grants;
   if (!options->guest_console_logs.empty()) {

@@ -135,6 +135,15 @@ v1::HostReport ReportOf(const HostView& view, uint64_t sequence) {
       s->set_health(v1::BALLOON_HEALTH_NO_DRIVER);
       continue;
     }
+    if (!vm.guest_stats) {
+      // No statistics, flagged as the agent flags them; the host's view.
+      s->set_health(v1::BALLOON_HEALTH_STATS_UNAVAILABLE);
+      s->mutable_stats()->set_untrusted(true);
+      s->mutable_stats()->set_untrusted_reason("the guest sends no statistics");
+      s->set_host_working_set_bytes(vm.host_working_set_bytes);
+      s->set_host_working_set_interval_ms(vm.host_working_set_interval_ms);
+      continue;
+    }
     s->set_health(v1::BALLOON_HEALTH_OK);
     v1::GuestStats* g = s->mutable_stats();
     g->set_total_bytes(vm.total_bytes);
@@ -328,6 +337,16 @@ absl::StatusOr<QualityFigures> RunScenario(const Scenario& scenario, PolicyKind 
           v.swap_in_bytes_total = s.swap_in_bytes_total;
           v.major_faults_total = s.major_faults_total;
           v.swap_out_bytes_total = s.swap_out_bytes_total;
+          if (!s.guest_stats) {
+            // No statistics: nobody sees them; the host sees what the
+            // guest touches.
+            v.guest_stats = false;
+            v.total_bytes = v.available_bytes = v.free_bytes = v.disk_caches_bytes = 0;
+            v.swap_in_bytes_total = v.major_faults_total = v.swap_out_bytes_total = 0;
+            v.host_working_set_bytes = std::min(s.working_set_bytes, s.actual_bytes);
+            v.host_working_set_interval_ms = static_cast<uint64_t>(
+                std::max<int64_t>(absl::ToInt64Milliseconds(traits.period), 100));
+          }
           view.vms.push_back(std::move(v));
           host.vms[i].last_swap_in = s.swap_in_bytes_total;
           host.vms[i].last_major_faults = s.major_faults_total;

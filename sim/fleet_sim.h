@@ -75,6 +75,12 @@ struct VmView {
   uint64_t swap_in_bytes_total = 0;
   uint64_t major_faults_total = 0;
   uint64_t swap_out_bytes_total = 0;
+  // A guest that sends no statistics (SimVm.no_guest_stats): the fields
+  // above are zero, and the host sees the memory it touches over the last
+  // interval instead (its working set, up to its balloon size).
+  bool guest_stats = true;
+  uint64_t host_working_set_bytes = 0;
+  uint64_t host_working_set_interval_ms = 0;
 };
 
 // One host's report to its controller.

@@ -288,7 +288,7 @@ struct SimHost::Impl {
     s.swapped_bytes = static_cast<uint64_t>(m.swapped);
     s.resident_bytes = static_cast<uint64_t>(anon + m.cache);
     s.refault_major_faults_total = static_cast<uint64_t>(m.refaults);
-    if (s.balloon_driver) {
+    if (s.balloon_driver && s.guest_stats) {
       s.total_bytes = s.actual_bytes;
       s.free_bytes = static_cast<uint64_t>(free);
       s.disk_caches_bytes = static_cast<uint64_t>(m.cache);
@@ -324,6 +324,7 @@ absl::StatusOr<std::unique_ptr<SimHost>> SimHost::Create(const SimConfig& config
     s.vm_id = EffectiveId(vm);
     s.name = vm.name();
     s.balloon_driver = !vm.no_balloon_driver();
+    s.guest_stats = !vm.no_guest_stats();
     s.deflate_on_oom = vm.deflate_on_oom();
     s.max_bytes = vm.max_bytes();
     s.target_bytes = vm.max_bytes();

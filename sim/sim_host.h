@@ -95,6 +95,7 @@ struct SimVmState {
   std::string name;
   bool running = false;            // false before start_after
   bool balloon_driver = true;
+  bool guest_stats = true;         // false: the guest sends no statistics
   bool deflate_on_oom = false;     // the balloon gives pages back before an OOM kill
   uint64_t max_bytes = 0;
   uint64_t actual_bytes = 0;       // memory the guest has now (may sit above

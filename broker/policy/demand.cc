@@ -5,10 +5,105 @@
 
 namespace membroker::policy {
 
+namespace {
+
+// One step of the fast-up / slow-down filter: jumps to a higher `raw`,
+// decays toward a lower one with `half_life_seconds`.
+double FastUpSlowDown(double previous, double raw, double elapsed_seconds,
+                      double half_life_seconds) {
+  if (raw >= previous) return raw;
+  const double keep =
+      std::pow(0.5, std::max(elapsed_seconds, 0.0) / std::max(half_life_seconds, 1e-3));
+  return raw + (previous - raw) * keep;
+}
+
+// Rule 9: a guest without usable statistics, sized from the host-side
+// working set (and acute pressure). `stall` is rule 10.
+void UpdateFromHostSignals(const GuestObservation& obs, const DemandParams& params, bool stall,
+                           DemandState& state) {
+  const double max = static_cast<double>(obs.max_bytes);
+  const double actual = static_cast<double>(obs.actual_bytes);
+  const double elapsed = std::max(obs.elapsed_seconds, 0.0);
+  const bool had_working_set = state.host_sized;
+  const bool first = !state.initialized;
+  if (first) state.estimate_bytes = actual;  // what it has: nothing says less yet
+  if (obs.has_host_working_set) {
+    const double ws = std::min(static_cast<double>(obs.host_working_set_bytes),
+                               max > 0 ? max : static_cast<double>(obs.host_working_set_bytes));
+    state.host_working_set_recent_bytes =
+        had_working_set ? FastUpSlowDown(state.host_working_set_recent_bytes, ws, elapsed,
+                                         params.decay_half_life_seconds)
+                        : ws;
+    state.host_sized = true;
+  }
+  const bool pressure = stall || obs.agent_pressure;
+  if (state.host_sized) {
+    const double recent = state.host_working_set_recent_bytes;
+    double raw = recent * (1.0 + params.host_working_set_margin_percent / 100.0);
+    if (pressure) raw = std::max(raw, actual + static_cast<double>(params.pressure_step_bytes));
+    state.estimate_bytes =
+        first ? std::max(state.estimate_bytes, raw)
+              : FastUpSlowDown(state.estimate_bytes, raw, elapsed, params.decay_half_life_seconds);
+    if (max > 0) state.estimate_bytes = std::min(state.estimate_bytes, max);
+    double margin = recent * params.protect_margin_percent / 100.0;
+    if (params.protect_margin_max_bytes > 0) {
+      margin = std::min(margin, static_cast<double>(params.protect_margin_max_bytes));
+    }
+    const double protect = recent + margin;
+    state.protect_bytes =
+        static_cast<uint64_t>(std::llround(max > 0 ? std::min(protect, max) : protect));
+    state.active_fraction = actual > 0 ? std::clamp(recent / actual, 0.0, 1.0) : 1.0;
+  } else {
+    // No working set yet: the previous estimate (or the current size), but
+    // acute pressure still asks for a step at once.
+    if (!state.initialized) {
+      state.protect_bytes = obs.actual_bytes;
+      state.active_fraction = 1.0;
+    }
+    if (pressure) {
+      state.estimate_bytes =
+          std::max(state.estimate_bytes, actual + static_cast<double>(params.pressure_step_bytes));
+      if (max > 0) state.estimate_bytes = std::min(state.estimate_bytes, max);
+    }
+  }
+  state.initialized = true;
+  state.demand_bytes = static_cast<uint64_t>(std::llround(state.estimate_bytes));
+  state.used_bytes = 0;
+  state.last_actual_bytes = obs.actual_bytes;
+  state.pressure = pressure;
+  state.seconds_since_pressure = pressure ? 0 : state.seconds_since_pressure + elapsed;
+  state.acute = state.seconds_since_pressure < params.acute_hold_seconds;
+  state.full = false;
+  state.deflated = false;
+  state.oom = false;
+  state.swap_in_bytes_per_second = 0;
+  state.major_faults_per_second = 0;
+}
+
+}  // namespace
+
 void UpdateDemand(const GuestObservation& obs, const DemandParams& params, DemandState& state) {
   const double max = static_cast<double>(obs.max_bytes);
   const double actual = static_cast<double>(obs.actual_bytes);
-  if (!obs.stats_valid || obs.total_bytes == 0) {
+  // Rule 10: the VM's cgroup stalls on memory.
+  const bool host_stall =
+      obs.has_host_psi && obs.host_psi_some_avg10_percent >= params.host_psi_stall_percent;
+  state.has_host_working_set = obs.has_host_working_set;
+  state.host_working_set_bytes = obs.has_host_working_set ? obs.host_working_set_bytes : 0;
+  state.host_working_set_interval_seconds =
+      obs.has_host_working_set ? obs.host_working_set_interval_seconds : 0;
+  state.has_host_psi = obs.has_host_psi;
+  state.host_psi_some_avg10_percent = obs.has_host_psi ? obs.host_psi_some_avg10_percent : 0;
+  state.host_stall = host_stall;
+  const bool stats_usable = obs.stats_valid && obs.total_bytes != 0;
+  if (!stats_usable && (obs.has_host_working_set || state.host_sized || obs.has_host_psi)) {
+    UpdateFromHostSignals(obs, params, host_stall, state);
+    return;
+  }
+  // Statistics came back (or there were never host signals): the guest's
+  // own figures rule again.
+  state.host_sized = false;
+  if (!stats_usable) {
     // Nothing trustworthy: keep the previous estimate; a VM never seen with
     // valid statistics is assumed to need what it has (no reclaim).
     if (!state.initialized) {
@@ -27,6 +122,7 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
     state.major_faults_per_second = 0;
     return;
   }
+  const bool agent_pressure = obs.agent_pressure || host_stall;
   // Deflate-on-oom: the balloon grew above the target the agent applied
   // without being asked (actual rises while the target stays below it).
   constexpr uint64_t kMoveSlackBytes = uint64_t{8} << 20;
@@ -110,7 +206,7 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
         static_cast<double>(obs.available_bytes) <=
         std::max(static_cast<double>(params.full_available_bytes),
                  total_now * params.full_available_percent / 100.0);
-    const bool squeezed_now = full_now || obs.agent_pressure || cache_halved;
+    const bool squeezed_now = full_now || agent_pressure || cache_halved;
     const bool squeezed_before = state.full || state.last_agent_pressure;
     const double elapsed = std::max(obs.elapsed_seconds, 0.0);
     const bool window_open = state.squeeze_age_seconds + elapsed <= params.oom_squeeze_window_seconds;
@@ -143,7 +239,7 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
     }
   }
   state.last_disk_caches_bytes = obs.disk_caches_bytes;
-  state.last_agent_pressure = obs.agent_pressure;
+  state.last_agent_pressure = agent_pressure;
   state.seconds_since_oom =
       oom ? 0 : state.seconds_since_oom + std::max(obs.elapsed_seconds, 0.0);
   if (oom) {
@@ -171,13 +267,13 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
       deflated ? 0 : state.seconds_since_deflate + std::max(obs.elapsed_seconds, 0.0);
   state.pressure = swap_in_rate > params.swap_in_noise_bytes_per_second ||
                    fault_rate > params.major_fault_noise_per_second || state.full || deflated ||
-                   obs.agent_pressure || oom;
+                   agent_pressure || oom;
 
   state.seconds_since_pressure =
       state.pressure ? 0 : state.seconds_since_pressure + std::max(obs.elapsed_seconds, 0.0);
   state.acute = state.seconds_since_pressure < params.acute_hold_seconds;
   double raw = used;
-  if (state.full || deflated || obs.agent_pressure) {
+  if (state.full || deflated || agent_pressure) {
     // Censored: a full guest shows only what it has. Ask for more in
     // proportion to its growth, at least a step.
     raw = std::max(raw, actual + std::max(growth, static_cast<double>(params.pressure_step_bytes)));

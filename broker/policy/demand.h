@@ -51,7 +51,24 @@
 //      under pressure at least used + the estimated swap occupancy (pages
 //      being read back are working set); never more than max.
 //   8. Untrusted or missing statistics keep the previous estimate (or, for
-//      a VM never seen with valid stats, its current size: no reclaim).
+//      a VM never seen with valid stats, its current size: no reclaim) --
+//      unless the agent measured the guest from the host (9).
+//   9. Host-side signals, for a guest whose statistics are missing, stale
+//      or untrusted: the memory its QEMU process's guest RAM touched over
+//      the agent's interval (its working set) is followed with the same
+//      fast-up / slow-down filter (the recent working set), and
+//      raw demand = recent working set x (1 + host_working_set_margin); the
+//      estimate starts from the current size (what the guest uses today,
+//      as far as anything else says) and follows raw demand with the
+//      filter of 2, so it never drops below it. protect = the recent
+//      working set plus the protect margin of 7: the guest is never
+//      reclaimed into what it touched recently. Acute pressure (the
+//      agent's, or a cgroup stall below) asks actual + the pressure step
+//      at once, as in 4.
+//  10. A cgroup stall: the VM's cgroup v2 memory.pressure "some avg10" at
+//      or above host_psi_stall_percent is acute pressure from the host
+//      side for any guest, with or without statistics (the same path as
+//      the agent's pressure in 4).
 
 #include <cstdint>
 
@@ -103,6 +120,12 @@ struct DemandParams {
   // How long after a guest was squeezed a fall of used memory from its
   // peak since then still counts as a kill (statistics lag by a poll).
   double oom_squeeze_window_seconds = 5.0;
+  // Statistics-less guests (rule 9): demand = recent host working set x
+  // (1 + this / 100).
+  double host_working_set_margin_percent = 20.0;
+  // A VM cgroup's memory.pressure some avg10 at or above this (percent) is
+  // acute pressure (rule 10).
+  double host_psi_stall_percent = 10.0;
 };
 
 // One guest observation.
@@ -127,6 +150,14 @@ struct GuestObservation {
   uint64_t oom_kills_total = 0;
   uint64_t disk_caches_bytes = 0;  // the guest's page cache
   double elapsed_seconds = 0;      // since the previous observation
+  // Host-side signals (the agent measures them for guests without usable
+  // statistics, optionally for all): the guest memory the VM's process
+  // touched over the last interval, and its cgroup's memory.pressure.
+  bool has_host_working_set = false;
+  uint64_t host_working_set_bytes = 0;
+  double host_working_set_interval_seconds = 0;
+  bool has_host_psi = false;
+  double host_psi_some_avg10_percent = 0;
 };
 
 // Per-VM estimator state, owned by the caller.
@@ -182,6 +213,18 @@ struct DemandState {
   bool oom = false;        // a guest OOM kill in this sample
   bool oom_hold = false;   // within oom_hold_seconds of the last kill
   double active_fraction = 1.0;
+  // Host-side signals of the last update (rules 9 and 10): whether demand
+  // came from them (statistics unusable, a working set measured), the
+  // working set measured and over what interval, its recent (filtered)
+  // value, and the cgroup's pressure and whether it is a stall.
+  bool host_sized = false;
+  bool has_host_working_set = false;
+  uint64_t host_working_set_bytes = 0;
+  double host_working_set_interval_seconds = 0;
+  double host_working_set_recent_bytes = 0;
+  bool has_host_psi = false;
+  double host_psi_some_avg10_percent = 0;
+  bool host_stall = false;
 };
 
 // Folds `obs` into `state` and updates its outputs.

@@ -27,6 +27,27 @@ std::string OomHoldText(const DemandState& d) {
          B(d.oom_demand_bytes) + " while the OOM hold lasts";
 }
 
+// The host-side signals a decision saw (rules 9 and 10 of demand.h), as
+// "; host working set 812 MiB over 10 s; cgroup pressure some=12%": empty
+// when the agent sent none.
+std::string HostSignalsText(const DemandState& d) {
+  std::string out;
+  if (d.has_host_working_set) {
+    out += "; host working set " + B(d.host_working_set_bytes) + " over " +
+           Fmt("%.0f", d.host_working_set_interval_seconds) + " s";
+    if (d.host_sized) {
+      out += " (recent " + B(static_cast<uint64_t>(d.host_working_set_recent_bytes)) + ")";
+    } else {
+      out += " (not used: the guest's statistics are)";
+    }
+  }
+  if (d.has_host_psi) {
+    out += "; cgroup pressure some=" + Fmt("%.0f", d.host_psi_some_avg10_percent) + "%";
+    if (d.host_stall) out += " (a stall: acute pressure, memory given at once)";
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string FloorSourceName(const VmInput& in, const VmDecision& d) {
@@ -48,9 +69,18 @@ std::vector<std::string> ExplainSteps(const std::string& host_id, const HostStep
   const PolicyParams& p = host.params;
   const HostDecision& hd = host.decision;
   std::vector<std::string> steps;
-  if (!stats.trusted) {
+  if (vm.demand.host_sized) {
+    steps.push_back(
+        "0. guest statistics not used" +
+        (stats.untrusted_reason.empty() ? std::string(" (missing or stale)")
+                                        : ": " + stats.untrusted_reason) +
+        "; sized from host signals" + HostSignalsText(vm.demand) + "; demand estimate " +
+        B(in.demand_bytes) + " (follows the recent working set x (1 + margin)" +
+        (vm.demand.acute ? ", raised: acute pressure from the host side" : "") + "), protect " +
+        B(in.protect_bytes) + " (never reclaimed below the recent working set)");
+  } else if (!stats.trusted) {
     steps.push_back("0. guest statistics not used: " + stats.untrusted_reason +
-                    "; demand kept at " + B(in.demand_bytes));
+                    "; demand kept at " + B(in.demand_bytes) + HostSignalsText(vm.demand));
   } else {
     steps.push_back("0. guest used = total " + B(stats.total_bytes) + " - available " +
                     B(stats.available_bytes) + " = " + B(vm.demand.used_bytes) +
@@ -61,7 +91,7 @@ std::vector<std::string> ExplainSteps(const std::string& host_id, const HostStep
                      : vm.demand.pressure ? " (raised: guest is swapping)"
                      : vm.demand.acute    ? " (under acute pressure lately)"
                                           : "") +
-                    OomHoldText(vm.demand));
+                    OomHoldText(vm.demand) + HostSignalsText(vm.demand));
   }
   if (in.pinned) {
     steps.push_back("1. pinned by policy: floor = max = " + B(d.floor_bytes));

@@ -227,6 +227,12 @@ def fleet():
             [(f"sum by (host) (rate(membroker_agent_local_grant_bytes_total{{{h}}}[{RATE}]))", "{{host}} bytes/s"),
              (f"sum by (host) (increase(membroker_agent_local_grants_total{{{h}}}[{RATE}]))", "{{host}} grants"),
              (f"max by (host) (membroker_agent_hypervisor_calls_hung{{{h}}})", "{{host}} hung calls")])
+    b.panel("timeseries", "Host-side working-set probe cost",
+            "CPU the agents spend measuring VMs without usable guest statistics from the host "
+            "(clear_refs + smaps): per second, per VM per round, and VMs measured per round.",
+            [(f"sum by (host) (rate(membroker_agent_working_set_cpu_seconds_total{{{h}}}[{RATE}]))", "{{host}} CPU s/s"),
+             (f"max by (host) (membroker_agent_working_set_cpu_seconds_per_vm{{{h}}})", "{{host}} CPU s per VM per round"),
+             (f"max by (host) (membroker_agent_working_set_measured_vms{{{h}}})", "{{host}} VMs measured")])
     b.row("Operations")
     b.panel("timeseries", "Admin requests", "membrokerctl and API calls by method and code.",
             [(f"sum by (method, code) (rate(membroker_admin_requests_total[{RATE}]))",

@@ -61,7 +61,7 @@ absl::StatusOr<std::vector<VmStatus>> SimHypervisor::ListVms() {
     status.sizing.boot_bytes = vm.max_bytes;
     status.sizing.balloon_inflated_bytes =
         vm.max_bytes > vm.actual_bytes ? vm.max_bytes - vm.actual_bytes : 0;
-    if (vm.balloon_driver) {
+    if (vm.balloon_driver && vm.guest_stats) {
       GuestMemoryStats& s = status.stats;
       s.total_bytes = vm.total_bytes;
       s.available_bytes = vm.available_bytes;

@@ -6,6 +6,7 @@
 // bound of every wait, which only ends a test that has already failed.
 
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -647,6 +648,82 @@ TEST_F(AgentLinkTest, ReportCarriesHealthAndUntrustedStats) {
   fake_->SetListError(absl::UnavailableError("libvirtd is down"));
   EXPECT_EQ(agent_->Tick().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(agent_->BuildReport(false).vms_size(), 2);  // the last known VMs
+}
+
+// A WorkingSetProbe fed by the test: every process touched `referenced`
+// bytes, its cgroup stalls at `psi` percent.
+class FakeWorkingSetProbe : public WorkingSetProbe {
+ public:
+  absl::Status ClearReferenced(int64_t /*pid*/) const override { return absl::OkStatus(); }
+  absl::StatusOr<GuestRamReferenced> ReadReferenced(int64_t /*pid*/,
+                                                    uint64_t boot_bytes) const override {
+    GuestRamReferenced r;
+    r.referenced_bytes = referenced;
+    r.mapping_bytes = boot_bytes;
+    r.mappings = 1;
+    return r;
+  }
+  absl::StatusOr<double> CgroupPressureSomeAvg10(int64_t /*pid*/) const override { return psi; }
+  uint64_t referenced = 0;
+  double psi = 0;
+};
+
+TEST_F(AgentLinkTest, WorkingSetOfAVmWithoutUsableStatisticsIsReported) {
+  GuestMemoryStats bad;
+  bad.total_bytes = 100 * kMiB;
+  bad.available_bytes = 200 * kMiB;  // impossible: "b" is not trusted
+  bad.last_update = clock_.Now();
+  fake_->SetStats("b", bad);
+  fake_->SetPid("a", 100);
+  fake_->SetPid("b", 200);
+  auto probe = std::make_shared<FakeWorkingSetProbe>();
+  probe->referenced = 300 * kMiB;
+  probe->psi = 12.5;
+  double cpu = 0;
+  MakeAgent({}, [&](AgentParams& p) {
+    p.working_set_probe = probe;
+    p.working_set_cpu_seconds = [&cpu] { return cpu += 0.001; };
+  });
+  ASSERT_TRUE(agent_->Tick().ok());
+  agent_->SampleWorkingSet();  // clears only: no working set yet
+  const membroker::v1::VmSample* b0 = FindVm(agent_->BuildReport(false), "b");
+  ASSERT_NE(b0, nullptr);
+  EXPECT_FALSE(b0->has_host_working_set_bytes());
+  clock_.Advance(absl::Seconds(10));
+  agent_->SampleWorkingSet();
+  const membroker::v1::HostReport report = agent_->BuildReport(false);
+  const membroker::v1::VmSample* a = FindVm(report, "a");
+  const membroker::v1::VmSample* b = FindVm(report, "b");
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  // Only the VM without usable statistics is measured.
+  EXPECT_FALSE(a->has_host_working_set_bytes());
+  EXPECT_FALSE(a->has_host_psi_some_avg10_percent());
+  EXPECT_EQ(b->host_working_set_bytes(), 300 * kMiB);
+  EXPECT_EQ(b->host_working_set_interval_ms(), 10000u);
+  EXPECT_DOUBLE_EQ(b->host_psi_some_avg10_percent(), 12.5);
+  EXPECT_EQ(MetricValue(*registry_, "membroker_agent_working_set_measured_vms"), 1);
+  EXPECT_GT(MetricValue(*registry_, "membroker_agent_working_set_cpu_seconds_total"), 0);
+  EXPECT_GT(MetricValue(*registry_, "membroker_agent_working_set_cpu_seconds_per_vm"), 0);
+}
+
+TEST(SetHostSignalsTest, KeepsToWhatTheBrokerAccepts) {
+  WorkingSetSample s;
+  s.working_set_bytes = 5000 * kMiB;
+  s.interval = absl::Seconds(10);
+  s.psi_some_avg10_percent = 3;
+  membroker::v1::VmSample out;
+  SetHostSignals(s, 4096 * kMiB, out);
+  EXPECT_EQ(out.host_working_set_bytes(), 4096 * kMiB);  // capped at max
+  EXPECT_EQ(out.host_working_set_interval_ms(), 10000u);
+  EXPECT_DOUBLE_EQ(out.host_psi_some_avg10_percent(), 3);
+  s.interval = absl::Milliseconds(10);  // too short: left out
+  s.psi_some_avg10_percent = std::nan("");
+  membroker::v1::VmSample none;
+  SetHostSignals(s, 4096 * kMiB, none);
+  EXPECT_FALSE(none.has_host_working_set_bytes());
+  EXPECT_EQ(none.host_working_set_interval_ms(), 0u);
+  EXPECT_FALSE(none.has_host_psi_some_avg10_percent());
 }
 
 // A VM whose hypervisor calls hang forever: the agent keeps reporting,

@@ -76,6 +76,24 @@ TEST_F(AgentOptionsTest, ValidFlags) {
   // The fast signals are on by default.
   EXPECT_EQ(o->rss_interval, absl::Milliseconds(200));
   EXPECT_TRUE(o->local_grants);
+  // The working-set probe measures statless VMs every 10 s by default.
+  EXPECT_EQ(o->working_set_interval, absl::Seconds(10));
+  EXPECT_FALSE(o->working_set_all_vms);
+}
+
+TEST_F(AgentOptionsTest, WorkingSetIntervalAndAllVms) {
+  flags_.working_set_interval = "0";
+  flags_.working_set_all_vms = "true";
+  absl::StatusOr<AgentOptions> o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->working_set_interval, absl::ZeroDuration());
+  EXPECT_TRUE(o->working_set_all_vms);
+  flags_.working_set_interval = "30s";
+  flags_.working_set_all_vms = "false";
+  o = BuildAgentOptions(flags_);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->working_set_interval, absl::Seconds(30));
+  EXPECT_FALSE(o->working_set_all_vms);
 }
 
 TEST_F(AgentOptionsTest, RssIntervalAndLocalGrants) {
@@ -208,6 +226,10 @@ TEST_F(AgentOptionsTest, EachBadFlagIsNamed) {
       {[](AgentFlags& f) { f.rss_interval = "1m"; }, "--rss-interval"},
       {[](AgentFlags& f) { f.rss_interval = "often"; }, "--rss-interval"},
       {[](AgentFlags& f) { f.local_grants = "yes"; }, "--local-grants"},
+      {[](AgentFlags& f) { f.working_set_interval = "500ms"; }, "--working-set-interval"},
+      {[](AgentFlags& f) { f.working_set_interval = "1h"; }, "--working-set-interval"},
+      {[](AgentFlags& f) { f.working_set_interval = "sometimes"; }, "--working-set-interval"},
+      {[](AgentFlags& f) { f.working_set_all_vms = "yes"; }, "--working-set-all-vms"},
       {[](AgentFlags& f) {
          f.backend = "qmp";
          f.qmp_sockets.clear();

@@ -289,7 +289,7 @@ TEST(ExtractMetricNamesTest, YamlExprForms) {
 
 TEST(DeployMetricsTest, MetricListIsComplete) {
   auto metrics = LoadMetricList();
-  EXPECT_EQ(metrics.size(), 53u);
+  EXPECT_EQ(metrics.size(), 56u);
   EXPECT_EQ(metrics["membroker_decision_latency_seconds"], "histogram");
   EXPECT_EQ(metrics["membroker_agent_vm_virtio_mem_plugged_bytes"], "gauge");
   EXPECT_EQ(metrics["membroker_agent_vm_balloon_inflated_bytes"], "gauge");

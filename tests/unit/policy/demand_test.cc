@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
+
 namespace membroker::policy {
 namespace {
 
@@ -418,6 +420,160 @@ TEST(DemandTest, OomKillInferredWhenTheStatisticsLag) {
   UpdateDemand(g, p, late);
   EXPECT_FALSE(late.oom);
   EXPECT_EQ(late.oom_kills_seen, 0u);
+}
+
+// A guest without usable statistics (a Windows guest without the balloon's
+// statistics service), measured from the host.
+GuestObservation Statless(uint64_t actual, std::optional<uint64_t> working_set,
+                          double elapsed = 10.0) {
+  GuestObservation o;
+  o.stats_valid = false;
+  o.actual_bytes = actual;
+  o.max_bytes = 8 * kGiB;
+  o.elapsed_seconds = elapsed;
+  if (working_set) {
+    o.has_host_working_set = true;
+    o.host_working_set_bytes = *working_set;
+    o.host_working_set_interval_seconds = 10;
+  }
+  return o;
+}
+
+TEST(DemandHostSignalsTest, StatlessGuestFollowsItsWorkingSetButNeverBelowIt) {
+  // Half-life 10 s, margin 20 %, protect margin 10 % capped at 32 MiB.
+  DemandParams p;
+  p.decay_half_life_seconds = 10;
+  DemandState s;
+  // First sight: 6 GiB, touched 1 GiB. The estimate starts at what it has
+  // (6 GiB) and decays toward raw = 1 GiB x 1.2 = 1.2 GiB: after one
+  // half-life 1.2 + (6 - 1.2) / 2 = 3.6 GiB.
+  UpdateDemand(Statless(6 * kGiB, kGiB), p, s);
+  EXPECT_TRUE(s.host_sized);
+  EXPECT_EQ(s.demand_bytes, 6 * kGiB);
+  // protect = 1 GiB + min(10 %, 32 MiB) = 1 GiB + 32 MiB.
+  EXPECT_EQ(s.protect_bytes, kGiB + 32 * kMiB);
+  UpdateDemand(Statless(6 * kGiB, kGiB), p, s);
+  EXPECT_NEAR(static_cast<double>(s.demand_bytes), 3.6 * kGiB, 1.0);
+  // Long after: the estimate reaches 1.2 GiB and stays there.
+  for (int i = 0; i < 20; ++i) UpdateDemand(Statless(6 * kGiB, kGiB), p, s);
+  EXPECT_NEAR(static_cast<double>(s.demand_bytes), 1.2 * kGiB, 1.0 * kMiB);
+  EXPECT_GE(s.demand_bytes, kGiB);
+  EXPECT_FALSE(s.pressure);
+  // The guest touches 3 GiB: demand 3.6 GiB and protect 3 GiB + 32 MiB at
+  // once (fast up): it is never reclaimed into what it touched.
+  UpdateDemand(Statless(6 * kGiB, 3 * kGiB), p, s);
+  EXPECT_NEAR(static_cast<double>(s.demand_bytes), 3.6 * kGiB, 1.0);
+  EXPECT_EQ(s.protect_bytes, 3 * kGiB + 32 * kMiB);
+  // It goes idle again (100 MiB): the recent working set decays with the
+  // half-life, 100 MiB + (3 GiB - 100 MiB) / 2 = 1.5 GiB + 50 MiB, and
+  // protect with it.
+  UpdateDemand(Statless(6 * kGiB, 100 * kMiB), p, s);
+  EXPECT_NEAR(s.host_working_set_recent_bytes, 1.5 * kGiB + 50 * kMiB, 1.0);
+  EXPECT_EQ(s.protect_bytes, static_cast<uint64_t>(1.5 * kGiB + 50 * kMiB) + 32 * kMiB);
+}
+
+TEST(DemandHostSignalsTest, StaleStatisticsHandOverToTheWorkingSet) {
+  // Valid statistics said 1 GiB used; they go stale while the host sees the
+  // guest touch 2 GiB: demand follows the host (2.4 GiB at once).
+  DemandParams p;
+  DemandState s;
+  UpdateDemand(Obs(4 * kGiB, 3 * kGiB), p, s);
+  EXPECT_EQ(s.demand_bytes, kGiB);
+  GuestObservation stale = Statless(4 * kGiB, 2 * kGiB);
+  UpdateDemand(stale, p, s);
+  EXPECT_NEAR(static_cast<double>(s.demand_bytes), 2.4 * kGiB, 1.0);
+  EXPECT_EQ(s.protect_bytes, 2 * kGiB + 32 * kMiB);
+  // Fresh statistics again: the guest's own figures rule (used 1 GiB,
+  // estimate decaying from 2.4 GiB), the host working set is not used.
+  UpdateDemand(Obs(4 * kGiB, 3 * kGiB), p, s);
+  EXPECT_FALSE(s.host_sized);
+  EXPECT_EQ(s.used_bytes, kGiB);
+  EXPECT_EQ(s.protect_bytes, kGiB + 32 * kMiB);
+}
+
+TEST(DemandHostSignalsTest, CgroupStallIsAcutePressureForAStatlessGuest) {
+  // Threshold 10 %: some avg10 = 12 % is a stall; demand = actual 2 GiB +
+  // step 128 MiB at once, and the guest is under acute pressure.
+  DemandParams p;
+  DemandState s;
+  GuestObservation o = Statless(2 * kGiB, kGiB);
+  o.has_host_psi = true;
+  o.host_psi_some_avg10_percent = 3;  // below the threshold: nothing
+  UpdateDemand(o, p, s);
+  EXPECT_FALSE(s.pressure);
+  EXPECT_FALSE(s.host_stall);
+  o.host_psi_some_avg10_percent = 12;
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.host_stall);
+  EXPECT_TRUE(s.pressure);
+  EXPECT_TRUE(s.acute);
+  EXPECT_EQ(s.demand_bytes, 2 * kGiB + 128 * kMiB);
+  VmInput in;
+  SetDemandInputs(s, in);
+  EXPECT_TRUE(in.under_pressure);
+}
+
+TEST(DemandHostSignalsTest, StallWithoutAWorkingSetStillGrows) {
+  // No working set measured yet (first round), never seen with statistics:
+  // demand is its size, and a stall asks a step above it.
+  DemandParams p;
+  DemandState s;
+  GuestObservation o = Statless(2 * kGiB, std::nullopt);
+  o.has_host_psi = true;
+  o.host_psi_some_avg10_percent = 50;
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.acute);
+  EXPECT_EQ(s.demand_bytes, 2 * kGiB + 128 * kMiB);
+  EXPECT_EQ(s.protect_bytes, 2 * kGiB);
+}
+
+TEST(DemandHostSignalsTest, CgroupStallCountsAsAgentPressureForATrustedGuest) {
+  // The same as AgentPressureCountsLikeAFullGuest: actual + step.
+  DemandParams p;
+  DemandState s;
+  GuestObservation o = Obs(2 * kGiB, kGiB);
+  UpdateDemand(o, p, s);
+  o.has_host_psi = true;
+  o.host_psi_some_avg10_percent = 20;
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.pressure);
+  EXPECT_EQ(s.demand_bytes, 2 * kGiB + 128 * kMiB);
+}
+
+TEST(DemandHostSignalsTest, TrustedGuestIgnoresTheWorkingSet) {
+  // Every output of a trusted guest's estimate is the same with and without
+  // host signals below the stall threshold.
+  DemandParams p;
+  DemandState plain, with_host;
+  const uint64_t available[] = {3 * kGiB, kGiB, 2 * kGiB, 3 * kGiB, 0, 3 * kGiB};
+  for (uint64_t a : available) {
+    GuestObservation o = Obs(4 * kGiB, a);
+    o.swap_in_bytes_total = plain.last_swap_in_bytes_total + (a == 0 ? 64 * kMiB : 0);
+    UpdateDemand(o, p, plain);
+    o.has_host_working_set = true;
+    o.host_working_set_bytes = 7 * kGiB;
+    o.host_working_set_interval_seconds = 10;
+    o.has_host_psi = true;
+    o.host_psi_some_avg10_percent = 5;
+    UpdateDemand(o, p, with_host);
+    EXPECT_EQ(plain.demand_bytes, with_host.demand_bytes);
+    EXPECT_EQ(plain.protect_bytes, with_host.protect_bytes);
+    EXPECT_EQ(plain.pressure, with_host.pressure);
+    EXPECT_EQ(plain.acute, with_host.acute);
+    EXPECT_DOUBLE_EQ(plain.active_fraction, with_host.active_fraction);
+    EXPECT_FALSE(with_host.host_sized);
+  }
+}
+
+TEST(DemandHostSignalsTest, NoHostSignalsKeepsTheOldRule) {
+  // Without host signals a statless guest is as before: no reclaim.
+  DemandParams p;
+  DemandState s;
+  UpdateDemand(Statless(3 * kGiB, std::nullopt), p, s);
+  UpdateDemand(Statless(3 * kGiB, std::nullopt), p, s);
+  EXPECT_EQ(s.demand_bytes, 3 * kGiB);
+  EXPECT_EQ(s.protect_bytes, 3 * kGiB);
+  EXPECT_FALSE(s.host_sized);
 }
 
 }  // namespace

@@ -121,6 +121,85 @@ TEST(HostStepTest, ElapsedTimeComesFromTheObservations) {
   EXPECT_EQ(state.vms.at("a").demand.demand_bytes, 1 * kGiB + 512 * kMiB);
 }
 
+TEST(HostStepTest, StatlessGuestIsNotReclaimedBelowItsWorkingSet) {
+  // Two VMs on 6 GiB. "w" sends no statistics (a Windows guest without the
+  // balloon's statistics service) and touched 3 GiB in the last 10 s; "t"
+  // (trusted, 4 GiB used of 4) needs all it has. Memory is short: "w"'s
+  // floor is its working set (protect margin 0 here), 3 GiB, not less,
+  // whatever "t" wants; "t" gets the rest, 3 GiB.
+  PolicySet p = Plain();
+  p.params.reclaim_step_bytes = 8 * kGiB;  // no stepping: the share shows
+  HostStepState state;
+  HostObservation obs;
+  obs.capacity_bytes = 6 * kGiB;
+  VmObservation w;
+  w.vm_id = "w";
+  w.max_bytes = 4 * kGiB;
+  w.actual_bytes = 4 * kGiB;
+  w.guest.has_host_working_set = true;
+  w.guest.host_working_set_bytes = 3 * kGiB;
+  w.guest.host_working_set_interval_seconds = 10;
+  obs.vms = {w, Vm("t", 4 * kGiB, 4 * kGiB, 4 * kGiB)};
+  for (int i = 0; i < 30; ++i) {
+    obs.now_seconds = 10.0 * i;
+    ObserveHost(obs, p.demand, state);
+    DecideStep(p, state);
+    EXPECT_GE(state.vms.at("w").decision.target_bytes, 3 * kGiB) << "round " << i;
+  }
+  EXPECT_EQ(state.vms.at("w").input.protect_bytes, 3 * kGiB);
+  EXPECT_EQ(state.vms.at("w").decision.target_bytes, 3 * kGiB);
+  // explain names the signals: the working set and its interval.
+  StatsNote note;
+  note.trusted = false;
+  note.untrusted_reason = "stale";
+  const std::string step0 = ExplainSteps("h", state, state.vms.at("w"), note)[0];
+  EXPECT_NE(step0.find("sized from host signals; host working set 3 GiB over 10 s"),
+            std::string::npos)
+      << step0;
+
+  // Its cgroup stalls (some avg10 = 12 %): acute pressure; demand = actual
+  // 4 GiB + step 128 MiB, capped at max = 4 GiB. "t" uses all it has, so
+  // its floor holds: "w" is under pressure and keeps at least 3 GiB.
+  obs.vms[0].guest.has_host_psi = true;
+  obs.vms[0].guest.host_psi_some_avg10_percent = 12;
+  obs.now_seconds = 300;
+  ObserveHost(obs, p.demand, state);
+  DecideStep(p, state);
+  EXPECT_TRUE(state.vms.at("w").input.under_pressure);
+  EXPECT_EQ(state.vms.at("w").input.demand_bytes, 4 * kGiB);
+  const std::string stalled = ExplainSteps("h", state, state.vms.at("w"), note)[0];
+  EXPECT_NE(stalled.find("cgroup pressure some=12% (a stall"), std::string::npos) << stalled;
+}
+
+TEST(HostStepTest, StalledStatlessGuestGetsMemoryAtOnce) {
+  // One statless VM of max 8 GiB at 2 GiB on a roomy host: its working set
+  // is 1 GiB, so its target settles low; a cgroup stall asks actual + step
+  // at once (no stepping on growth).
+  PolicySet p = Plain();
+  HostStepState state;
+  HostObservation obs;
+  obs.capacity_bytes = 16 * kGiB;
+  VmObservation w;
+  w.vm_id = "w";
+  w.max_bytes = 8 * kGiB;
+  w.actual_bytes = 2 * kGiB;
+  w.guest.has_host_working_set = true;
+  w.guest.host_working_set_bytes = 1 * kGiB;
+  w.guest.host_working_set_interval_seconds = 10;
+  obs.vms = {w};
+  ObserveHost(obs, p.demand, state);
+  DecideStep(p, state);
+  const uint64_t before = state.vms.at("w").decision.target_bytes;
+  EXPECT_LE(before, 2 * kGiB);
+  obs.vms[0].guest.has_host_psi = true;
+  obs.vms[0].guest.host_psi_some_avg10_percent = 40;
+  obs.now_seconds = 10;
+  ObserveHost(obs, p.demand, state);
+  DecideStep(p, state);
+  // demand = actual 2 GiB + step 128 MiB; buffer 0: target 2 GiB + 128 MiB.
+  EXPECT_EQ(state.vms.at("w").decision.target_bytes, 2 * kGiB + 128 * kMiB);
+}
+
 TEST(ExplainTest, StepsFollowTheAllocatorsRecord) {
   PolicySet p = Plain();
   HostStepState state;

@@ -14,7 +14,7 @@ using membroker::v1::Scenario;
 
 const char* const kScenarios[] = {"idle_fleet", "noisy_neighbour", "boot_storm",    "diurnal_mix",
                                   "slow_leak",  "overcommitted",   "heterogeneous", "no_driver",
-                                  "fleet_100",  "swapless_surge", "small_and_large"};
+                                  "fleet_100",  "swapless_surge", "small_and_large", "no_stats"};
 
 std::string PathOf(const std::string& name) {
   return std::string(MB_SCENARIOS_DIR) + "/" + name + ".textproto";

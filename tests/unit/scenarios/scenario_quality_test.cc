@@ -382,6 +382,44 @@ TEST(ScenarioFiguresTest, PolicyMaxAndPinnedHoldForEveryPolicy) {
   }
 }
 
+// Guests that send no statistics (no_stats: two of six) are sized from the
+// host-side working set: no stall and no OOM kill (swapless too), and with
+// surplus_percent 0 (what no VM needs stays free on the host) the host gets
+// back more than when the same two guests cannot be reclaimed at all (the
+// same scenario with them driverless: what a guest without statistics was
+// before, kept at its size).
+TEST(ScenarioFiguresTest, GuestsWithoutStatisticsAreSizedFromTheHost) {
+  const Scenario statless = Load("no_stats");
+  Scenario kept = statless;
+  int changed = 0;
+  for (auto& host : *kept.mutable_hosts()) {
+    for (auto& vm : *host.mutable_vms()) {
+      if (!vm.vm().no_guest_stats()) continue;
+      vm.mutable_vm()->set_no_guest_stats(false);
+      vm.mutable_vm()->set_no_balloon_driver(true);
+      ++changed;
+    }
+  }
+  ASSERT_EQ(changed, 2);
+  RunOptions reclaim;
+  reclaim.broker_policy.set_surplus_percent(0);
+  const QualityFigures sized = RunPolicy(statless, PolicyKind::kBroker, reclaim);
+  const QualityFigures at_size = RunPolicy(kept, PolicyKind::kBroker, reclaim);
+  const QualityFigures swapless =
+      RunPolicy(LoadVariant("no_stats", Variant::kSwapless), PolicyKind::kBroker, reclaim);
+  std::printf(
+      "no_stats, surplus 0: broker reclaimed %.2f GiB (stall %.1f GiB*s), %.2f GiB with "
+      "those "
+      "guests kept at their size; swapless OOM kills %llu\n",
+      sized.reclaimed_gib, sized.stall_gib_seconds, at_size.reclaimed_gib,
+      static_cast<unsigned long long>(swapless.oom_kills));
+  EXPECT_EQ(sized.oom_kills, 0u);
+  EXPECT_EQ(swapless.oom_kills, 0u);
+  EXPECT_LE(sized.stall_gib_seconds, 1.0);
+  EXPECT_EQ(sized.floor_violations, 0u);
+  EXPECT_GT(sized.reclaimed_gib, at_size.reclaimed_gib + 1.0);
+}
+
 TEST(ScenarioFiguresTest, InvalidScenarioIsRefused) {
   Scenario s;
   EXPECT_EQ(RunScenario(s, PolicyKind::kBroker).status().code(),

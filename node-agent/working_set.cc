@@ -1,0 +1,304 @@
+#include "node-agent/working_set.h"
+
+#include <fcntl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "node-agent/host_probe.h"
+
+namespace membroker::agent {
+namespace {
+
+// A mapping of smaps as parsed so far.
+struct Mapping {
+  int line = 0;  // of its header, 1-based
+  std::optional<uint64_t> size_kib;
+  std::optional<uint64_t> referenced_kib;
+};
+
+bool IsHex(absl::string_view s) {
+  return !s.empty() && s.find_first_not_of("0123456789abcdefABCDEF") == absl::string_view::npos;
+}
+
+// "7f00-7f10 rw-p 00000000 00:00 0 [path]": the header of a mapping.
+bool IsMappingHeader(absl::string_view line) {
+  const size_t space = line.find(' ');
+  absl::string_view range = line.substr(0, space);
+  const size_t dash = range.find('-');
+  return dash != absl::string_view::npos && IsHex(range.substr(0, dash)) &&
+         IsHex(range.substr(dash + 1));
+}
+
+// "  1234 kB" -> 1234. Empty when malformed.
+std::optional<uint64_t> ParseKib(absl::string_view value) {
+  value = absl::StripAsciiWhitespace(value);
+  if (!absl::ConsumeSuffix(&value, "kB")) return std::nullopt;
+  value = absl::StripAsciiWhitespace(value);
+  uint64_t kib = 0;
+  if (value.empty() || value.find_first_not_of("0123456789") != absl::string_view::npos ||
+      !absl::SimpleAtoi(value, &kib) || kib > (UINT64_MAX >> 10)) {
+    return std::nullopt;
+  }
+  return kib;
+}
+
+absl::Status CheckMapping(const Mapping& m) {
+  if (!m.size_kib || !m.referenced_kib) {
+    return absl::InvalidArgumentError(absl::StrCat("smaps: the mapping at line ", m.line,
+                                                   " has no Size: or no Referenced: field"));
+  }
+  if (*m.referenced_kib > *m.size_kib) {
+    return absl::InvalidArgumentError(absl::StrCat("smaps: the mapping at line ", m.line,
+                                                   " has Referenced: ", *m.referenced_kib,
+                                                   " kB above its Size: ", *m.size_kib, " kB"));
+  }
+  return absl::OkStatus();
+}
+
+// Reads `path` up to `limit` bytes. NOT_FOUND when it cannot be opened;
+// RESOURCE_EXHAUSTED when it is longer.
+absl::StatusOr<std::string> ReadBounded(const std::string& path, size_t limit) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": ", std::strerror(errno)));
+  std::string text;
+  char buf[64 * 1024];
+  while (in) {
+    in.read(buf, sizeof(buf));
+    const size_t n = static_cast<size_t>(in.gcount());
+    if (text.size() + n > limit) {
+      return absl::ResourceExhaustedError(absl::StrCat(path, ": longer than ", limit, " bytes"));
+    }
+    text.append(buf, n);
+  }
+  if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read failed"));
+  return text;
+}
+
+absl::Status CheckPid(int64_t pid) {
+  if (pid <= 0) return absl::InvalidArgumentError(absl::StrCat("pid ", pid, " is not valid"));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<GuestRamReferenced> ParseGuestRamReferenced(absl::string_view smaps_text,
+                                                           uint64_t boot_bytes) {
+  std::vector<Mapping> mappings;
+  int number = 0;
+  for (absl::string_view line : absl::StrSplit(smaps_text, '\n')) {
+    ++number;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    if (IsMappingHeader(line)) {
+      if (!mappings.empty()) {
+        absl::Status ok = CheckMapping(mappings.back());
+        if (!ok.ok()) return ok;
+      }
+      mappings.push_back(Mapping{number, std::nullopt, std::nullopt});
+      continue;
+    }
+    const size_t colon = line.find(':');
+    if (colon == absl::string_view::npos || colon == 0 ||
+        line.substr(0, colon).find_first_of(" \t") != absl::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("smaps line ", number, ": neither a mapping header nor \"Key: value\""));
+    }
+    if (mappings.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("smaps line ", number, ": a field before any mapping header"));
+    }
+    const absl::string_view key = line.substr(0, colon);
+    const absl::string_view value = line.substr(colon + 1);
+    std::optional<uint64_t>* field = nullptr;
+    if (key == "Size") field = &mappings.back().size_kib;
+    if (key == "Referenced") field = &mappings.back().referenced_kib;
+    if (field == nullptr) continue;  // other fields are not used
+    if (field->has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("smaps line ", number, ": ", key, ": appears twice in one mapping"));
+    }
+    *field = ParseKib(value);
+    if (!field->has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("smaps line ", number, ": ", key, ": not a number of kB"));
+    }
+  }
+  if (mappings.empty()) return absl::InvalidArgumentError("smaps: no mapping");
+  absl::Status last = CheckMapping(mappings.back());
+  if (!last.ok()) return last;
+
+  GuestRamReferenced out;
+  const uint64_t half_boot_kib = (boot_bytes >> 10) / 2;
+  if (half_boot_kib > 0) {
+    for (const Mapping& m : mappings) {
+      if (*m.size_kib < half_boot_kib) continue;
+      out.referenced_bytes += *m.referenced_kib << 10;
+      out.mapping_bytes += *m.size_kib << 10;
+      ++out.mappings;
+    }
+  }
+  if (out.mappings == 0) {
+    const Mapping& largest = *std::max_element(
+        mappings.begin(), mappings.end(),
+        [](const Mapping& a, const Mapping& b) { return *a.size_kib < *b.size_kib; });
+    out.referenced_bytes = *largest.referenced_kib << 10;
+    out.mapping_bytes = *largest.size_kib << 10;
+    out.mappings = 1;
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> ParseCgroupV2Path(absl::string_view proc_cgroup_text) {
+  for (absl::string_view line : absl::StrSplit(proc_cgroup_text, '\n', absl::SkipWhitespace())) {
+    line = absl::StripTrailingAsciiWhitespace(line);
+    if (!absl::ConsumePrefix(&line, "0::")) continue;
+    if (line.empty() || line[0] != '/') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("/proc/PID/cgroup: the cgroup v2 path \"", line, "\" is not absolute"));
+    }
+    std::vector<absl::string_view> parts = absl::StrSplit(line.substr(1), '/', absl::SkipEmpty());
+    for (absl::string_view p : parts) {
+      if (p == ".." || p == ".") {
+        return absl::InvalidArgumentError(
+            absl::StrCat("/proc/PID/cgroup: the cgroup v2 path \"", line, "\" has a . or .."));
+      }
+    }
+    // libvirt puts the emulator and each vCPU in sub-cgroups of
+    // <scope>/libvirt/: the scope holds every thread of the VM.
+    for (size_t i = 0; i < parts.size(); ++i) {
+      if (parts[i] == "libvirt" && i > 0) {
+        parts.resize(i);
+        break;
+      }
+    }
+    if (parts.empty()) return absl::NotFoundError("/proc/PID/cgroup: in the root cgroup v2");
+    return absl::StrCat("/", absl::StrJoin(parts, "/"));
+  }
+  return absl::NotFoundError("/proc/PID/cgroup: no cgroup v2 (0::) line");
+}
+
+absl::StatusOr<double> ParseCgroupPressureSomeAvg10(absl::string_view text) {
+  absl::StatusOr<MemoryPressure> p = ParseMemoryPressure(text);
+  if (!p.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("memory.pressure (cgroup): ", p.status().message()));
+  }
+  return p->some_avg10_percent;
+}
+
+ProcWorkingSetProbe::ProcWorkingSetProbe(std::string proc_root, std::string cgroup_root)
+    : proc_root_(std::move(proc_root)), cgroup_root_(std::move(cgroup_root)) {}
+
+absl::Status ProcWorkingSetProbe::ClearReferenced(int64_t pid) const {
+  absl::Status valid = CheckPid(pid);
+  if (!valid.ok()) return valid;
+  const std::string path = absl::StrCat(proc_root_, "/", pid, "/clear_refs");
+  // Write-only (the file is mode 0200) and never created.
+  const int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    const std::string why = absl::StrCat(path, ": ", std::strerror(err));
+    if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(why);
+    return absl::NotFoundError(why);
+  }
+  const ssize_t written = write(fd, "1\n", 2);
+  const int err = errno;
+  close(fd);
+  if (written != 2) {
+    return absl::UnavailableError(absl::StrCat(path, ": write failed: ", std::strerror(err)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GuestRamReferenced> ProcWorkingSetProbe::ReadReferenced(int64_t pid,
+                                                                       uint64_t boot_bytes) const {
+  absl::Status valid = CheckPid(pid);
+  if (!valid.ok()) return valid;
+  absl::StatusOr<std::string> text =
+      ReadBounded(absl::StrCat(proc_root_, "/", pid, "/smaps"), kMaxSmapsBytes);
+  if (!text.ok()) return text.status();
+  return ParseGuestRamReferenced(*text, boot_bytes);
+}
+
+absl::StatusOr<double> ProcWorkingSetProbe::CgroupPressureSomeAvg10(int64_t pid) const {
+  absl::Status valid = CheckPid(pid);
+  if (!valid.ok()) return valid;
+  if (cgroup_root_.empty()) return absl::NotFoundError("no cgroup v2 mount");
+  absl::StatusOr<std::string> cgroup =
+      ReadBounded(absl::StrCat(proc_root_, "/", pid, "/cgroup"), 64 * 1024);
+  if (!cgroup.ok()) return cgroup.status();
+  absl::StatusOr<std::string> path = ParseCgroupV2Path(*cgroup);
+  if (!path.ok()) return path.status();
+  absl::StatusOr<std::string> pressure =
+      ReadBounded(absl::StrCat(cgroup_root_, *path, "/memory.pressure"), 4096);
+  if (!pressure.ok()) return pressure.status();
+  return ParseCgroupPressureSomeAvg10(*pressure);
+}
+
+std::string FindCgroupV2Root(const std::string& sys_fs_cgroup) {
+  for (const std::string& dir : {sys_fs_cgroup, sys_fs_cgroup + "/unified"}) {
+    std::ifstream probe(dir + "/cgroup.controllers");
+    if (probe) return dir;
+  }
+  return "";
+}
+
+double ThreadCpuSeconds() {
+  timespec ts{};
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+WorkingSetSampler::WorkingSetSampler(std::shared_ptr<const WorkingSetProbe> probe,
+                                     std::function<double()> cpu_seconds)
+    : probe_(std::move(probe)),
+      cpu_seconds_(cpu_seconds ? std::move(cpu_seconds)
+                               : std::function<double()>(ThreadCpuSeconds)) {}
+
+std::map<std::string, WorkingSetSample> WorkingSetSampler::Round(
+    const std::vector<WorkingSetTarget>& targets, absl::Time now) {
+  std::map<std::string, WorkingSetSample> out;
+  std::map<std::string, Cleared> cleared;
+  for (const WorkingSetTarget& t : targets) {
+    WorkingSetSample& sample = out[t.vm_id];
+    const double cpu_start = cpu_seconds_();
+    auto previous = cleared_.find(t.vm_id);
+    if (previous != cleared_.end() && previous->second.pid == t.pid && now > previous->second.at) {
+      absl::StatusOr<GuestRamReferenced> ref = probe_->ReadReferenced(t.pid, t.boot_bytes);
+      if (ref.ok()) {
+        sample.working_set_bytes = ref->referenced_bytes;
+        sample.interval = now - previous->second.at;
+      } else {
+        sample.error = ref.status().ToString();
+      }
+    }
+    absl::Status clear = probe_->ClearReferenced(t.pid);
+    if (clear.ok()) {
+      cleared[t.vm_id] = Cleared{t.pid, now};
+    } else if (sample.error.empty()) {
+      sample.error = clear.ToString();
+    }
+    absl::StatusOr<double> psi = probe_->CgroupPressureSomeAvg10(t.pid);
+    if (psi.ok()) {
+      sample.psi_some_avg10_percent = *psi;
+    } else if (!absl::IsNotFound(psi.status()) && sample.error.empty()) {
+      sample.error = psi.status().ToString();  // no cgroup v2 is not an error
+    }
+    sample.cpu_seconds = std::max(cpu_seconds_() - cpu_start, 0.0);
+  }
+  cleared_ = std::move(cleared);
+  return out;
+}
+
+}  // namespace membroker::agent

@@ -1,0 +1,173 @@
+#pragma once
+// Host-side working set of a VM, for guests whose own statistics are
+// missing, stale or untrusted (a Windows guest without the balloon's
+// statistics service, a FreeBSD guest), measured from the QEMU process:
+//
+//   1. Every round, for each VM process: if the previous round cleared its
+//      referenced bits (same pid), sum `Referenced:` over the smaps entries
+//      of its guest-RAM mapping(s): the guest memory touched since then
+//      (the host-side form of ESX's sampled working set). Then write "1" to
+//      /proc/PID/clear_refs to start the next interval.
+//   2. Guest-RAM mappings (GuestRamMappingRule): every mapping of the
+//      process whose Size is at least half the VM's boot memory; when none
+//      is that large (or boot memory is unknown), the single largest
+//      mapping. QEMU maps guest RAM (memory-backend-ram, -file, -memfd) as
+//      one mapping per backend, far larger than anything else it maps; a
+//      virtio-mem backend of at least half the boot memory counts too.
+//   3. Where the process is in a cgroup v2 hierarchy, its cgroup's
+//      `memory.pressure` "some avg10" is a per-VM stall signal. The cgroup
+//      is the process's own ("0::PATH" in /proc/PID/cgroup), or, in
+//      libvirt's layout (…/libvirt/emulator, …/libvirt/vcpuN), the VM's
+//      scope above the `libvirt` directory, which holds all its threads.
+//   4. The cost is measured: CPU seconds of the measuring thread spent per
+//      VM per round (clearing and reading walk the process's page tables,
+//      so the cost grows with resident guest memory). smaps is read up to
+//      kMaxSmapsBytes; a larger file is an error, not a partial sum.
+//
+// Paths are under injectable roots (proc_root, cgroup_root) so tests use
+// fixture files. Parsers reject malformed text with INVALID_ARGUMENT.
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace membroker::agent {
+
+// The largest /proc/PID/smaps the probe reads (QEMU has a few hundred
+// mappings, ~1 KiB of text each).
+inline constexpr size_t kMaxSmapsBytes = size_t{32} << 20;
+
+// Referenced memory of a process's guest-RAM mapping(s).
+struct GuestRamReferenced {
+  uint64_t referenced_bytes = 0;  // sum of Referenced: over the mappings
+  uint64_t mapping_bytes = 0;     // sum of their Size:
+  int mappings = 0;               // how many mappings were counted
+};
+
+// Parses /proc/PID/smaps text and applies the guest-RAM mapping rule (file
+// comment, 2) with `boot_bytes` the VM's boot memory (0: unknown). Every
+// mapping needs a well-formed header line and numeric `Size:` and
+// `Referenced:` fields in kB, with Referenced at most Size. INVALID_ARGUMENT
+// naming the line for anything malformed or for text with no mapping.
+absl::StatusOr<GuestRamReferenced> ParseGuestRamReferenced(absl::string_view smaps_text,
+                                                           uint64_t boot_bytes);
+
+// Parses /proc/PID/cgroup text and returns the cgroup v2 path ("0::PATH")
+// to read memory.pressure from (libvirt's per-thread sub-cgroups mapped to
+// the VM scope, file comment 3). NOT_FOUND when there is no "0::" line or
+// it is the root ("/": a cgroup v1 host); INVALID_ARGUMENT for malformed
+// text (a path not starting with '/', a ".." component).
+absl::StatusOr<std::string> ParseCgroupV2Path(absl::string_view proc_cgroup_text);
+
+// Parses a cgroup's memory.pressure text ("some avg10=… avg60=… avg300=…
+// total=…", optional "full" line) and returns some avg10 in percent.
+// INVALID_ARGUMENT as ParseMemoryPressure (host_probe.h).
+absl::StatusOr<double> ParseCgroupPressureSomeAvg10(absl::string_view text);
+
+// Measures a VM process from the host. Implementations are thread-safe.
+class WorkingSetProbe {
+ public:
+  virtual ~WorkingSetProbe() = default;
+
+  // Clears the referenced bits of every page of process `pid` (writes "1"
+  // to its clear_refs). NOT_FOUND when the process is gone;
+  // PERMISSION_DENIED when the agent may not write it; INVALID_ARGUMENT for
+  // a pid <= 0.
+  virtual absl::Status ClearReferenced(int64_t pid) const = 0;
+
+  // Referenced memory of the guest-RAM mapping(s) of `pid` since its last
+  // clear. NOT_FOUND when the process is gone; RESOURCE_EXHAUSTED when its
+  // smaps exceeds kMaxSmapsBytes; INVALID_ARGUMENT when it is malformed.
+  virtual absl::StatusOr<GuestRamReferenced> ReadReferenced(int64_t pid,
+                                                            uint64_t boot_bytes) const = 0;
+
+  // "some avg10" of the memory.pressure of `pid`'s cgroup v2, in percent.
+  // NOT_FOUND when the process or its cgroup v2 file is missing (a cgroup
+  // v1 host); INVALID_ARGUMENT for malformed text.
+  virtual absl::StatusOr<double> CgroupPressureSomeAvg10(int64_t pid) const = 0;
+};
+
+// Reads `<proc_root>/PID/{clear_refs,smaps,cgroup}` and
+// `<cgroup_root>/<path>/memory.pressure`. Thread-safe (no state).
+class ProcWorkingSetProbe : public WorkingSetProbe {
+ public:
+  // `proc_root` is "/proc" on a real host; `cgroup_root` the cgroup v2
+  // mount (empty: no cgroup signal). Tests point both at fixtures.
+  explicit ProcWorkingSetProbe(std::string proc_root = "/proc",
+                               std::string cgroup_root = "/sys/fs/cgroup");
+
+  absl::Status ClearReferenced(int64_t pid) const override;
+  absl::StatusOr<GuestRamReferenced> ReadReferenced(int64_t pid,
+                                                    uint64_t boot_bytes) const override;
+  absl::StatusOr<double> CgroupPressureSomeAvg10(int64_t pid) const override;
+
+ private:
+  const std::string proc_root_;
+  const std::string cgroup_root_;
+};
+
+// The cgroup v2 mount under `sys_fs_cgroup` ("/sys/fs/cgroup" on a real
+// host): itself on a unified host, its `unified` directory on a hybrid one,
+// empty when neither has cgroup.controllers.
+std::string FindCgroupV2Root(const std::string& sys_fs_cgroup = "/sys/fs/cgroup");
+
+// One VM to measure in a round.
+struct WorkingSetTarget {
+  std::string vm_id;
+  int64_t pid = 0;
+  uint64_t boot_bytes = 0;  // boot memory (0: unknown)
+};
+
+// What one round measured for one VM.
+struct WorkingSetSample {
+  // Guest memory touched since the previous round's clear (empty on the
+  // first round for a process, or when reading failed).
+  std::optional<uint64_t> working_set_bytes;
+  absl::Duration interval;  // the interval it covers
+  // Its cgroup's memory.pressure some avg10, percent (empty: none).
+  std::optional<double> psi_some_avg10_percent;
+  // CPU seconds the measuring thread spent on this VM in this round.
+  double cpu_seconds = 0;
+  // Why a measurement failed ("" when none did).
+  std::string error;
+};
+
+// Runs the rounds (file comment, 1): remembers, per VM, the pid it cleared
+// and when. Thread-compatible (one measuring thread).
+class WorkingSetSampler {
+ public:
+  // `cpu_seconds` returns the calling thread's CPU time (tests inject a
+  // fake); null uses CLOCK_THREAD_CPUTIME_ID.
+  WorkingSetSampler(std::shared_ptr<const WorkingSetProbe> probe,
+                    std::function<double()> cpu_seconds = nullptr);
+
+  // Measures every target at monotonic time `now` and clears it for the
+  // next round; forgets VMs not among `targets`. Returns one sample per
+  // target. Never fails: errors are in each sample.
+  std::map<std::string, WorkingSetSample> Round(const std::vector<WorkingSetTarget>& targets,
+                                                absl::Time now);
+
+ private:
+  struct Cleared {
+    int64_t pid = 0;
+    absl::Time at;
+  };
+
+  std::shared_ptr<const WorkingSetProbe> probe_;
+  std::function<double()> cpu_seconds_;
+  std::map<std::string, Cleared> cleared_;
+};
+
+// CPU time of the calling thread in seconds.
+double ThreadCpuSeconds();
+
+}  // namespace membroker::agent
