@@ -35,7 +35,6 @@ struct DeadlineHypervisor::Shared {
     absl::Status status ABSL_GUARDED_BY(mu);
   };
 
-  const Clock* clock = nullptr;
   // Lock order: mu, then a CallState's mu.
   mutable absl::Mutex mu;
   std::map<std::string, Lane> lanes ABSL_GUARDED_BY(mu);
@@ -49,9 +48,7 @@ DeadlineHypervisor::DeadlineHypervisor(std::shared_ptr<Hypervisor> backend, cons
     : backend_(std::move(backend)),
       clock_(clock),
       params_(params),
-      shared_(std::make_shared<Shared>()) {
-  shared_->clock = clock;
-}
+      shared_(std::make_shared<Shared>()) {}
 
 DeadlineHypervisor::~DeadlineHypervisor() = default;
 
@@ -92,8 +89,8 @@ absl::Status DeadlineHypervisor::Call(const std::string& vm_id, const std::strin
       absl::MutexLock lock(&shared->mu);
       Shared::Lane& lane = shared->lanes[lane_key];
       if (lane.abandoned) {
-        spdlog::warn("{} returned after {} (abandoned at its deadline; result {} dropped)", subject,
-                     absl::FormatDuration(shared->clock->MonotonicNow() - lane.started),
+        // No clock here: this thread may outlive the wrapper and its clock.
+        spdlog::warn("{} returned after its deadline (abandoned; result {} dropped)", subject,
                      status.ToString());
       }
       lane = Shared::Lane();
