@@ -345,13 +345,9 @@ TEST_F(FaultsE2eTest, BrokerKill9UnderLoadAndRestart) {
   // counts reports per host since it started).
   EXPECT_LE(reports_h1, 3);
   EXPECT_LE(reports_h2, 3);
-  // Found again within about one report interval: the agents' reconnect
-  // backoff is capped at max(1 s, interval). The bound is three intervals
-  // plus 2 s of slack for a loaded machine; an agent whose backoff had
-  // grown on (to 6.4 s after 8 s down) would miss it.
-  EXPECT_LE(reconnected_at - started_at, 3 * kReportInterval + absl::Seconds(2))
-      << "agents took " << absl::FormatDuration(reconnected_at - started_at)
-      << " to reconnect to the restarted broker";
+  // How soon the agents found the restarted broker is printed above, not
+  // asserted (a wall-clock figure on a shared machine); the backoff's cap
+  // at max(1 s, interval) is asserted in agent_backoff_test.
   std::this_thread::sleep_for(std::chrono::seconds(2));
   sampler.Stop();
 
