@@ -126,23 +126,23 @@ absl::Status ValidateReport(const v1::HostReport& report) {
       // for a guest's total); the interval is the agent's (1 s .. 1 h).
       if (vm.host_working_set_bytes() > vm.max_bytes() + kGuestTotalSlackBytes) {
         return absl::InvalidArgumentError(
-            absl::StrCat(field, ".host_working_set_bytes (", vm.host_working_set_bytes(),
+            absl::StrCat(field(), ".host_working_set_bytes (", vm.host_working_set_bytes(),
                          ") is above max_bytes (", vm.max_bytes(), ")"));
       }
       if (vm.host_working_set_interval_ms() < kMinWorkingSetIntervalMs ||
           vm.host_working_set_interval_ms() > kMaxWorkingSetIntervalMs) {
         return absl::InvalidArgumentError(absl::StrCat(
-            field, ".host_working_set_interval_ms: must be in ", kMinWorkingSetIntervalMs, "..",
+            field(), ".host_working_set_interval_ms: must be in ", kMinWorkingSetIntervalMs, "..",
             kMaxWorkingSetIntervalMs, " when host_working_set_bytes is set"));
       }
     } else if (vm.host_working_set_interval_ms() != 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat(field, ".host_working_set_interval_ms: set without host_working_set_bytes"));
+          absl::StrCat(field(), ".host_working_set_interval_ms: set without host_working_set_bytes"));
     }
     if (vm.has_host_psi_some_avg10_percent() &&
         !(vm.host_psi_some_avg10_percent() >= 0 && vm.host_psi_some_avg10_percent() <= 100)) {
       return absl::InvalidArgumentError(
-          absl::StrCat(field, ".host_psi_some_avg10_percent: must be in 0..100"));
+          absl::StrCat(field(), ".host_psi_some_avg10_percent: must be in 0..100"));
     }
     if (!v1::BalloonHealth_IsValid(vm.health())) {
       return absl::InvalidArgumentError(absl::StrCat(field(), ".health: unknown value"));
