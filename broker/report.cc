@@ -108,6 +108,14 @@ absl::Status ValidateReport(const v1::HostReport& report) {
       return absl::InvalidArgumentError(absl::StrCat(field(), ".stats.untrusted_reason: at most ",
                                                      kMaxUntrustedReasonChars, " characters"));
     }
+    if (vm.sizing_mechanism().size() > kMaxSizingMechanismChars) {
+      return absl::InvalidArgumentError(absl::StrCat(field(), ".sizing_mechanism: at most ",
+                                                     kMaxSizingMechanismChars, " characters"));
+    }
+    if (vm.health_reason().size() > kMaxHealthReasonChars) {
+      return absl::InvalidArgumentError(absl::StrCat(field(), ".health_reason: at most ",
+                                                     kMaxHealthReasonChars, " characters"));
+    }
     if (vm.pressure_reasons_size() > kMaxPressureReasons) {
       return absl::InvalidArgumentError(
           absl::StrCat(field(), ".pressure_reasons: at most ", kMaxPressureReasons));

@@ -22,6 +22,10 @@ inline constexpr size_t kMaxVmIdChars = 128;
 inline constexpr size_t kMaxVmNameChars = 256;
 inline constexpr size_t kMaxUntrustedReasonChars = 256;
 inline constexpr int kMaxPressureReasons = 8;
+// VmSample.sizing_mechanism ("virtio-mem+balloon" is the longest the agent
+// sends) and VmSample.health_reason.
+inline constexpr size_t kMaxSizingMechanismChars = 32;
+inline constexpr size_t kMaxHealthReasonChars = 256;
 inline constexpr int kMaxAckErrors = kMaxVmsPerHost;
 inline constexpr size_t kMaxAckErrorChars = 256;
 // Bounds of VmSample.host_working_set_interval_ms (the agent measures every

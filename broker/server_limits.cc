@@ -26,6 +26,14 @@ void FillLargestVm(int index, v1::VmSample* vm) {
   vm->set_last_target_bytes(kBig);
   vm->set_health(v1::BALLOON_HEALTH_NO_DRIVER);
   vm->set_host_rss_bytes(kBig);
+  vm->set_local_grant_bytes(kBig);
+  vm->set_sizing_mechanism(std::string(kMaxSizingMechanismChars, 's'));
+  vm->set_virtio_mem_plugged_bytes(kBig);
+  vm->set_virtio_mem_requested_bytes(kBig);
+  vm->set_balloon_inflated_bytes(kBig);
+  vm->set_health_reason(std::string(kMaxHealthReasonChars, 'h'));
+  vm->set_boot_bytes(kBig);
+  vm->set_free_page_reporting(true);
   vm->set_host_working_set_bytes(kBig);
   vm->set_host_working_set_interval_ms(kBig);
   vm->set_host_psi_some_avg10_percent(100.0);

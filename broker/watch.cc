@@ -88,7 +88,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<Event>, public WatchH
         host_filter_(std::move(host_filter)),
         on_done_(std::move(on_done)),
         writer_({[this](const Event* e) { this->StartWrite(e); },
-                 [this](const grpc::Status& s) { this->Finish(s); }, nullptr},
+                 [this](const grpc::Status& s) { this->Finish(s); }, nullptr, nullptr, nullptr},
                 hub->options_.max_queued) {
     id_ = hub_->Add(this);
   }

@@ -6,7 +6,11 @@ namespace membroker {
 
 std::string Truncate(absl::string_view text, size_t max_chars) {
   if (text.size() <= max_chars) return std::string(text);
-  return absl::StrCat(text.substr(0, max_chars), "...");
+  size_t cut = max_chars;
+  // Do not split a multi-byte UTF-8 character (continuation bytes are
+  // 10xxxxxx): the result may go into a protobuf string.
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return absl::StrCat(text.substr(0, cut), "...");
 }
 
 std::string QuoteInput(absl::string_view text, size_t max_chars) {

@@ -22,8 +22,9 @@
 
 namespace membroker {
 
-// At most `max_chars` of `text`, with "..." when it was cut: how untrusted
-// strings are quoted in logs and error messages.
+// At most `max_chars` bytes of `text` (cut back to a UTF-8 character
+// boundary), with "..." when it was cut: how untrusted strings are quoted
+// in logs and error messages.
 std::string Truncate(absl::string_view text, size_t max_chars = 64);
 
 // How a client's string is quoted in an error message it gets back: the

@@ -6,11 +6,17 @@
 #include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/log_limit.h"
 #include "common/proto_time.h"
 
 namespace membroker::agent {
 
 using membroker::v1::BalloonHealth;
+
+namespace {
+// The broker's bound on VmSample.health_reason.
+constexpr size_t kMaxHealthReasonBytes = 256;
+}  // namespace
 
 membroker::v1::VmSample ToVmSample(const VmStatus& vm, const VmActuation* actuation,
                                    const StatsVerdict* verdict) {
@@ -64,6 +70,11 @@ membroker::v1::VmSample ToVmSample(const VmStatus& vm, const VmActuation* actuat
     out.set_health_reason(sizing.shortfall_reason);
   } else if (health == membroker::v1::BALLOON_HEALTH_STATS_UNAVAILABLE && verdict != nullptr) {
     out.set_health_reason(verdict->reason);
+  }
+  // The broker refuses a report whose reason exceeds 256 bytes; backends'
+  // messages (QMP errors, libvirt XML findings) are not bounded.
+  if (out.health_reason().size() > kMaxHealthReasonBytes) {
+    out.set_health_reason(Truncate(out.health_reason(), kMaxHealthReasonBytes - 3));
   }
   out.set_health(health);
   return out;

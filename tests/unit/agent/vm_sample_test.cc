@@ -70,5 +70,19 @@ TEST(ToVmSampleTest, StalledUnplugKeepsTheActuatorsHealthAndSaysWhy) {
   EXPECT_THAT(s.health_reason(), HasSubstr("unplug stalled"));
 }
 
+TEST(ToVmSampleTest, ALongReasonIsCutToTheBrokersBoundOnACharacterBoundary) {
+  VmStatus vm = VirtioMemVm();
+  // 300 bytes of two-byte characters: a cut at 253 bytes would split one.
+  std::string reason;
+  for (int i = 0; i < 150; ++i) reason += "\xc3\xa9";
+  vm.sizing.excluded_reason = reason;
+  const membroker::v1::VmSample s = ToVmSample(vm, nullptr, nullptr);
+  EXPECT_LE(s.health_reason().size(), 256u);
+  EXPECT_EQ(s.health_reason().substr(s.health_reason().size() - 3), "...");
+  const std::string kept = s.health_reason().substr(0, s.health_reason().size() - 3);
+  EXPECT_EQ(kept.size() % 2, 0u) << "a character was split";
+  EXPECT_EQ(kept, reason.substr(0, kept.size()));
+}
+
 }  // namespace
 }  // namespace membroker::agent

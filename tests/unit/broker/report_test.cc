@@ -82,5 +82,22 @@ TEST(ReportHostSignalsTest, AbsurdValuesAreRejectedNamingTheField) {
   }
 }
 
+TEST(ReportStringsTest, OverlongAgentStringsAreRejectedNamingTheField) {
+  v1::HostReport r = Report();
+  r.mutable_vms(0)->set_sizing_mechanism("virtio-mem+balloon");
+  r.mutable_vms(0)->set_health_reason(std::string(kMaxHealthReasonChars, 'h'));
+  EXPECT_TRUE(ValidateReport(r).ok()) << ValidateReport(r);
+  r.mutable_vms(0)->set_health_reason(std::string(4 << 20, 'h'));
+  absl::Status s = ValidateReport(r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("health_reason"), absl::string_view::npos) << s;
+  EXPECT_LT(s.message().size(), 200u);
+  r = Report();
+  r.mutable_vms(0)->set_sizing_mechanism(std::string(kMaxSizingMechanismChars + 1, 's'));
+  s = ValidateReport(r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("sizing_mechanism"), absl::string_view::npos) << s;
+}
+
 }  // namespace
 }  // namespace membroker::broker

@@ -11,6 +11,8 @@ namespace {
 TEST(LogLimitTest, TruncateCutsLongTextAndMarksIt) {
   EXPECT_EQ(Truncate("short", 10), "short");
   EXPECT_EQ(Truncate(std::string(10000, 'x'), 8), "xxxxxxxx...");
+  // "aé" is 3 bytes; a cut at 2 would split the é.
+  EXPECT_EQ(Truncate("a\xc3\xa9zzz", 2), "a...");
 }
 
 TEST(LogLimitTest, QuoteInputKeepsShortTextAndCutsLongTextWithItsSize) {
