@@ -1,5 +1,6 @@
 #include "node-agent/working_set.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
@@ -246,6 +247,35 @@ absl::StatusOr<double> ProcWorkingSetProbe::CgroupPressureSomeAvg10(int64_t pid)
   return ParseCgroupPressureSomeAvg10(*pressure);
 }
 
+absl::StatusOr<bool> ProcWorkingSetProbe::RunsKvmGuest(int64_t pid) const {
+  absl::Status valid = CheckPid(pid);
+  if (!valid.ok()) return valid;
+  const std::string dir = absl::StrCat(proc_root_, "/", pid, "/fd");
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) {
+    const int err = errno;
+    const std::string why = absl::StrCat(dir, ": ", std::strerror(err));
+    if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(why);
+    return absl::NotFoundError(why);
+  }
+  bool kvm = false;
+  // QEMU holds a few hundred fds at most; bound the scan all the same.
+  int scanned = 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.' || ++scanned > 65536) continue;
+    char target[256];
+    const std::string link = absl::StrCat(dir, "/", e->d_name);
+    const ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
+    if (n <= 0) continue;
+    if (absl::string_view(target, static_cast<size_t>(n)) == "anon_inode:kvm-vm") {
+      kvm = true;
+      break;
+    }
+  }
+  closedir(d);
+  return kvm;
+}
+
 std::string FindCgroupV2Root(const std::string& sys_fs_cgroup) {
   for (const std::string& dir : {sys_fs_cgroup, sys_fs_cgroup + "/unified"}) {
     std::ifstream probe(dir + "/cgroup.controllers");
@@ -270,11 +300,28 @@ std::map<std::string, WorkingSetSample> WorkingSetSampler::Round(
     const std::vector<WorkingSetTarget>& targets, absl::Time now) {
   std::map<std::string, WorkingSetSample> out;
   std::map<std::string, Cleared> cleared;
+  std::map<std::string, Kvm> kvm;
   for (const WorkingSetTarget& t : targets) {
     WorkingSetSample& sample = out[t.vm_id];
     const double cpu_start = cpu_seconds_();
-    auto previous = cleared_.find(t.vm_id);
-    if (previous != cleared_.end() && previous->second.pid == t.pid && now > previous->second.at) {
+    auto known = kvm_.find(t.vm_id);
+    if (known == kvm_.end() || known->second.pid != t.pid) {
+      absl::StatusOr<bool> kvm = probe_->RunsKvmGuest(t.pid);
+      // Unknown (its fds unreadable) counts as KVM: never a working set
+      // that might be an understatement.
+      known = kvm_.insert_or_assign(t.vm_id, Kvm{t.pid, !kvm.ok() || *kvm}).first;
+      if (!kvm.ok()) sample.error = kvm.status().ToString();
+    }
+    kvm[t.vm_id] = known->second;
+    if (known->second.kvm) {
+      if (sample.error.empty()) {
+        sample.error =
+            "not measured: a KVM guest (its accessed bits are in KVM's page tables, which "
+            "clear_refs and smaps do not reach)";
+      }
+    } else if (auto previous = cleared_.find(t.vm_id);
+               previous != cleared_.end() && previous->second.pid == t.pid &&
+               now > previous->second.at) {
       absl::StatusOr<GuestRamReferenced> ref = probe_->ReadReferenced(t.pid, t.boot_bytes);
       if (ref.ok()) {
         sample.working_set_bytes = ref->referenced_bytes;
@@ -283,11 +330,13 @@ std::map<std::string, WorkingSetSample> WorkingSetSampler::Round(
         sample.error = ref.status().ToString();
       }
     }
-    absl::Status clear = probe_->ClearReferenced(t.pid);
-    if (clear.ok()) {
-      cleared[t.vm_id] = Cleared{t.pid, now};
-    } else if (sample.error.empty()) {
-      sample.error = clear.ToString();
+    if (!known->second.kvm) {
+      absl::Status clear = probe_->ClearReferenced(t.pid);
+      if (clear.ok()) {
+        cleared[t.vm_id] = Cleared{t.pid, now};
+      } else if (sample.error.empty()) {
+        sample.error = clear.ToString();
+      }
     }
     absl::StatusOr<double> psi = probe_->CgroupPressureSomeAvg10(t.pid);
     if (psi.ok()) {
@@ -298,6 +347,7 @@ std::map<std::string, WorkingSetSample> WorkingSetSampler::Round(
     sample.cpu_seconds = std::max(cpu_seconds_() - cpu_start, 0.0);
   }
   cleared_ = std::move(cleared);
+  kvm_ = std::move(kvm);
   return out;
 }
 

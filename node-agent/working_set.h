@@ -19,7 +19,16 @@
 //      is the process's own ("0::PATH" in /proc/PID/cgroup), or, in
 //      libvirt's layout (…/libvirt/emulator, …/libvirt/vcpuN), the VM's
 //      scope above the `libvirt` directory, which holds all its threads.
-//   4. The cost is measured: CPU seconds of the measuring thread spent per
+//   4. Only for guests run by QEMU's TCG: a process that holds a KVM VM
+//      (an fd on "anon_inode:kvm-vm") is not measured. Under KVM the guest
+//      reaches its memory through KVM's second-level page tables, whose
+//      accessed bits clear_refs does not clear and smaps does not read, so
+//      Referenced would count little more than QEMU's own accesses; a
+//      working set that low would let the broker reclaim the guest into
+//      what it really uses. Such a guest keeps the rule without host
+//      signals (its last estimate, or its size); its cgroup pressure is
+//      still read.
+//   5. The cost is measured: CPU seconds of the measuring thread spent per
 //      VM per round (clearing and reading walk the process's page tables,
 //      so the cost grows with resident guest memory). smaps is read up to
 //      kMaxSmapsBytes; a larger file is an error, not a partial sum.
@@ -94,6 +103,9 @@ class WorkingSetProbe {
   // NOT_FOUND when the process or its cgroup v2 file is missing (a cgroup
   // v1 host); INVALID_ARGUMENT for malformed text.
   virtual absl::StatusOr<double> CgroupPressureSomeAvg10(int64_t pid) const = 0;
+  // Whether process `pid` holds a KVM VM (file comment, 4). NOT_FOUND when
+  // the process is gone; PERMISSION_DENIED when its fds may not be read.
+  virtual absl::StatusOr<bool> RunsKvmGuest(int64_t pid) const = 0;
 };
 
 // Reads `<proc_root>/PID/{clear_refs,smaps,cgroup}` and
@@ -109,6 +121,8 @@ class ProcWorkingSetProbe : public WorkingSetProbe {
   absl::StatusOr<GuestRamReferenced> ReadReferenced(int64_t pid,
                                                     uint64_t boot_bytes) const override;
   absl::StatusOr<double> CgroupPressureSomeAvg10(int64_t pid) const override;
+  // Reads the links in `<proc_root>/PID/fd`.
+  absl::StatusOr<bool> RunsKvmGuest(int64_t pid) const override;
 
  private:
   const std::string proc_root_;
@@ -161,10 +175,17 @@ class WorkingSetSampler {
     int64_t pid = 0;
     absl::Time at;
   };
+  // Whether a VM's process (by VM id; the pid it was read for) runs a KVM
+  // guest, read once per process.
+  struct Kvm {
+    int64_t pid = 0;
+    bool kvm = false;
+  };
 
   std::shared_ptr<const WorkingSetProbe> probe_;
   std::function<double()> cpu_seconds_;
   std::map<std::string, Cleared> cleared_;
+  std::map<std::string, Kvm> kvm_;
 };
 
 // CPU time of the calling thread in seconds.

@@ -664,6 +664,7 @@ class FakeWorkingSetProbe : public WorkingSetProbe {
     return r;
   }
   absl::StatusOr<double> CgroupPressureSomeAvg10(int64_t /*pid*/) const override { return psi; }
+  absl::StatusOr<bool> RunsKvmGuest(int64_t /*pid*/) const override { return false; }
   uint64_t referenced = 0;
   double psi = 0;
 };

@@ -208,8 +208,16 @@ class FakeProbe : public WorkingSetProbe {
     if (psi < 0) return absl::NotFoundError("cgroup v1");
     return psi;
   }
+  absl::StatusOr<bool> RunsKvmGuest(int64_t pid) const override {
+    ++kvm_checks;
+    if (pid == unreadable_pid) return absl::PermissionDeniedError("fd: permission denied");
+    return pid == kvm_pid;
+  }
   mutable int clears = 0;
   mutable int reads = 0;
+  mutable int kvm_checks = 0;
+  int64_t kvm_pid = -1;
+  int64_t unreadable_pid = -1;
   mutable uint64_t last_boot = 0;
   uint64_t referenced = 0;
   double psi = -1;
@@ -266,6 +274,52 @@ TEST(WorkingSetSamplerTest, AGoneProcessReportsAnErrorAndIsForgotten) {
   EXPECT_TRUE(sampler.Round({}, t0 + absl::Seconds(30)).empty());
 }
 
+TEST(WorkingSetSamplerTest, AKvmGuestIsNeverMeasuredButItsPressureIsRead) {
+  auto probe = std::make_shared<FakeProbe>();
+  probe->kvm_pid = 10;
+  probe->unreadable_pid = 20;
+  probe->referenced = 300 * kMiB;
+  probe->psi = 7;
+  WorkingSetSampler sampler(probe, [] { return 0.0; });
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  const std::vector<WorkingSetTarget> vms = {{"kvm", 10, 0}, {"unknown", 20, 0}, {"tcg", 30, 0}};
+  sampler.Round(vms, t0);
+  auto r = sampler.Round(vms, t0 + absl::Seconds(10));
+  // Neither the KVM guest nor the one whose fds could not be read is
+  // cleared or read: a working set from them could be an understatement.
+  EXPECT_FALSE(r["kvm"].working_set_bytes.has_value());
+  EXPECT_NE(r["kvm"].error.find("KVM"), std::string::npos) << r["kvm"].error;
+  EXPECT_DOUBLE_EQ(*r["kvm"].psi_some_avg10_percent, 7);
+  EXPECT_FALSE(r["unknown"].working_set_bytes.has_value());
+  ASSERT_TRUE(r["tcg"].working_set_bytes.has_value());
+  EXPECT_EQ(*r["tcg"].working_set_bytes, 300 * kMiB);
+  EXPECT_EQ(probe->clears, 2);  // "tcg", once per round
+  EXPECT_EQ(probe->reads, 1);
+  // Checked once per process, not every round.
+  EXPECT_EQ(probe->kvm_checks, 3);
+}
+
+TEST(ProcWorkingSetProbeTest, FindsTheKvmVmFdAmongTheProcessFds) {
+  FixtureTree t;
+  t.Write("proc/42/smaps", QemuSmaps());
+  t.Write("proc/43/smaps", QemuSmaps());
+  std::filesystem::create_directories(t.path("proc/42/fd"));
+  std::filesystem::create_directories(t.path("proc/43/fd"));
+  // /proc/PID/fd entries are links; readlink gives these names.
+  std::filesystem::create_symlink("/dev/null", t.path("proc/42/fd/0"));
+  std::filesystem::create_symlink("/dev/kvm", t.path("proc/42/fd/9"));
+  std::filesystem::create_symlink("anon_inode:kvm-vm", t.path("proc/42/fd/10"));
+  std::filesystem::create_symlink("/dev/null", t.path("proc/43/fd/0"));
+  std::filesystem::create_symlink("socket:[1234]", t.path("proc/43/fd/3"));
+  ProcWorkingSetProbe probe(t.path("proc"), "");
+  ASSERT_TRUE(probe.RunsKvmGuest(42).ok());
+  EXPECT_TRUE(*probe.RunsKvmGuest(42));
+  ASSERT_TRUE(probe.RunsKvmGuest(43).ok());
+  EXPECT_FALSE(*probe.RunsKvmGuest(43));
+  EXPECT_EQ(probe.RunsKvmGuest(44).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(probe.RunsKvmGuest(0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(WorkingSetSamplerTest, RealProcessOfThisTest) {
   // The probe on this very process: its smaps parses and clear_refs is
   // writable by its owner (skipped where /proc forbids it).
@@ -274,6 +328,10 @@ TEST(WorkingSetSamplerTest, RealProcessOfThisTest) {
   if (!clear.ok()) GTEST_SKIP() << "clear_refs not writable here: " << clear;
   auto ref = probe.ReadReferenced(getpid(), 0);
   ASSERT_TRUE(ref.ok()) << ref.status();
+  // This process holds no KVM VM.
+  auto kvm = probe.RunsKvmGuest(getpid());
+  ASSERT_TRUE(kvm.ok()) << kvm.status();
+  EXPECT_FALSE(*kvm);
   EXPECT_EQ(ref->mappings, 1);
   EXPECT_LE(ref->referenced_bytes, ref->mapping_bytes);
 }
