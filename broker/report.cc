@@ -197,6 +197,13 @@ policy::HostObservation ToHostObservation(const v1::HostReport& report, double n
     o.guest.has_oom_kills = g.has_oom_kills_total();
     o.guest.oom_kills_total = g.oom_kills_total();
     o.guest.disk_caches_bytes = g.disk_caches_bytes();
+    o.guest.balloon_driver_ready = s.balloon_driver_ready();
+    // Agents that report their sizing say what the balloon holds; for
+    // others (and the simulator) it is what the VM lacks of its size.
+    o.guest.balloon_inflated_bytes =
+        !s.sizing_mechanism().empty()
+            ? s.balloon_inflated_bytes()
+            : (s.max_bytes() > s.actual_bytes() ? s.max_bytes() - s.actual_bytes() : 0);
     o.guest.has_host_working_set = s.has_host_working_set_bytes();
     o.guest.host_working_set_bytes = s.host_working_set_bytes();
     o.guest.host_working_set_interval_seconds =

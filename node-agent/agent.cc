@@ -62,6 +62,7 @@ membroker::v1::VmSample ToVmSample(const VmStatus& vm, const VmActuation* actuat
   out.set_balloon_inflated_bytes(sizing.balloon_inflated_bytes);
   out.set_boot_bytes(sizing.boot_bytes);
   out.set_free_page_reporting(vm.free_page_reporting);
+  out.set_balloon_driver_ready(vm.balloon_driver_ready);
   if (!sizing.excluded_reason.empty()) {
     // Never reclaimed from, whatever its balloon does.
     health = membroker::v1::BALLOON_HEALTH_EXCLUDED;

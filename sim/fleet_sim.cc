@@ -135,6 +135,7 @@ v1::HostReport ReportOf(const HostView& view, uint64_t sequence) {
       s->set_health(v1::BALLOON_HEALTH_NO_DRIVER);
       continue;
     }
+    s->set_balloon_driver_ready(true);  // the simulator knows its driver
     if (!vm.guest_stats) {
       // No statistics, flagged as the agent flags them; the host's view.
       s->set_health(v1::BALLOON_HEALTH_STATS_UNAVAILABLE);

@@ -53,6 +53,12 @@ void UpdateFromHostSignals(const GuestObservation& obs, const DemandParams& para
     state.protect_bytes =
         static_cast<uint64_t>(std::llround(max > 0 ? std::min(protect, max) : protect));
     state.active_fraction = actual > 0 ? std::clamp(recent / actual, 0.0, 1.0) : 1.0;
+    if (!state.balloon_proven) {
+      // No proof the balloon can give anything back: what it has stays.
+      state.estimate_bytes = std::max(state.estimate_bytes, actual);
+      state.protect_bytes = std::max(state.protect_bytes, obs.actual_bytes);
+      state.active_fraction = 1.0;
+    }
   } else {
     // No working set yet: the previous estimate (or the current size), but
     // acute pressure still asks for a step at once.
@@ -96,6 +102,9 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
   state.host_psi_some_avg10_percent = obs.has_host_psi ? obs.host_psi_some_avg10_percent : 0;
   state.host_stall = host_stall;
   const bool stats_usable = obs.stats_valid && obs.total_bytes != 0;
+  if (stats_usable || obs.balloon_driver_ready || obs.balloon_inflated_bytes > (uint64_t{1} << 20)) {
+    state.balloon_proven = true;
+  }
   if (!stats_usable && (obs.has_host_working_set || state.host_sized || obs.has_host_psi)) {
     UpdateFromHostSignals(obs, params, host_stall, state);
     return;

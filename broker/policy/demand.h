@@ -158,6 +158,10 @@ struct GuestObservation {
   double host_working_set_interval_seconds = 0;
   bool has_host_psi = false;
   double host_psi_some_avg10_percent = 0;
+  // Evidence that the balloon works: the backend saw its driver loaded, or
+  // the balloon holds memory out of the guest now (bytes).
+  bool balloon_driver_ready = false;
+  uint64_t balloon_inflated_bytes = 0;
 };
 
 // Per-VM estimator state, owned by the caller.
@@ -225,6 +229,13 @@ struct DemandState {
   bool has_host_psi = false;
   double host_psi_some_avg10_percent = 0;
   bool host_stall = false;
+  // The balloon has shown it works (rule 9): statistics were usable once
+  // (they come through the balloon's driver), the backend saw the driver
+  // loaded, or the balloon once held memory out of the guest. Without that
+  // proof a guest sized from host signals is never reclaimed below what it
+  // has: a guest without a balloon driver looks the same from the host,
+  // and memory it cannot give back must not be promised to others.
+  bool balloon_proven = false;
 };
 
 // Folds `obs` into `state` and updates its outputs.

@@ -75,7 +75,11 @@ std::vector<std::string> ExplainSteps(const std::string& host_id, const HostStep
         (stats.untrusted_reason.empty() ? std::string(" (missing or stale)")
                                         : ": " + stats.untrusted_reason) +
         "; sized from host signals" + HostSignalsText(vm.demand) + "; demand estimate " +
-        B(in.demand_bytes) + " (follows the recent working set x (1 + margin)" +
+        B(in.demand_bytes) +
+        (vm.demand.balloon_proven
+             ? std::string(" (follows the recent working set x (1 + margin)")
+             : std::string(" (not reclaimed: no sign yet that its balloon works, neither "
+                           "statistics nor a balloon ever below its size")) +
         (vm.demand.acute ? ", raised: acute pressure from the host side" : "") + "), protect " +
         B(in.protect_bytes) + " (never reclaimed below the recent working set)");
   } else if (!stats.trusted) {

@@ -83,6 +83,9 @@ struct VmStatus {
   // to the host by themselves. False without a balloon, when it is off, or
   // when the backend cannot tell.
   bool free_page_reporting = false;
+  // The backend knows the guest's balloon driver is loaded (VmSample
+  // field of the same name); false when it cannot tell.
+  bool balloon_driver_ready = false;
 };
 
 // A hypervisor backend. Implementations are thread-compatible: the agent

@@ -58,6 +58,7 @@ absl::StatusOr<std::vector<VmStatus>> SimHypervisor::ListVms() {
     status.max_bytes = vm.max_bytes;
     status.actual_bytes = vm.actual_bytes;
     status.sizing.balloon = true;
+    status.balloon_driver_ready = vm.balloon_driver;  // the simulator knows
     status.sizing.boot_bytes = vm.max_bytes;
     status.sizing.balloon_inflated_bytes =
         vm.max_bytes > vm.actual_bytes ? vm.max_bytes - vm.actual_bytes : 0;

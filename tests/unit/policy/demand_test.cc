@@ -431,6 +431,7 @@ GuestObservation Statless(uint64_t actual, std::optional<uint64_t> working_set,
   o.actual_bytes = actual;
   o.max_bytes = 8 * kGiB;
   o.elapsed_seconds = elapsed;
+  o.balloon_driver_ready = true;  // its balloon works (rule 9's proof)
   if (working_set) {
     o.has_host_working_set = true;
     o.host_working_set_bytes = *working_set;
@@ -470,6 +471,41 @@ TEST(DemandHostSignalsTest, StatlessGuestFollowsItsWorkingSetButNeverBelowIt) {
   UpdateDemand(Statless(6 * kGiB, 100 * kMiB), p, s);
   EXPECT_NEAR(s.host_working_set_recent_bytes, 1.5 * kGiB + 50 * kMiB, 1.0);
   EXPECT_EQ(s.protect_bytes, static_cast<uint64_t>(1.5 * kGiB + 50 * kMiB) + 32 * kMiB);
+}
+
+TEST(DemandHostSignalsTest, WithoutProofTheBalloonWorksNothingIsReclaimed) {
+  // A guest that never sent statistics, whose driver the backend cannot
+  // see and whose balloon never held anything (a guest without the balloon
+  // driver looks exactly like this): the working set may raise its demand,
+  // never lower it below what it has.
+  DemandParams p;
+  p.decay_half_life_seconds = 10;
+  DemandState s;
+  GuestObservation o = Statless(6 * kGiB, kGiB);
+  o.balloon_driver_ready = false;
+  for (int i = 0; i < 20; ++i) UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.host_sized);
+  EXPECT_FALSE(s.balloon_proven);
+  EXPECT_EQ(s.demand_bytes, 6 * kGiB);
+  EXPECT_EQ(s.protect_bytes, 6 * kGiB);
+  // The balloon once held memory out of the guest (an operator inflated
+  // it): proof enough, and from then on the working set rules.
+  o.balloon_inflated_bytes = 512 * kMiB;
+  UpdateDemand(o, p, s);
+  EXPECT_TRUE(s.balloon_proven);
+  EXPECT_EQ(s.protect_bytes, kGiB + 32 * kMiB);
+  o.balloon_inflated_bytes = 0;
+  for (int i = 0; i < 20; ++i) UpdateDemand(o, p, s);
+  EXPECT_NEAR(static_cast<double>(s.demand_bytes), 1.2 * kGiB, 1.0 * kMiB);
+
+  // Statistics seen once are proof too (they come through the driver).
+  DemandState t;
+  UpdateDemand(Obs(4 * kGiB, 3 * kGiB), p, t);
+  GuestObservation stale = Statless(4 * kGiB, kGiB);
+  stale.balloon_driver_ready = false;
+  UpdateDemand(stale, p, t);
+  EXPECT_TRUE(t.balloon_proven);
+  EXPECT_EQ(t.protect_bytes, kGiB + 32 * kMiB);
 }
 
 TEST(DemandHostSignalsTest, StaleStatisticsHandOverToTheWorkingSet) {

@@ -139,6 +139,7 @@ TEST(HostStepTest, StatlessGuestIsNotReclaimedBelowItsWorkingSet) {
   w.guest.has_host_working_set = true;
   w.guest.host_working_set_bytes = 3 * kGiB;
   w.guest.host_working_set_interval_seconds = 10;
+  w.guest.balloon_driver_ready = true;  // the backend sees its driver
   obs.vms = {w, Vm("t", 4 * kGiB, 4 * kGiB, 4 * kGiB)};
   for (int i = 0; i < 30; ++i) {
     obs.now_seconds = 10.0 * i;
