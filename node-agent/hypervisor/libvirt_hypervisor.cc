@@ -154,16 +154,17 @@ VirtioMemTotals SumVirtioMem(const std::vector<LibvirtVirtioMem>& devices) {
 }
 
 // Fills `vm`'s sizing from its virtio-mem devices; `vm` holds libvirt's
-// total memory as max and the balloon's actual. Leaves it balloon-only when
-// the devices are larger than the total (an XML that does not add up).
-void FillVirtioMemSizing(const std::vector<LibvirtVirtioMem>& devices, VmStatus* vm) {
+// total memory as max and the balloon's actual. False (and `vm` left
+// balloon-only) when the devices are larger than the total (an XML that
+// does not add up).
+bool FillVirtioMemSizing(const std::vector<LibvirtVirtioMem>& devices, VmStatus* vm) {
   const VirtioMemTotals t = SumVirtioMem(devices);
   if (t.size >= vm->max_bytes || t.current > t.size || t.requested > t.size) {
     spdlog::warn(
         "libvirt: domain {}: virtio-mem sizes do not fit its {} bytes of memory; "
         "sized by its balloon alone",
         vm->name, vm->max_bytes);
-    return;
+    return false;
   }
   VmSizing& sizing = vm->sizing;
   sizing.boot_bytes = vm->max_bytes - t.size;
@@ -175,11 +176,10 @@ void FillVirtioMemSizing(const std::vector<LibvirtVirtioMem>& devices, VmStatus*
   sizing.virtio_mem_requested_bytes = t.requested;
   sizing.virtio_mem_max_bytes = t.size;
   sizing.virtio_mem_block_bytes = t.block;
-  if (t.current != t.requested) {
-    sizing.shortfall_reason =
-        absl::StrCat("virtio-mem has ", t.current, " bytes plugged of ", t.requested, " requested");
-  }
+  return true;
 }
+
+std::string Mib(uint64_t bytes) { return absl::StrCat(bytes / (uint64_t{1} << 20), " MiB"); }
 
 membroker::BackoffParams LibvirtBackoffParams(const LibvirtHypervisorOptions& options) {
   return membroker::DoublingBackoff(options.min_backoff, options.max_backoff,
@@ -371,7 +371,15 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
       if (actual.has_value()) vm.actual_bytes = *actual;
     }
 
-    if (!vmem_devices.empty()) FillVirtioMemSizing(vmem_devices, &vm);
+    if (!vmem_devices.empty()) {
+      absl::Status st = SizeVirtioMem(dom.get(), vmem_devices, &vm);
+      if (!st.ok()) {
+        if (absl::IsUnavailable(st) && conn_ == nullptr) return st;
+        spdlog::warn("libvirt: {}", std::string(st.message()));
+      }
+    } else {
+      vmem_progress_.erase(vm.vm_id);
+    }
 
     // A domain seen for the first time gets the stats period asked for.
     std::optional<absl::Duration> applied;
@@ -397,11 +405,74 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
   for (auto it = has_virtio_mem_.begin(); it != has_virtio_mem_.end();) {
     it = seen.count(it->first) == 0 ? has_virtio_mem_.erase(it) : std::next(it);
   }
+  for (auto it = vmem_progress_.begin(); it != vmem_progress_.end();) {
+    it = seen.count(it->first) == 0 ? vmem_progress_.erase(it) : std::next(it);
+  }
   for (auto it = virtio_mem_errors_.begin(); it != virtio_mem_errors_.end();) {
     it = seen.count(it->first) == 0 ? virtio_mem_errors_.erase(it) : std::next(it);
   }
   known_ = std::move(seen);
   return out;
+}
+
+absl::Status LibvirtHypervisor::SizeVirtioMem(virDomainPtr dom,
+                                              const std::vector<LibvirtVirtioMem>& devices,
+                                              VmStatus* vm) {
+  if (!FillVirtioMemSizing(devices, vm)) return absl::OkStatus();
+  VmSizing& sizing = vm->sizing;
+  const absl::Time now = clock_->MonotonicNow();
+  auto [it, added] = vmem_progress_.try_emplace(vm->vm_id);
+  VirtioMemProgress& p = it->second;
+  if (added || p.plugged != sizing.virtio_mem_plugged_bytes ||
+      sizing.virtio_mem_plugged_bytes == sizing.virtio_mem_requested_bytes) {
+    p.plugged = sizing.virtio_mem_plugged_bytes;
+    p.since = now;
+  }
+  if (p.stalled || sizing.virtio_mem_plugged_bytes == sizing.virtio_mem_requested_bytes ||
+      now - p.since < options_.virtio_mem_stall_timeout) {
+    sizing.shortfall_reason = p.stalled ? p.reason : "";
+    return absl::OkStatus();
+  }
+  p.stalled = true;
+  const uint64_t plugged = sizing.virtio_mem_plugged_bytes;
+  const uint64_t requested = sizing.virtio_mem_requested_bytes;
+  if (plugged < requested) {
+    p.reason =
+        absl::StrCat("virtio-mem plug stalled at ", Mib(plugged), " plugged of ", Mib(requested),
+                     " requested (virtio_mem driver missing or memory not onlined in "
+                     "the guest)");
+  } else {
+    p.reason = absl::StrCat("virtio-mem unplug stalled at ", Mib(plugged), " plugged of ",
+                            Mib(requested), " requested (unmovable guest pages)");
+    // Stop asking: what the devices keep is now the balloon's to take.
+    for (size_t i = 0; i < devices.size(); ++i) {
+      const LibvirtVirtioMem& d = devices[i];
+      if (d.current_bytes <= d.requested_bytes) continue;
+      const std::string update = LibvirtVirtioMemWithRequest(d, d.current_bytes);
+      if (virDomainUpdateDeviceFlags(dom, update.c_str(), VIR_DOMAIN_AFFECT_LIVE) != 0) {
+        absl::Status st = LastError(
+            absl::StrCat("domain ", vm->vm_id, ": cancelling the unplug of virtio-mem device ", i));
+        if (absl::IsUnavailable(st) && conn_ == nullptr) return st;
+        absl::StrAppend(&p.reason, "; ", st.message());
+      }
+    }
+    const uint64_t target = p.target.value_or(sizing.boot_bytes + plugged);
+    const uint64_t sized = sizing.boot_bytes + plugged;
+    const uint64_t remainder = std::min(sized > target ? sized - target : 0, sizing.boot_bytes);
+    if (remainder > 0) {
+      absl::StrAppend(&p.reason, "; the balloon takes the remaining ", Mib(remainder));
+      const uint64_t balloon_kib = std::max<uint64_t>((sizing.boot_bytes - remainder) / 1024, 1);
+      if (virDomainSetMemoryFlags(dom, static_cast<unsigned long>(balloon_kib),
+                                  VIR_DOMAIN_AFFECT_LIVE) != 0) {
+        absl::Status st = LastError(absl::StrCat("domain ", vm->vm_id, ": setting the balloon"));
+        if (absl::IsUnavailable(st) && conn_ == nullptr) return st;
+        absl::StrAppend(&p.reason, "; ", st.message());
+      }
+    }
+  }
+  spdlog::warn("libvirt: domain {}: {}", vm->name, p.reason);
+  sizing.shortfall_reason = p.reason;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<virDomainPtr> LibvirtHypervisor::LookupDomain(const std::string& vm_id) {
@@ -461,8 +532,26 @@ absl::Status LibvirtHypervisor::SetBalloonTarget(const std::string& vm_id, uint6
                  std::string(devices.status().message()));
   } else if (!devices->empty() && SumVirtioMem(*devices).size < total_bytes) {
     const uint64_t boot_bytes = total_bytes - SumVirtioMem(*devices).size;
-    const LibvirtVirtioMemSplit split =
-        SplitLibvirtVirtioMemTarget(target_bytes, boot_bytes, *devices);
+    LibvirtVirtioMemSplit split = SplitLibvirtVirtioMemTarget(target_bytes, boot_bytes, *devices);
+    VirtioMemProgress& p = vmem_progress_[vm_id];
+    const bool same_target = p.target == target_bytes;
+    if (same_target && p.stalled) {
+      // Do not retry the stall: the devices keep their request and the
+      // balloon takes what they hold above the target.
+      uint64_t sized = boot_bytes;
+      for (size_t i = 0; i < devices->size(); ++i) {
+        split.requested_bytes[i] = (*devices)[i].requested_bytes;
+        sized += std::max((*devices)[i].requested_bytes, (*devices)[i].current_bytes);
+      }
+      split.inflate_bytes = std::min(sized > target_bytes ? sized - target_bytes : 0, boot_bytes);
+    } else if (!same_target) {
+      // The stall timer starts over from the size now.
+      p.stalled = false;
+      p.reason.clear();
+      p.plugged = SumVirtioMem(*devices).current;
+      p.since = clock_->MonotonicNow();
+    }
+    p.target = target_bytes;
     for (size_t i = 0; i < devices->size(); ++i) {
       const LibvirtVirtioMem& d = (*devices)[i];
       if (split.requested_bytes[i] == d.requested_bytes) continue;

@@ -22,6 +22,12 @@
 //     virDomainUpdateDeviceFlags(LIVE) with the device's XML and a new
 //     <requested>; the balloon takes what that overshoots (below a block, or
 //     below boot memory). See SplitLibvirtVirtioMemTarget.
+//   - a request the devices do not move toward for virtio_mem_stall_timeout
+//     (on the clock's monotonic time) has stalled: a stalled unplug is
+//     cancelled at the size reached (each device's <requested> set to its
+//     <current>) and the balloon takes the remainder; a stalled plug is
+//     reported. Either way VmSizing::shortfall_reason says so, and the
+//     request is not repeated until the target changes;
 //   - a device XML that cannot be read (missing or garbage sizes) is logged
 //     and the domain is sized by its balloon alone.
 // A domain that fails alone (gone meanwhile, no balloon) is left out or
@@ -47,6 +53,17 @@
 
 namespace membroker::agent {
 
+// One virtio-mem device of a libvirt domain, from its XML (bytes).
+struct LibvirtVirtioMem {
+  // The <memory model='virtio-mem'>...</memory> element as written in the
+  // domain XML (with its alias and address), to send back updated.
+  std::string xml;
+  uint64_t size_bytes = 0;       // <target><size>: the most it can plug
+  uint64_t block_bytes = 0;      // <target><block>
+  uint64_t requested_bytes = 0;  // <target><requested>
+  uint64_t current_bytes = 0;    // <target><current> (live XML); else requested
+};
+
 // Settings of the libvirt backend.
 struct LibvirtHypervisorOptions {
   // The libvirt connection URI, e.g. qemu:///system or test:///default.
@@ -63,6 +80,9 @@ struct LibvirtHypervisorOptions {
   // ListVms to find each VM's QEMU process (VmStatus::host_pid); empty: not
   // read. A missing or malformed file leaves host_pid empty.
   std::string pid_dir;
+  // A virtio-mem request the devices do not move toward for this long has
+  // stalled.
+  absl::Duration virtio_mem_stall_timeout = absl::Seconds(20);
 };
 
 // Drives domains through libvirt. Thread-compatible (one caller at a time).
@@ -108,6 +128,11 @@ class LibvirtHypervisor : public Hypervisor {
   void Disconnect();
   // Looks a running domain up by UUID. The caller frees it.
   absl::StatusOr<virDomainPtr> LookupDomain(const std::string& vm_id);
+  // Fills `vm`'s sizing from its virtio-mem devices and handles a stalled
+  // request (see the top of this file). UNAVAILABLE only when the
+  // connection is lost.
+  absl::Status SizeVirtioMem(virDomainPtr dom, const std::vector<LibvirtVirtioMem>& devices,
+                             VmStatus* vm);
   // Applies `period` to `dom`.
   absl::Status ApplyStatsPeriod(virDomainPtr dom, const std::string& vm_id, absl::Duration period);
 
@@ -130,17 +155,15 @@ class LibvirtHypervisor : public Hypervisor {
   // by UUID; and the last error reading their devices, logged once.
   std::map<std::string, bool> has_virtio_mem_;
   std::map<std::string, std::string> virtio_mem_errors_;
-};
-
-// One virtio-mem device of a libvirt domain, from its XML (bytes).
-struct LibvirtVirtioMem {
-  // The <memory model='virtio-mem'>...</memory> element as written in the
-  // domain XML (with its alias and address), to send back updated.
-  std::string xml;
-  uint64_t size_bytes = 0;       // <target><size>: the most it can plug
-  uint64_t block_bytes = 0;      // <target><block>
-  uint64_t requested_bytes = 0;  // <target><requested>
-  uint64_t current_bytes = 0;    // <target><current> (live XML); else requested
+  // Progress of a domain's virtio-mem request, by UUID.
+  struct VirtioMemProgress {
+    uint64_t plugged = 0;            // plugged when last seen moving
+    absl::Time since;                // when (monotonic)
+    bool stalled = false;            // detected; not retried for this target
+    std::optional<uint64_t> target;  // the last SetBalloonTarget
+    std::string reason;              // the shortfall while stalled
+  };
+  std::map<std::string, VirtioMemProgress> vmem_progress_;
 };
 
 // The virtio-mem devices in a domain XML's <devices>, in order (empty when

@@ -636,7 +636,18 @@ TEST_F(LibvirtHypervisorTest, VirtioMemDomainIsSizedFromItsDevice) {
   EXPECT_EQ(vm.sizing.virtio_mem_plugged_bytes, 0u);
   EXPECT_EQ(vm.actual_bytes, 1024 * kMiB);
   EXPECT_EQ(vm.sizing.balloon_inflated_bytes, 0u);
-  EXPECT_THAT(vm.sizing.shortfall_reason, HasSubstr("plugged"));
+  // Nothing moves toward the request: a plug stall once the timeout (20 s
+  // by default) has passed on the clock, not before.
+  EXPECT_EQ(vm.sizing.shortfall_reason, "");
+  clock_.Advance(absl::Seconds(19));
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_EQ((*vms)[0].sizing.shortfall_reason, "");
+  clock_.Advance(absl::Seconds(1));
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_THAT((*vms)[0].sizing.shortfall_reason,
+              HasSubstr("virtio-mem plug stalled at 0 MiB plugged of 512 MiB requested"));
 
   // The request stays at 512 MiB (boot + 511 MiB rounds up to it): only the
   // balloon moves, holding 1 MiB out of boot memory.
@@ -645,6 +656,8 @@ TEST_F(LibvirtHypervisorTest, VirtioMemDomainIsSizedFromItsDevice) {
   ASSERT_TRUE(vms.ok());
   EXPECT_EQ((*vms)[0].sizing.balloon_inflated_bytes, 1 * kMiB);
   EXPECT_EQ((*vms)[0].actual_bytes, 1023 * kMiB);
+  // A new target starts the stall timer over.
+  EXPECT_EQ((*vms)[0].sizing.shortfall_reason, "");
 
   // A new request goes through virDomainUpdateDeviceFlags, which this
   // driver does not have: the error comes back and the balloon is left.
