@@ -142,12 +142,18 @@ struct VirtioMemTotals {
   uint64_t block = 0;  // the largest
 };
 
+// a + b, at most the largest uint64_t (hostile sizes do not wrap).
+uint64_t SaturatingAdd(uint64_t a, uint64_t b) {
+  return a > std::numeric_limits<uint64_t>::max() - b ? std::numeric_limits<uint64_t>::max()
+                                                      : a + b;
+}
+
 VirtioMemTotals SumVirtioMem(const std::vector<LibvirtVirtioMem>& devices) {
   VirtioMemTotals t;
   for (const LibvirtVirtioMem& d : devices) {
-    t.size += d.size_bytes;        // each is below 2^64 / 1024 KiB-scaled; a sum
-    t.current += d.current_bytes;  // that wraps is caught by the max check
-    t.requested += d.requested_bytes;
+    t.size = SaturatingAdd(t.size, d.size_bytes);
+    t.current = SaturatingAdd(t.current, d.current_bytes);
+    t.requested = SaturatingAdd(t.requested, d.requested_bytes);
     t.block = std::max(t.block, d.block_bytes);
   }
   return t;
