@@ -134,6 +134,59 @@ GuestMemoryStats LibvirtGuestStats(const virDomainMemoryStatStruct* stats, int c
 
 namespace {
 
+// Sizes of a domain's virtio-mem devices summed.
+struct VirtioMemTotals {
+  uint64_t size = 0;
+  uint64_t current = 0;
+  uint64_t requested = 0;
+  uint64_t block = 0;  // the largest
+};
+
+// a + b, at most the largest uint64_t (hostile sizes do not wrap).
+uint64_t SaturatingAdd(uint64_t a, uint64_t b) {
+  return a > std::numeric_limits<uint64_t>::max() - b ? std::numeric_limits<uint64_t>::max()
+                                                      : a + b;
+}
+
+VirtioMemTotals SumVirtioMem(const std::vector<LibvirtVirtioMem>& devices) {
+  VirtioMemTotals t;
+  for (const LibvirtVirtioMem& d : devices) {
+    t.size = SaturatingAdd(t.size, d.size_bytes);
+    t.current = SaturatingAdd(t.current, d.current_bytes);
+    t.requested = SaturatingAdd(t.requested, d.requested_bytes);
+    t.block = std::max(t.block, d.block_bytes);
+  }
+  return t;
+}
+
+// Fills `vm`'s sizing from its virtio-mem devices; `vm` holds libvirt's
+// total memory as max and the balloon's actual. False (and `vm` left
+// balloon-only) when the devices are larger than the total (an XML that
+// does not add up).
+bool FillVirtioMemSizing(const std::vector<LibvirtVirtioMem>& devices, VmStatus* vm) {
+  const VirtioMemTotals t = SumVirtioMem(devices);
+  if (t.size >= vm->max_bytes || t.current > t.size || t.requested > t.size) {
+    spdlog::warn(
+        "libvirt: domain {}: virtio-mem sizes do not fit its {} bytes of memory; "
+        "sized by its balloon alone",
+        vm->name, vm->max_bytes);
+    return false;
+  }
+  VmSizing& sizing = vm->sizing;
+  sizing.boot_bytes = vm->max_bytes - t.size;
+  const uint64_t balloon_actual = std::min(vm->actual_bytes, sizing.boot_bytes);
+  sizing.balloon_inflated_bytes = sizing.boot_bytes - balloon_actual;
+  vm->actual_bytes = balloon_actual + t.current;
+  sizing.virtio_mem = true;
+  sizing.virtio_mem_plugged_bytes = t.current;
+  sizing.virtio_mem_requested_bytes = t.requested;
+  sizing.virtio_mem_max_bytes = t.size;
+  sizing.virtio_mem_block_bytes = t.block;
+  return true;
+}
+
+std::string Mib(uint64_t bytes) { return absl::StrCat(bytes / (uint64_t{1} << 20), " MiB"); }
+
 membroker::BackoffParams LibvirtBackoffParams(const LibvirtHypervisorOptions& options) {
   return membroker::DoublingBackoff(options.min_backoff, options.max_backoff,
                                     options.backoff_jitter);
@@ -264,21 +317,44 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
     vm.sizing.boot_bytes = vm.max_bytes;
     vm.sizing.balloon_inflated_bytes =
         vm.max_bytes > vm.actual_bytes ? vm.max_bytes - vm.actual_bytes : 0;
-    // Passthrough, hugepage or locked memory: read once per domain.
-    auto excluded = exclusions_.find(vm.vm_id);
-    if (excluded == exclusions_.end()) {
+    // Passthrough, hugepage or locked memory: read once per domain; the
+    // XML of a domain with virtio-mem is read on every round (its devices
+    // plug and unplug).
+    const bool first_read = exclusions_.count(vm.vm_id) == 0;
+    auto vmem_known = has_virtio_mem_.find(vm.vm_id);
+    std::optional<std::string> domain_xml;
+    if (first_read || vmem_known == has_virtio_mem_.end() || vmem_known->second) {
       char* xml = virDomainGetXMLDesc(dom.get(), 0);
       if (xml != nullptr) {
-        excluded = exclusions_.emplace(vm.vm_id, LibvirtExclusionReason(xml)).first;
-        free_page_reporting_[vm.vm_id] = LibvirtFreePageReporting(xml);
+        domain_xml = xml;
         free(xml);
-        if (!excluded->second.empty()) {
-          spdlog::warn("libvirt: domain {} is not resized: {}", vm.name, excluded->second);
-        }
       } else {
         virResetLastError();
       }
     }
+    if (first_read && domain_xml.has_value()) {
+      const std::string reason = LibvirtExclusionReason(*domain_xml);
+      exclusions_[vm.vm_id] = reason;
+      free_page_reporting_[vm.vm_id] = LibvirtFreePageReporting(*domain_xml);
+      if (!reason.empty()) spdlog::warn("libvirt: domain {} is not resized: {}", vm.name, reason);
+    }
+    std::vector<LibvirtVirtioMem> vmem_devices;
+    if (domain_xml.has_value()) {
+      absl::StatusOr<std::vector<LibvirtVirtioMem>> devs = LibvirtVirtioMemDevices(*domain_xml);
+      if (devs.ok()) {
+        vmem_devices = std::move(devs).value();
+        has_virtio_mem_[vm.vm_id] = !vmem_devices.empty();
+        virtio_mem_errors_.erase(vm.vm_id);
+      } else {
+        has_virtio_mem_[vm.vm_id] = true;  // read again next round
+        std::string& logged = virtio_mem_errors_[vm.vm_id];
+        if (logged != devs.status().message()) {
+          logged = std::string(devs.status().message());
+          spdlog::warn("libvirt: domain {}: {}; sized by its balloon alone", vm.name, logged);
+        }
+      }
+    }
+    auto excluded = exclusions_.find(vm.vm_id);
     if (excluded != exclusions_.end()) vm.sizing.excluded_reason = excluded->second;
     if (auto fpr = free_page_reporting_.find(vm.vm_id); fpr != free_page_reporting_.end()) {
       vm.free_page_reporting = fpr->second;
@@ -297,9 +373,18 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
       spdlog::debug("libvirt: {}", std::string(st.message()));
     } else {
       std::optional<uint64_t> actual;
-      vm.stats = LibvirtGuestStats(stats, std::min(count, int{VIR_DOMAIN_MEMORY_STAT_NR}),
-                                   &actual);
+      vm.stats = LibvirtGuestStats(stats, std::min(count, int{VIR_DOMAIN_MEMORY_STAT_NR}), &actual);
       if (actual.has_value()) vm.actual_bytes = *actual;
+    }
+
+    if (!vmem_devices.empty()) {
+      absl::Status st = SizeVirtioMem(dom.get(), vmem_devices, &vm);
+      if (!st.ok()) {
+        if (absl::IsUnavailable(st) && conn_ == nullptr) return st;
+        spdlog::warn("libvirt: {}", std::string(st.message()));
+      }
+    } else {
+      vmem_progress_.erase(vm.vm_id);
     }
 
     // A domain seen for the first time gets the stats period asked for.
@@ -323,8 +408,77 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
   for (auto it = free_page_reporting_.begin(); it != free_page_reporting_.end();) {
     it = seen.count(it->first) == 0 ? free_page_reporting_.erase(it) : std::next(it);
   }
+  for (auto it = has_virtio_mem_.begin(); it != has_virtio_mem_.end();) {
+    it = seen.count(it->first) == 0 ? has_virtio_mem_.erase(it) : std::next(it);
+  }
+  for (auto it = vmem_progress_.begin(); it != vmem_progress_.end();) {
+    it = seen.count(it->first) == 0 ? vmem_progress_.erase(it) : std::next(it);
+  }
+  for (auto it = virtio_mem_errors_.begin(); it != virtio_mem_errors_.end();) {
+    it = seen.count(it->first) == 0 ? virtio_mem_errors_.erase(it) : std::next(it);
+  }
   known_ = std::move(seen);
   return out;
+}
+
+absl::Status LibvirtHypervisor::SizeVirtioMem(virDomainPtr dom,
+                                              const std::vector<LibvirtVirtioMem>& devices,
+                                              VmStatus* vm) {
+  if (!FillVirtioMemSizing(devices, vm)) return absl::OkStatus();
+  VmSizing& sizing = vm->sizing;
+  const absl::Time now = clock_->MonotonicNow();
+  auto [it, added] = vmem_progress_.try_emplace(vm->vm_id);
+  VirtioMemProgress& p = it->second;
+  if (added || p.plugged != sizing.virtio_mem_plugged_bytes ||
+      sizing.virtio_mem_plugged_bytes == sizing.virtio_mem_requested_bytes) {
+    p.plugged = sizing.virtio_mem_plugged_bytes;
+    p.since = now;
+  }
+  if (p.stalled || sizing.virtio_mem_plugged_bytes == sizing.virtio_mem_requested_bytes ||
+      now - p.since < options_.virtio_mem_stall_timeout) {
+    sizing.shortfall_reason = p.stalled ? p.reason : "";
+    return absl::OkStatus();
+  }
+  p.stalled = true;
+  const uint64_t plugged = sizing.virtio_mem_plugged_bytes;
+  const uint64_t requested = sizing.virtio_mem_requested_bytes;
+  if (plugged < requested) {
+    p.reason =
+        absl::StrCat("virtio-mem plug stalled at ", Mib(plugged), " plugged of ", Mib(requested),
+                     " requested (virtio_mem driver missing or memory not onlined in "
+                     "the guest)");
+  } else {
+    p.reason = absl::StrCat("virtio-mem unplug stalled at ", Mib(plugged), " plugged of ",
+                            Mib(requested), " requested (unmovable guest pages)");
+    // Stop asking: what the devices keep is now the balloon's to take.
+    for (size_t i = 0; i < devices.size(); ++i) {
+      const LibvirtVirtioMem& d = devices[i];
+      if (d.current_bytes <= d.requested_bytes) continue;
+      const std::string update = LibvirtVirtioMemWithRequest(d, d.current_bytes);
+      if (virDomainUpdateDeviceFlags(dom, update.c_str(), VIR_DOMAIN_AFFECT_LIVE) != 0) {
+        absl::Status st = LastError(
+            absl::StrCat("domain ", vm->vm_id, ": cancelling the unplug of virtio-mem device ", i));
+        if (absl::IsUnavailable(st) && conn_ == nullptr) return st;
+        absl::StrAppend(&p.reason, "; ", st.message());
+      }
+    }
+    const uint64_t target = p.target.value_or(sizing.boot_bytes + plugged);
+    const uint64_t sized = sizing.boot_bytes + plugged;
+    const uint64_t remainder = std::min(sized > target ? sized - target : 0, sizing.boot_bytes);
+    if (remainder > 0) {
+      absl::StrAppend(&p.reason, "; the balloon takes the remaining ", Mib(remainder));
+      const uint64_t balloon_kib = std::max<uint64_t>((sizing.boot_bytes - remainder) / 1024, 1);
+      if (virDomainSetMemoryFlags(dom, static_cast<unsigned long>(balloon_kib),
+                                  VIR_DOMAIN_AFFECT_LIVE) != 0) {
+        absl::Status st = LastError(absl::StrCat("domain ", vm->vm_id, ": setting the balloon"));
+        if (absl::IsUnavailable(st) && conn_ == nullptr) return st;
+        absl::StrAppend(&p.reason, "; ", st.message());
+      }
+    }
+  }
+  spdlog::warn("libvirt: domain {}: {}", vm->name, p.reason);
+  sizing.shortfall_reason = p.reason;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<virDomainPtr> LibvirtHypervisor::LookupDomain(const std::string& vm_id) {
@@ -339,21 +493,20 @@ absl::StatusOr<virDomainPtr> LibvirtHypervisor::LookupDomain(const std::string& 
   }
   int active = virDomainIsActive(dom);
   if (active != 1) {
-    absl::Status st = active < 0 ? LastError(absl::StrCat("domain ", vm_id))
-                                 : absl::NotFoundError(absl::StrCat("domain ", vm_id,
-                                                                    " is not running"));
+    absl::Status st = active < 0
+                          ? LastError(absl::StrCat("domain ", vm_id))
+                          : absl::NotFoundError(absl::StrCat("domain ", vm_id, " is not running"));
     virDomainFree(dom);
     return st;
   }
   return dom;
 }
 
-absl::Status LibvirtHypervisor::SetBalloonTarget(const std::string& vm_id,
-                                                 uint64_t target_bytes) {
+absl::Status LibvirtHypervisor::SetBalloonTarget(const std::string& vm_id, uint64_t target_bytes) {
   uint64_t target_kib = target_bytes / 1024;
   if (target_kib == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "target_bytes: ", target_bytes, " for domain ", vm_id, " is below 1 KiB"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("target_bytes: ", target_bytes, " for domain ", vm_id, " is below 1 KiB"));
   }
   ASSIGN_OR_RETURN(virDomainPtr raw, LookupDomain(vm_id));
   DomainHandle dom(raw);
@@ -374,10 +527,54 @@ absl::Status LibvirtHypervisor::SetBalloonTarget(const std::string& vm_id,
     }
     return absl::OkStatus();  // Left alone: it already has at least that.
   }
+  // virtio-mem for whole blocks above boot memory, the balloon for the rest.
+  char* xml = virDomainGetXMLDesc(dom.get(), 0);
+  if (xml == nullptr) return LastError(absl::StrCat("domain ", vm_id, ": XML"));
+  absl::StatusOr<std::vector<LibvirtVirtioMem>> devices = LibvirtVirtioMemDevices(xml);
+  free(xml);
+  const uint64_t total_bytes = KibToBytes(info.maxMem).value_or(0);
+  if (!devices.ok()) {
+    spdlog::warn("libvirt: domain {}: {}; sizing it by its balloon alone", vm_id,
+                 std::string(devices.status().message()));
+  } else if (!devices->empty() && SumVirtioMem(*devices).size < total_bytes) {
+    const uint64_t boot_bytes = total_bytes - SumVirtioMem(*devices).size;
+    LibvirtVirtioMemSplit split = SplitLibvirtVirtioMemTarget(target_bytes, boot_bytes, *devices);
+    VirtioMemProgress& p = vmem_progress_[vm_id];
+    const bool same_target = p.target == target_bytes;
+    if (same_target && p.stalled) {
+      // Do not retry the stall: the devices keep their request and the
+      // balloon takes what they hold above the target.
+      uint64_t sized = boot_bytes;
+      for (size_t i = 0; i < devices->size(); ++i) {
+        split.requested_bytes[i] = (*devices)[i].requested_bytes;
+        sized += std::max((*devices)[i].requested_bytes, (*devices)[i].current_bytes);
+      }
+      split.inflate_bytes = std::min(sized > target_bytes ? sized - target_bytes : 0, boot_bytes);
+    } else if (!same_target) {
+      // The stall timer starts over from the size now.
+      p.stalled = false;
+      p.reason.clear();
+      p.plugged = SumVirtioMem(*devices).current;
+      p.since = clock_->MonotonicNow();
+    }
+    p.target = target_bytes;
+    for (size_t i = 0; i < devices->size(); ++i) {
+      const LibvirtVirtioMem& d = (*devices)[i];
+      if (split.requested_bytes[i] == d.requested_bytes) continue;
+      const std::string update = LibvirtVirtioMemWithRequest(d, split.requested_bytes[i]);
+      if (virDomainUpdateDeviceFlags(dom.get(), update.c_str(), VIR_DOMAIN_AFFECT_LIVE) != 0) {
+        return LastError(absl::StrCat("domain ", vm_id, ": requesting ",
+                                      split.requested_bytes[i] / 1024, " KiB of virtio-mem device ",
+                                      i));
+      }
+    }
+    target_kib = (boot_bytes - split.inflate_bytes) / 1024;
+    if (target_kib == 0) target_kib = 1;
+  }
   if (virDomainSetMemoryFlags(dom.get(), static_cast<unsigned long>(target_kib),
                               VIR_DOMAIN_AFFECT_LIVE) != 0) {
-    return LastError(absl::StrCat("domain ", vm_id, ": setting the balloon to ", target_kib,
-                                  " KiB"));
+    return LastError(
+        absl::StrCat("domain ", vm_id, ": setting the balloon to ", target_kib, " KiB"));
   }
   return absl::OkStatus();
 }
@@ -386,16 +583,16 @@ absl::Status LibvirtHypervisor::ApplyStatsPeriod(virDomainPtr dom, const std::st
                                                  absl::Duration period) {
   int seconds = static_cast<int>(absl::ToInt64Seconds(period));
   if (virDomainSetMemoryStatsPeriod(dom, seconds, VIR_DOMAIN_AFFECT_LIVE) != 0) {
-    return LastError(absl::StrCat("domain ", vm_id, ": setting the stats period to ", seconds,
-                                  " s"));
+    return LastError(
+        absl::StrCat("domain ", vm_id, ": setting the stats period to ", seconds, " s"));
   }
   return absl::OkStatus();
 }
 
 absl::Status LibvirtHypervisor::SetStatsPeriod(const std::string& vm_id, absl::Duration period) {
   if (period < absl::ZeroDuration() || period > absl::Hours(24)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "stats period: ", absl::FormatDuration(period), " is not within [0, 24h]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("stats period: ", absl::FormatDuration(period), " is not within [0, 24h]"));
   }
   absl::Duration rounded = absl::Ceil(period, absl::Seconds(1));
   ASSIGN_OR_RETURN(virDomainPtr raw, LookupDomain(vm_id));
@@ -465,6 +662,91 @@ std::string LibvirtExclusionReason(const std::string& domain_xml) {
   return "";
 }
 
+namespace {
+
+// The value of attribute `attr` in a start tag's text (name = 'value' or
+// "value"); empty when absent or unterminated.
+std::optional<std::string> AttributeValue(const std::string& tag, const std::string& attr) {
+  for (size_t at = tag.find(attr); at != std::string::npos; at = tag.find(attr, at + 1)) {
+    if (at == 0 || std::string(" \t\r\n").find(tag[at - 1]) == std::string::npos) continue;
+    size_t i = at + attr.size();
+    while (i < tag.size() && std::string(" \t\r\n").find(tag[i]) != std::string::npos) ++i;
+    if (i >= tag.size() || tag[i] != '=') continue;
+    ++i;
+    while (i < tag.size() && std::string(" \t\r\n").find(tag[i]) != std::string::npos) ++i;
+    if (i >= tag.size() || (tag[i] != '\'' && tag[i] != '"')) continue;
+    const char quote = tag[i];
+    const size_t close = tag.find(quote, i + 1);
+    if (close == std::string::npos) return std::nullopt;
+    return tag.substr(i + 1, close - i - 1);
+  }
+  return std::nullopt;
+}
+
+// Bytes per unit of libvirt's memory `unit` attribute (KiB when absent);
+// 0 for an unknown unit.
+uint64_t UnitScale(const std::optional<std::string>& unit) {
+  if (!unit.has_value()) return 1024;
+  static const std::map<std::string, uint64_t>* const kUnits = new std::map<std::string, uint64_t>{
+      {"b", 1},
+      {"bytes", 1},
+      {"KB", 1000},
+      {"k", 1024},
+      {"KiB", 1024},
+      {"MB", 1000 * 1000},
+      {"M", uint64_t{1} << 20},
+      {"MiB", uint64_t{1} << 20},
+      {"GB", 1000 * 1000 * 1000},
+      {"G", uint64_t{1} << 30},
+      {"GiB", uint64_t{1} << 30},
+      {"TB", uint64_t{1000} * 1000 * 1000 * 1000},
+      {"T", uint64_t{1} << 40},
+      {"TiB", uint64_t{1} << 40},
+  };
+  auto it = kUnits->find(*unit);
+  return it == kUnits->end() ? 0 : it->second;
+}
+
+// The value of element `name` in [from, to) of `xml`, in bytes. NOT_FOUND
+// when absent, INVALID_ARGUMENT when malformed or overflowing.
+absl::StatusOr<uint64_t> ElementBytes(const std::string& xml, const std::string& name, size_t from,
+                                      size_t to) {
+  const size_t at = FindTag(xml, name, from, to);
+  if (at == std::string::npos) return absl::NotFoundError(absl::StrCat("no <", name, ">"));
+  const size_t tag_end = xml.find('>', at);
+  if (tag_end == std::string::npos || tag_end >= to || xml[tag_end - 1] == '/') {
+    return absl::InvalidArgumentError(absl::StrCat("<", name, "> has no value"));
+  }
+  const size_t close = xml.find("</" + name + ">", tag_end);
+  if (close == std::string::npos || close > to) {
+    return absl::InvalidArgumentError(absl::StrCat("<", name, "> is not closed"));
+  }
+  const uint64_t scale = UnitScale(AttributeValue(xml.substr(at, tag_end - at), "unit"));
+  if (scale == 0) return absl::InvalidArgumentError(absl::StrCat("<", name, ">: unknown unit"));
+  std::string text = xml.substr(tag_end + 1, close - tag_end - 1);
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  const size_t last = text.find_last_not_of(" \t\r\n");
+  text = first == std::string::npos ? "" : text.substr(first, last - first + 1);
+  if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("<", name, ">: '", text.substr(0, 32), "' is not a whole number"));
+  }
+  uint64_t value = 0;
+  for (char c : text) {
+    const uint64_t digit = static_cast<uint64_t>(c - '0');
+    if (value > (std::numeric_limits<uint64_t>::max() - digit) / 10) {
+      return absl::InvalidArgumentError(absl::StrCat("<", name, ">: too large"));
+    }
+    value = value * 10 + digit;
+  }
+  if (value > std::numeric_limits<uint64_t>::max() / scale) {
+    return absl::InvalidArgumentError(absl::StrCat("<", name, ">: too large"));
+  }
+  return value * scale;
+}
+
+}  // namespace
+
 bool LibvirtFreePageReporting(const std::string& domain_xml) {
   const std::string xml = StripXmlComments(domain_xml);
   const size_t devices = FindTag(xml, "devices", 0, xml.size());
@@ -475,23 +757,95 @@ bool LibvirtFreePageReporting(const std::string& domain_xml) {
   if (balloon == std::string::npos) return false;
   const size_t tag_end = xml.find('>', balloon);
   if (tag_end == std::string::npos) return false;
-  // The start tag's attributes: name = 'value' or "value".
-  const std::string tag = xml.substr(balloon, tag_end - balloon);
-  const std::string attr = "freePageReporting";
-  for (size_t at = tag.find(attr); at != std::string::npos; at = tag.find(attr, at + 1)) {
-    if (std::string(" \t\r\n").find(tag[at - 1]) == std::string::npos) continue;
-    size_t i = at + attr.size();
-    while (i < tag.size() && std::string(" \t\r\n").find(tag[i]) != std::string::npos) ++i;
-    if (i >= tag.size() || tag[i] != '=') continue;
-    ++i;
-    while (i < tag.size() && std::string(" \t\r\n").find(tag[i]) != std::string::npos) ++i;
-    if (i >= tag.size() || (tag[i] != '\'' && tag[i] != '"')) continue;
-    const char quote = tag[i];
-    const size_t close = tag.find(quote, i + 1);
-    if (close == std::string::npos) return false;
-    return tag.substr(i + 1, close - i - 1) == "on";
+  return AttributeValue(xml.substr(balloon, tag_end - balloon), "freePageReporting") == "on";
+}
+
+absl::StatusOr<std::vector<LibvirtVirtioMem>> LibvirtVirtioMemDevices(
+    const std::string& domain_xml) {
+  std::vector<LibvirtVirtioMem> out;
+  const std::string xml = StripXmlComments(domain_xml);
+  const size_t devices = FindTag(xml, "devices", 0, xml.size());
+  if (devices == std::string::npos) return out;
+  size_t end = xml.find("</devices>", devices);
+  if (end == std::string::npos) end = xml.size();
+  for (size_t at = FindTag(xml, "memory", devices, end); at != std::string::npos;
+       at = FindTag(xml, "memory", at + 1, end)) {
+    const size_t tag_end = xml.find('>', at);
+    if (tag_end == std::string::npos || tag_end >= end) break;
+    if (AttributeValue(xml.substr(at, tag_end - at), "model") != "virtio-mem") continue;
+    const std::string which = absl::StrCat("virtio-mem device ", out.size());
+    if (xml[tag_end - 1] == '/') {
+      return absl::InvalidArgumentError(absl::StrCat(which, ": empty <memory/>"));
+    }
+    const size_t close = xml.find("</memory>", tag_end);
+    if (close == std::string::npos || close > end) {
+      return absl::InvalidArgumentError(absl::StrCat(which, ": <memory> is not closed"));
+    }
+    LibvirtVirtioMem dev;
+    dev.xml = xml.substr(at, close + std::string("</memory>").size() - at);
+    struct Field {
+      const char* name;
+      uint64_t* value;
+      bool required;
+    };
+    bool has_current = true;
+    for (const Field& f :
+         {Field{"size", &dev.size_bytes, true}, Field{"block", &dev.block_bytes, true},
+          Field{"requested", &dev.requested_bytes, true},
+          Field{"current", &dev.current_bytes, false}}) {
+      absl::StatusOr<uint64_t> v = ElementBytes(xml, f.name, tag_end, close);
+      if (!v.ok() && absl::IsNotFound(v.status()) && !f.required) {
+        has_current = false;
+        continue;
+      }
+      if (!v.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(which, ": ", v.status().message()));
+      }
+      *f.value = *v;
+    }
+    if (!has_current) dev.current_bytes = dev.requested_bytes;
+    if (dev.block_bytes == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(which, ": <block> is zero"));
+    }
+    if (dev.requested_bytes > dev.size_bytes || dev.current_bytes > dev.size_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(which, ": <requested> or <current> is above <size>"));
+    }
+    out.push_back(std::move(dev));
   }
-  return false;
+  return out;
+}
+
+LibvirtVirtioMemSplit SplitLibvirtVirtioMemTarget(uint64_t target_bytes, uint64_t boot_bytes,
+                                                  const std::vector<LibvirtVirtioMem>& devices) {
+  LibvirtVirtioMemSplit split;
+  uint64_t left = target_bytes > boot_bytes ? target_bytes - boot_bytes : 0;
+  uint64_t sized = boot_bytes;
+  for (const LibvirtVirtioMem& dev : devices) {
+    uint64_t request = 0;
+    if (left > 0 && dev.block_bytes > 0) {
+      const uint64_t blocks = left / dev.block_bytes + (left % dev.block_bytes != 0 ? 1 : 0);
+      const uint64_t max_blocks = dev.size_bytes / dev.block_bytes;
+      request = std::min(blocks, max_blocks) * dev.block_bytes;
+    }
+    split.requested_bytes.push_back(request);
+    left -= std::min(left, request);
+    sized += request;
+  }
+  const uint64_t over = sized > target_bytes ? sized - target_bytes : 0;
+  split.inflate_bytes = std::min(over, boot_bytes);
+  return split;
+}
+
+std::string LibvirtVirtioMemWithRequest(const LibvirtVirtioMem& device, uint64_t requested_bytes) {
+  const std::string& xml = device.xml;
+  const std::string element =
+      absl::StrCat("<requested unit='KiB'>", requested_bytes / 1024, "</requested>");
+  const size_t at = FindTag(xml, "requested", 0, xml.size());
+  const size_t close = at == std::string::npos ? std::string::npos : xml.find("</requested>", at);
+  if (close == std::string::npos) return xml;  // parsed devices always have one
+  return absl::StrCat(xml.substr(0, at), element,
+                      xml.substr(close + std::string("</requested>").size()));
 }
 
 absl::StatusOr<std::unique_ptr<Hypervisor>> MakeLibvirtHypervisor(const std::string& uri,

@@ -11,6 +11,25 @@
 //   3. reads each domain's max and current memory (virDomainGetInfo) and
 //      balloon statistics (virDomainMemoryStats). libvirt counts memory in
 //      KiB; this backend speaks bytes.
+// virtio-mem (`<devices><memory model='virtio-mem'>` in the domain XML, read
+// on every ListVms for a domain that has one):
+//   - boot memory is libvirt's total memory less the devices' sizes; size =
+//     min(balloon actual, boot) + the devices' <current>; max = boot + the
+//     devices' <size> (libvirt's total). As in the QMP backend, the balloon
+//     is taken to work against boot memory only (QEMU 7.2).
+//   - a target asks the devices (in XML order) for target - boot rounded up
+//     to each one's block and clamped to its size, through
+//     virDomainUpdateDeviceFlags(LIVE) with the device's XML and a new
+//     <requested>; the balloon takes what that overshoots (below a block, or
+//     below boot memory). See SplitLibvirtVirtioMemTarget.
+//   - a request the devices do not move toward for virtio_mem_stall_timeout
+//     (on the clock's monotonic time) has stalled: a stalled unplug is
+//     cancelled at the size reached (each device's <requested> set to its
+//     <current>) and the balloon takes the remainder; a stalled plug is
+//     reported. Either way VmSizing::shortfall_reason says so, and the
+//     request is not repeated until the target changes;
+//   - a device XML that cannot be read (missing or garbage sizes) is logged
+//     and the domain is sized by its balloon alone.
 // A domain that fails alone (gone meanwhile, no balloon) is left out or
 // reported without statistics; a lost connection makes the call UNAVAILABLE
 // and the next one reconnects. libvirt's default error printer is replaced
@@ -34,6 +53,17 @@
 
 namespace membroker::agent {
 
+// One virtio-mem device of a libvirt domain, from its XML (bytes).
+struct LibvirtVirtioMem {
+  // The <memory model='virtio-mem'>...</memory> element as written in the
+  // domain XML (with its alias and address), to send back updated.
+  std::string xml;
+  uint64_t size_bytes = 0;       // <target><size>: the most it can plug
+  uint64_t block_bytes = 0;      // <target><block>
+  uint64_t requested_bytes = 0;  // <target><requested>
+  uint64_t current_bytes = 0;    // <target><current> (live XML); else requested
+};
+
 // Settings of the libvirt backend.
 struct LibvirtHypervisorOptions {
   // The libvirt connection URI, e.g. qemu:///system or test:///default.
@@ -50,6 +80,9 @@ struct LibvirtHypervisorOptions {
   // ListVms to find each VM's QEMU process (VmStatus::host_pid); empty: not
   // read. A missing or malformed file leaves host_pid empty.
   std::string pid_dir;
+  // A virtio-mem request the devices do not move toward for this long has
+  // stalled.
+  absl::Duration virtio_mem_stall_timeout = absl::Seconds(20);
 };
 
 // Drives domains through libvirt. Thread-compatible (one caller at a time).
@@ -59,8 +92,8 @@ class LibvirtHypervisor : public Hypervisor {
   // positive and at most max_backoff, jitter in [0, 1]) and installs the
   // silent error handler. Does not connect yet: ListVms does, so an agent
   // started before libvirtd keeps retrying.
-  static absl::StatusOr<std::unique_ptr<LibvirtHypervisor>> Create(
-      LibvirtHypervisorOptions options, Clock* clock);
+  static absl::StatusOr<std::unique_ptr<LibvirtHypervisor>> Create(LibvirtHypervisorOptions options,
+                                                                   Clock* clock);
   ~LibvirtHypervisor() override;
 
   // "libvirt".
@@ -95,9 +128,13 @@ class LibvirtHypervisor : public Hypervisor {
   void Disconnect();
   // Looks a running domain up by UUID. The caller frees it.
   absl::StatusOr<virDomainPtr> LookupDomain(const std::string& vm_id);
+  // Fills `vm`'s sizing from its virtio-mem devices and handles a stalled
+  // request (see the top of this file). UNAVAILABLE only when the
+  // connection is lost.
+  absl::Status SizeVirtioMem(virDomainPtr dom, const std::vector<LibvirtVirtioMem>& devices,
+                             VmStatus* vm);
   // Applies `period` to `dom`.
-  absl::Status ApplyStatsPeriod(virDomainPtr dom, const std::string& vm_id,
-                                absl::Duration period);
+  absl::Status ApplyStatsPeriod(virDomainPtr dom, const std::string& vm_id, absl::Duration period);
 
   LibvirtHypervisorOptions options_;
   Clock* clock_;
@@ -114,7 +151,49 @@ class LibvirtHypervisor : public Hypervisor {
   // Whether a domain's balloon has free page reporting (from the same
   // read of its XML), by UUID.
   std::map<std::string, bool> free_page_reporting_;
+  // Domains with a virtio-mem device (their XML is read on every ListVms),
+  // by UUID; and the last error reading their devices, logged once.
+  std::map<std::string, bool> has_virtio_mem_;
+  std::map<std::string, std::string> virtio_mem_errors_;
+  // Progress of a domain's virtio-mem request, by UUID.
+  struct VirtioMemProgress {
+    uint64_t plugged = 0;            // plugged when last seen moving
+    absl::Time since;                // when (monotonic)
+    bool stalled = false;            // detected; not retried for this target
+    std::optional<uint64_t> target;  // the last SetBalloonTarget
+    std::string reason;              // the shortfall while stalled
+  };
+  std::map<std::string, VirtioMemProgress> vmem_progress_;
 };
+
+// The virtio-mem devices in a domain XML's <devices>, in order (empty when
+// none). Comments are ignored. Untrusted: a device with a missing or
+// malformed size, block or requested (or current), a zero block, a request
+// above its size or a value that overflows is INVALID_ARGUMENT naming the
+// device and field; the caller then sizes the domain by its balloon alone.
+absl::StatusOr<std::vector<LibvirtVirtioMem>> LibvirtVirtioMemDevices(
+    const std::string& domain_xml);
+
+// How a target splits between virtio-mem devices and the balloon.
+struct LibvirtVirtioMemSplit {
+  // The <requested> for each device, in the order given.
+  std::vector<uint64_t> requested_bytes;
+  // What the balloon holds out of boot memory (so boot + requests -
+  // inflate = target, when the devices reach that far).
+  uint64_t inflate_bytes = 0;
+};
+
+// Splits `target_bytes` of a domain with `boot_bytes` of boot memory: the
+// part above boot goes to the devices in order, each rounded up to its
+// block and clamped to its size; the balloon inflates by what the requests
+// overshoot the target (less than a block, or all of what is asked below
+// boot memory), at most boot memory.
+LibvirtVirtioMemSplit SplitLibvirtVirtioMemTarget(uint64_t target_bytes, uint64_t boot_bytes,
+                                                  const std::vector<LibvirtVirtioMem>& devices);
+
+// `device.xml` with its <requested> set to `requested_bytes` (written in
+// KiB, the unit libvirt writes).
+std::string LibvirtVirtioMemWithRequest(const LibvirtVirtioMem& device, uint64_t requested_bytes);
 
 // Why a libvirt domain must not be ballooned, from its XML (empty: it may
 // be): a <hostdev> (PCI passthrough pins guest memory), or

@@ -13,7 +13,9 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -30,8 +32,8 @@ constexpr uint64_t kMiB = 1024 * kKiB;
 std::string DomainXml(const std::string& name, const std::string& uuid, uint64_t max_kib,
                       uint64_t current_kib) {
   return absl::StrCat("<domain type='test'><name>", name, "</name><uuid>", uuid,
-                      "</uuid><memory unit='KiB'>", max_kib,
-                      "</memory><currentMemory unit='KiB'>", current_kib,
+                      "</uuid><memory unit='KiB'>", max_kib, "</memory><currentMemory unit='KiB'>",
+                      current_kib,
                       "</currentMemory><vcpu>1</vcpu><os><type>hvm</type></os></domain>");
 }
 
@@ -101,8 +103,7 @@ TEST_F(LibvirtHypervisorTest, NodeFileWithSeveralDomains) {
       "node.xml",
       absl::StrCat(DomainXml("web", "11111111-1111-1111-1111-000000000001", 1048576, 524288),
                    DomainXml("db", "11111111-1111-1111-1111-000000000002", 4194304, 4194304),
-                   DomainXml("batch", "11111111-1111-1111-1111-000000000003", 2097152,
-                             1048576)));
+                   DomainXml("batch", "11111111-1111-1111-1111-000000000003", 2097152, 1048576)));
   auto hv = Make(absl::StrCat("test://", node));
   auto vms = hv->ListVms();
   ASSERT_TRUE(vms.ok()) << vms.status();
@@ -319,8 +320,7 @@ TEST_F(LibvirtHypervisorTest, StatsPeriod) {
   EXPECT_TRUE(hv->SetStatsPeriod(id, absl::Milliseconds(10)).ok());
   EXPECT_EQ(hv->SetStatsPeriod(id, absl::Seconds(-1)).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(hv->SetStatsPeriod(id, absl::Hours(25)).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(hv->SetStatsPeriod("not-a-uuid", absl::Seconds(1)).code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(hv->SetStatsPeriod("not-a-uuid", absl::Seconds(1)).code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(LibvirtHypervisorTest, UnreachableUriIsUnavailableAndRetriedWithBackoff) {
@@ -332,8 +332,7 @@ TEST_F(LibvirtHypervisorTest, UnreachableUriIsUnavailableAndRetriedWithBackoff) 
   EXPECT_EQ(hv->SetBalloonTarget("11111111-1111-1111-1111-000000000001", kMiB).code(),
             absl::StatusCode::kUnavailable);
 
-  WriteNode("late.xml",
-            DomainXml("web", "11111111-1111-1111-1111-000000000001", 1048576, 1048576));
+  WriteNode("late.xml", DomainXml("web", "11111111-1111-1111-1111-000000000001", 1048576, 1048576));
   // Within the backoff no new attempt is made.
   vms = hv->ListVms();
   EXPECT_EQ(vms.status().code(), absl::StatusCode::kUnavailable);
@@ -398,6 +397,278 @@ TEST_F(LibvirtHypervisorTest, CreateRejectsBadOptions) {
   EXPECT_EQ(MakeLibvirtHypervisor("test:///default", nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(MakeLibvirtHypervisor("test:///default", &clock_).ok());
+}
+
+// A virtio-mem <memory> device element (sizes in KiB).
+std::string VirtioMemXml(uint64_t size_kib, uint64_t block_kib, uint64_t requested_kib,
+                         std::optional<uint64_t> current_kib, const std::string& alias) {
+  return absl::StrCat(
+      "<memory model='virtio-mem'><target><size unit='KiB'>", size_kib,
+      "</size><node>0</node><block unit='KiB'>", block_kib, "</block><requested unit='KiB'>",
+      requested_kib, "</requested>",
+      current_kib.has_value() ? absl::StrCat("<current unit='KiB'>", *current_kib, "</current>")
+                              : "",
+      "</target>", alias.empty() ? "" : absl::StrCat("<alias name='", alias, "'/>"), "</memory>");
+}
+
+// A domain of `boot_kib` boot memory with `devices` (virtio-mem elements of
+// `total_device_kib` in all): libvirt's <memory> is boot plus the devices.
+std::string VirtioMemDomainXml(const std::string& name, const std::string& uuid, uint64_t boot_kib,
+                               uint64_t current_kib, uint64_t total_device_kib,
+                               const std::string& devices) {
+  return absl::StrCat(
+      "<domain type='test'><name>", name, "</name><uuid>", uuid,
+      "</uuid><maxMemory slots='2' unit='KiB'>16777216</maxMemory><memory unit='KiB'>",
+      boot_kib + total_device_kib, "</memory><currentMemory unit='KiB'>", current_kib,
+      "</currentMemory><vcpu>1</vcpu><cpu><numa><cell id='0' cpus='0' memory='", boot_kib,
+      "' unit='KiB'/></numa></cpu><os><type>hvm</type></os><devices>", devices,
+      "</devices></domain>");
+}
+
+TEST(LibvirtVirtioMemDevicesTest, ReadsOneDevice) {
+  const std::string xml = absl::StrCat(
+      "<domain><memory unit='KiB'>3145728</memory><devices><memballoon model='virtio'/>",
+      VirtioMemXml(2097152, 2048, 524288, 262144, "virtiomem0"), "</devices></domain>");
+  auto devs = LibvirtVirtioMemDevices(xml);
+  ASSERT_TRUE(devs.ok()) << devs.status();
+  ASSERT_EQ(devs->size(), 1u);
+  const LibvirtVirtioMem& d = (*devs)[0];
+  EXPECT_EQ(d.size_bytes, 2048 * kMiB);
+  EXPECT_EQ(d.block_bytes, 2 * kMiB);
+  EXPECT_EQ(d.requested_bytes, 512 * kMiB);
+  EXPECT_EQ(d.current_bytes, 256 * kMiB);
+  // The element as written, alias included, to send back.
+  EXPECT_THAT(d.xml, ::testing::StartsWith("<memory model='virtio-mem'>"));
+  EXPECT_THAT(d.xml, ::testing::EndsWith("</memory>"));
+  EXPECT_THAT(d.xml, HasSubstr("<alias name='virtiomem0'/>"));
+}
+
+TEST(LibvirtVirtioMemDevicesTest, ReadsTwoDevicesInOrderAndSkipsOtherMemory) {
+  const std::string xml =
+      absl::StrCat("<domain><memory unit='GiB'>8</memory><devices>",
+                   "<memory model='dimm'><target><size unit='MiB'>512</size></target></memory>",
+                   "<!-- <memory model='virtio-mem'><target><size>x</size></target></memory> -->",
+                   VirtioMemXml(1048576, 2048, 0, 0, "virtiomem0"),
+                   // Other units than KiB, no <current> (inactive XML): current = requested.
+                   "<memory model=\"virtio-mem\"><target><size unit='GiB'>4</size>"
+                   "<block unit='MiB'>4</block><requested unit='b'>1073741824</requested>"
+                   "</target></memory>",
+                   "</devices></domain>");
+  auto devs = LibvirtVirtioMemDevices(xml);
+  ASSERT_TRUE(devs.ok()) << devs.status();
+  ASSERT_EQ(devs->size(), 2u);
+  EXPECT_EQ((*devs)[0].size_bytes, 1024 * kMiB);
+  EXPECT_EQ((*devs)[0].current_bytes, 0u);
+  EXPECT_EQ((*devs)[1].size_bytes, 4096 * kMiB);
+  EXPECT_EQ((*devs)[1].block_bytes, 4 * kMiB);
+  EXPECT_EQ((*devs)[1].requested_bytes, 1024 * kMiB);
+  EXPECT_EQ((*devs)[1].current_bytes, 1024 * kMiB);
+
+  // No devices, no <devices>, malformed text: none found.
+  for (const std::string& none :
+       {std::string("<domain><devices><memballoon model='virtio'/></devices></domain>"),
+        std::string("<domain><memory unit='KiB'>1024</memory></domain>"), std::string("<<<"),
+        std::string()}) {
+    auto empty = LibvirtVirtioMemDevices(none);
+    ASSERT_TRUE(empty.ok()) << none;
+    EXPECT_TRUE(empty->empty()) << none;
+  }
+}
+
+TEST(LibvirtVirtioMemDevicesTest, MissingOrGarbageSizesAreErrorsNamingTheField) {
+  struct Case {
+    std::string device;
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {"<memory model='virtio-mem'><target><block unit='KiB'>2048</block>"
+       "<requested unit='KiB'>0</requested></target></memory>",
+       "<size>"},
+      {"<memory model='virtio-mem'><target><size unit='KiB'>lots</size>"
+       "<block unit='KiB'>2048</block><requested unit='KiB'>0</requested></target></memory>",
+       "<size>"},
+      {"<memory model='virtio-mem'><target><size unit='KiB'>-1</size>"
+       "<block unit='KiB'>2048</block><requested unit='KiB'>0</requested></target></memory>",
+       "<size>"},
+      {"<memory model='virtio-mem'><target><size unit='parsecs'>1</size>"
+       "<block unit='KiB'>2048</block><requested unit='KiB'>0</requested></target></memory>",
+       "unknown unit"},
+      {"<memory model='virtio-mem'><target><size unit='TiB'>99999999999</size>"
+       "<block unit='KiB'>2048</block><requested unit='KiB'>0</requested></target></memory>",
+       "too large"},
+      {"<memory model='virtio-mem'><target><size unit='KiB'>1024</size>"
+       "<block unit='KiB'>0</block><requested unit='KiB'>0</requested></target></memory>",
+       "<block> is zero"},
+      {"<memory model='virtio-mem'><target><size unit='KiB'>1024</size>"
+       "<block unit='KiB'>2048</block></target></memory>",
+       "<requested>"},
+      {"<memory model='virtio-mem'><target><size unit='KiB'>1024</size>"
+       "<block unit='KiB'>2048</block><requested unit='KiB'>4096</requested></target></memory>",
+       "above <size>"},
+      {"<memory model='virtio-mem'><target><size unit='KiB'>1024</size>"
+       "<block unit='KiB'>2048</block><requested unit='KiB'>0</requested>"
+       "<current unit='KiB'>?</current></target></memory>",
+       "<current>"},
+      {"<memory model='virtio-mem'><target><size unit='KiB'>1024", "not closed"},
+      {"<memory model='virtio-mem'/>", "empty"},
+  };
+  for (const Case& c : cases) {
+    auto devs =
+        LibvirtVirtioMemDevices(absl::StrCat("<domain><devices>", c.device, "</devices></domain>"));
+    ASSERT_FALSE(devs.ok()) << c.device;
+    EXPECT_EQ(devs.status().code(), absl::StatusCode::kInvalidArgument) << c.device;
+    EXPECT_THAT(std::string(devs.status().message()), HasSubstr("virtio-mem device 0")) << c.device;
+    EXPECT_THAT(std::string(devs.status().message()), HasSubstr(c.field)) << c.device;
+  }
+}
+
+LibvirtVirtioMem Device(uint64_t size, uint64_t block, uint64_t requested = 0) {
+  LibvirtVirtioMem d;
+  d.size_bytes = size;
+  d.block_bytes = block;
+  d.requested_bytes = requested;
+  return d;
+}
+
+TEST(SplitLibvirtVirtioMemTargetTest, WholeBlocksAboveBootAndTheBalloonForTheRest) {
+  const uint64_t boot = 1024 * kMiB;
+  const std::vector<LibvirtVirtioMem> one = {Device(2048 * kMiB, 2 * kMiB)};
+  // 1024 + 511 MiB: 511 MiB rounds up to 512 MiB; the balloon takes 1 MiB.
+  LibvirtVirtioMemSplit s = SplitLibvirtVirtioMemTarget(boot + 511 * kMiB, boot, one);
+  EXPECT_EQ(s.requested_bytes, std::vector<uint64_t>{512 * kMiB});
+  EXPECT_EQ(s.inflate_bytes, 1 * kMiB);
+  // A whole number of blocks: nothing for the balloon.
+  s = SplitLibvirtVirtioMemTarget(boot + 512 * kMiB, boot, one);
+  EXPECT_EQ(s.requested_bytes, std::vector<uint64_t>{512 * kMiB});
+  EXPECT_EQ(s.inflate_bytes, 0u);
+  // Less than a block above boot: one block, 2 MiB - 100 KiB ballooned.
+  s = SplitLibvirtVirtioMemTarget(boot + 100 * kKiB, boot, one);
+  EXPECT_EQ(s.requested_bytes, std::vector<uint64_t>{2 * kMiB});
+  EXPECT_EQ(s.inflate_bytes, 2 * kMiB - 100 * kKiB);
+  // Below boot: virtio-mem unplugs all, the balloon takes 1024 - 300 MiB.
+  s = SplitLibvirtVirtioMemTarget(300 * kMiB, boot, one);
+  EXPECT_EQ(s.requested_bytes, std::vector<uint64_t>{0});
+  EXPECT_EQ(s.inflate_bytes, 724 * kMiB);
+  // Exactly boot.
+  s = SplitLibvirtVirtioMemTarget(boot, boot, one);
+  EXPECT_EQ(s.requested_bytes, std::vector<uint64_t>{0});
+  EXPECT_EQ(s.inflate_bytes, 0u);
+  // The most: boot + size, clamped there.
+  s = SplitLibvirtVirtioMemTarget(boot + 2048 * kMiB, boot, one);
+  EXPECT_EQ(s.requested_bytes, std::vector<uint64_t>{2048 * kMiB});
+  EXPECT_EQ(s.inflate_bytes, 0u);
+  // A size that is not whole blocks is clamped to its whole blocks.
+  s = SplitLibvirtVirtioMemTarget(boot + 5 * kMiB, boot, {Device(5 * kMiB, 2 * kMiB)});
+  EXPECT_EQ(s.requested_bytes, std::vector<uint64_t>{4 * kMiB});
+  EXPECT_EQ(s.inflate_bytes, 0u);
+}
+
+TEST(SplitLibvirtVirtioMemTargetTest, TwoDevicesFillInOrder) {
+  const uint64_t boot = 512 * kMiB;
+  const std::vector<LibvirtVirtioMem> two = {Device(256 * kMiB, 2 * kMiB),
+                                             Device(1024 * kMiB, 128 * kMiB)};
+  // 512 + 300 MiB: the first takes all 256 MiB, the second 44 MiB rounded
+  // up to one 128 MiB block; the balloon takes 128 - 44 = 84 MiB.
+  LibvirtVirtioMemSplit s = SplitLibvirtVirtioMemTarget(boot + 300 * kMiB, boot, two);
+  EXPECT_EQ(s.requested_bytes, (std::vector<uint64_t>{256 * kMiB, 128 * kMiB}));
+  EXPECT_EQ(s.inflate_bytes, 84 * kMiB);
+  // Within the first device: the second is emptied.
+  s = SplitLibvirtVirtioMemTarget(boot + 10 * kMiB, boot, two);
+  EXPECT_EQ(s.requested_bytes, (std::vector<uint64_t>{10 * kMiB, 0}));
+  EXPECT_EQ(s.inflate_bytes, 0u);
+  // Every split adds up: boot + requests - inflate = target, for targets
+  // from 1 MiB to the max in uneven steps.
+  for (uint64_t target = kMiB; target <= boot + 1280 * kMiB; target += 7 * kMiB + 333 * kKiB) {
+    s = SplitLibvirtVirtioMemTarget(target, boot, two);
+    ASSERT_EQ(s.requested_bytes.size(), 2u);
+    EXPECT_EQ(s.requested_bytes[0] % (2 * kMiB), 0u) << target;
+    EXPECT_EQ(s.requested_bytes[1] % (128 * kMiB), 0u) << target;
+    EXPECT_LE(s.requested_bytes[0], 256 * kMiB);
+    EXPECT_LE(s.requested_bytes[1], 1024 * kMiB);
+    EXPECT_EQ(boot + s.requested_bytes[0] + s.requested_bytes[1] - s.inflate_bytes, target)
+        << target;
+    // The balloon holds less than a block of the device last asked, or
+    // what lies below boot.
+    if (target >= boot) {
+      EXPECT_LT(s.inflate_bytes, 128 * kMiB) << target;
+    }
+  }
+}
+
+TEST(LibvirtVirtioMemWithRequestTest, ReplacesOnlyTheRequest) {
+  auto devs = LibvirtVirtioMemDevices(
+      absl::StrCat("<domain><devices>", VirtioMemXml(2097152, 2048, 524288, 0, "virtiomem0"),
+                   "</devices></domain>"));
+  ASSERT_TRUE(devs.ok());
+  ASSERT_EQ(devs->size(), 1u);
+  const std::string updated = LibvirtVirtioMemWithRequest((*devs)[0], 1024 * kMiB);
+  EXPECT_EQ(updated, VirtioMemXml(2097152, 2048, 1048576, 0, "virtiomem0"));
+  auto reread =
+      LibvirtVirtioMemDevices(absl::StrCat("<domain><devices>", updated, "</devices></domain>"));
+  ASSERT_TRUE(reread.ok());
+  EXPECT_EQ((*reread)[0].requested_bytes, 1024 * kMiB);
+}
+
+// libvirt 9.0's test driver accepts a virtio-mem device (its live XML has
+// <current>, 0 there) but not virDomainUpdateDeviceFlags: discovery and the
+// balloon's part are checked against it; changing the request is refused
+// with the driver's error, and nothing else changes.
+TEST_F(LibvirtHypervisorTest, VirtioMemDomainIsSizedFromItsDevice) {
+  const std::string id = "11111111-1111-1111-1111-0000000000e1";
+  std::string node = WriteNode(
+      "node.xml", VirtioMemDomainXml("vmem", id, 1048576, 1048576, 2097152,
+                                     VirtioMemXml(2097152, 2048, 524288, std::nullopt, "")));
+  auto hv = Make(absl::StrCat("test://", node));
+  ASSERT_NE(hv, nullptr);
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok()) << vms.status();
+  ASSERT_EQ(vms->size(), 1u);
+  VmStatus vm = (*vms)[0];
+  EXPECT_EQ(vm.max_bytes, 3072 * kMiB);  // boot + the device's size
+  EXPECT_TRUE(vm.sizing.balloon);
+  EXPECT_TRUE(vm.sizing.virtio_mem);
+  EXPECT_EQ(SizingMechanism(vm.sizing), "virtio-mem+balloon");
+  EXPECT_EQ(vm.sizing.boot_bytes, 1024 * kMiB);
+  EXPECT_EQ(vm.sizing.virtio_mem_max_bytes, 2048 * kMiB);
+  EXPECT_EQ(vm.sizing.virtio_mem_block_bytes, 2 * kMiB);
+  EXPECT_EQ(vm.sizing.virtio_mem_requested_bytes, 512 * kMiB);
+  // The test driver reports nothing plugged: size = boot + 0.
+  EXPECT_EQ(vm.sizing.virtio_mem_plugged_bytes, 0u);
+  EXPECT_EQ(vm.actual_bytes, 1024 * kMiB);
+  EXPECT_EQ(vm.sizing.balloon_inflated_bytes, 0u);
+  // Nothing moves toward the request: a plug stall once the timeout (20 s
+  // by default) has passed on the clock, not before.
+  EXPECT_EQ(vm.sizing.shortfall_reason, "");
+  clock_.Advance(absl::Seconds(19));
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_EQ((*vms)[0].sizing.shortfall_reason, "");
+  clock_.Advance(absl::Seconds(1));
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_THAT((*vms)[0].sizing.shortfall_reason,
+              HasSubstr("virtio-mem plug stalled at 0 MiB plugged of 512 MiB requested"));
+
+  // The request stays at 512 MiB (boot + 511 MiB rounds up to it): only the
+  // balloon moves, holding 1 MiB out of boot memory.
+  ASSERT_TRUE(hv->SetBalloonTarget(id, 1024 * kMiB + 511 * kMiB).ok());
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_EQ((*vms)[0].sizing.balloon_inflated_bytes, 1 * kMiB);
+  EXPECT_EQ((*vms)[0].actual_bytes, 1023 * kMiB);
+  // A new target starts the stall timer over.
+  EXPECT_EQ((*vms)[0].sizing.shortfall_reason, "");
+
+  // A new request goes through virDomainUpdateDeviceFlags, which this
+  // driver does not have: the error comes back and the balloon is left.
+  absl::Status st = hv->SetBalloonTarget(id, 600 * kMiB);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("virtio-mem device 0"));
+  vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok());
+  EXPECT_EQ((*vms)[0].actual_bytes, 1023 * kMiB);
+  EXPECT_EQ(hv->SetBalloonTarget(id, 3072 * kMiB + kKiB).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(LibvirtGuestStatsTest, MapsKibAndCountsAndIgnoresHostileValues) {
