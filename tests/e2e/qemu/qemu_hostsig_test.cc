@@ -67,24 +67,6 @@ constexpr int kLoadMaxMib = 224;
 // the idle reclaim before the load grows.
 constexpr int kHoldSeconds = 40;
 
-int OomKills(const std::string& console) {
-  int kills = 0;
-  for (size_t at = console.find("Killed process"); at != std::string::npos;
-       at = console.find("Killed process", at + 1)) {
-    ++kills;
-  }
-  if (kills == 0 && console.find("Out of memory") != std::string::npos) kills = 1;
-  return kills;
-}
-
-std::string LastLine(const std::string& console) {
-  size_t end = console.find_last_not_of("\r\n");
-  if (end == std::string::npos) return "";
-  size_t begin = console.find_last_of('\n', end);
-  begin = begin == std::string::npos ? 0 : begin + 1;
-  return console.substr(begin, end + 1 - begin);
-}
-
 // Turns the balloon's statistics polling off through the test's socket.
 bool StopStatsPolling(QmpClient& client, const std::string& socket) {
   if (!client.connected() && !client.Connect(socket).ok()) return false;

@@ -91,27 +91,6 @@ constexpr int kIdleMib = 384;
 constexpr int kSurgeMib = 448;
 constexpr int kNoDriverMib = 320;
 
-// The kernel's OOM-killer lines in a console: each kill prints one
-// "Killed process" line (and "Out of memory" on most kernels).
-int OomKills(const std::string& console) {
-  int kills = 0;
-  for (size_t at = console.find("Killed process"); at != std::string::npos;
-       at = console.find("Killed process", at + 1)) {
-    ++kills;
-  }
-  if (kills == 0 && console.find("Out of memory") != std::string::npos) kills = 1;
-  return kills;
-}
-
-// The last non-empty line of a console.
-std::string LastLine(const std::string& console) {
-  size_t end = console.find_last_not_of("\r\n");
-  if (end == std::string::npos) return "";
-  size_t begin = console.find_last_of('\n', end);
-  begin = begin == std::string::npos ? 0 : begin + 1;
-  return console.substr(begin, end + 1 - begin);
-}
-
 std::string Mib(uint64_t bytes) { return absl::StrCat(bytes / kMiB); }
 
 std::string HealthName(v1::BalloonHealth h) {

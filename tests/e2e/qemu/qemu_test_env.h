@@ -1,7 +1,8 @@
 #pragma once
 // What every real-QEMU test needs besides a guest: CI detection, the
-// environment, prerequisites that skip outside CI and fail in it, and the
-// balloon's size read through a QMP socket of the test's own.
+// environment, prerequisites that skip outside CI and fail in it, the
+// balloon's size read through a QMP socket of the test's own, and what a
+// guest's console says (OOM kills, its last line).
 
 #include <unistd.h>
 
@@ -43,6 +44,27 @@ inline uint64_t WatchActual(agent::QmpClient& client, const std::string& socket)
   auto it = reply->struct_value().fields().find("actual");
   if (it == reply->struct_value().fields().end()) return 0;
   return static_cast<uint64_t>(it->second.number_value());
+}
+
+// The kernel's OOM-killer lines in a console: each kill prints one
+// "Killed process" line (and "Out of memory" on most kernels).
+inline int OomKills(const std::string& console) {
+  int kills = 0;
+  for (size_t at = console.find("Killed process"); at != std::string::npos;
+       at = console.find("Killed process", at + 1)) {
+    ++kills;
+  }
+  if (kills == 0 && console.find("Out of memory") != std::string::npos) kills = 1;
+  return kills;
+}
+
+// The last non-empty line of a console.
+inline std::string LastLine(const std::string& console) {
+  size_t end = console.find_last_not_of("\r\n");
+  if (end == std::string::npos) return "";
+  size_t begin = console.find_last_of('\n', end);
+  begin = begin == std::string::npos ? 0 : begin + 1;
+  return console.substr(begin, end + 1 - begin);
 }
 
 }  // namespace membroker::e2e

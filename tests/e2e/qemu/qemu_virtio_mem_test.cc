@@ -101,16 +101,6 @@ std::optional<VirtioMemDevice> WatchVirtioMem(QmpClient& client, const std::stri
   return std::nullopt;
 }
 
-int OomKills(const std::string& console) {
-  int kills = 0;
-  for (size_t at = console.find("Killed process"); at != std::string::npos;
-       at = console.find("Killed process", at + 1)) {
-    ++kills;
-  }
-  if (kills == 0 && console.find("Out of memory") != std::string::npos) kills = 1;
-  return kills;
-}
-
 std::string LastLoadLine(const std::string& console) {
   size_t at = console.rfind("memload:");
   if (at == std::string::npos) return "";
