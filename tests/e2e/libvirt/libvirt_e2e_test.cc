@@ -27,11 +27,14 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -74,6 +77,20 @@ bool LibvirtReachable() {
   if (c == nullptr) return false;
   virConnectClose(c);
   return true;
+}
+
+// Whether something accepts connections on the unix socket at `path` (a
+// socket file left by a daemon that died does not).
+bool UnixSocketAnswers(const std::string& path) {
+  sockaddr_un addr{};
+  if (path.size() >= sizeof(addr.sun_path)) return false;
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  ::close(fd);
+  return ok;
 }
 
 std::string ExecutableIn(const std::vector<std::string>& dirs, const std::string& name) {
@@ -188,7 +205,7 @@ class LibvirtE2eTest : public ::testing::Test {
     EnsureConfigKey(conf, "user", "root");
     EnsureConfigKey(conf, "group", "root");
     EnsureConfigKey(conf, "security_driver", "none");
-    if (!FileExists("/var/run/libvirt/virtlogd-sock")) {
+    if (!UnixSocketAnswers("/var/run/libvirt/virtlogd-sock")) {
       ASSERT_TRUE(virtlogd_proc_.Start({virtlogd_}, dir_ + "/virtlogd.log").ok());
     }
     ASSERT_TRUE(libvirtd_proc_.Start({libvirtd_}, dir_ + "/libvirtd.log").ok());
