@@ -2,7 +2,8 @@
 # Installs the Debian 12 packages MemBroker needs, only those missing.
 #   scripts/deps.sh build   -- compilers and libraries
 #   scripts/deps.sh test    -- build + what the tests drive (QEMU, busybox,
-#                              Prometheus/promtool, libvirt's test driver,
+#                              Prometheus/promtool, libvirt's test driver
+#                              and a real libvirtd with its QEMU driver,
 #                              podman and podman-compose, debootstrap for the
 #                              image's base, systemd-analyze, openssl for
 #                              scripts/dev-ca.sh, python3-grpcio for the
@@ -20,6 +21,7 @@ TEST_PKGS=(
   qemu-system-x86 busybox-static cpio prometheus curl python3 systemd
   openssl python3-grpcio python3-protobuf
   clang libclang-rt-14-dev
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 )
 # podman as ENVIRONMENT.md describes it (runc, netavark with name DNS).
 CONTAINER_PKGS=(
