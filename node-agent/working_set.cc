@@ -262,7 +262,8 @@ absl::StatusOr<bool> ProcWorkingSetProbe::RunsKvmGuest(int64_t pid) const {
   // QEMU holds a few hundred fds at most; bound the scan all the same.
   int scanned = 0;
   while (dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.' || ++scanned > 65536) continue;
+    if (++scanned > 65536) break;
+    if (e->d_name[0] == '.') continue;
     char target[256];
     const std::string link = absl::StrCat(dir, "/", e->d_name);
     const ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
