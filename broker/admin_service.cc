@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <deque>
 #include <functional>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -152,23 +153,40 @@ class ReserveCall final : public grpc::ServerUnaryReactor {
       : reservations_(reservations), metrics_(metrics), resp_(resp) {}
 
   // Runs on an admin worker thread (it may take the host's lock). A call
-  // cancelled before it ran reserves nothing.
+  // cancelled before it ran reserves nothing. The reactor may be deleted as
+  // soon as Finish is called, so nothing here touches it after that: an
+  // answer that comes while Reserve is still running is kept and finished
+  // here, after the last use of a member.
   void Start(const v1::ReserveRequest& req) {
     {
       absl::MutexLock lock(&mu_);
-      if (cancelled_) {
-        Complete(absl::CancelledError("the caller went away before the reservation was made"));
-        return;
-      }
+      if (!cancelled_) starting_ = true;
+    }
+    if (!starting()) {
+      FinishWith(absl::CancelledError("the caller went away before the reservation was made"));
+      return;
     }
     const uint64_t waiter = reservations_->Reserve(
         req, [this](absl::StatusOr<v1::Reservation> r) { Complete(std::move(r)); });
-    absl::MutexLock lock(&mu_);
-    waiter_ = waiter;
+    std::optional<absl::StatusOr<v1::Reservation>> early;
+    bool cancelled;
+    {
+      absl::MutexLock lock(&mu_);
+      starting_ = false;
+      waiter_ = waiter;
+      early.swap(early_);
+      cancelled = cancelled_;
+    }
+    if (early.has_value()) {
+      FinishWith(*std::move(early));
+    } else if (cancelled && waiter != 0 && reservations_->Cancel(waiter)) {
+      // Cancelled while Reserve ran: OnCancel saw no wait to end.
+      FinishWith(absl::CancelledError("the caller went away; the reservation was removed"));
+    }
   }
 
   // Ends the call with `status` (the request was not started).
-  void Fail(const absl::Status& status) { Complete(status); }
+  void Fail(const absl::Status& status) { FinishWith(status); }
 
   void OnCancel() override {
     uint64_t waiter;
@@ -185,7 +203,24 @@ class ReserveCall final : public grpc::ServerUnaryReactor {
   void OnDone() override { delete this; }
 
  private:
+  bool starting() {
+    absl::MutexLock lock(&mu_);
+    return starting_;
+  }
+  // The answer (exactly once per call): kept while Start runs, else the
+  // call ends with it.
   void Complete(absl::StatusOr<v1::Reservation> r) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (starting_) {
+        early_ = std::move(r);
+        return;
+      }
+    }
+    FinishWith(std::move(r));
+  }
+  // The last thing done with this reactor.
+  void FinishWith(absl::StatusOr<v1::Reservation> r) {
     metrics_->AdminRequest("Reserve", CodeName(r.status().code()));
     if (r.ok()) *resp_ = *std::move(r);
     Finish(ToGrpcStatus(r.status()));
@@ -197,6 +232,8 @@ class ReserveCall final : public grpc::ServerUnaryReactor {
   absl::Mutex mu_;
   uint64_t waiter_ ABSL_GUARDED_BY(mu_) = 0;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool starting_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<absl::StatusOr<v1::Reservation>> early_ ABSL_GUARDED_BY(mu_);
 };
 
 // A watch the caller may not open: ends at once with `status`.
