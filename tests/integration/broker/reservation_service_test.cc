@@ -244,6 +244,24 @@ TEST_F(ReservationServiceTest, DeadlineNamesTheBalloonStillMoving) {
   EXPECT_EQ(GetHost("h1").reserved_bytes(), 0u);
 }
 
+TEST_F(ReservationServiceTest, ACallerThatGoesAwayLeavesNoReservation) {
+  Connect("h1", {Vm("vm-web", "web-1", 6 * kGiB, 6 * kGiB, 1 * kGiB)});
+  // The room is never reported free; the caller gives up after 1 s of a
+  // 60 s wait (its own deadline), so the broker sees the call cancelled.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(1));
+  v1::Reservation r;
+  grpc::Status s = admin_->Reserve(&ctx, Request("h1", 4 * kGiB, 60), &r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
+  // Bounded wait for the broker to end the wait and give the room back.
+  const absl::Time bound = absl::Now() + absl::Seconds(30);
+  while ((!List().empty() || GetHost("h1").reserved_bytes() != 0) && absl::Now() < bound) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(List().empty());
+  EXPECT_EQ(GetHost("h1").reserved_bytes(), 0u);
+}
+
 TEST_F(ReservationServiceTest, ExpiresAtItsTtl) {
   Connect("h1", {Vm("vm-web", "web-1", 2 * kGiB, 2 * kGiB, 1 * kGiB)});
   v1::ReserveRequest req = Request("h1", 2 * kGiB, 0);
