@@ -798,9 +798,12 @@ int Main() {
       const std::string dir = absl::StrCat(work, "/state-", tag, "-", mode);
       mkdir(dir.c_str(), 0755);
       testing::ChildProcess broker;
-      auto ports =
-          testing::StartBroker(broker, absl::GetFlag(FLAGS_broker_bin), dir,
-                               absl::StrCat(dir, ".log"), absl::Seconds(30), {"--log-level=warn"});
+      // Every stream comes from this one process, one address: the
+      // per-peer stream cap (64 by default) must admit them all.
+      auto ports = testing::StartBroker(
+          broker, absl::GetFlag(FLAGS_broker_bin), dir, absl::StrCat(dir, ".log"),
+          absl::Seconds(30),
+          {"--log-level=warn", absl::StrCat("--max-streams-per-peer=", row.hosts + 64)});
       if (!ports.ok()) {
         std::fprintf(stderr, "broker_load: membroker: %s\n", ports.status().ToString().c_str());
         return 1;
