@@ -131,6 +131,8 @@ class Fleet {
   // --- Admin ---
 
   std::vector<v1::Host> ListHosts() const;
+  // The ids of every known host, in id order.
+  std::vector<std::string> HostIds() const;
   // NOT_FOUND for an unknown host.
   absl::StatusOr<v1::Host> GetHost(const std::string& host_id) const;
   // Every VM, or those of one host (NOT_FOUND for an unknown host).

@@ -39,8 +39,7 @@ v1::Host Fleet::HostProtoLocked(const HostState& h) const {
   if (out.overcommitted()) {
     auto name = [&](const std::string& id) {
       auto it = h.vms.find(id);
-      return it == h.vms.end() || it->second.sample.name().empty() ? id
-                                                                    : it->second.sample.name();
+      return it == h.vms.end() || it->second.sample.name().empty() ? id : it->second.sample.name();
     };
     for (const std::string& id : d.pressure_unmet) {
       out.add_overcommitted_by(absl::StrCat(name(id), ": short of demand under acute pressure"));
@@ -51,9 +50,8 @@ v1::Host Fleet::HostProtoLocked(const HostState& h) const {
       for (const auto& [id, vm] : h.step.vms) {
         const std::string source = policy::FloorSourceName(vm.input, vm.decision);
         if (source == "protect") continue;
-        out.add_overcommitted_by(absl::StrCat(name(id), ": floor ",
-                                              FormatBytes(vm.decision.floor_bytes), " (", source,
-                                              ")"));
+        out.add_overcommitted_by(absl::StrCat(
+            name(id), ": floor ", FormatBytes(vm.decision.floor_bytes), " (", source, ")"));
       }
     }
   }
@@ -104,6 +102,14 @@ std::vector<v1::Host> Fleet::ListHosts() const {
     absl::MutexLock lock(&h->mu);
     out.push_back(HostProtoLocked(*h));
   }
+  return out;
+}
+
+std::vector<std::string> Fleet::HostIds() const {
+  absl::ReaderMutexLock lock(&hosts_mu_);
+  std::vector<std::string> out;
+  out.reserve(hosts_.size());
+  for (const auto& [id, h] : hosts_) out.push_back(id);
   return out;
 }
 

@@ -2,14 +2,18 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <atomic>
 #include <functional>
 #include <tuple>
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "broker/stream_writer.h"
+#include "common/log_limit.h"
 
 namespace membroker::broker {
 
@@ -77,6 +81,15 @@ std::string BehindMessage(size_t limit) {
                       " events unsent (the per-watcher limit); watch again for a new snapshot");
 }
 
+// What a VM watch sends about `vm`: its host filter passes it, and during
+// a snapshot its host was read already (or was not known when the
+// snapshot began: such a host's VMs come as changes).
+bool Concerns(const std::string& host_filter, const absl::flat_hash_set<std::string>& unread,
+              const std::string& host_id) {
+  if (!host_filter.empty() && host_id != host_filter) return false;
+  return !unread.contains(host_id);
+}
+
 }  // namespace
 
 // One watch: a bounded queued writer; the hub feeds it.
@@ -87,15 +100,37 @@ class WatchReactor final : public grpc::ServerWriteReactor<Event>, public WatchH
       : hub_(hub),
         host_filter_(std::move(host_filter)),
         on_done_(std::move(on_done)),
-        writer_({[this](const Event* e) { this->StartWrite(e); },
-                 [this](const grpc::Status& s) { this->Finish(s); }, nullptr, nullptr, nullptr},
-                hub->options_.max_queued) {
+        writer_(
+            {[this](const Event* e) { this->StartWrite(e); },
+             [this](const grpc::Status& s) { this->Finish(s); }, nullptr,
+             [](const Event& e) { return e.SpaceUsedLong(); },
+             [hub](size_t queued, bool all) {
+               const WatchHub::Options& o = hub->options_;
+               return grpc::Status(
+                   grpc::StatusCode::RESOURCE_EXHAUSTED,
+                   all ? absl::StrCat("watch fell behind: the events unsent to all watchers "
+                                      "reached their budget of ",
+                                      o.max_total_bytes, " bytes; watch again for a new snapshot")
+                       : absl::StrCat("watch fell behind: ", queued,
+                                      " bytes of events unsent, above the per-watcher "
+                                      "budget of ",
+                                      o.max_queued_bytes,
+                                      " bytes; watch again for a new snapshot"));
+             }},
+            hub->options_.max_queued, hub->options_.max_queued_bytes, &hub->budget_) {
     id_ = hub_->Add(this);
   }
 
   void OnWriteDone(bool ok) override {
     writer_.OnWriteDone(ok);
-    if (!ok) writer_.FinishOnce(grpc::Status::CANCELLED);
+    if (!ok) {
+      writer_.FinishOnce(grpc::Status::CANCELLED);
+      return;
+    }
+    if (snapshotting_.load(std::memory_order_acquire) &&
+        writer_.queued_bytes() < hub_->options_.max_queued_bytes / 2) {
+      hub_->Wake();
+    }
   }
   void OnCancel() override { writer_.FinishOnce(grpc::Status::CANCELLED); }
   void OnDone() override {
@@ -104,17 +139,29 @@ class WatchReactor final : public grpc::ServerWriteReactor<Event>, public WatchH
     delete this;
   }
 
-  bool SendSnapshot(Fleet& fleet, size_t batch) override;
+  WatchHub::SnapshotStep AdvanceSnapshot(Fleet& fleet, size_t batch, size_t low_water) override;
   bool SendChanges(const FleetChanges& changes, size_t batch) override;
 
  private:
   // Queues `e`; false (and the call ended) when the watcher fell behind.
   bool Send(Event e) {
-    writer_.Enqueue(std::move(e));
+    if (!writer_.Enqueue(std::move(e))) return false;  // over a byte budget: ended
     if (writer_.dropped() == 0) return true;
     writer_.FinishOnce(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                     BehindMessage(hub_->options_.max_queued)));
     return false;
+  }
+  // The first step of a snapshot: fixes the hosts to read. False when the
+  // watch was ended (an unknown host).
+  bool BeginSnapshot(Fleet& fleet);
+  // Sends SNAPSHOT_END; the snapshot is over.
+  WatchHub::SnapshotStep EndSnapshot() {
+    Event end;
+    end.set_type(Event::TYPE_SNAPSHOT_END);
+    unread_.clear();
+    to_read_.clear();
+    snapshotting_.store(false, std::memory_order_release);
+    return Send(std::move(end)) ? WatchHub::SnapshotStep::kDone : WatchHub::SnapshotStep::kEnded;
   }
 
   WatchHub* const hub_;
@@ -122,41 +169,67 @@ class WatchReactor final : public grpc::ServerWriteReactor<Event>, public WatchH
   const std::function<void()> on_done_;
   QueuedStreamWriter<Event> writer_;
   uint64_t id_ = 0;
+  // The snapshot's progress; only the hub's thread (under scan_mu_) uses
+  // these, except snapshotting_, which OnWriteDone reads.
+  bool begun_ = false;
+  std::vector<std::string> to_read_;         // hosts still to read, last first
+  absl::flat_hash_set<std::string> unread_;  // the same, to filter changes
+  std::atomic<bool> snapshotting_{true};
 };
 
-template <>
-bool WatchReactor<v1::VmEvent>::SendSnapshot(Fleet& fleet, size_t batch) {
-  auto vms = fleet.ListVms(host_filter_);
-  if (!vms.ok()) {
-    writer_.FinishOnce(
-        grpc::Status(grpc::StatusCode::NOT_FOUND, std::string(vms.status().message())));
-    return false;
-  }
-  v1::VmEvent e;
-  e.set_type(v1::VmEvent::TYPE_SNAPSHOT);
-  for (v1::Vm& vm : *vms) {
-    *e.add_vms() = std::move(vm);
-    if (static_cast<size_t>(e.vms_size()) == batch) {
-      if (!Send(e)) return false;
-      e.clear_vms();
+template <typename Event>
+bool WatchReactor<Event>::BeginSnapshot(Fleet& fleet) {
+  begun_ = true;
+  if (!host_filter_.empty()) {
+    if (!fleet.GetHost(host_filter_).ok()) {
+      writer_.FinishOnce(
+          grpc::Status(grpc::StatusCode::NOT_FOUND,
+                       absl::StrCat("host \"", QuoteInput(host_filter_), "\" is not known")));
+      return false;
     }
+    to_read_ = {host_filter_};
+  } else {
+    to_read_ = fleet.HostIds();
+    std::reverse(to_read_.begin(), to_read_.end());
   }
-  if (e.vms_size() > 0 && !Send(e)) return false;
-  v1::VmEvent end;
-  end.set_type(v1::VmEvent::TYPE_SNAPSHOT_END);
-  return Send(std::move(end));
+  unread_.insert(to_read_.begin(), to_read_.end());
+  return true;
+}
+
+template <>
+WatchHub::SnapshotStep WatchReactor<v1::VmEvent>::AdvanceSnapshot(Fleet& fleet, size_t batch,
+                                                                  size_t low_water) {
+  if (!begun_ && !BeginSnapshot(fleet)) return WatchHub::SnapshotStep::kEnded;
+  while (!to_read_.empty()) {
+    if (writer_.queued_bytes() >= low_water) return WatchHub::SnapshotStep::kMore;
+    const std::string host = std::move(to_read_.back());
+    to_read_.pop_back();
+    unread_.erase(host);
+    // A host gone since the snapshot began has nothing to show.
+    absl::StatusOr<std::vector<v1::Vm>> vms = fleet.ListVms(host);
+    if (!vms.ok()) continue;
+    v1::VmEvent e;
+    e.set_type(v1::VmEvent::TYPE_SNAPSHOT);
+    for (v1::Vm& vm : *vms) {
+      *e.add_vms() = std::move(vm);
+      if (static_cast<size_t>(e.vms_size()) == batch) {
+        if (!Send(e)) return WatchHub::SnapshotStep::kEnded;
+        e.clear_vms();
+      }
+    }
+    if (e.vms_size() > 0 && !Send(std::move(e))) return WatchHub::SnapshotStep::kEnded;
+  }
+  return EndSnapshot();
 }
 
 template <>
 bool WatchReactor<v1::VmEvent>::SendChanges(const FleetChanges& changes, size_t batch) {
+  if (!begun_) return true;  // its snapshot, still to come, is newer
   v1::VmEvent e;
   e.set_type(v1::VmEvent::TYPE_CHANGES);
-  auto mine = [&](const v1::Vm& vm) {
-    return host_filter_.empty() || vm.host_id() == host_filter_;
-  };
   auto full = [&] { return static_cast<size_t>(e.vms_size() + e.removed_size()) >= batch; };
   for (const v1::Vm& vm : changes.vms) {
-    if (!mine(vm)) continue;
+    if (!Concerns(host_filter_, unread_, vm.host_id())) continue;
     *e.add_vms() = vm;
     if (full()) {
       if (!Send(e)) return false;
@@ -165,7 +238,7 @@ bool WatchReactor<v1::VmEvent>::SendChanges(const FleetChanges& changes, size_t 
     }
   }
   for (const v1::Vm& vm : changes.removed_vms) {
-    if (!mine(vm)) continue;
+    if (!Concerns(host_filter_, unread_, vm.host_id())) continue;
     *e.add_removed() = vm;
     if (full()) {
       if (!Send(e)) return false;
@@ -178,27 +251,37 @@ bool WatchReactor<v1::VmEvent>::SendChanges(const FleetChanges& changes, size_t 
 }
 
 template <>
-bool WatchReactor<v1::HostEvent>::SendSnapshot(Fleet& fleet, size_t batch) {
+WatchHub::SnapshotStep WatchReactor<v1::HostEvent>::AdvanceSnapshot(Fleet& fleet, size_t batch,
+                                                                    size_t low_water) {
+  if (!begun_ && !BeginSnapshot(fleet)) return WatchHub::SnapshotStep::kEnded;
   v1::HostEvent e;
   e.set_type(v1::HostEvent::TYPE_SNAPSHOT);
-  for (v1::Host& h : fleet.ListHosts()) {
-    *e.add_hosts() = std::move(h);
+  while (!to_read_.empty()) {
+    if (e.hosts_size() == 0 && writer_.queued_bytes() >= low_water) {
+      return WatchHub::SnapshotStep::kMore;
+    }
+    const std::string host = std::move(to_read_.back());
+    to_read_.pop_back();
+    unread_.erase(host);
+    absl::StatusOr<v1::Host> h = fleet.GetHost(host);
+    if (!h.ok()) continue;  // gone since the snapshot began
+    *e.add_hosts() = *std::move(h);
     if (static_cast<size_t>(e.hosts_size()) == batch) {
-      if (!Send(e)) return false;
+      if (!Send(e)) return WatchHub::SnapshotStep::kEnded;
       e.clear_hosts();
     }
   }
-  if (e.hosts_size() > 0 && !Send(e)) return false;
-  v1::HostEvent end;
-  end.set_type(v1::HostEvent::TYPE_SNAPSHOT_END);
-  return Send(std::move(end));
+  if (e.hosts_size() > 0 && !Send(std::move(e))) return WatchHub::SnapshotStep::kEnded;
+  return EndSnapshot();
 }
 
 template <>
 bool WatchReactor<v1::HostEvent>::SendChanges(const FleetChanges& changes, size_t batch) {
+  if (!begun_) return true;  // its snapshot, still to come, is newer
   v1::HostEvent e;
   e.set_type(v1::HostEvent::TYPE_CHANGES);
   for (const v1::Host& h : changes.hosts) {
+    if (!Concerns("", unread_, h.host_id())) continue;
     *e.add_hosts() = h;
     if (static_cast<size_t>(e.hosts_size()) >= batch) {
       if (!Send(e)) return false;
@@ -212,11 +295,11 @@ bool WatchReactor<v1::HostEvent>::SendChanges(const FleetChanges& changes, size_
 // --- The hub ---
 
 WatchHub::WatchHub(Fleet* fleet, Clock* clock, Options options)
-    : fleet_(fleet), clock_(clock), options_(options) {}
+    : fleet_(fleet), clock_(clock), options_(options), budget_(options.max_total_bytes) {}
 
 WatchHub::~WatchHub() {
   {
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&wake_mu_);
     stop_ = true;
   }
   if (thread_.joinable()) thread_.join();
@@ -236,9 +319,18 @@ grpc::ServerWriteReactor<v1::HostEvent>* WatchHub::WatchHosts(std::function<void
 }
 
 uint64_t WatchHub::Add(Watcher* watcher) {
-  absl::MutexLock lock(&mu_);
-  const uint64_t id = next_id_++;
-  pending_[id] = watcher;
+  uint64_t id;
+  {
+    absl::MutexLock lock(&mu_);
+    id = next_id_++;
+    pending_[id] = watcher;
+  }
+  {
+    // Its snapshot starts at once (after a scan), not at the next period.
+    absl::MutexLock lock(&wake_mu_);
+    wake_ = true;
+    fresh_ = true;
+  }
   return id;
 }
 
@@ -246,6 +338,11 @@ void WatchHub::Remove(uint64_t id) {
   absl::MutexLock lock(&mu_);
   active_.erase(id);
   pending_.erase(id);
+}
+
+void WatchHub::Wake() {
+  absl::MutexLock lock(&wake_mu_);
+  wake_ = true;
 }
 
 size_t WatchHub::WatcherCount() const {
@@ -256,6 +353,24 @@ size_t WatchHub::WatcherCount() const {
 uint64_t WatchHub::DroppedCount() const {
   absl::MutexLock lock(&mu_);
   return dropped_;
+}
+
+void WatchHub::AdvanceSnapshots() {
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    switch (it->second->AdvanceSnapshot(*fleet_, options_.batch, options_.max_queued_bytes / 2)) {
+      case SnapshotStep::kMore:
+        ++it;
+        break;
+      case SnapshotStep::kDone:
+        active_[it->first] = it->second;
+        it = pending_.erase(it);
+        break;
+      case SnapshotStep::kEnded:
+        ++dropped_;
+        it = pending_.erase(it);  // its OnDone still runs Remove (a no-op then)
+        break;
+    }
+  }
 }
 
 void WatchHub::ScanNow() {
@@ -269,40 +384,53 @@ void WatchHub::ScanNow() {
   }
   if (!any_active && !any_pending) return;
   FleetChanges changes;
-  // Without active watchers only the cursor moves (no copies).
-  fleet_->CollectChanges(cursor_, any_active ? &changes : nullptr);
+  // Without watchers that take changes only the cursor moves (no copies).
+  // A watch whose snapshot has begun takes the changes of hosts it read.
+  fleet_->CollectChanges(cursor_, any_active || any_pending ? &changes : nullptr);
   absl::MutexLock lock(&mu_);
   if (!changes.vms.empty() || !changes.removed_vms.empty() || !changes.hosts.empty()) {
-    for (auto it = active_.begin(); it != active_.end();) {
-      if (it->second->SendChanges(changes, options_.batch)) {
-        ++it;
-        continue;
+    for (std::map<uint64_t, Watcher*>* watchers : {&active_, &pending_}) {
+      for (auto it = watchers->begin(); it != watchers->end();) {
+        if (it->second->SendChanges(changes, options_.batch)) {
+          ++it;
+          continue;
+        }
+        ++dropped_;
+        spdlog::warn(
+            "a watcher fell behind (more than {} events or {} bytes unsent) and was "
+            "dropped",
+            options_.max_queued, options_.max_queued_bytes);
+        it = watchers->erase(it);  // its OnDone still runs Remove (a no-op then)
       }
-      ++dropped_;
-      spdlog::warn("a watcher fell more than {} events behind and was dropped",
-                   options_.max_queued);
-      it = active_.erase(it);  // its OnDone still runs Remove (a no-op then)
     }
   }
-  for (auto& [id, w] : pending_) {
-    if (w->SendSnapshot(*fleet_, options_.batch)) {
-      active_[id] = w;
-    } else {
-      ++dropped_;
-    }
-  }
-  pending_.clear();
+  AdvanceSnapshots();
 }
 
 void WatchHub::Run() {
   while (true) {
+    bool woken;
+    bool fresh;
     {
-      absl::MutexLock lock(&mu_);
-      clock_->AwaitWithDeadline(&mu_, absl::Condition(&stop_),
+      absl::MutexLock lock(&wake_mu_);
+      auto stop_or_wake = [this]()
+                              ABSL_EXCLUSIVE_LOCKS_REQUIRED(wake_mu_) { return stop_ || wake_; };
+      clock_->AwaitWithDeadline(&wake_mu_, absl::Condition(&stop_or_wake),
                                 clock_->MonotonicNow() + options_.period);
       if (stop_) return;
+      woken = wake_;
+      fresh = fresh_;
+      wake_ = false;
+      fresh_ = false;
     }
-    ScanNow();
+    if (woken && !fresh) {
+      // More of the snapshots only: the periodic scan finds the changes.
+      absl::MutexLock scan(&scan_mu_);
+      absl::MutexLock lock(&mu_);
+      AdvanceSnapshots();
+    } else {
+      ScanNow();
+    }
   }
 }
 

@@ -10,11 +10,13 @@
 
 #include <filesystem>
 #include <list>
+#include <map>
 #include <memory>
 #include <random>
 #include <set>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "broker/server.h"
 #include "membroker/v1/admin.grpc.pb.h"
 #include "membroker/v1/agent.grpc.pb.h"
@@ -62,7 +64,8 @@ class WatchServiceTest : public ::testing::Test {
     broker_.reset();
     std::filesystem::remove_all(state_dir_);
   }
-  void StartBroker(size_t max_queued, size_t batch) {
+  void StartBroker(size_t max_queued, size_t batch, size_t max_queued_bytes = size_t{16} << 20,
+                   size_t max_total_bytes = size_t{256} << 20) {
     BrokerOptions o;
     o.listen = "127.0.0.1:0";
     o.metrics_listen = "127.0.0.1:0";
@@ -70,6 +73,8 @@ class WatchServiceTest : public ::testing::Test {
     o.watch.period = absl::Hours(1);
     o.watch.max_queued = max_queued;
     o.watch.batch = batch;
+    o.watch.max_queued_bytes = max_queued_bytes;
+    o.watch.max_total_bytes = max_total_bytes;
     auto b = Broker::Start(o, RealClock::Get());
     ASSERT_TRUE(b.ok()) << b.status();
     broker_ = std::move(*b);
@@ -126,6 +131,28 @@ class WatchServiceTest : public ::testing::Test {
     }
     FAIL() << "watchers: " << broker_->watch_hub().WatcherCount() << ", expected " << n;
   }
+  // A channel whose watcher reads only when the test reads: no BDP probe
+  // and a small stream window, so the broker cannot send far ahead.
+  std::unique_ptr<v1::AdminService::Stub> SmallWindowStub() {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8192);
+    small_window_channels_.push_back(
+        grpc::CreateCustomChannel(target_, grpc::InsecureChannelCredentials(), args));
+    return v1::AdminService::NewStub(small_window_channels_.back());
+  }
+  // `n` VMs named "<host>-vm-<i>" with 200-character names (each about a
+  // KiB in the broker's events).
+  static std::vector<v1::VmSample> BigVms(const std::string& host, int n, uint64_t actual) {
+    std::vector<v1::VmSample> out;
+    for (int i = 0; i < n; ++i) {
+      v1::VmSample v = Vm(host + "-vm-" + std::to_string(i), actual, kGiB);
+      v.set_name(host + std::string(200 - host.size(), static_cast<char>('a' + i % 26)) +
+                 std::to_string(i));
+      out.push_back(v);
+    }
+    return out;
+  }
   static std::set<std::string> Ids(const google::protobuf::RepeatedPtrField<v1::Vm>& vms) {
     std::set<std::string> out;
     for (const auto& v : vms) out.insert(v.vm_id());
@@ -139,6 +166,7 @@ class WatchServiceTest : public ::testing::Test {
   std::unique_ptr<v1::AdminService::Stub> admin_;
   std::unique_ptr<v1::AgentService::Stub> agent_;
   std::list<Agent> streams_;
+  std::vector<std::shared_ptr<grpc::Channel>> small_window_channels_;
 };
 
 TEST_F(WatchServiceTest, VmsSnapshotThenChangesOnlyAndRemovals) {
@@ -292,6 +320,158 @@ TEST_F(WatchServiceTest, SlowWatcherIsDroppedFastOneKeepsGoing) {
   while (fast->Read(&e)) {
   }
   fast->Finish().IgnoreError();
+}
+
+TEST_F(WatchServiceTest, BigSnapshotIsReadHostByHostAsTheWatcherDrains) {
+  // 20 hosts x 30 VMs of about a KiB each: some 600 KiB of snapshot, ten
+  // times what one watcher may hold unsent (64 KiB).
+  constexpr size_t kBudget = 64 << 10;
+  StartBroker(/*max_queued=*/1024, /*batch=*/10, kBudget);
+  constexpr int kHosts = 20;
+  constexpr int kVmsPerHost = 30;
+  for (int h = 0; h < kHosts; ++h) {
+    const std::string host = absl::StrCat("h", h < 10 ? "0" : "", h);
+    Report(Connect(host), BigVms(host, kVmsPerHost, 4 * kGiB));
+  }
+  auto stub = SmallWindowStub();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(120));
+  auto reader = stub->WatchVms(&ctx, v1::WatchVmsRequest());
+  // Nothing read yet: the snapshot pauses at the budget instead of being
+  // queued whole (or the watcher being dropped for it). The hub's period
+  // is an hour: from here on only the watcher's reading drives it.
+  AwaitWatchers(1);
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_LE(broker_->watch_hub().QueuedBytes(), kBudget);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GT(broker_->watch_hub().QueuedBytes(), 0u);
+  EXPECT_EQ(broker_->watch_hub().DroppedCount(), 0u);
+  // Reading drains it: every VM once, then SNAPSHOT_END.
+  std::set<std::string> seen;
+  v1::VmEvent e;
+  while (reader->Read(&e) && e.type() == v1::VmEvent::TYPE_SNAPSHOT) {
+    for (const auto& vm : e.vms()) EXPECT_TRUE(seen.insert(vm.vm_id()).second) << vm.vm_id();
+    EXPECT_LE(broker_->watch_hub().QueuedBytes(), kBudget);
+  }
+  ASSERT_EQ(e.type(), v1::VmEvent::TYPE_SNAPSHOT_END);
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kHosts * kVmsPerHost));
+  EXPECT_EQ(broker_->watch_hub().DroppedCount(), 0u);
+  // Then changes.
+  Report(&*std::next(streams_.begin(), 3), BigVms("h03", 1, 2 * kGiB));
+  broker_->watch_hub().ScanNow();
+  // One VM changed and the others went, in events of at most 10.
+  int changed = 0;
+  int removed = 0;
+  while (changed + removed < kVmsPerHost && reader->Read(&e)) {
+    EXPECT_EQ(e.type(), v1::VmEvent::TYPE_CHANGES);
+    changed += e.vms_size();
+    removed += e.removed_size();
+  }
+  EXPECT_EQ(changed, 1);
+  EXPECT_EQ(removed, kVmsPerHost - 1);
+  ctx.TryCancel();
+  while (reader->Read(&e)) {
+  }
+  reader->Finish().IgnoreError();
+}
+
+TEST_F(WatchServiceTest, ChangesDuringASnapshotLeaveTheWatcherWithTheFleetsState) {
+  // The snapshot (some 600 KiB) pauses at half of 256 KiB; the changes
+  // below fit in what is left.
+  StartBroker(/*max_queued=*/1024, /*batch=*/10, /*max_queued_bytes=*/256 << 10);
+  constexpr int kHosts = 20;
+  for (int h = 0; h < kHosts; ++h) {
+    const std::string host = absl::StrCat("h", h < 10 ? "0" : "", h);
+    Report(Connect(host), BigVms(host, 30, 4 * kGiB));
+  }
+  auto stub = SmallWindowStub();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(120));
+  auto reader = stub->WatchVms(&ctx, v1::WatchVmsRequest());
+  AwaitWatchers(1);
+  // Wait until the snapshot has paused part-way (the watcher reads
+  // nothing yet), then change hosts it has read and hosts it has not:
+  // balloons move, VMs go, and a host that was not there arrives.
+  for (auto until = In(20);
+       broker_->watch_hub().QueuedBytes() == 0 && std::chrono::system_clock::now() < until;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_GT(broker_->watch_hub().QueuedBytes(), 0u);
+  auto host = [&](int h) { return &*std::next(streams_.begin(), h); };
+  for (int h : {0, 1, 10, 19}) {
+    std::vector<v1::VmSample> vms = BigVms(host(h)->host, 30, 3 * kGiB);
+    vms.resize(20);  // ten VMs go
+    Report(host(h), vms);
+  }
+  Agent* late = Connect("h99");
+  Report(late, BigVms("h99", 5, 2 * kGiB));
+  broker_->watch_hub().ScanNow();
+  // One more change after everything else, to know when the watcher has
+  // caught up.
+  Report(late, BigVms("h99", 6, 2 * kGiB));
+  broker_->watch_hub().ScanNow();
+
+  // The watcher's view: snapshot, then changes applied in order.
+  std::map<std::string, uint64_t> view;  // vm_id -> actual_bytes
+  v1::VmEvent e;
+  // The last change may come before the rest of the snapshot (changes of
+  // hosts read are sent at once): read until both were seen.
+  bool caught_up = false;
+  bool snapshot_ended = false;
+  while (!(caught_up && snapshot_ended) && reader->Read(&e)) {
+    if (e.type() == v1::VmEvent::TYPE_SNAPSHOT_END) snapshot_ended = true;
+    for (const auto& vm : e.vms()) {
+      view[vm.vm_id()] = vm.actual_bytes();
+      if (vm.vm_id() == "h99-vm-5") caught_up = true;
+    }
+    for (const auto& vm : e.removed()) view.erase(vm.vm_id());
+  }
+  ASSERT_TRUE(caught_up && snapshot_ended) << reader->Finish().error_message();
+  EXPECT_EQ(broker_->watch_hub().DroppedCount(), 0u);
+  grpc::ClientContext lctx;
+  v1::ListVmsRequest lreq;
+  v1::ListVmsResponse fleet;
+  ASSERT_TRUE(admin_->ListVms(&lctx, lreq, &fleet).ok());
+  std::map<std::string, uint64_t> truth;
+  for (const auto& vm : fleet.vms()) truth[vm.vm_id()] = vm.actual_bytes();
+  EXPECT_EQ(truth.size(), static_cast<size_t>(16 * 30 + 4 * 20 + 6));
+  EXPECT_EQ(view, truth);
+  ctx.TryCancel();
+  while (reader->Read(&e)) {
+  }
+  reader->Finish().IgnoreError();
+}
+
+TEST_F(WatchServiceTest, WatcherOverItsByteBudgetIsEndedNamingIt) {
+  // The count bound is far away: only the bytes can end it.
+  constexpr size_t kBudget = 32 << 10;
+  StartBroker(/*max_queued=*/100000, /*batch=*/1, kBudget);
+  Agent* h1 = Connect("h1");
+  Report(h1, BigVms("h1", 20, 4 * kGiB));
+  auto stub = SmallWindowStub();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(120));
+  auto reader = stub->WatchVms(&ctx, v1::WatchVmsRequest());
+  AwaitWatchers(1);
+  // Every round moves every balloon: 20 one-VM events the watcher never
+  // reads. It holds at most its budget, then is ended.
+  for (int round = 1; round <= 300 && broker_->watch_hub().DroppedCount() == 0; ++round) {
+    Report(h1, BigVms("h1", 20, 4 * kGiB - (round % 2) * 64 * kMiB));
+    broker_->watch_hub().ScanNow();
+    EXPECT_LE(broker_->watch_hub().QueuedBytes(), kBudget);
+  }
+  ASSERT_EQ(broker_->watch_hub().DroppedCount(), 1u);
+  EXPECT_EQ(broker_->watch_hub().QueuedBytes(), 0u);
+  v1::VmEvent e;
+  while (reader->Read(&e)) {
+  }
+  grpc::Status s = reader->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_NE(s.error_message().find("above the per-watcher budget of 32768 bytes"),
+            std::string::npos)
+      << s.error_message();
+  AwaitWatchers(0);
 }
 
 }  // namespace
