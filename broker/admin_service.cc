@@ -158,11 +158,13 @@ class ReserveCall final : public grpc::ServerUnaryReactor {
   // answer that comes while Reserve is still running is kept and finished
   // here, after the last use of a member.
   void Start(const v1::ReserveRequest& req) {
+    bool start;
     {
       absl::MutexLock lock(&mu_);
-      if (!cancelled_) starting_ = true;
+      start = !cancelled_;
+      starting_ = start;
     }
-    if (!starting()) {
+    if (!start) {
       FinishWith(absl::CancelledError("the caller went away before the reservation was made"));
       return;
     }
@@ -203,10 +205,6 @@ class ReserveCall final : public grpc::ServerUnaryReactor {
   void OnDone() override { delete this; }
 
  private:
-  bool starting() {
-    absl::MutexLock lock(&mu_);
-    return starting_;
-  }
   // The answer (exactly once per call): kept while Start runs, else the
   // call ends with it.
   void Complete(absl::StatusOr<v1::Reservation> r) {
