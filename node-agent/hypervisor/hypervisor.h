@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -20,8 +21,8 @@ namespace membroker::agent {
 struct GuestMemoryStats {
   std::optional<uint64_t> total_bytes;
   std::optional<uint64_t> available_bytes;
-  std::optional<uint64_t> free_bytes;      // "unused"
-  std::optional<uint64_t> usable_bytes;    // libvirt's "usable"
+  std::optional<uint64_t> free_bytes;    // "unused"
+  std::optional<uint64_t> usable_bytes;  // libvirt's "usable"
   std::optional<uint64_t> disk_caches_bytes;
   std::optional<uint64_t> swap_in_bytes_total;
   std::optional<uint64_t> swap_out_bytes_total;
@@ -61,6 +62,11 @@ struct VmSizing {
 };
 
 // "balloon", "virtio-mem", "virtio-mem+balloon" or "none".
+// The reason a VM with neither a balloon nor virtio-mem is reported
+// excluded (its kind is the text before the colon).
+inline constexpr std::string_view kNoSizingDeviceReason =
+    "no balloon or virtio-mem device: its memory cannot be moved";
+
 inline std::string SizingMechanism(const VmSizing& sizing) {
   if (sizing.virtio_mem) return sizing.balloon ? "virtio-mem+balloon" : "virtio-mem";
   return sizing.balloon ? "balloon" : "none";
@@ -68,9 +74,9 @@ inline std::string SizingMechanism(const VmSizing& sizing) {
 
 // One VM as a backend sees it.
 struct VmStatus {
-  std::string vm_id;       // hypervisor UUID
+  std::string vm_id;  // hypervisor UUID
   std::string name;
-  uint64_t max_bytes = 0;  // configured memory
+  uint64_t max_bytes = 0;     // configured memory
   uint64_t actual_bytes = 0;  // balloon actual
   GuestMemoryStats stats;
   // The VM's process on the host (QEMU), where the backend knows it: the

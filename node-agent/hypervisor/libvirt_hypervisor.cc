@@ -336,6 +336,7 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
       const std::string reason = LibvirtExclusionReason(*domain_xml);
       exclusions_[vm.vm_id] = reason;
       free_page_reporting_[vm.vm_id] = LibvirtFreePageReporting(*domain_xml);
+      no_balloon_[vm.vm_id] = !LibvirtHasBalloon(*domain_xml);
       if (!reason.empty()) spdlog::warn("libvirt: domain {} is not resized: {}", vm.name, reason);
     }
     std::vector<LibvirtVirtioMem> vmem_devices;
@@ -386,6 +387,18 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
     } else {
       vmem_progress_.erase(vm.vm_id);
     }
+    if (auto none = no_balloon_.find(vm.vm_id); none != no_balloon_.end() && none->second) {
+      // No balloon: the domain has its boot memory and what virtio-mem
+      // plugged; without virtio-mem either, nothing can resize it (the
+      // agent reports it excluded).
+      vm.sizing.balloon = false;
+      vm.sizing.balloon_inflated_bytes = 0;
+      vm.actual_bytes =
+          std::min(vm.max_bytes, vm.sizing.boot_bytes + vm.sizing.virtio_mem_plugged_bytes);
+      if (!vm.sizing.virtio_mem && vm.sizing.excluded_reason.empty()) {
+        vm.sizing.excluded_reason = std::string(kNoSizingDeviceReason);
+      }
+    }
 
     // A domain seen for the first time gets the stats period asked for.
     std::optional<absl::Duration> applied;
@@ -407,6 +420,9 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
   }
   for (auto it = free_page_reporting_.begin(); it != free_page_reporting_.end();) {
     it = seen.count(it->first) == 0 ? free_page_reporting_.erase(it) : std::next(it);
+  }
+  for (auto it = no_balloon_.begin(); it != no_balloon_.end();) {
+    it = seen.count(it->first) == 0 ? no_balloon_.erase(it) : std::next(it);
   }
   for (auto it = has_virtio_mem_.begin(); it != has_virtio_mem_.end();) {
     it = seen.count(it->first) == 0 ? has_virtio_mem_.erase(it) : std::next(it);
@@ -528,6 +544,8 @@ absl::Status LibvirtHypervisor::SetBalloonTarget(const std::string& vm_id, uint6
     return absl::OkStatus();  // Left alone: it already has at least that.
   }
   // virtio-mem for whole blocks above boot memory, the balloon for the rest.
+  const auto none = no_balloon_.find(vm_id);
+  const bool no_balloon = none != no_balloon_.end() && none->second;
   char* xml = virDomainGetXMLDesc(dom.get(), 0);
   if (xml == nullptr) return LastError(absl::StrCat("domain ", vm_id, ": XML"));
   absl::StatusOr<std::vector<LibvirtVirtioMem>> devices = LibvirtVirtioMemDevices(xml);
@@ -570,6 +588,11 @@ absl::Status LibvirtHypervisor::SetBalloonTarget(const std::string& vm_id, uint6
     }
     target_kib = (boot_bytes - split.inflate_bytes) / 1024;
     if (target_kib == 0) target_kib = 1;
+    if (no_balloon) return absl::OkStatus();  // virtio-mem alone, to its blocks
+  }
+  if (no_balloon) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "domain ", vm_id, " has no balloon (<memballoon model='none'>) and no virtio-mem device"));
   }
   if (virDomainSetMemoryFlags(dom.get(), static_cast<unsigned long>(target_kib),
                               VIR_DOMAIN_AFFECT_LIVE) != 0) {
@@ -758,6 +781,19 @@ bool LibvirtFreePageReporting(const std::string& domain_xml) {
   const size_t tag_end = xml.find('>', balloon);
   if (tag_end == std::string::npos) return false;
   return AttributeValue(xml.substr(balloon, tag_end - balloon), "freePageReporting") == "on";
+}
+
+bool LibvirtHasBalloon(const std::string& domain_xml) {
+  const std::string xml = StripXmlComments(domain_xml);
+  const size_t devices = FindTag(xml, "devices", 0, xml.size());
+  if (devices == std::string::npos) return true;
+  size_t end = xml.find("</devices>", devices);
+  if (end == std::string::npos) end = xml.size();
+  const size_t balloon = FindTag(xml, "memballoon", devices, end);
+  if (balloon == std::string::npos) return true;
+  const size_t tag_end = xml.find('>', balloon);
+  if (tag_end == std::string::npos) return true;
+  return AttributeValue(xml.substr(balloon, tag_end - balloon), "model") != "none";
 }
 
 absl::StatusOr<std::vector<LibvirtVirtioMem>> LibvirtVirtioMemDevices(

@@ -151,6 +151,9 @@ class LibvirtHypervisor : public Hypervisor {
   // Whether a domain's balloon has free page reporting (from the same
   // read of its XML), by UUID.
   std::map<std::string, bool> free_page_reporting_;
+  // Domains without a balloon (<memballoon model='none'>), from the same
+  // read of their XML, by UUID: sized by virtio-mem alone, or not at all.
+  std::map<std::string, bool> no_balloon_;
   // Domains with a virtio-mem device (their XML is read on every ListVms),
   // by UUID; and the last error reading their devices, logged once.
   std::map<std::string, bool> has_virtio_mem_;
@@ -205,6 +208,13 @@ std::string LibvirtExclusionReason(const std::string& domain_xml);
 // `<memballoon ... freePageReporting='on'>` inside <devices>. Comments are
 // ignored; malformed XML reads as off.
 bool LibvirtFreePageReporting(const std::string& domain_xml);
+
+// Whether a libvirt domain has a balloon: false only for an explicit
+// `<memballoon model='none'>` inside <devices> (libvirt adds a virtio
+// balloon to a QEMU domain unless told not to). Comments are ignored;
+// malformed XML reads as having one (its resizes then fail and are
+// reported, as before).
+bool LibvirtHasBalloon(const std::string& domain_xml);
 
 // Maps virDomainMemoryStats output into GuestMemoryStats (bytes). Sets
 // `*actual_bytes` from ACTUAL_BALLOON when present. Untrusted: a value of

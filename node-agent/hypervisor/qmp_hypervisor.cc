@@ -336,7 +336,7 @@ QmpHypervisor::QmpHypervisor(QmpHypervisorOptions options, Clock* clock)
 QmpHypervisor::~QmpHypervisor() = default;
 
 absl::StatusOr<std::unique_ptr<QmpHypervisor>> QmpHypervisor::Create(QmpHypervisorOptions options,
-                                                                      Clock* clock) {
+                                                                     Clock* clock) {
   if (clock == nullptr) return absl::InvalidArgumentError("qmp backend needs a clock");
   if (options.sockets_or_globs.empty() && options.socket_dir.empty()) {
     return absl::InvalidArgumentError(
@@ -416,8 +416,8 @@ void QmpHypervisor::RecordFailure(Vm& vm, const absl::Status& status) {
 absl::Status QmpHypervisor::EnsureConnected(Vm& vm) {
   if (vm.client != nullptr && vm.client->connected() && vm.identified) return absl::OkStatus();
   if (!vm.backoff.Ready(clock_->Now())) {
-    return absl::UnavailableError(absl::StrCat("qmp ", vm.path, ": waiting to retry (",
-                                               vm.last_error, ")"));
+    return absl::UnavailableError(
+        absl::StrCat("qmp ", vm.path, ": waiting to retry (", vm.last_error, ")"));
   }
   if (vm.client == nullptr) vm.client = std::make_unique<QmpClient>(clock_, options_.client);
   // A VM keeps its last identity while disconnected, so that calls for it
@@ -451,19 +451,17 @@ absl::Status QmpHypervisor::EnsureConnected(Vm& vm) {
 }
 
 absl::Status QmpHypervisor::Identify(Vm& vm) {
-
   // query-uuid: an all-zero UUID means QEMU was started without -uuid.
   ASSIGN_OR_RETURN(Value uuid, vm.client->Execute("query-uuid"));
   std::string id;
   if (uuid.kind_case() == Value::kStructValue) {
     auto it = uuid.struct_value().fields().find("UUID");
-    if (it != uuid.struct_value().fields().end() &&
-        it->second.kind_case() == Value::kStringValue) {
+    if (it != uuid.struct_value().fields().end() && it->second.kind_case() == Value::kStringValue) {
       id = it->second.string_value();
     }
   }
-  bool valid_uuid = id.size() == 36 && id.find_first_not_of("0123456789abcdefABCDEF-") ==
-                                           std::string::npos;
+  bool valid_uuid =
+      id.size() == 36 && id.find_first_not_of("0123456789abcdefABCDEF-") == std::string::npos;
   if (!valid_uuid || id == "00000000-0000-0000-0000-000000000000") id = QmpIdFromPath(vm.path);
 
   // query-name: optional (absent without -name).
@@ -488,8 +486,8 @@ absl::Status QmpHypervisor::Identify(Vm& vm) {
     plugged = QmpUint(summary.struct_value(), "plugged-memory");
   }
   if (!base.has_value() || *base == 0) {
-    return absl::DataLossError(absl::StrCat(
-        "qmp ", vm.path, ": query-memory-size-summary has no valid base-memory"));
+    return absl::DataLossError(
+        absl::StrCat("qmp ", vm.path, ": query-memory-size-summary has no valid base-memory"));
   }
   // virtio-mem devices (none on a QEMU without the command).
   VirtioMemDevice vmem;
@@ -621,6 +619,9 @@ absl::StatusOr<VmStatus> QmpHypervisor::ReadVm(Vm& vm) {
   }
   sizing.shortfall_reason = vm.shortfall_reason;
   sizing.excluded_reason = vm.excluded_reason;
+  if (!sizing.balloon && !sizing.virtio_mem && sizing.excluded_reason.empty()) {
+    sizing.excluded_reason = std::string(kNoSizingDeviceReason);
+  }
 
   if (!vm.balloon_path.empty()) {
     if (vm.wanted_period.has_value() && vm.applied_period != vm.wanted_period) {
@@ -634,12 +635,13 @@ absl::StatusOr<VmStatus> QmpHypervisor::ReadVm(Vm& vm) {
       } else if (IsConnectionError(set.status())) {
         return set.status();
       } else {
-        spdlog::warn("qmp {}: cannot set the stats period: {}", vm.path, std::string(set.status().message()));
+        spdlog::warn("qmp {}: cannot set the stats period: {}", vm.path,
+                     std::string(set.status().message()));
         vm.applied_period = vm.wanted_period;  // do not retry every round
       }
     }
-    Struct args = Args({{"path", StringValue(vm.balloon_path)},
-                        {"property", StringValue("guest-stats")}});
+    Struct args =
+        Args({{"path", StringValue(vm.balloon_path)}, {"property", StringValue("guest-stats")}});
     auto stats = vm.client->Execute("qom-get", &args);
     if (stats.ok()) {
       auto parsed = ParseQmpGuestStats(*stats);
@@ -877,9 +879,8 @@ absl::Status QmpHypervisor::SetBalloonTarget(const std::string& vm_id, uint64_t 
     return absl::InvalidArgumentError(absl::StrCat("target_bytes: 0 for VM ", vm_id));
   }
   if (target_bytes > vm->max_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("target_bytes: ", target_bytes,
-                                                   " is above VM ", vm_id, "'s max of ",
-                                                   vm->max_bytes));
+    return absl::InvalidArgumentError(absl::StrCat("target_bytes: ", target_bytes, " is above VM ",
+                                                   vm_id, "'s max of ", vm->max_bytes));
   }
   if (vm->balloon_path.empty() && vm->vmem.id.empty()) {
     return absl::FailedPreconditionError(
@@ -948,11 +949,12 @@ absl::Status QmpHypervisor::SetBalloonTarget(const std::string& vm_id, uint64_t 
 
 absl::Status QmpHypervisor::SetStatsPeriod(const std::string& vm_id, absl::Duration period) {
   if (period < absl::ZeroDuration() || period > absl::Hours(24)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "stats period: ", absl::FormatDuration(period), " is not within [0, 24h]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("stats period: ", absl::FormatDuration(period), " is not within [0, 24h]"));
   }
   // Whole seconds, at least one unless polling is turned off.
-  absl::Duration rounded = absl::Seconds(absl::ToInt64Seconds(absl::Ceil(period, absl::Seconds(1))));
+  absl::Duration rounded =
+      absl::Seconds(absl::ToInt64Seconds(absl::Ceil(period, absl::Seconds(1))));
   Vm* vm = FindVm(vm_id);
   if (vm == nullptr) return absl::NotFoundError(absl::StrCat("no QMP VM with id ", vm_id));
   if (vm->balloon_path.empty()) {

@@ -227,6 +227,47 @@ TEST(LibvirtFreePageReportingTest, ReadsTheAttributeAndIgnoresTheRest) {
   }
 }
 
+TEST_F(LibvirtHypervisorTest, DomainWithoutABalloonIsExcludedAndNotResized) {
+  std::string node = WriteNode(
+      "node.xml", absl::StrCat(DomainXmlWith("none", "44444444-4444-4444-4444-000000000001",
+                                             "<devices><memballoon model='none'/></devices>"),
+                               DomainXmlWith("virtio", "44444444-4444-4444-4444-000000000002",
+                                             "<devices><memballoon model='virtio'/></devices>")));
+  auto hv = Make(absl::StrCat("test://", node));
+  auto vms = hv->ListVms();
+  ASSERT_TRUE(vms.ok()) << vms.status();
+  auto by_id = ById(*vms);
+  ASSERT_EQ(by_id.size(), 2u);
+  const VmStatus& none = by_id["44444444-4444-4444-4444-000000000001"];
+  EXPECT_FALSE(none.sizing.balloon);
+  EXPECT_EQ(SizingMechanism(none.sizing), "none");
+  EXPECT_EQ(none.sizing.balloon_inflated_bytes, 0u);
+  EXPECT_THAT(none.sizing.excluded_reason, HasSubstr("no balloon or virtio-mem device"));
+  EXPECT_EQ(by_id["44444444-4444-4444-4444-000000000002"].sizing.excluded_reason, "");
+  EXPECT_TRUE(by_id["44444444-4444-4444-4444-000000000002"].sizing.balloon);
+  // Refused, with the reason, and nothing moves.
+  const uint64_t before = none.actual_bytes;
+  absl::Status shrink = hv->SetBalloonTarget("44444444-4444-4444-4444-000000000001", 512 * kMiB);
+  EXPECT_EQ(shrink.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(shrink.message()), HasSubstr("has no balloon"));
+  auto after = hv->ListVms();
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(ById(*after)["44444444-4444-4444-4444-000000000001"].actual_bytes, before);
+}
+
+TEST(LibvirtHasBalloonTest, OnlyAnExplicitModelNoneMeansNoBalloon) {
+  EXPECT_FALSE(LibvirtHasBalloon("<domain><devices><memballoon model='none'/></devices></domain>"));
+  EXPECT_FALSE(LibvirtHasBalloon(
+      "<domain><devices>\n<memballoon\n  model = \"none\" >\n</memballoon></devices>"));
+  for (const std::string xml :
+       {"<domain><devices><memballoon model='virtio'/></devices></domain>",
+        "<domain><devices><!-- <memballoon model='none'/> --></devices></domain>",
+        "<domain><devices></devices></domain>", "<domain><memballoon model='none'/></domain>",
+        "<domain><devices><memballoon model='none", ""}) {
+    EXPECT_TRUE(LibvirtHasBalloon(xml)) << xml;
+  }
+}
+
 TEST_F(LibvirtHypervisorTest, SetsTheBalloonInKibAndValidates) {
   std::string node = WriteNode(
       "node.xml", DomainXml("web", "11111111-1111-1111-1111-000000000001", 1048576, 1048576));

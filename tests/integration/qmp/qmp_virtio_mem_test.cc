@@ -339,6 +339,18 @@ TEST(ParseQmpVirtioMemDevicesTest, KeepsValidEntriesAndSaysWhyOthersAreLeftOut) 
 
 // --- VMs that must not be resized ---
 
+TEST_F(QmpVirtioMemTest, VmWithNeitherDeviceIsExcludedAndNothingIsSent) {
+  FakeVmState state;
+  state.balloon_path.clear();  // no virtio-balloon, no virtio-mem
+  FakeQmpServer* server = AddServer(state);
+  auto hv = Make(server->path());
+  const VmStatus vm = ListOne(*hv);
+  EXPECT_EQ(SizingMechanism(vm.sizing), "none");
+  EXPECT_THAT(vm.sizing.excluded_reason, HasSubstr("no balloon or virtio-mem device"));
+  EXPECT_FALSE(hv->SetBalloonTarget(vm.vm_id, 256 * kMiB).ok());
+  EXPECT_EQ(CountRequests(*server, "\"balloon\""), 0);
+}
+
 TEST_F(QmpVirtioMemTest, VfioDeviceExcludesTheVmAndShrinkIsRefused) {
   FakeVmState state;
   state.extra_peripherals = {{"hostdev0", "child<vfio-pci>"}};
