@@ -128,7 +128,8 @@ Agent::Agent(AgentParams params, std::unique_ptr<Hypervisor> hypervisor, HostSam
       }()),
       report_interval_(params_.report_interval),
       pressure_(params_.pressure),
-      working_set_sampler_(params_.working_set_probe, params_.working_set_cpu_seconds) {
+      working_set_sampler_(params_.working_set_probe, params_.working_set_cpu_seconds,
+                           params_.working_set_refault) {
   metrics_.SetHostCapacity(params_.capacity_bytes);
   metrics_.SetBrokerConnected(false);
   membroker::v1::Hello hello;
@@ -631,6 +632,10 @@ void Agent::SampleWorkingSet() {
   for (const auto& [vm_id, s] : samples) {
     cpu_seconds += s.cpu_seconds;
     if (!s.error.empty()) spdlog::debug("VM {}: working set: {}", names[vm_id], s.error);
+    if (s.working_set_bytes.has_value()) {
+      spdlog::debug("VM {}: working set {} MiB over {} by {}", names[vm_id],
+                    *s.working_set_bytes >> 20, absl::FormatDuration(s.interval), s.method);
+    }
   }
   metrics_.AddWorkingSetRound(samples.size(), cpu_seconds);
   absl::MutexLock lock(&mu_);
