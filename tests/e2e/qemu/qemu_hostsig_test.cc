@@ -2,7 +2,10 @@
 // but whose statistics stop arriving (a Windows guest without the balloon's
 // statistics service, a guest whose statistics went stale): the broker
 // sizes it from the host-side signals the agent measures (its QEMU
-// process's referenced guest RAM, --working-set-interval=2s).
+// process's referenced guest RAM, --working-set-interval=2s). The agent
+// runs with --working-set-refault=all, so every round also writes "4" to
+// the QEMU process's clear_refs (refault sampling; under TCG it must not
+// change what is measured, and must not disturb QEMU or the guest).
 //
 // The guest (512 MiB, no swap) holds 16 MiB for kHoldSeconds, then its load
 // grows by 32 MiB a second to 224 MiB and keeps touching all of it. From
@@ -22,7 +25,9 @@
 //   3. its load reaches 224 MiB with no OOM kill (swapless: a target below
 //      what it touches would kill it), and from then on its target stays
 //      at or above the load: it is not reclaimed into its working set and
-//      got memory when its load rose, with no guest statistics at all.
+//      got memory when its load rose, with no guest statistics at all;
+//   4. the working set was measured by refault sampling (the agent's debug
+//      log says "by refault") and QEMU is still running at the end.
 // Before host-side signals the broker kept such a guest's last estimate
 // (its idle size) and ignored the agent's acute pressure for it.
 //
@@ -38,6 +43,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -123,7 +129,8 @@ TEST(QemuHostSignalsTest, GuestWithoutStatisticsIsSizedFromItsHostWorkingSet) {
           .Start({MB_AGENT_PATH, absl::StrCat("--broker=127.0.0.1:", ports->grpc), "--host-id=h1",
                   "--backend=qmp", "--qmp-socket=" + guest.agent_socket(),
                   absl::StrCat("--host-capacity-bytes=", kGuestMib * kMiB),
-                  "--working-set-interval=2s", "--metrics-listen=127.0.0.1:0", "--insecure"},
+                  "--working-set-interval=2s", "--working-set-refault=all", "--log-level=debug",
+                  "--metrics-listen=127.0.0.1:0", "--insecure"},
                  dir + "/agent.log")
           .ok());
   auto stub = v1::AdminService::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", ports->grpc),
@@ -204,6 +211,15 @@ TEST(QemuHostSignalsTest, GuestWithoutStatisticsIsSizedFromItsHostWorkingSet) {
         << "reclaimed into its working set after the load reached it";
   }
   EXPECT_GT(last_target, 0u);
+  EXPECT_TRUE(guest.Running()) << "QEMU exited";
+  std::string agent_log;
+  {
+    std::ifstream in(dir + "/agent.log");
+    agent_log.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  EXPECT_TRUE(absl::StrContains(agent_log, "by refault"))
+      << "the agent never measured the guest by refault sampling";
+  EXPECT_FALSE(absl::StrContains(agent_log, "by clear_refs"));
   guest.Stop();
   if (!HasFailure()) {
     const std::string cmd = absl::StrCat("rm -rf '", dir, "'");
