@@ -91,6 +91,11 @@ void SetHostSignals(const WorkingSetSample& sample, uint64_t max_bytes,
     out.set_host_working_set_bytes(std::min(*sample.working_set_bytes, max_bytes));
     out.set_host_working_set_interval_ms(
         static_cast<uint64_t>(absl::ToInt64Milliseconds(sample.interval)));
+    if (sample.method == kMethodRefault) {
+      out.set_host_working_set_method(membroker::v1::HOST_WORKING_SET_METHOD_REFAULT);
+    } else if (sample.method == kMethodClearRefs) {
+      out.set_host_working_set_method(membroker::v1::HOST_WORKING_SET_METHOD_CLEAR_REFS);
+    }
   }
   if (sample.psi_some_avg10_percent.has_value() && *sample.psi_some_avg10_percent >= 0 &&
       *sample.psi_some_avg10_percent <= 100) {
