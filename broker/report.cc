@@ -147,6 +147,16 @@ absl::Status ValidateReport(const v1::HostReport& report) {
       return absl::InvalidArgumentError(
           absl::StrCat(field(), ".host_working_set_interval_ms: set without host_working_set_bytes"));
     }
+    if (vm.host_working_set_method() != v1::HOST_WORKING_SET_METHOD_UNSPECIFIED) {
+      if (!v1::HostWorkingSetMethod_IsValid(vm.host_working_set_method())) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field(), ".host_working_set_method: unknown value ", vm.host_working_set_method()));
+      }
+      if (!vm.has_host_working_set_bytes()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field(), ".host_working_set_method: set without host_working_set_bytes"));
+      }
+    }
     if (vm.has_host_psi_some_avg10_percent() &&
         !(vm.host_psi_some_avg10_percent() >= 0 && vm.host_psi_some_avg10_percent() <= 100)) {
       return absl::InvalidArgumentError(
@@ -208,6 +218,16 @@ policy::HostObservation ToHostObservation(const v1::HostReport& report, double n
     o.guest.host_working_set_bytes = s.host_working_set_bytes();
     o.guest.host_working_set_interval_seconds =
         static_cast<double>(s.host_working_set_interval_ms()) / 1000.0;
+    switch (s.host_working_set_method()) {
+      case v1::HOST_WORKING_SET_METHOD_CLEAR_REFS:
+        o.guest.host_working_set_method = "clear_refs";
+        break;
+      case v1::HOST_WORKING_SET_METHOD_REFAULT:
+        o.guest.host_working_set_method = "refault";
+        break;
+      default:
+        break;  // not said
+    }
     o.guest.has_host_psi = s.has_host_psi_some_avg10_percent();
     o.guest.host_psi_some_avg10_percent = s.host_psi_some_avg10_percent();
     obs.vms.push_back(std::move(o));

@@ -36,6 +36,7 @@ void FillLargestVm(int index, v1::VmSample* vm) {
   vm->set_free_page_reporting(true);
   vm->set_host_working_set_bytes(kBig);
   vm->set_host_working_set_interval_ms(kBig);
+  vm->set_host_working_set_method(v1::HOST_WORKING_SET_METHOD_REFAULT);
   vm->set_host_psi_some_avg10_percent(100.0);
   v1::GuestStats* g = vm->mutable_stats();
   g->set_total_bytes(kBig);

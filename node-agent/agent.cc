@@ -91,6 +91,11 @@ void SetHostSignals(const WorkingSetSample& sample, uint64_t max_bytes,
     out.set_host_working_set_bytes(std::min(*sample.working_set_bytes, max_bytes));
     out.set_host_working_set_interval_ms(
         static_cast<uint64_t>(absl::ToInt64Milliseconds(sample.interval)));
+    if (sample.method == kMethodRefault) {
+      out.set_host_working_set_method(membroker::v1::HOST_WORKING_SET_METHOD_REFAULT);
+    } else if (sample.method == kMethodClearRefs) {
+      out.set_host_working_set_method(membroker::v1::HOST_WORKING_SET_METHOD_CLEAR_REFS);
+    }
   }
   if (sample.psi_some_avg10_percent.has_value() && *sample.psi_some_avg10_percent >= 0 &&
       *sample.psi_some_avg10_percent <= 100) {
@@ -128,7 +133,8 @@ Agent::Agent(AgentParams params, std::unique_ptr<Hypervisor> hypervisor, HostSam
       }()),
       report_interval_(params_.report_interval),
       pressure_(params_.pressure),
-      working_set_sampler_(params_.working_set_probe, params_.working_set_cpu_seconds) {
+      working_set_sampler_(params_.working_set_probe, params_.working_set_cpu_seconds,
+                           params_.working_set_refault) {
   metrics_.SetHostCapacity(params_.capacity_bytes);
   metrics_.SetBrokerConnected(false);
   membroker::v1::Hello hello;
@@ -631,6 +637,10 @@ void Agent::SampleWorkingSet() {
   for (const auto& [vm_id, s] : samples) {
     cpu_seconds += s.cpu_seconds;
     if (!s.error.empty()) spdlog::debug("VM {}: working set: {}", names[vm_id], s.error);
+    if (s.working_set_bytes.has_value()) {
+      spdlog::debug("VM {}: working set {} MiB over {} by {}", names[vm_id],
+                    *s.working_set_bytes >> 20, absl::FormatDuration(s.interval), s.method);
+    }
   }
   metrics_.AddWorkingSetRound(samples.size(), cpu_seconds);
   absl::MutexLock lock(&mu_);

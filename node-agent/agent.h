@@ -109,6 +109,8 @@ struct AgentParams {
   // Measure every VM with a known process, not only those whose guest
   // statistics are missing, stale or untrusted.
   bool working_set_all_vms = false;
+  // Which processes are refault-sampled (working_set.h, 6).
+  RefaultMode working_set_refault = RefaultMode::kOff;
   // CPU time of the measuring thread (null: CLOCK_THREAD_CPUTIME_ID).
   std::function<double()> working_set_cpu_seconds;
 };

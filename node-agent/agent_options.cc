@@ -271,6 +271,11 @@ absl::StatusOr<AgentOptions> BuildAgentOptions(const AgentFlags& flags) {
           "--working-set-all-vms must be true or false, not \"", flags.working_set_all_vms, "\""));
     }
   }
+  if (!flags.working_set_refault.empty()) {
+    absl::StatusOr<RefaultMode> mode = ParseRefaultMode(flags.working_set_refault);
+    if (!mode.ok()) return Prefix("--working-set-refault", mode.status());
+    options.working_set_refault = *mode;
+  }
   if (!flags.local_grants.empty()) {
     if (flags.local_grants == "true") {
       options.local_grants = true;

@@ -14,6 +14,7 @@
 #include "absl/time/time.h"
 #include "common/tls.h"
 #include "membroker/v1/config.pb.h"
+#include "node-agent/working_set.h"
 
 namespace membroker::agent {
 
@@ -49,6 +50,8 @@ struct AgentFlags {
   // "true"/"false": measure every VM, not only those without usable
   // guest statistics.
   std::string working_set_all_vms;
+  // "off", "kvm" or "all": which VM processes are refault-sampled.
+  std::string working_set_refault;
 };
 
 // Rewrites a command line for Abseil's flag parser: flag names spelled
@@ -97,6 +100,10 @@ struct AgentOptions {
   // Measure every VM, not only those whose guest statistics are missing,
   // stale or untrusted.
   bool working_set_all_vms = false;
+  // Which VM processes are measured by refault sampling (working_set.h,
+  // 6); off by default: it cannot be verified without KVM here, and a low
+  // working set lets the broker reclaim a guest into its real use.
+  RefaultMode working_set_refault = RefaultMode::kOff;
 };
 
 // Merges `flags` over the --config file (flags win) and validates every

@@ -63,6 +63,10 @@ ABSL_FLAG(std::string, working_set_interval, "",
 ABSL_FLAG(std::string, working_set_all_vms, "",
           "true or false (default): measure the host-side working set of every VM, not only of "
           "those whose guest statistics are missing, stale or untrusted.");
+ABSL_FLAG(std::string, working_set_refault, "",
+          "off (default), kvm or all: measure the working set by refault sampling (clear_refs "
+          "4, then 1) for VM processes holding a KVM VM, or for every VM process. Off leaves "
+          "KVM guests without a host-side working set.");
 ABSL_FLAG(std::string, local_grants, "",
           "true (default) or false: deflate a VM under acute pressure from the host's unassigned "
           "budget before the broker answers.");
@@ -161,6 +165,7 @@ int main(int argc, char** argv) {
   flags.guest_console_logs = absl::GetFlag(FLAGS_guest_console_logs);
   flags.working_set_interval = absl::GetFlag(FLAGS_working_set_interval);
   flags.working_set_all_vms = absl::GetFlag(FLAGS_working_set_all_vms);
+  flags.working_set_refault = absl::GetFlag(FLAGS_working_set_refault);
   absl::StatusOr<AgentOptions> options = BuildAgentOptions(flags);
   if (!options.ok()) return Fail(kExitUsage, options.status());
 
@@ -236,6 +241,7 @@ int main(int argc, char** argv) {
   }
   params.working_set_interval = options->working_set_interval;
   params.working_set_all_vms = options->working_set_all_vms;
+  params.working_set_refault = options->working_set_refault;
   if (options->working_set_interval > absl::ZeroDuration() && options->backend != "sim") {
     params.working_set_probe = std::make_shared<ProcWorkingSetProbe>("/proc", FindCgroupV2Root());
   }

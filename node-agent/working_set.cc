@@ -27,6 +27,9 @@ struct Mapping {
   int line = 0;  // of its header, 1-based
   std::optional<uint64_t> size_kib;
   std::optional<uint64_t> referenced_kib;
+  std::optional<uint64_t> locked_kib;
+  std::optional<uint64_t> shared_hugetlb_kib;
+  std::optional<uint64_t> private_hugetlb_kib;
 };
 
 bool IsHex(absl::string_view s) {
@@ -94,6 +97,32 @@ absl::Status CheckPid(int64_t pid) {
 
 }  // namespace
 
+absl::StatusOr<RefaultMode> ParseRefaultMode(absl::string_view text) {
+  if (text == "off") return RefaultMode::kOff;
+  if (text == "kvm") return RefaultMode::kKvm;
+  if (text == "all") return RefaultMode::kAll;
+  return absl::InvalidArgumentError(
+      absl::StrCat("refault mode must be off, kvm or all, not \"", text, "\""));
+}
+
+absl::string_view RefaultModeName(RefaultMode mode) {
+  switch (mode) {
+    case RefaultMode::kOff:
+      return "off";
+    case RefaultMode::kKvm:
+      return "kvm";
+    case RefaultMode::kAll:
+      return "all";
+  }
+  return "off";
+}
+
+absl::Status WorkingSetProbe::ClearSoftDirty(int64_t /*pid*/) const {
+  return absl::UnimplementedError("this probe cannot clear soft-dirty bits");
+}
+
+absl::StatusOr<bool> WorkingSetProbe::LruGenEnabled() const { return false; }
+
 absl::StatusOr<GuestRamReferenced> ParseGuestRamReferenced(absl::string_view smaps_text,
                                                            uint64_t boot_bytes) {
   std::vector<Mapping> mappings;
@@ -106,7 +135,8 @@ absl::StatusOr<GuestRamReferenced> ParseGuestRamReferenced(absl::string_view sma
         absl::Status ok = CheckMapping(mappings.back());
         if (!ok.ok()) return ok;
       }
-      mappings.push_back(Mapping{number, std::nullopt, std::nullopt});
+      mappings.push_back(Mapping{});
+      mappings.back().line = number;
       continue;
     }
     const size_t colon = line.find(':');
@@ -124,6 +154,9 @@ absl::StatusOr<GuestRamReferenced> ParseGuestRamReferenced(absl::string_view sma
     std::optional<uint64_t>* field = nullptr;
     if (key == "Size") field = &mappings.back().size_kib;
     if (key == "Referenced") field = &mappings.back().referenced_kib;
+    if (key == "Locked") field = &mappings.back().locked_kib;
+    if (key == "Shared_Hugetlb") field = &mappings.back().shared_hugetlb_kib;
+    if (key == "Private_Hugetlb") field = &mappings.back().private_hugetlb_kib;
     if (field == nullptr) continue;  // other fields are not used
     if (field->has_value()) {
       return absl::InvalidArgumentError(
@@ -140,22 +173,24 @@ absl::StatusOr<GuestRamReferenced> ParseGuestRamReferenced(absl::string_view sma
   if (!last.ok()) return last;
 
   GuestRamReferenced out;
+  auto add = [&out](const Mapping& m) {
+    out.referenced_bytes += *m.referenced_kib << 10;
+    out.mapping_bytes += *m.size_kib << 10;
+    out.locked_bytes += m.locked_kib.value_or(0) << 10;
+    out.hugetlb_bytes += (m.shared_hugetlb_kib.value_or(0) + m.private_hugetlb_kib.value_or(0))
+                         << 10;
+    ++out.mappings;
+  };
   const uint64_t half_boot_kib = (boot_bytes >> 10) / 2;
   if (half_boot_kib > 0) {
     for (const Mapping& m : mappings) {
-      if (*m.size_kib < half_boot_kib) continue;
-      out.referenced_bytes += *m.referenced_kib << 10;
-      out.mapping_bytes += *m.size_kib << 10;
-      ++out.mappings;
+      if (*m.size_kib >= half_boot_kib) add(m);
     }
   }
   if (out.mappings == 0) {
-    const Mapping& largest = *std::max_element(
-        mappings.begin(), mappings.end(),
-        [](const Mapping& a, const Mapping& b) { return *a.size_kib < *b.size_kib; });
-    out.referenced_bytes = *largest.referenced_kib << 10;
-    out.mapping_bytes = *largest.size_kib << 10;
-    out.mappings = 1;
+    add(*std::max_element(mappings.begin(), mappings.end(), [](const Mapping& a, const Mapping& b) {
+      return *a.size_kib < *b.size_kib;
+    }));
   }
   return out;
 }
@@ -198,10 +233,37 @@ absl::StatusOr<double> ParseCgroupPressureSomeAvg10(absl::string_view text) {
   return p->some_avg10_percent;
 }
 
-ProcWorkingSetProbe::ProcWorkingSetProbe(std::string proc_root, std::string cgroup_root)
-    : proc_root_(std::move(proc_root)), cgroup_root_(std::move(cgroup_root)) {}
+ProcWorkingSetProbe::ProcWorkingSetProbe(std::string proc_root, std::string cgroup_root,
+                                         std::string sys_kernel_mm)
+    : proc_root_(std::move(proc_root)),
+      cgroup_root_(std::move(cgroup_root)),
+      sys_kernel_mm_(std::move(sys_kernel_mm)) {}
 
 absl::Status ProcWorkingSetProbe::ClearReferenced(int64_t pid) const {
+  return WriteClearRefs(pid, "1");
+}
+
+absl::Status ProcWorkingSetProbe::ClearSoftDirty(int64_t pid) const {
+  return WriteClearRefs(pid, "4");
+}
+
+absl::StatusOr<bool> ProcWorkingSetProbe::LruGenEnabled() const {
+  const std::string path = absl::StrCat(sys_kernel_mm_, "/lru_gen/enabled");
+  absl::StatusOr<std::string> text = ReadBounded(path, 64);
+  if (absl::IsNotFound(text.status())) return false;  // a kernel without MGLRU
+  if (!text.ok()) return text.status();
+  // "0x0007": a bit mask of the enabled features; bit 0 is MGLRU itself.
+  absl::string_view v = absl::StripAsciiWhitespace(*text);
+  uint64_t bits = 0;
+  if (!absl::ConsumePrefix(&v, "0x") || !IsHex(v) || v.size() > 16 ||
+      !absl::SimpleHexAtoi(v, &bits)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": \"", absl::StripAsciiWhitespace(*text), "\" is not a hex mask"));
+  }
+  return (bits & 1) != 0;
+}
+
+absl::Status ProcWorkingSetProbe::WriteClearRefs(int64_t pid, absl::string_view command) const {
   absl::Status valid = CheckPid(pid);
   if (!valid.ok()) return valid;
   const std::string path = absl::StrCat(proc_root_, "/", pid, "/clear_refs");
@@ -213,10 +275,11 @@ absl::Status ProcWorkingSetProbe::ClearReferenced(int64_t pid) const {
     if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(why);
     return absl::NotFoundError(why);
   }
-  const ssize_t written = write(fd, "1\n", 2);
+  const std::string line = absl::StrCat(command, "\n");
+  const ssize_t written = write(fd, line.data(), line.size());
   const int err = errno;
   close(fd);
-  if (written != 2) {
+  if (written != static_cast<ssize_t>(line.size())) {
     return absl::UnavailableError(absl::StrCat(path, ": write failed: ", std::strerror(err)));
   }
   return absl::OkStatus();
@@ -292,51 +355,81 @@ double ThreadCpuSeconds() {
 }
 
 WorkingSetSampler::WorkingSetSampler(std::shared_ptr<const WorkingSetProbe> probe,
-                                     std::function<double()> cpu_seconds)
+                                     std::function<double()> cpu_seconds, RefaultMode refault)
     : probe_(std::move(probe)),
       cpu_seconds_(cpu_seconds ? std::move(cpu_seconds)
-                               : std::function<double()>(ThreadCpuSeconds)) {}
+                               : std::function<double()>(ThreadCpuSeconds)),
+      refault_(refault) {}
 
 std::map<std::string, WorkingSetSample> WorkingSetSampler::Round(
     const std::vector<WorkingSetTarget>& targets, absl::Time now) {
   std::map<std::string, WorkingSetSample> out;
   std::map<std::string, Cleared> cleared;
   std::map<std::string, Kvm> kvm;
+  // Read at most once per round, and only when a locked mapping asks.
+  std::optional<absl::StatusOr<bool>> lru_gen;
   for (const WorkingSetTarget& t : targets) {
     WorkingSetSample& sample = out[t.vm_id];
     const double cpu_start = cpu_seconds_();
     auto known = kvm_.find(t.vm_id);
+    std::string kvm_error;
     if (known == kvm_.end() || known->second.pid != t.pid) {
       absl::StatusOr<bool> kvm = probe_->RunsKvmGuest(t.pid);
       // Unknown (its fds unreadable) counts as KVM: never a working set
       // that might be an understatement.
       known = kvm_.insert_or_assign(t.vm_id, Kvm{t.pid, !kvm.ok() || *kvm}).first;
-      if (!kvm.ok()) sample.error = kvm.status().ToString();
+      if (!kvm.ok()) kvm_error = kvm.status().ToString();
     }
     kvm[t.vm_id] = known->second;
-    if (known->second.kvm) {
-      if (sample.error.empty()) {
-        sample.error =
-            "not measured: a KVM guest (its accessed bits are in KVM's page tables, which "
-            "clear_refs and smaps do not reach)";
-      }
-    } else if (auto previous = cleared_.find(t.vm_id);
-               previous != cleared_.end() && previous->second.pid == t.pid &&
-               now > previous->second.at) {
-      absl::StatusOr<GuestRamReferenced> ref = probe_->ReadReferenced(t.pid, t.boot_bytes);
-      if (ref.ok()) {
-        sample.working_set_bytes = ref->referenced_bytes;
-        sample.interval = now - previous->second.at;
+    const bool is_kvm = known->second.kvm;
+    const bool refault = refault_ == RefaultMode::kAll || (refault_ == RefaultMode::kKvm && is_kvm);
+    if (is_kvm && !refault) {
+      sample.error = !kvm_error.empty()
+                         ? kvm_error
+                         : "not measured: a KVM guest (its accessed bits are in KVM's page "
+                           "tables, which clear_refs and smaps do not reach; see "
+                           "--working-set-refault)";
+    } else {
+      // Refault mode: "4" first, so that KVM drops its mappings and marks
+      // the pages it used since the last round before Referenced is read
+      // (working_set.h, 6).
+      absl::Status soft_dirty = refault ? probe_->ClearSoftDirty(t.pid) : absl::OkStatus();
+      if (!soft_dirty.ok()) {
+        sample.error = soft_dirty.ToString();
       } else {
-        sample.error = ref.status().ToString();
-      }
-    }
-    if (!known->second.kvm) {
-      absl::Status clear = probe_->ClearReferenced(t.pid);
-      if (clear.ok()) {
-        cleared[t.vm_id] = Cleared{t.pid, now};
-      } else if (sample.error.empty()) {
-        sample.error = clear.ToString();
+        if (auto previous = cleared_.find(t.vm_id); previous != cleared_.end() &&
+                                                    previous->second.pid == t.pid &&
+                                                    now > previous->second.at) {
+          absl::StatusOr<GuestRamReferenced> ref = probe_->ReadReferenced(t.pid, t.boot_bytes);
+          if (!ref.ok()) {
+            sample.error = ref.status().ToString();
+          } else if (ref->hugetlb_bytes > 0) {
+            sample.error =
+                "not measured: guest RAM on hugetlbfs (the kernel keeps no referenced bit for "
+                "it)";
+          } else {
+            if (refault && ref->locked_bytes > 0 && !lru_gen.has_value()) {
+              lru_gen = probe_->LruGenEnabled();
+            }
+            if (refault && ref->locked_bytes > 0 && (!lru_gen->ok() || **lru_gen)) {
+              sample.error = absl::StrCat(
+                  "not measured by refault: guest RAM is mlocked and the multi-generational "
+                  "LRU, which does not mark mlocked pages accessed, ",
+                  lru_gen->ok() ? std::string("is on")
+                                : absl::StrCat("may be on (", lru_gen->status().ToString(), ")"));
+            } else {
+              sample.working_set_bytes = ref->referenced_bytes;
+              sample.interval = now - previous->second.at;
+              sample.method = std::string(refault ? kMethodRefault : kMethodClearRefs);
+            }
+          }
+        }
+        absl::Status clear = probe_->ClearReferenced(t.pid);
+        if (clear.ok()) {
+          cleared[t.vm_id] = Cleared{t.pid, now};
+        } else if (sample.error.empty()) {
+          sample.error = clear.ToString();
+        }
       }
     }
     absl::StatusOr<double> psi = probe_->CgroupPressureSomeAvg10(t.pid);

@@ -98,6 +98,7 @@ void UpdateDemand(const GuestObservation& obs, const DemandParams& params, Deman
   state.host_working_set_bytes = obs.has_host_working_set ? obs.host_working_set_bytes : 0;
   state.host_working_set_interval_seconds =
       obs.has_host_working_set ? obs.host_working_set_interval_seconds : 0;
+  state.host_working_set_method = obs.has_host_working_set ? obs.host_working_set_method : "";
   state.has_host_psi = obs.has_host_psi;
   state.host_psi_some_avg10_percent = obs.has_host_psi ? obs.host_psi_some_avg10_percent : 0;
   state.host_stall = host_stall;

@@ -71,6 +71,7 @@
 //      the agent's pressure in 4).
 
 #include <cstdint>
+#include <string>
 
 #include "broker/policy/allocator.h"
 
@@ -156,6 +157,8 @@ struct GuestObservation {
   bool has_host_working_set = false;
   uint64_t host_working_set_bytes = 0;
   double host_working_set_interval_seconds = 0;
+  // How the agent measured it: "clear_refs", "refault" or "" (not said).
+  std::string host_working_set_method;
   bool has_host_psi = false;
   double host_psi_some_avg10_percent = 0;
   // Evidence that the balloon works: the backend saw its driver loaded, or
@@ -225,6 +228,7 @@ struct DemandState {
   bool has_host_working_set = false;
   uint64_t host_working_set_bytes = 0;
   double host_working_set_interval_seconds = 0;
+  std::string host_working_set_method;  // as GuestObservation's
   double host_working_set_recent_bytes = 0;
   bool has_host_psi = false;
   double host_psi_some_avg10_percent = 0;

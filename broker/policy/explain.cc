@@ -28,13 +28,15 @@ std::string OomHoldText(const DemandState& d) {
 }
 
 // The host-side signals a decision saw (rules 9 and 10 of demand.h), as
-// "; host working set 812 MiB over 10 s; cgroup pressure some=12%": empty
+// "; host working set 812 MiB over 10 s by refault; cgroup pressure
+// some=12%" (the method only when the agent said it): empty
 // when the agent sent none.
 std::string HostSignalsText(const DemandState& d) {
   std::string out;
   if (d.has_host_working_set) {
     out += "; host working set " + B(d.host_working_set_bytes) + " over " +
            Fmt("%.0f", d.host_working_set_interval_seconds) + " s";
+    if (!d.host_working_set_method.empty()) out += " by " + d.host_working_set_method;
     if (d.host_sized) {
       out += " (recent " + B(static_cast<uint64_t>(d.host_working_set_recent_bytes)) + ")";
     } else {

@@ -2,7 +2,10 @@
 // but whose statistics stop arriving (a Windows guest without the balloon's
 // statistics service, a guest whose statistics went stale): the broker
 // sizes it from the host-side signals the agent measures (its QEMU
-// process's referenced guest RAM, --working-set-interval=2s).
+// process's referenced guest RAM, --working-set-interval=2s). The agent
+// runs with --working-set-refault=all, so every round also writes "4" to
+// the QEMU process's clear_refs (refault sampling; under TCG it must not
+// change what is measured, and must not disturb QEMU or the guest).
 //
 // The guest (512 MiB, no swap) holds 16 MiB for kHoldSeconds, then its load
 // grows by 32 MiB a second to 224 MiB and keeps touching all of it. From
@@ -22,7 +25,10 @@
 //   3. its load reaches 224 MiB with no OOM kill (swapless: a target below
 //      what it touches would kill it), and from then on its target stays
 //      at or above the load: it is not reclaimed into its working set and
-//      got memory when its load rose, with no guest statistics at all.
+//      got memory when its load rose, with no guest statistics at all;
+//   4. the working set was measured by refault sampling (explain says
+//      "host working set … by refault"; never "by clear_refs") and QEMU is
+//      still running at the end.
 // Before host-side signals the broker kept such a guest's last estimate
 // (its idle size) and ignored the agent's acute pressure for it.
 //
@@ -123,13 +129,15 @@ TEST(QemuHostSignalsTest, GuestWithoutStatisticsIsSizedFromItsHostWorkingSet) {
           .Start({MB_AGENT_PATH, absl::StrCat("--broker=127.0.0.1:", ports->grpc), "--host-id=h1",
                   "--backend=qmp", "--qmp-socket=" + guest.agent_socket(),
                   absl::StrCat("--host-capacity-bytes=", kGuestMib * kMiB),
-                  "--working-set-interval=2s", "--metrics-listen=127.0.0.1:0", "--insecure"},
+                  "--working-set-interval=2s", "--working-set-refault=all",
+                  "--metrics-listen=127.0.0.1:0", "--insecure"},
                  dir + "/agent.log")
           .ok());
   auto stub = v1::AdminService::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", ports->grpc),
                                                             grpc::InsecureChannelCredentials()));
 
   bool flagged = false, host_sized = false, reached = false;
+  bool by_refault = false, by_clear_refs = false;
   uint64_t min_target_idle = UINT64_MAX, min_target_after_reached = UINT64_MAX;
   uint64_t last_target = 0;
   std::string explain_sample, timeline = "t(s)  target/actual MiB health | console\n";
@@ -156,6 +164,8 @@ TEST(QemuHostSignalsTest, GuestWithoutStatisticsIsSizedFromItsHostWorkingSet) {
       v1::Explanation explanation;
       if (stub->ExplainVm(&ctx, req, &explanation).ok() && explanation.steps_size() > 0) {
         const std::string& step0 = explanation.steps(0);
+        if (absl::StrContains(step0, "by refault")) by_refault = true;
+        if (absl::StrContains(step0, "by clear_refs")) by_clear_refs = true;
         if (absl::StrContains(step0, "sized from host signals") &&
             absl::StrContains(step0, "host working set")) {
           host_sized = true;
@@ -204,6 +214,9 @@ TEST(QemuHostSignalsTest, GuestWithoutStatisticsIsSizedFromItsHostWorkingSet) {
         << "reclaimed into its working set after the load reached it";
   }
   EXPECT_GT(last_target, 0u);
+  EXPECT_TRUE(guest.Running()) << "QEMU exited";
+  EXPECT_TRUE(by_refault) << "explain never said the working set was measured by refault";
+  EXPECT_FALSE(by_clear_refs) << "a working set was measured by clear_refs alone";
   guest.Stop();
   if (!HasFailure()) {
     const std::string cmd = absl::StrCat("rm -rf '", dir, "'");

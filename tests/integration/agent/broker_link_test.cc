@@ -717,13 +717,22 @@ TEST(SetHostSignalsTest, KeepsToWhatTheBrokerAccepts) {
   SetHostSignals(s, 4096 * kMiB, out);
   EXPECT_EQ(out.host_working_set_bytes(), 4096 * kMiB);  // capped at max
   EXPECT_EQ(out.host_working_set_interval_ms(), 10000u);
+  EXPECT_EQ(out.host_working_set_method(), membroker::v1::HOST_WORKING_SET_METHOD_UNSPECIFIED);
   EXPECT_DOUBLE_EQ(out.host_psi_some_avg10_percent(), 3);
+  s.method = "refault";
+  membroker::v1::VmSample refault;
+  SetHostSignals(s, 4096 * kMiB, refault);
+  EXPECT_EQ(refault.host_working_set_method(), membroker::v1::HOST_WORKING_SET_METHOD_REFAULT);
+  s.method = "clear_refs";
+  SetHostSignals(s, 4096 * kMiB, refault);
+  EXPECT_EQ(refault.host_working_set_method(), membroker::v1::HOST_WORKING_SET_METHOD_CLEAR_REFS);
   s.interval = absl::Milliseconds(10);  // too short: left out
   s.psi_some_avg10_percent = std::nan("");
   membroker::v1::VmSample none;
   SetHostSignals(s, 4096 * kMiB, none);
   EXPECT_FALSE(none.has_host_working_set_bytes());
   EXPECT_EQ(none.host_working_set_interval_ms(), 0u);
+  EXPECT_EQ(none.host_working_set_method(), membroker::v1::HOST_WORKING_SET_METHOD_UNSPECIFIED);
   EXPECT_FALSE(none.has_host_psi_some_avg10_percent());
 }
 

@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/backoff.h"
@@ -79,6 +81,18 @@ TEST_F(AgentOptionsTest, ValidFlags) {
   // The working-set probe measures statless VMs every 10 s by default.
   EXPECT_EQ(o->working_set_interval, absl::Seconds(10));
   EXPECT_FALSE(o->working_set_all_vms);
+  // Refault sampling is off by default.
+  EXPECT_EQ(o->working_set_refault, RefaultMode::kOff);
+}
+
+TEST_F(AgentOptionsTest, WorkingSetRefault) {
+  for (const auto& [text, mode] : std::vector<std::pair<std::string, RefaultMode>>{
+           {"kvm", RefaultMode::kKvm}, {"all", RefaultMode::kAll}, {"off", RefaultMode::kOff}}) {
+    flags_.working_set_refault = text;
+    absl::StatusOr<AgentOptions> o = BuildAgentOptions(flags_);
+    ASSERT_TRUE(o.ok()) << o.status();
+    EXPECT_EQ(o->working_set_refault, mode) << text;
+  }
 }
 
 TEST_F(AgentOptionsTest, WorkingSetIntervalAndAllVms) {
@@ -230,6 +244,9 @@ TEST_F(AgentOptionsTest, EachBadFlagIsNamed) {
       {[](AgentFlags& f) { f.working_set_interval = "1h"; }, "--working-set-interval"},
       {[](AgentFlags& f) { f.working_set_interval = "sometimes"; }, "--working-set-interval"},
       {[](AgentFlags& f) { f.working_set_all_vms = "yes"; }, "--working-set-all-vms"},
+      {[](AgentFlags& f) { f.working_set_refault = "on"; },
+       "--working-set-refault: refault mode must be off, kvm or all, not \"on\""},
+      {[](AgentFlags& f) { f.working_set_refault = "KVM"; }, "--working-set-refault"},
       {[](AgentFlags& f) {
          f.backend = "qmp";
          f.qmp_sockets.clear();

@@ -5,14 +5,21 @@
 #include "node-agent/working_set.h"
 
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace membroker::agent {
 namespace {
@@ -192,17 +199,30 @@ class FakeProbe : public WorkingSetProbe {
  public:
   absl::Status ClearReferenced(int64_t pid) const override {
     ++clears;
+    ops.push_back(absl::StrCat("1:", pid));
+    if (pid == gone_pid) return absl::NotFoundError("gone");
+    return absl::OkStatus();
+  }
+  absl::Status ClearSoftDirty(int64_t pid) const override {
+    ops.push_back(absl::StrCat("4:", pid));
     if (pid == gone_pid) return absl::NotFoundError("gone");
     return absl::OkStatus();
   }
   absl::StatusOr<GuestRamReferenced> ReadReferenced(int64_t pid, uint64_t boot) const override {
     ++reads;
+    ops.push_back(absl::StrCat("read:", pid));
     last_boot = boot;
     if (pid == gone_pid) return absl::NotFoundError("gone");
     GuestRamReferenced r;
     r.referenced_bytes = referenced;
+    r.locked_bytes = locked;
+    r.hugetlb_bytes = hugetlb;
     r.mappings = 1;
     return r;
+  }
+  absl::StatusOr<bool> LruGenEnabled() const override {
+    ++lru_gen_reads;
+    return lru_gen;
   }
   absl::StatusOr<double> CgroupPressureSomeAvg10(int64_t /*pid*/) const override {
     if (psi < 0) return absl::NotFoundError("cgroup v1");
@@ -213,6 +233,11 @@ class FakeProbe : public WorkingSetProbe {
     if (pid == unreadable_pid) return absl::PermissionDeniedError("fd: permission denied");
     return pid == kvm_pid;
   }
+  mutable std::vector<std::string> ops;  // "1:PID", "4:PID", "read:PID" in order
+  mutable int lru_gen_reads = 0;
+  absl::StatusOr<bool> lru_gen = false;
+  uint64_t locked = 0;
+  uint64_t hugetlb = 0;
   mutable int clears = 0;
   mutable int reads = 0;
   mutable int kvm_checks = 0;
@@ -297,6 +322,169 @@ TEST(WorkingSetSamplerTest, AKvmGuestIsNeverMeasuredButItsPressureIsRead) {
   EXPECT_EQ(probe->reads, 1);
   // Checked once per process, not every round.
   EXPECT_EQ(probe->kvm_checks, 3);
+  // Without refault mode nothing writes "4", and "tcg" is measured by
+  // clear_refs.
+  EXPECT_EQ(absl::StrJoin(probe->ops, " "), "1:30 read:30 1:30");
+  EXPECT_EQ(r["tcg"].method, "clear_refs");
+  EXPECT_EQ(r["kvm"].method, "");
+}
+
+TEST(WorkingSetSamplerTest, RefaultModeKvmClearsSoftDirtyThenReadsThenClearsReferenced) {
+  auto probe = std::make_shared<FakeProbe>();
+  probe->kvm_pid = 10;
+  probe->referenced = 300 * kMiB;
+  WorkingSetSampler sampler(
+      probe, [] { return 0.0; }, RefaultMode::kKvm);
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  const std::vector<WorkingSetTarget> vms = {{"kvm", 10, 512 * kMiB}, {"tcg", 30, 512 * kMiB}};
+  auto first = sampler.Round(vms, t0);
+  EXPECT_FALSE(first["kvm"].working_set_bytes.has_value());
+  EXPECT_TRUE(first["kvm"].error.empty()) << first["kvm"].error;
+  auto second = sampler.Round(vms, t0 + absl::Seconds(10));
+  ASSERT_TRUE(second["kvm"].working_set_bytes.has_value()) << second["kvm"].error;
+  EXPECT_EQ(*second["kvm"].working_set_bytes, 300 * kMiB);
+  EXPECT_EQ(second["kvm"].interval, absl::Seconds(10));
+  EXPECT_EQ(second["kvm"].method, "refault");
+  // The TCG process keeps clear_refs: "kvm" mode refault-samples KVM only.
+  ASSERT_TRUE(second["tcg"].working_set_bytes.has_value());
+  EXPECT_EQ(second["tcg"].method, "clear_refs");
+  // "4" before the read, "1" after it; no "4" for the TCG process.
+  EXPECT_EQ(absl::StrJoin(probe->ops, " "), "4:10 1:10 1:30 4:10 read:10 1:10 read:30 1:30");
+  // No mapping is locked: the LRU mode does not matter and is not read.
+  EXPECT_EQ(probe->lru_gen_reads, 0);
+}
+
+TEST(WorkingSetSamplerTest, RefaultModeAllCoversTcgAndAFailedSoftDirtyClearSkipsTheRound) {
+  auto probe = std::make_shared<FakeProbe>();
+  probe->referenced = 64 * kMiB;
+  WorkingSetSampler sampler(
+      probe, [] { return 0.0; }, RefaultMode::kAll);
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  sampler.Round({{"tcg", 30, 0}}, t0);
+  auto r = sampler.Round({{"tcg", 30, 0}}, t0 + absl::Seconds(10));
+  ASSERT_TRUE(r["tcg"].working_set_bytes.has_value()) << r["tcg"].error;
+  EXPECT_EQ(r["tcg"].method, "refault");
+  EXPECT_EQ(absl::StrJoin(probe->ops, " "), "4:30 1:30 4:30 read:30 1:30");
+  // "4" fails (the process went away): no read, no "1", an error.
+  probe->gone_pid = 30;
+  probe->ops.clear();
+  auto gone = sampler.Round({{"tcg", 30, 0}}, t0 + absl::Seconds(20));
+  EXPECT_FALSE(gone["tcg"].working_set_bytes.has_value());
+  EXPECT_NE(gone["tcg"].error.find("gone"), std::string::npos);
+  EXPECT_EQ(absl::StrJoin(probe->ops, " "), "4:30");
+  // Back: it starts over (clears only).
+  probe->gone_pid = -1;
+  auto back = sampler.Round({{"tcg", 30, 0}}, t0 + absl::Seconds(30));
+  EXPECT_FALSE(back["tcg"].working_set_bytes.has_value());
+}
+
+TEST(WorkingSetSamplerTest, MlockedGuestRamUnderMglruIsNotRefaultSampled) {
+  auto probe = std::make_shared<FakeProbe>();
+  probe->kvm_pid = 10;
+  probe->referenced = 300 * kMiB;
+  probe->locked = 512 * kMiB;
+  probe->lru_gen = true;
+  WorkingSetSampler sampler(
+      probe, [] { return 0.0; }, RefaultMode::kAll);
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  const std::vector<WorkingSetTarget> vms = {{"kvm", 10, 0}, {"tcg", 30, 0}};
+  sampler.Round(vms, t0);
+  auto r = sampler.Round(vms, t0 + absl::Seconds(10));
+  for (const char* vm : {"kvm", "tcg"}) {
+    EXPECT_FALSE(r[vm].working_set_bytes.has_value()) << vm;
+    EXPECT_NE(r[vm].error.find("mlocked"), std::string::npos) << r[vm].error;
+    EXPECT_EQ(r[vm].method, "");
+  }
+  EXPECT_EQ(probe->lru_gen_reads, 1);  // once per round
+  // An LRU state that cannot be read counts as on.
+  probe->lru_gen = absl::PermissionDeniedError("lru_gen/enabled: denied");
+  r = sampler.Round(vms, t0 + absl::Seconds(20));
+  EXPECT_FALSE(r["kvm"].working_set_bytes.has_value());
+  EXPECT_NE(r["kvm"].error.find("denied"), std::string::npos) << r["kvm"].error;
+  // With MGLRU off the kernel marks mlocked pages: measured.
+  probe->lru_gen = false;
+  r = sampler.Round(vms, t0 + absl::Seconds(30));
+  ASSERT_TRUE(r["kvm"].working_set_bytes.has_value()) << r["kvm"].error;
+  EXPECT_EQ(r["kvm"].method, "refault");
+  // Nor does clear_refs mode care: only refault relies on the marks.
+  auto plain_probe = std::make_shared<FakeProbe>();
+  plain_probe->locked = 512 * kMiB;
+  plain_probe->lru_gen = true;
+  WorkingSetSampler plain(plain_probe, [] { return 0.0; });
+  plain.Round({{"tcg", 30, 0}}, t0);
+  auto p = plain.Round({{"tcg", 30, 0}}, t0 + absl::Seconds(10));
+  EXPECT_TRUE(p["tcg"].working_set_bytes.has_value()) << p["tcg"].error;
+  EXPECT_EQ(plain_probe->lru_gen_reads, 0);
+}
+
+TEST(WorkingSetSamplerTest, HugetlbGuestRamIsNeverMeasured) {
+  for (RefaultMode mode : {RefaultMode::kOff, RefaultMode::kAll}) {
+    auto probe = std::make_shared<FakeProbe>();
+    probe->referenced = 0;
+    probe->hugetlb = 512 * kMiB;
+    WorkingSetSampler sampler(
+        probe, [] { return 0.0; }, mode);
+    const absl::Time t0 = absl::FromUnixSeconds(1000);
+    sampler.Round({{"tcg", 30, 0}}, t0);
+    auto r = sampler.Round({{"tcg", 30, 0}}, t0 + absl::Seconds(10));
+    EXPECT_FALSE(r["tcg"].working_set_bytes.has_value()) << RefaultModeName(mode);
+    EXPECT_NE(r["tcg"].error.find("hugetlbfs"), std::string::npos) << r["tcg"].error;
+  }
+}
+
+TEST(RefaultModeTest, ParsesTheThreeNamesAndRejectsOthers) {
+  for (RefaultMode m : {RefaultMode::kOff, RefaultMode::kKvm, RefaultMode::kAll}) {
+    auto parsed = ParseRefaultMode(RefaultModeName(m));
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(*parsed, m);
+  }
+  for (const char* bad : {"", "on", "KVM", "true", "all ", "4"}) {
+    auto parsed = ParseRefaultMode(bad);
+    ASSERT_FALSE(parsed.ok()) << bad;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(parsed.status().message().find("off, kvm or all"), std::string::npos);
+  }
+}
+
+TEST(GuestRamReferencedTest, SumsLockedAndHugetlbOfTheGuestRam) {
+  const std::string smaps =
+      Entry("55d0a0000000-55d0a0400000", "/usr/bin/qemu-system-x86_64", 4096, 4000) +
+      "Locked:         4096 kB\n" +
+      Entry("7f3a00000000-7f3a20000000", "/dev/hugepages/qemu_back_mem", 524288, 0) +
+      "Shared_Hugetlb:  2048 kB\nPrivate_Hugetlb: 522240 kB\nLocked:       524288 kB\n";
+  auto r = ParseGuestRamReferenced(smaps, 512 * kMiB);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->mappings, 1);
+  EXPECT_EQ(r->hugetlb_bytes, 512 * kMiB);
+  EXPECT_EQ(r->locked_bytes, 512 * kMiB);  // the binary's Locked is not guest RAM
+  auto plain = ParseGuestRamReferenced(QemuSmaps(), 512 * kMiB);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->hugetlb_bytes, 0u);
+  EXPECT_EQ(plain->locked_bytes, 0u);
+  auto bad = ParseGuestRamReferenced(Entry("7f00-7f10", "", 4, 0) + "Locked: many kB\n", 0);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ProcWorkingSetProbeTest, WritesFourForSoftDirtyAndReadsTheLruGenSwitch) {
+  FixtureTree t;
+  t.Write("proc/42/clear_refs", "");
+  ProcWorkingSetProbe probe(t.path("proc"), "", t.path("mm"));
+  ASSERT_TRUE(probe.ClearSoftDirty(42).ok());
+  EXPECT_EQ(t.Read("proc/42/clear_refs"), "4\n");
+  EXPECT_EQ(probe.ClearSoftDirty(43).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(probe.ClearSoftDirty(-1).code(), absl::StatusCode::kInvalidArgument);
+  // No lru_gen directory: a kernel without MGLRU.
+  auto none = probe.LruGenEnabled();
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(*none);
+  t.Write("mm/lru_gen/enabled", "0x0000\n");
+  EXPECT_FALSE(*probe.LruGenEnabled());
+  t.Write("mm/lru_gen/enabled", "0x0007\n");
+  EXPECT_TRUE(*probe.LruGenEnabled());
+  t.Write("mm/lru_gen/enabled", "0x0006\n");  // features, but not MGLRU itself
+  EXPECT_FALSE(*probe.LruGenEnabled());
+  t.Write("mm/lru_gen/enabled", "yes\n");
+  EXPECT_EQ(probe.LruGenEnabled().status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ProcWorkingSetProbeTest, FindsTheKvmVmFdAmongTheProcessFds) {
@@ -334,6 +522,87 @@ TEST(WorkingSetSamplerTest, RealProcessOfThisTest) {
   EXPECT_FALSE(*kvm);
   EXPECT_EQ(ref->mappings, 1);
   EXPECT_LE(ref->referenced_bytes, ref->mapping_bytes);
+}
+
+// A child process on this real kernel: 256 MiB anonymous, all touched, then
+// after the round's clears ("4", then "1") only the first 64 MiB. The next
+// refault round ("4", read, "1") must count about 64 MiB of that mapping.
+TEST(WorkingSetSamplerTest, RefaultRoundOnARealChildProcessCountsWhatItTouchedAfterTheClear) {
+  constexpr size_t kMapped = 256 * kMiB;
+  constexpr size_t kTouched = 64 * kMiB;
+  int to_child[2];
+  int to_parent[2];
+  ASSERT_EQ(pipe(to_child), 0);
+  ASSERT_EQ(pipe(to_parent), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(to_child[1]);
+    close(to_parent[0]);
+    void* mem = mmap(nullptr, kMapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) _exit(2);
+    auto* bytes = static_cast<volatile char*>(mem);
+    for (size_t i = 0; i < kMapped; i += 4096) bytes[i] = 1;
+    char c = 'r';
+    if (write(to_parent[1], &c, 1) != 1) _exit(3);  // all touched
+    if (read(to_child[0], &c, 1) != 1) _exit(4);    // cleared: touch 64 MiB
+    for (size_t i = 0; i < kTouched; i += 4096) bytes[i] = static_cast<char>(bytes[i] + 1);
+    if (write(to_parent[1], &c, 1) != 1) _exit(5);
+    // Wait for the parent to close the pipe (or kill us).
+    while (read(to_child[0], &c, 1) > 0) {
+    }
+    _exit(0);
+  }
+  close(to_child[0]);
+  close(to_parent[1]);
+  auto reap = [&] {
+    close(to_child[1]);
+    kill(child, SIGKILL);
+    waitpid(child, nullptr, 0);
+    close(to_parent[0]);
+  };
+  // Bounded waits (a child that dies closes its end of the pipe).
+  auto wait_child = [&]() -> bool {
+    pollfd p{to_parent[0], POLLIN, 0};
+    if (poll(&p, 1, 120 * 1000) != 1) return false;
+    char c;
+    return read(to_parent[0], &c, 1) == 1;
+  };
+  if (!wait_child()) {
+    reap();
+    FAIL() << "the child did not map and touch its memory";
+  }
+  auto probe = std::make_shared<ProcWorkingSetProbe>("/proc", "");
+  absl::Status writable = probe->ClearSoftDirty(child);
+  if (!writable.ok()) {
+    reap();
+    GTEST_SKIP() << "clear_refs not writable here: " << writable;
+  }
+  WorkingSetSampler sampler(probe, nullptr, RefaultMode::kAll);
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  const std::vector<WorkingSetTarget> vm = {{"child", child, kMapped}};
+  auto first = sampler.Round(vm, t0);
+  EXPECT_TRUE(first["child"].error.empty()) << first["child"].error;
+  char go = 'g';
+  ASSERT_EQ(write(to_child[1], &go, 1), 1);
+  const bool touched = wait_child();
+  auto second = sampler.Round(vm, t0 + absl::Seconds(10));
+  auto direct = probe->ReadReferenced(child, kMapped);
+  reap();
+  ASSERT_TRUE(touched) << "the child died before touching";
+  ASSERT_TRUE(second["child"].working_set_bytes.has_value()) << second["child"].error;
+  EXPECT_EQ(second["child"].method, "refault");
+  const uint64_t ws = *second["child"].working_set_bytes;
+  // 64 MiB touched; THP may round each end up to 2 MiB, and the clear may
+  // race a few pages. Not near 0, not near the 256 MiB touched before.
+  EXPECT_GE(ws, 56 * kMiB) << ws / kMiB << " MiB";
+  EXPECT_LE(ws, 96 * kMiB) << ws / kMiB << " MiB";
+  std::printf("referenced after touching 64 of 256 MiB: %.1f MiB\n",
+              static_cast<double>(ws) / kMiB);
+  // The round wrote "1" after its read: nothing is referenced any more.
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  EXPECT_EQ(direct->mapping_bytes, kMapped);
+  EXPECT_LT(direct->referenced_bytes, 8 * kMiB);
 }
 
 }  // namespace

@@ -36,6 +36,14 @@ TEST(ReportHostSignalsTest, ValidSignalsReachTheObservation) {
   EXPECT_DOUBLE_EQ(g.host_working_set_interval_seconds, 10.0);
   EXPECT_TRUE(g.has_host_psi);
   EXPECT_DOUBLE_EQ(g.host_psi_some_avg10_percent, 12.5);
+  EXPECT_EQ(g.host_working_set_method, "");  // not said
+  r.mutable_vms(0)->set_host_working_set_method(v1::HOST_WORKING_SET_METHOD_REFAULT);
+  ASSERT_TRUE(ValidateReport(r).ok()) << ValidateReport(r);
+  EXPECT_EQ(ToHostObservation(r, 1.0, absl::Seconds(1), nullptr).vms[0].guest.host_working_set_method,
+            "refault");
+  r.mutable_vms(0)->set_host_working_set_method(v1::HOST_WORKING_SET_METHOD_CLEAR_REFS);
+  EXPECT_EQ(ToHostObservation(r, 1.0, absl::Seconds(1), nullptr).vms[0].guest.host_working_set_method,
+            "clear_refs");
   // Absent: not measured.
   policy::HostObservation none = ToHostObservation(Report(), 1.0, absl::Seconds(1), nullptr);
   EXPECT_FALSE(none.vms[0].guest.has_host_working_set);
@@ -65,6 +73,18 @@ TEST(ReportHostSignalsTest, AbsurdValuesAreRejectedNamingTheField) {
       {"interval without working set",
        [](v1::VmSample* v) { v->set_host_working_set_interval_ms(10000); },
        "host_working_set_interval_ms"},
+      {"method without working set",
+       [](v1::VmSample* v) {
+         v->set_host_working_set_method(v1::HOST_WORKING_SET_METHOD_REFAULT);
+       },
+       "host_working_set_method"},
+      {"unknown method",
+       [](v1::VmSample* v) {
+         v->set_host_working_set_bytes(kMiB);
+         v->set_host_working_set_interval_ms(10000);
+         v->set_host_working_set_method(static_cast<v1::HostWorkingSetMethod>(99));
+       },
+       "host_working_set_method"},
       {"psi above 100", [](v1::VmSample* v) { v->set_host_psi_some_avg10_percent(101); },
        "host_psi_some_avg10_percent"},
       {"psi negative", [](v1::VmSample* v) { v->set_host_psi_some_avg10_percent(-1); },

@@ -139,6 +139,7 @@ TEST(HostStepTest, StatlessGuestIsNotReclaimedBelowItsWorkingSet) {
   w.guest.has_host_working_set = true;
   w.guest.host_working_set_bytes = 3 * kGiB;
   w.guest.host_working_set_interval_seconds = 10;
+  w.guest.host_working_set_method = "refault";
   w.guest.balloon_driver_ready = true;  // the backend sees its driver
   obs.vms = {w, Vm("t", 4 * kGiB, 4 * kGiB, 4 * kGiB)};
   for (int i = 0; i < 30; ++i) {
@@ -149,12 +150,12 @@ TEST(HostStepTest, StatlessGuestIsNotReclaimedBelowItsWorkingSet) {
   }
   EXPECT_EQ(state.vms.at("w").input.protect_bytes, 3 * kGiB);
   EXPECT_EQ(state.vms.at("w").decision.target_bytes, 3 * kGiB);
-  // explain names the signals: the working set and its interval.
+  // explain names the signals: the working set, its interval and method.
   StatsNote note;
   note.trusted = false;
   note.untrusted_reason = "stale";
   const std::string step0 = ExplainSteps("h", state, state.vms.at("w"), note)[0];
-  EXPECT_NE(step0.find("sized from host signals; host working set 3 GiB over 10 s"),
+  EXPECT_NE(step0.find("sized from host signals; host working set 3 GiB over 10 s by refault ("),
             std::string::npos)
       << step0;
 
