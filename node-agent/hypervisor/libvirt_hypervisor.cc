@@ -7,6 +7,7 @@
 #include <iterator>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -770,30 +771,33 @@ absl::StatusOr<uint64_t> ElementBytes(const std::string& xml, const std::string&
 
 }  // namespace
 
-bool LibvirtFreePageReporting(const std::string& domain_xml) {
+namespace {
+
+// The opening tag of the domain's <memballoon> inside <devices> (comments
+// removed), or nullopt when there is none or it is not closed.
+std::optional<std::string> MemballoonTag(const std::string& domain_xml) {
   const std::string xml = StripXmlComments(domain_xml);
   const size_t devices = FindTag(xml, "devices", 0, xml.size());
-  if (devices == std::string::npos) return false;
+  if (devices == std::string::npos) return std::nullopt;
   size_t end = xml.find("</devices>", devices);
   if (end == std::string::npos) end = xml.size();
   const size_t balloon = FindTag(xml, "memballoon", devices, end);
-  if (balloon == std::string::npos) return false;
+  if (balloon == std::string::npos) return std::nullopt;
   const size_t tag_end = xml.find('>', balloon);
-  if (tag_end == std::string::npos) return false;
-  return AttributeValue(xml.substr(balloon, tag_end - balloon), "freePageReporting") == "on";
+  if (tag_end == std::string::npos) return std::nullopt;
+  return xml.substr(balloon, tag_end - balloon);
+}
+
+}  // namespace
+
+bool LibvirtFreePageReporting(const std::string& domain_xml) {
+  const std::optional<std::string> tag = MemballoonTag(domain_xml);
+  return tag.has_value() && AttributeValue(*tag, "freePageReporting") == "on";
 }
 
 bool LibvirtHasBalloon(const std::string& domain_xml) {
-  const std::string xml = StripXmlComments(domain_xml);
-  const size_t devices = FindTag(xml, "devices", 0, xml.size());
-  if (devices == std::string::npos) return true;
-  size_t end = xml.find("</devices>", devices);
-  if (end == std::string::npos) end = xml.size();
-  const size_t balloon = FindTag(xml, "memballoon", devices, end);
-  if (balloon == std::string::npos) return true;
-  const size_t tag_end = xml.find('>', balloon);
-  if (tag_end == std::string::npos) return true;
-  return AttributeValue(xml.substr(balloon, tag_end - balloon), "model") != "none";
+  const std::optional<std::string> tag = MemballoonTag(domain_xml);
+  return !tag.has_value() || AttributeValue(*tag, "model") != "none";
 }
 
 absl::StatusOr<std::vector<LibvirtVirtioMem>> LibvirtVirtioMemDevices(
