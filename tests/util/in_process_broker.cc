@@ -2,6 +2,8 @@
 
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/metric_type.h>
 #include <stdlib.h>
 
 #include <cstdint>
@@ -71,6 +73,28 @@ v1::ClusterPolicy RoundNumberPolicy() {
   p.set_protect_margin_max_bytes(0);
   p.set_idle_tax_percent(0);
   return p;
+}
+
+double MetricValue(broker::BrokerMetrics& metrics, const std::string& name,
+                   const std::map<std::string, std::string>& labels) {
+  for (const auto& family : metrics.Collect()) {
+    if (family.name != name) continue;
+    for (const auto& metric : family.metric) {
+      bool match = true;
+      for (const auto& [k, v] : labels) {
+        bool found = false;
+        for (const auto& l : metric.label) found |= l.name == k && l.value == v;
+        match &= found;
+      }
+      if (!match) continue;
+      if (family.type == prometheus::MetricType::Counter) return metric.counter.value;
+      if (family.type == prometheus::MetricType::Gauge) return metric.gauge.value;
+      if (family.type == prometheus::MetricType::Histogram) {
+        return static_cast<double>(metric.histogram.sample_count);
+      }
+    }
+  }
+  return -1;
 }
 
 }  // namespace membroker::testing

@@ -7,10 +7,12 @@
 
 #include <grpcpp/channel.h>
 
+#include <map>
 #include <memory>
 #include <string>
 
 #include "absl/status/status.h"
+#include "broker/metrics.h"
 #include "broker/server.h"
 #include "common/clock.h"
 #include "membroker/v1/admin.grpc.pb.h"
@@ -79,5 +81,11 @@ class InProcessBroker {
 // margin, hysteresis, protect margin or idle tax; a 64 GiB reclaim step (a
 // whole reclaim in one step) and a 256 MiB default floor.
 v1::ClusterPolicy RoundNumberPolicy();
+
+// The value of the first series of the metric family `name` in `metrics`
+// whose labels include `labels`: a counter's or a gauge's value, a
+// histogram's sample count. -1 when there is no such series.
+double MetricValue(broker::BrokerMetrics& metrics, const std::string& name,
+                   const std::map<std::string, std::string>& labels = {});
 
 }  // namespace membroker::testing

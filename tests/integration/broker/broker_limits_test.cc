@@ -33,6 +33,7 @@ namespace membroker::broker {
 namespace {
 
 using ::membroker::testing::InProcessBroker;
+using ::membroker::testing::MetricValue;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
@@ -49,26 +50,6 @@ bool WaitFor(const std::function<bool()>& done, int seconds = 30) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return done();
-}
-
-// The value of a counter or gauge with these labels; -1 when absent.
-double MetricValue(BrokerMetrics& m, const std::string& name,
-                   const std::map<std::string, std::string>& labels = {}) {
-  for (const auto& family : m.Collect()) {
-    if (family.name != name) continue;
-    for (const auto& metric : family.metric) {
-      bool match = true;
-      for (const auto& [k, v] : labels) {
-        bool found = false;
-        for (const auto& l : metric.label) found |= l.name == k && l.value == v;
-        match &= found;
-      }
-      if (!match) continue;
-      if (family.type == prometheus::MetricType::Counter) return metric.counter.value;
-      if (family.type == prometheus::MetricType::Gauge) return metric.gauge.value;
-    }
-  }
-  return -1;
 }
 
 v1::VmSample Vm(const std::string& id, uint64_t max) {

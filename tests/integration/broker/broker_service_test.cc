@@ -19,6 +19,7 @@ namespace membroker::broker {
 namespace {
 
 using ::membroker::testing::InProcessBroker;
+using ::membroker::testing::MetricValue;
 using ::membroker::testing::RoundNumberPolicy;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
@@ -39,28 +40,6 @@ v1::VmSample Vm(const std::string& id, const std::string& name, uint64_t max, ui
   s.mutable_stats()->set_swap_in_bytes_total(0);
   s.mutable_stats()->set_major_faults_total(0);
   return s;
-}
-
-double MetricValue(BrokerMetrics& m, const std::string& name,
-                   const std::map<std::string, std::string>& labels = {}) {
-  for (const auto& family : m.Collect()) {
-    if (family.name != name) continue;
-    for (const auto& metric : family.metric) {
-      bool match = true;
-      for (const auto& [k, v] : labels) {
-        bool found = false;
-        for (const auto& l : metric.label) found |= l.name == k && l.value == v;
-        match &= found;
-      }
-      if (!match) continue;
-      if (family.type == prometheus::MetricType::Counter) return metric.counter.value;
-      if (family.type == prometheus::MetricType::Gauge) return metric.gauge.value;
-      if (family.type == prometheus::MetricType::Histogram) {
-        return static_cast<double>(metric.histogram.sample_count);
-      }
-    }
-  }
-  return -1;
 }
 
 class BrokerServiceTest : public ::testing::Test {
