@@ -34,6 +34,7 @@
 #include "node-agent/hypervisor/qmp_hypervisor.h"
 #include "tests/e2e/qemu/qemu_guest.h"
 #include "tests/e2e/qemu/qemu_test_env.h"
+#include "tests/e2e/qemu/qemu_test_fixture.h"
 #include "tests/util/broker_process.h"
 
 namespace membroker::e2e {
@@ -47,66 +48,21 @@ using ::membroker::testing::WaitUntil;
 
 constexpr uint64_t kMiB = 1ULL << 20;
 
-class QemuE2eTest : public ::testing::Test {
+class QemuE2eTest : public QemuTestBase {
  protected:
-  void SetUp() override {
-    kernel_dir_ = Env("MB_GUEST_KERNEL_DIR", MB_DEFAULT_GUEST_KERNEL_DIR);
-    busybox_ = Env("MB_BUSYBOX", "/bin/busybox");
-    char tmpl[] = "/tmp/mb-qemu-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    guests_.clear();
-    if (HasFailure()) {
-      std::printf("kept the test's files for inspection in %s\n", dir_.c_str());
-    } else {
-      std::string cmd = absl::StrCat("rm -rf '", dir_, "'");
-      if (std::system(cmd.c_str()) != 0) std::printf("could not remove %s\n", dir_.c_str());
-    }
-  }
+  QemuE2eTest() : QemuTestBase("mb-qemu") {}
 
-  // Checks the prerequisites and builds the initramfs; sets prepared_ or
-  // fails or skips the test when something is missing.
-  void Prepare() {
-    MB_REQUIRE(OnPath("qemu-system-x86_64"), "qemu-system-x86_64 (apt: qemu-system-x86)");
-    MB_REQUIRE(FileExists(busybox_), "busybox at " + busybox_ + " (apt: busybox-static)");
-    MB_REQUIRE(FileExists(kernel_dir_ + "/vmlinuz"), "guest kernel in " + kernel_dir_ +
-                                                         " (run scripts/fetch-guest-kernel.sh " +
-                                                         kernel_dir_ + ")");
-    absl::Status built =
-        BuildInitramfs(kernel_dir_, busybox_, MB_MEMLOAD_PATH, dir_ + "/initrd.cpio");
-    ASSERT_TRUE(built.ok()) << built;
-    prepared_ = true;
-  }
-
-  QemuGuest* Boot(const std::string& name, const std::string& uuid, const std::string& append) {
-    guests_.push_back(std::make_unique<QemuGuest>(dir_, name, uuid));
-    QemuGuest* g = guests_.back().get();
-    absl::Status st = g->Start(kernel_dir_ + "/vmlinuz", dir_ + "/initrd.cpio", append);
-    EXPECT_TRUE(st.ok()) << st;
-    return g;
-  }
-
+  // WaitReady of the base with 3 minutes; once booted, the QMP sockets
+  // exist (QEMU runs).
   void WaitReady(QemuGuest* g) {
-    ASSERT_TRUE(g->WaitForConsole("MB-READY", absl::Minutes(3)))
-        << g->name() << " did not boot; console:\n"
-        << g->Console() << "\nqemu:\n"
-        << g->QemuLog();
-    EXPECT_EQ(g->Console().find("MB-INSMOD-FAILED"), std::string::npos) << g->Console();
-    // The QMP sockets exist once QEMU runs.
+    QemuTestBase::WaitReady(g, absl::Minutes(3));
+    if (g->Console().find("MB-READY") == std::string::npos) return;  // failed above
     EXPECT_TRUE(FileExists(g->agent_socket()));
   }
-
-  std::string kernel_dir_;
-  std::string busybox_;
-  std::string dir_;
-  bool prepared_ = false;
-  std::vector<std::unique_ptr<QemuGuest>> guests_;
 };
 
 TEST_F(QemuE2eTest, QmpBackendDrivesRealBalloons) {
-  Prepare();
+  Prepare({});
   if (!prepared_) return;
   QemuGuest* a = Boot("mb-a", "a0000000-0000-4000-8000-000000000001", "mb_role=idle");
   QemuGuest* b = Boot("mb-b", "b0000000-0000-4000-8000-000000000002", "mb_role=idle");
@@ -201,9 +157,7 @@ TEST_F(QemuE2eTest, QmpBackendDrivesRealBalloons) {
 TEST_F(QemuE2eTest, BrokerGivesMemoryBackBeforeOom) {
   const std::string broker_bin = MB_BROKER_PATH;
   const std::string agent_bin = MB_AGENT_PATH;
-  MB_REQUIRE(!broker_bin.empty() && FileExists(broker_bin), "the membroker binary");
-  MB_REQUIRE(!agent_bin.empty() && FileExists(agent_bin), "the membroker-agent binary");
-  Prepare();
+  Prepare({/*daemons=*/true});
   if (!prepared_) return;
 
   // The load guest holds 48 MiB for 40 s, then grows by 16 MiB every 2 s

@@ -59,6 +59,7 @@
 #include "node-agent/hypervisor/qmp_client.h"
 #include "tests/e2e/qemu/qemu_guest.h"
 #include "tests/e2e/qemu/qemu_test_env.h"
+#include "tests/e2e/qemu/qemu_test_fixture.h"
 #include "tests/util/broker_process.h"
 
 namespace membroker::e2e {
@@ -83,27 +84,19 @@ bool StopStatsPolling(QmpClient& client, const std::string& socket) {
   return client.Execute("qom-set", &args).ok();
 }
 
-TEST(QemuHostSignalsTest, GuestWithoutStatisticsIsSizedFromItsHostWorkingSet) {
-  const std::string kernel_dir = Env("MB_GUEST_KERNEL_DIR", MB_DEFAULT_GUEST_KERNEL_DIR);
-  const std::string busybox = Env("MB_BUSYBOX", "/bin/busybox");
-  MB_REQUIRE(!std::string(MB_BROKER_PATH).empty() && FileExists(MB_BROKER_PATH),
-             "the membroker binary");
-  MB_REQUIRE(!std::string(MB_AGENT_PATH).empty() && FileExists(MB_AGENT_PATH),
-             "the membroker-agent binary");
-  MB_REQUIRE(OnPath("qemu-system-x86_64"), "qemu-system-x86_64 (apt: qemu-system-x86)");
-  MB_REQUIRE(FileExists(busybox), "busybox at " + busybox + " (apt: busybox-static)");
-  MB_REQUIRE(
-      FileExists(kernel_dir + "/vmlinuz"),
-      "guest kernel in " + kernel_dir + " (run scripts/fetch-guest-kernel.sh " + kernel_dir + ")");
-  char tmpl[] = "/tmp/mb-qemu-hs-XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
-  ASSERT_TRUE(BuildInitramfs(kernel_dir, busybox, MB_MEMLOAD_PATH, dir + "/initrd.cpio").ok());
+class QemuHostSignalsTest : public QemuTestBase {
+ protected:
+  QemuHostSignalsTest() : QemuTestBase("mb-qemu-hs") {}
+};
 
-  QemuGuest guest(dir, "hs-guest", "e0000000-0000-4000-8000-000000000021");
+TEST_F(QemuHostSignalsTest, GuestWithoutStatisticsIsSizedFromItsHostWorkingSet) {
+  Prepare({/*daemons=*/true});
+  if (!prepared_) return;
+
+  QemuGuest guest(dir_, "hs-guest", "e0000000-0000-4000-8000-000000000021");
   ASSERT_TRUE(
       guest
-          .Start(kernel_dir + "/vmlinuz", dir + "/initrd.cpio",
+          .Start(kernel_dir_ + "/vmlinuz", dir_ + "/initrd.cpio",
                  absl::StrFormat("mb_role=load mb_load=16,32,1,%d,%d", kLoadMaxMib, kHoldSeconds),
                  kGuestMib)
           .ok());
@@ -115,13 +108,13 @@ TEST(QemuHostSignalsTest, GuestWithoutStatisticsIsSizedFromItsHostWorkingSet) {
   EXPECT_NE(guest.Console().find("MB-SWAP 0 1"), std::string::npos) << guest.Console();
   StopStatsPolling(watch, guest.watch_socket());
 
-  ASSERT_EQ(::mkdir((dir + "/state").c_str(), 0755), 0);
-  std::ofstream(dir + "/broker.textproto")
+  ASSERT_EQ(::mkdir((dir_ + "/state").c_str(), 0755), 0);
+  std::ofstream(dir_ + "/broker.textproto")
       << "cluster_policy { host_free_margin_bytes: " << 64 * kMiB << " surplus_percent: 0 }\n";
   ChildProcess broker;
   const absl::StatusOr<::membroker::testing::BrokerPorts> ports = ::membroker::testing::StartBroker(
-      broker, MB_BROKER_PATH, dir + "/state", dir + "/broker.log", absl::Seconds(30),
-      {"--config=" + dir + "/broker.textproto"});
+      broker, MB_BROKER_PATH, dir_ + "/state", dir_ + "/broker.log", absl::Seconds(30),
+      {"--config=" + dir_ + "/broker.textproto"});
   ASSERT_TRUE(ports.ok()) << ports.status();
   ChildProcess agent_process;
   ASSERT_TRUE(
@@ -129,9 +122,14 @@ TEST(QemuHostSignalsTest, GuestWithoutStatisticsIsSizedFromItsHostWorkingSet) {
           .Start({MB_AGENT_PATH, absl::StrCat("--broker=127.0.0.1:", ports->grpc), "--host-id=h1",
                   "--backend=qmp", "--qmp-socket=" + guest.agent_socket(),
                   absl::StrCat("--host-capacity-bytes=", kGuestMib * kMiB),
+<<<<<<< HEAD
                   "--working-set-interval=2s", "--working-set-refault=all",
                   "--metrics-listen=127.0.0.1:0", "--insecure"},
                  dir + "/agent.log")
+=======
+                  "--working-set-interval=2s", "--metrics-listen=127.0.0.1:0", "--insecure"},
+                 dir_ + "/agent.log")
+>>>>>>> fixtures
           .ok());
   auto stub = v1::AdminService::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", ports->grpc),
                                                             grpc::InsecureChannelCredentials()));
@@ -218,12 +216,6 @@ TEST(QemuHostSignalsTest, GuestWithoutStatisticsIsSizedFromItsHostWorkingSet) {
   EXPECT_TRUE(by_refault) << "explain never said the working set was measured by refault";
   EXPECT_FALSE(by_clear_refs) << "a working set was measured by clear_refs alone";
   guest.Stop();
-  if (!HasFailure()) {
-    const std::string cmd = absl::StrCat("rm -rf '", dir, "'");
-    if (std::system(cmd.c_str()) != 0) std::printf("could not remove %s\n", dir.c_str());
-  } else {
-    std::printf("kept the test's files in %s\n", dir.c_str());
-  }
 }
 
 }  // namespace

@@ -68,6 +68,7 @@
 #include "node-agent/hypervisor/qmp_client.h"
 #include "tests/e2e/qemu/qemu_guest.h"
 #include "tests/e2e/qemu/qemu_test_env.h"
+#include "tests/e2e/qemu/qemu_test_fixture.h"
 #include "tests/util/broker_process.h"
 #include "tests/util/http.h"
 
@@ -123,7 +124,7 @@ struct RunResult {
   bool daemons_alive = true;
 };
 
-class QemuSwaplessTest : public ::testing::Test {
+class QemuSwaplessTest : public QemuTestBase {
  public:
   // The broker's OOM count against the consoles: every guest with a kill
   // on its console is counted at least once; a guest without one never is.
@@ -149,38 +150,13 @@ class QemuSwaplessTest : public ::testing::Test {
   }
 
  protected:
-  void SetUp() override {
-    kernel_dir_ = Env("MB_GUEST_KERNEL_DIR", MB_DEFAULT_GUEST_KERNEL_DIR);
-    busybox_ = Env("MB_BUSYBOX", "/bin/busybox");
-    char tmpl[] = "/tmp/mb-qemu-sw-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    for (auto& g : guests_) g->Stop();
-    if (HasFailure()) {
-      std::printf("kept the test's files for inspection in %s\n", dir_.c_str());
-    } else {
-      std::string cmd = absl::StrCat("rm -rf '", dir_, "'");
-      if (std::system(cmd.c_str()) != 0) std::printf("could not remove %s\n", dir_.c_str());
-    }
-  }
+  QemuSwaplessTest() : QemuTestBase("mb-qemu-sw") {}
 
   // Checks the prerequisites, builds the initramfs and boots the three
   // guests; sets ready_ or fails or skips the test.
   void BootGuests() {
-    MB_REQUIRE(!std::string(MB_BROKER_PATH).empty() && FileExists(MB_BROKER_PATH),
-               "the membroker binary");
-    MB_REQUIRE(!std::string(MB_AGENT_PATH).empty() && FileExists(MB_AGENT_PATH),
-               "the membroker-agent binary");
-    MB_REQUIRE(OnPath("qemu-system-x86_64"), "qemu-system-x86_64 (apt: qemu-system-x86)");
-    MB_REQUIRE(FileExists(busybox_), "busybox at " + busybox_ + " (apt: busybox-static)");
-    MB_REQUIRE(FileExists(kernel_dir_ + "/vmlinuz"), "guest kernel in " + kernel_dir_ +
-                                                         " (run scripts/fetch-guest-kernel.sh " +
-                                                         kernel_dir_ + ")");
-    absl::Status built =
-        BuildInitramfs(kernel_dir_, busybox_, MB_MEMLOAD_PATH, dir_ + "/initrd.cpio");
-    ASSERT_TRUE(built.ok()) << built;
+    Prepare({/*daemons=*/true});
+    if (!prepared_) return;
 
     idle_ = Boot("sw-idle", "e0000000-0000-4000-8000-000000000001", "mb_role=idle", kIdleMib);
     surge_ = Boot("sw-surge", "e0000000-0000-4000-8000-000000000002",
@@ -190,12 +166,9 @@ class QemuSwaplessTest : public ::testing::Test {
     nodrv_ = Boot("sw-nodrv", "e0000000-0000-4000-8000-000000000003", "mb_role=idle mb_balloon=off",
                   kNoDriverMib);
     for (QemuGuest* g : {idle_, surge_, nodrv_}) {
-      ASSERT_TRUE(g->WaitForConsole("MB-READY", absl::Minutes(3)))
-          << g->name() << " did not boot; console:\n"
-          << g->Console() << "\nqemu:\n"
-          << g->QemuLog();
+      WaitReady(g, absl::Minutes(3));
+      if (HasFatalFailure()) return;
       const std::string console = g->Console();
-      EXPECT_EQ(console.find("MB-INSMOD-FAILED"), std::string::npos) << console;
       // Swapless: no swap configured (SwapTotal 0 kB, /proc/swaps only has
       // its header line).
       EXPECT_NE(console.find("MB-SWAP 0 1"), std::string::npos)
@@ -206,15 +179,6 @@ class QemuSwaplessTest : public ::testing::Test {
     EXPECT_EQ(idle_->Console().find("MB-NO-BALLOON-DRIVER"), std::string::npos);
     if (HasFatalFailure()) return;
     ready_ = true;
-  }
-
-  QemuGuest* Boot(const std::string& name, const std::string& uuid, const std::string& append,
-                  int memory_mib) {
-    guests_.push_back(std::make_unique<QemuGuest>(dir_, name, uuid));
-    QemuGuest* g = guests_.back().get();
-    absl::Status st = g->Start(kernel_dir_ + "/vmlinuz", dir_ + "/initrd.cpio", append, memory_mib);
-    EXPECT_TRUE(st.ok()) << st;
-    return g;
   }
 
   // Starts the broker (no config: the shipped defaults) and the agent with
@@ -415,11 +379,7 @@ class QemuSwaplessTest : public ::testing::Test {
                 r.timeline.c_str(), surge_->Console().c_str());
   }
 
-  std::string kernel_dir_;
-  std::string busybox_;
-  std::string dir_;
   bool ready_ = false;
-  std::vector<std::unique_ptr<QemuGuest>> guests_;
   QemuGuest* idle_ = nullptr;
   QemuGuest* surge_ = nullptr;
   QemuGuest* nodrv_ = nullptr;

@@ -50,6 +50,7 @@
 #include "node-agent/hypervisor/qmp_hypervisor.h"
 #include "tests/e2e/qemu/qemu_guest.h"
 #include "tests/e2e/qemu/qemu_test_env.h"
+#include "tests/e2e/qemu/qemu_test_fixture.h"
 #include "tests/util/broker_process.h"
 
 namespace membroker::e2e {
@@ -108,59 +109,15 @@ std::string LastLoadLine(const std::string& console) {
   return console.substr(at, end == std::string::npos ? std::string::npos : end - at);
 }
 
-class QemuVirtioMemTest : public ::testing::Test {
+class QemuVirtioMemTest : public QemuTestBase {
  protected:
-  void SetUp() override {
-    kernel_dir_ = Env("MB_GUEST_KERNEL_DIR", MB_DEFAULT_GUEST_KERNEL_DIR);
-    busybox_ = Env("MB_BUSYBOX", "/bin/busybox");
-    char tmpl[] = "/tmp/mb-qemu-vm-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    for (auto& g : guests_) g->Stop();
-    if (HasFailure()) {
-      std::printf("kept the test's files for inspection in %s\n", dir_.c_str());
-    } else {
-      std::string cmd = absl::StrCat("rm -rf '", dir_, "'");
-      if (std::system(cmd.c_str()) != 0) std::printf("could not remove %s\n", dir_.c_str());
-    }
-  }
+  QemuVirtioMemTest() : QemuTestBase("mb-qemu-vm") {}
 
-  // Checks the prerequisites and builds the initramfs; sets prepared_ or
-  // fails or skips the test.
-  void Prepare() {
-    MB_REQUIRE(!std::string(MB_BROKER_PATH).empty() && FileExists(MB_BROKER_PATH),
-               "the membroker binary");
-    MB_REQUIRE(!std::string(MB_AGENT_PATH).empty() && FileExists(MB_AGENT_PATH),
-               "the membroker-agent binary");
-    MB_REQUIRE(OnPath("qemu-system-x86_64"), "qemu-system-x86_64 (apt: qemu-system-x86)");
-    MB_REQUIRE(FileExists(busybox_), "busybox at " + busybox_ + " (apt: busybox-static)");
-    MB_REQUIRE(FileExists(kernel_dir_ + "/vmlinuz") && FileExists(kernel_dir_ + "/virtio_mem.ko"),
-               "guest kernel and virtio_mem.ko in " + kernel_dir_ +
-                   " (run scripts/fetch-guest-kernel.sh " + kernel_dir_ + ")");
-    absl::Status built =
-        BuildInitramfs(kernel_dir_, busybox_, MB_MEMLOAD_PATH, dir_ + "/initrd.cpio");
-    ASSERT_TRUE(built.ok()) << built;
-    prepared_ = true;
-  }
+  // Prepare of the base: the daemons and virtio_mem.ko too.
+  void Prepare() { QemuTestBase::Prepare({/*daemons=*/true, /*virtio_mem=*/true}); }
 
-  QemuGuest* Boot(const std::string& name, const std::string& uuid, const std::string& append,
-                  const QemuGuestOptions& options) {
-    guests_.push_back(std::make_unique<QemuGuest>(dir_, name, uuid));
-    QemuGuest* g = guests_.back().get();
-    absl::Status st = g->Start(kernel_dir_ + "/vmlinuz", dir_ + "/initrd.cpio", append, options);
-    EXPECT_TRUE(st.ok()) << st;
-    return g;
-  }
-
-  void WaitReady(QemuGuest* g) {
-    ASSERT_TRUE(g->WaitForConsole("MB-READY", absl::Minutes(2)))
-        << g->name() << " did not boot; console:\n"
-        << g->Console() << "\nqemu:\n"
-        << g->QemuLog();
-    EXPECT_EQ(g->Console().find("MB-INSMOD-FAILED"), std::string::npos) << g->Console();
-  }
+  // WaitReady of the base with 2 minutes.
+  void WaitReady(QemuGuest* g) { QemuTestBase::WaitReady(g, absl::Minutes(2)); }
 
   // Starts the broker with `config` (a textproto) and the agent on
   // `sockets` with the host budget; false (with a failure) when either
@@ -198,11 +155,6 @@ class QemuVirtioMemTest : public ::testing::Test {
     return std::nullopt;
   }
 
-  std::string kernel_dir_;
-  std::string busybox_;
-  std::string dir_;
-  bool prepared_ = false;
-  std::vector<std::unique_ptr<QemuGuest>> guests_;
   ChildProcess broker_;
   ChildProcess agent_;
   std::unique_ptr<v1::AdminService::Stub> stub_;

@@ -14,10 +14,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <filesystem>
 #include <functional>
 #include <memory>
-#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -29,20 +27,16 @@
 #include "broker/server_limits.h"
 #include "membroker/v1/admin.grpc.pb.h"
 #include "membroker/v1/agent.grpc.pb.h"
+#include "tests/util/in_process_broker.h"
 
 namespace membroker::broker {
 namespace {
 
+using ::membroker::testing::InProcessBroker;
+using ::membroker::testing::MetricValue;
+
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
-
-std::string TempDir() {
-  std::random_device rd;
-  auto dir = std::filesystem::temp_directory_path() /
-             ("mb_limits_test_" + std::to_string(rd()) + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
 
 std::chrono::system_clock::time_point Deadline(int seconds = 20) {
   return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
@@ -56,26 +50,6 @@ bool WaitFor(const std::function<bool()>& done, int seconds = 30) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return done();
-}
-
-// The value of a counter or gauge with these labels; -1 when absent.
-double MetricValue(BrokerMetrics& m, const std::string& name,
-                   const std::map<std::string, std::string>& labels = {}) {
-  for (const auto& family : m.Collect()) {
-    if (family.name != name) continue;
-    for (const auto& metric : family.metric) {
-      bool match = true;
-      for (const auto& [k, v] : labels) {
-        bool found = false;
-        for (const auto& l : metric.label) found |= l.name == k && l.value == v;
-        match &= found;
-      }
-      if (!match) continue;
-      if (family.type == prometheus::MetricType::Counter) return metric.counter.value;
-      if (family.type == prometheus::MetricType::Gauge) return metric.gauge.value;
-    }
-  }
-  return -1;
 }
 
 v1::VmSample Vm(const std::string& id, uint64_t max) {
@@ -118,25 +92,13 @@ std::string Field(int number, const std::string& bytes) {
 
 class BrokerLimitsTest : public ::testing::Test {
  protected:
-  void TearDown() override {
-    broker_.reset();
-    std::filesystem::remove_all(state_dir_);
-  }
+  void TearDown() override { server_.Stop(); }
 
   void Start(ServerLimits limits = {}, Clock* clock = RealClock::Get()) {
-    state_dir_ = TempDir();
     BrokerOptions o;
-    o.listen = "127.0.0.1:0";
-    o.metrics_listen = "127.0.0.1:0";
-    o.state_dir = state_dir_;
     o.limits = limits;
-    auto b = Broker::Start(o, clock);
-    ASSERT_TRUE(b.ok()) << b.status();
-    broker_ = std::move(*b);
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(broker_->grpc_port()),
-                                   grpc::InsecureChannelCredentials());
-    admin_ = v1::AdminService::NewStub(channel_);
-    agent_ = v1::AgentService::NewStub(channel_);
+    const absl::Status started = server_.Start(o, clock);
+    ASSERT_TRUE(started.ok()) << started;
   }
 
   struct Stream {
@@ -147,7 +109,7 @@ class BrokerLimitsTest : public ::testing::Test {
     Stream s;
     s.ctx = std::make_unique<grpc::ClientContext>();
     s.ctx->set_deadline(Deadline());
-    s.rw = agent_->Connect(s.ctx.get());
+    s.rw = server_.agent()->Connect(s.ctx.get());
     return s;
   }
   // Opens a stream and says Hello; the Welcome has arrived on return.
@@ -163,7 +125,7 @@ class BrokerLimitsTest : public ::testing::Test {
   // Sends `bytes` raw as one message on a new agent stream (after `before`,
   // serialized messages sent first) and returns how the stream ended.
   grpc::Status SendRaw(const std::vector<std::string>& before, const std::string& bytes) {
-    grpc::GenericStub stub(channel_);
+    grpc::GenericStub stub(server_.channel());
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline());
     grpc::CompletionQueue cq;
@@ -200,16 +162,12 @@ class BrokerLimitsTest : public ::testing::Test {
   int HostCount() {
     grpc::ClientContext ctx;
     v1::ListHostsResponse hosts;
-    EXPECT_TRUE(admin_->ListHosts(&ctx, {}, &hosts).ok());
+    EXPECT_TRUE(server_.admin()->ListHosts(&ctx, {}, &hosts).ok());
     return hosts.hosts_size();
   }
 
-  std::string state_dir_;
   ManualClock manual_clock_;  // outlives the broker that may use it
-  std::unique_ptr<Broker> broker_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::AdminService::Stub> admin_;
-  std::unique_ptr<v1::AgentService::Stub> agent_;
+  InProcessBroker server_{"mb_limits_test"};
 };
 
 TEST_F(BrokerLimitsTest, GarbageBytesEndTheStreamWithInvalidArgumentAndAreCounted) {
@@ -218,7 +176,7 @@ TEST_F(BrokerLimitsTest, GarbageBytesEndTheStreamWithInvalidArgumentAndAreCounte
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
   EXPECT_NE(st.error_message().find("not a valid membroker.v1.AgentMessage"), std::string::npos)
       << st.error_message();
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_reports_rejected_total",
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_reports_rejected_total",
                         {{"reason", "malformed"}}),
             1);
   EXPECT_EQ(HostCount(), 0);
@@ -244,13 +202,13 @@ TEST_F(BrokerLimitsTest, InvalidUtf8IsInvalidArgumentAndChangesNothing) {
   report[at + 1] = '\x28';
   st = SendRaw({hello}, report);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_reports_rejected_total",
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_reports_rejected_total",
                         {{"reason", "malformed"}}),
             2);
   // The host said hello but no VM was taken from the bad report.
   grpc::ClientContext ctx;
   v1::ListVmsResponse vms;
-  ASSERT_TRUE(admin_->ListVms(&ctx, {}, &vms).ok());
+  ASSERT_TRUE(server_.admin()->ListVms(&ctx, {}, &vms).ok());
   EXPECT_EQ(vms.vms_size(), 0);
 }
 
@@ -267,7 +225,7 @@ TEST_F(BrokerLimitsTest, UnknownFieldsAreNotStored) {
   ASSERT_TRUE(m.has_targets());
   grpc::ClientContext ctx;
   v1::ListVmsResponse vms;
-  ASSERT_TRUE(admin_->ListVms(&ctx, {}, &vms).ok());
+  ASSERT_TRUE(server_.admin()->ListVms(&ctx, {}, &vms).ok());
   ASSERT_EQ(vms.vms_size(), 1);
   std::string out;
   ASSERT_TRUE(vms.vms(0).SerializeToString(&out));
@@ -317,7 +275,7 @@ TEST_F(BrokerLimitsTest, AckWithTenThousandErrorsLogsOneLine) {
   grpc::Status st = s.rw->Finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("at most 10000"), std::string::npos) << st.error_message();
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_reports_rejected_total",
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_reports_rejected_total",
                         {{"reason", "invalid_ack"}}),
             1);
 }
@@ -368,61 +326,61 @@ TEST_F(BrokerLimitsTest, OverlongNamesInAdminCallsAreRefusedWithShortErrors) {
     v1::GetHostRequest req;
     req.set_host_id(huge);
     v1::Host resp;
-    return admin_->GetHost(ctx, req, &resp);
+    return server_.admin()->GetHost(ctx, req, &resp);
   });
   calls.emplace_back("ListVms", [&](grpc::ClientContext* ctx) {
     v1::ListVmsRequest req;
     req.set_host_id(huge);
     v1::ListVmsResponse resp;
-    return admin_->ListVms(ctx, req, &resp);
+    return server_.admin()->ListVms(ctx, req, &resp);
   });
   calls.emplace_back("GetVm", [&](grpc::ClientContext* ctx) {
     v1::GetVmRequest req;
     req.set_vm(huge);
     v1::Vm resp;
-    return admin_->GetVm(ctx, req, &resp);
+    return server_.admin()->GetVm(ctx, req, &resp);
   });
   calls.emplace_back("ExplainVm", [&](grpc::ClientContext* ctx) {
     v1::ExplainVmRequest req;
     req.set_vm(huge);
     v1::Explanation resp;
-    return admin_->ExplainVm(ctx, req, &resp);
+    return server_.admin()->ExplainVm(ctx, req, &resp);
   });
   calls.emplace_back("SetVmPolicy", [&](grpc::ClientContext* ctx) {
     v1::SetVmPolicyRequest req;
     req.set_vm(huge);
     req.mutable_policy()->set_pinned(true);
     v1::VmPolicy resp;
-    return admin_->SetVmPolicy(ctx, req, &resp);
+    return server_.admin()->SetVmPolicy(ctx, req, &resp);
   });
   calls.emplace_back("ClearVmPolicy", [&](grpc::ClientContext* ctx) {
     v1::ClearVmPolicyRequest req;
     req.set_vm(huge);
     v1::ClearVmPolicyResponse resp;
-    return admin_->ClearVmPolicy(ctx, req, &resp);
+    return server_.admin()->ClearVmPolicy(ctx, req, &resp);
   });
   calls.emplace_back("Reserve", [&](grpc::ClientContext* ctx) {
     v1::ReserveRequest req;
     req.set_host_id(huge);
     v1::Reservation resp;
-    return admin_->Reserve(ctx, req, &resp);
+    return server_.admin()->Reserve(ctx, req, &resp);
   });
   calls.emplace_back("Release", [&](grpc::ClientContext* ctx) {
     v1::ReleaseRequest req;
     req.set_id(huge);
     v1::ReleaseResponse resp;
-    return admin_->Release(ctx, req, &resp);
+    return server_.admin()->Release(ctx, req, &resp);
   });
   calls.emplace_back("ListAuditEntries", [&](grpc::ClientContext* ctx) {
     v1::ListAuditEntriesRequest req;
     req.set_target(huge);
     v1::ListAuditEntriesResponse resp;
-    return admin_->ListAuditEntries(ctx, req, &resp);
+    return server_.admin()->ListAuditEntries(ctx, req, &resp);
   });
   calls.emplace_back("WatchDecisions", [&](grpc::ClientContext* ctx) {
     v1::WatchDecisionsRequest req;
     req.set_host_id(huge);
-    auto reader = admin_->WatchDecisions(ctx, req);
+    auto reader = server_.admin()->WatchDecisions(ctx, req);
     v1::Decision d;
     while (reader->Read(&d)) {
     }
@@ -441,7 +399,7 @@ TEST_F(BrokerLimitsTest, OverlongNamesInAdminCallsAreRefusedWithShortErrors) {
     grpc::ClientContext next;
     next.set_deadline(Deadline());
     v1::ListHostsResponse hosts;
-    const grpc::Status after = admin_->ListHosts(&next, {}, &hosts);
+    const grpc::Status after = server_.admin()->ListHosts(&next, {}, &hosts);
     EXPECT_TRUE(after.ok()) << "after " << method << ": " << after.error_message();
     EXPECT_EQ(hosts.hosts_size(), 1) << "after " << method;
   }
@@ -452,7 +410,7 @@ TEST_F(BrokerLimitsTest, OverlongNamesInAdminCallsAreRefusedWithShortErrors) {
   v1::GetVmRequest req;
   req.set_vm(std::string(250, 'v'));
   v1::Vm vm;
-  const grpc::Status st = admin_->GetVm(&ctx, req, &vm);
+  const grpc::Status st = server_.admin()->GetVm(&ctx, req, &vm);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << st.error_message();
   EXPECT_NE(st.error_message().find("(250 bytes)"), std::string::npos) << st.error_message();
   EXPECT_EQ(st.error_message().find(std::string(65, 'v')), std::string::npos) << st.error_message();
@@ -473,7 +431,7 @@ TEST_F(BrokerLimitsTest, StreamsPerPeerAreCapped) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(st.error_message().find("max_streams_per_peer"), std::string::npos)
       << st.error_message();
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_reports_rejected_total",
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_reports_rejected_total",
                         {{"reason", "agent_streams_limit"}}),
             1);
   // Closing one makes room again.
@@ -498,7 +456,7 @@ TEST_F(BrokerLimitsTest, WatchersAreCapped) {
   Start(limits);
   grpc::ClientContext first;
   first.set_deadline(Deadline());
-  auto w1 = admin_->WatchDecisions(&first, {});
+  auto w1 = server_.admin()->WatchDecisions(&first, {});
   // The first watcher is registered once a decision reaches it.
   Stream s = Connected("h1");
   ASSERT_TRUE(s.rw->Write(Report(1, {Vm("vm-a", kGiB)})));
@@ -506,7 +464,7 @@ TEST_F(BrokerLimitsTest, WatchersAreCapped) {
   ASSERT_TRUE(w1->Read(&d));
   grpc::ClientContext second;
   second.set_deadline(Deadline());
-  auto w2 = admin_->WatchDecisions(&second, {});
+  auto w2 = server_.admin()->WatchDecisions(&second, {});
   EXPECT_FALSE(w2->Read(&d));
   grpc::Status st = w2->Finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
@@ -527,19 +485,18 @@ TEST_F(BrokerLimitsTest, WatcherThatFallsBehindIsEndedAndCounted) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   auto stalled_channel =
-      grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(broker_->grpc_port()),
-                                grpc::InsecureChannelCredentials(), args);
+      grpc::CreateCustomChannel(server_.target(), grpc::InsecureChannelCredentials(), args);
   auto stalled_admin = v1::AdminService::NewStub(stalled_channel);
   grpc::ClientContext stalled_ctx;
   stalled_ctx.set_deadline(Deadline(120));
   auto stalled = stalled_admin->WatchDecisions(&stalled_ctx, {});
-  ASSERT_TRUE(WaitFor([&] { return broker_->fleet().WatcherCount() == 1; }));
+  ASSERT_TRUE(WaitFor([&] { return server_.broker().fleet().WatcherCount() == 1; }));
 
   // Large decisions (200 VMs whose numbers move every report) until the
   // broker gives up on the stalled watcher; bounded.
   Stream s = Connected("h1");
   auto dropped = [&] {
-    return MetricValue(broker_->metrics(), "membroker_reports_rejected_total",
+    return MetricValue(server_.broker().metrics(), "membroker_reports_rejected_total",
                        {{"reason", "watch_fell_behind"}});
   };
   uint64_t seq = 0;
@@ -567,14 +524,14 @@ TEST_F(BrokerLimitsTest, WatcherThatFallsBehindIsEndedAndCounted) {
   EXPECT_NE(st.error_message().find("fell behind"), std::string::npos) << st.error_message();
   EXPECT_NE(st.error_message().find(std::to_string(64 << 10)), std::string::npos)
       << st.error_message();
-  EXPECT_TRUE(WaitFor([&] { return broker_->fleet().WatcherCount() == 0; }));
+  EXPECT_TRUE(WaitFor([&] { return server_.broker().fleet().WatcherCount() == 0; }));
 
   // A watcher that keeps up is served under the same budget: each report
   // waits (bounded) until the watcher has read its decision.
   grpc::ClientContext reading_ctx;
   reading_ctx.set_deadline(Deadline(120));
-  auto reading = admin_->WatchDecisions(&reading_ctx, {});
-  ASSERT_TRUE(WaitFor([&] { return broker_->fleet().WatcherCount() == 1; }));
+  auto reading = server_.admin()->WatchDecisions(&reading_ctx, {});
+  ASSERT_TRUE(WaitFor([&] { return server_.broker().fleet().WatcherCount() == 1; }));
   std::atomic<int> read{0};
   std::thread reader([&] {
     v1::Decision r;
@@ -588,7 +545,7 @@ TEST_F(BrokerLimitsTest, WatcherThatFallsBehindIsEndedAndCounted) {
   }
   EXPECT_GT(read.load(), 0);
   EXPECT_EQ(dropped(), 1) << "a watcher that reads was ended";
-  EXPECT_EQ(broker_->fleet().WatcherCount(), 1u);
+  EXPECT_EQ(server_.broker().fleet().WatcherCount(), 1u);
   reading_ctx.TryCancel();
   reader.join();
   s.ctx->TryCancel();
@@ -604,7 +561,7 @@ TEST_F(BrokerLimitsTest, StreamWithoutHelloIsEndedAtTheHelloTimeout) {
   grpc::Status st = s.rw->Finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << st.error_message();
   EXPECT_NE(st.error_message().find("no hello"), std::string::npos) << st.error_message();
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_reports_rejected_total",
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_reports_rejected_total",
                         {{"reason", "hello_timeout"}}),
             1);
   // A stream that says hello in time is not ended by it.
@@ -633,15 +590,16 @@ TEST_F(BrokerLimitsTest, DisconnectedHostsExpireWithTheirSeries) {
   }
   Stream other = Connected("h2");  // connected: never expires
   // Wait (bounded) until the broker has seen h1's stream end.
-  for (int i = 0; i < 500 && MetricValue(broker_->metrics(), "membroker_connected_agents") != 1;
-       ++i) {
+  for (int i = 0;
+       i < 500 && MetricValue(server_.broker().metrics(), "membroker_connected_agents") != 1; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  ASSERT_EQ(MetricValue(broker_->metrics(), "membroker_connected_agents"), 1);
+  ASSERT_EQ(MetricValue(server_.broker().metrics(), "membroker_connected_agents"), 1);
   EXPECT_EQ(HostCount(), 2);
-  EXPECT_GE(MetricValue(broker_->metrics(), "membroker_vm_target_bytes", {{"host", "h1"}}), 0);
+  EXPECT_GE(MetricValue(server_.broker().metrics(), "membroker_vm_target_bytes", {{"host", "h1"}}),
+            0);
   clock.Advance(absl::Minutes(9));
-  EXPECT_EQ(broker_->fleet().ExpireHosts(limits.host_expiry), 0u);
+  EXPECT_EQ(server_.broker().fleet().ExpireHosts(limits.host_expiry), 0u);
   EXPECT_EQ(HostCount(), 2);
   clock.Advance(absl::Minutes(2));
   // The broker's own sweep runs on the clock's time; wait for it.
@@ -649,9 +607,14 @@ TEST_F(BrokerLimitsTest, DisconnectedHostsExpireWithTheirSeries) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(HostCount(), 1);
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_vm_target_bytes", {{"host", "h1"}}), -1);
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_host_capacity_bytes", {{"host", "h1"}}), -1);
-  EXPECT_GE(MetricValue(broker_->metrics(), "membroker_host_capacity_bytes", {{"host", "h2"}}), 0);
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_vm_target_bytes", {{"host", "h1"}}),
+            -1);
+  EXPECT_EQ(
+      MetricValue(server_.broker().metrics(), "membroker_host_capacity_bytes", {{"host", "h1"}}),
+      -1);
+  EXPECT_GE(
+      MetricValue(server_.broker().metrics(), "membroker_host_capacity_bytes", {{"host", "h2"}}),
+      0);
   // The host comes back as new.
   Stream again = Connected("h1");
   EXPECT_EQ(HostCount(), 2);

@@ -2,35 +2,28 @@
 // validation that changes no state, targets pushed on change, durable
 // policies, explain, health checking, and metrics.
 
-#include <filesystem>
 #include <memory>
-#include <random>
 #include <thread>
 #include <condition_variable>
 #include <mutex>
 
-#include <grpcpp/create_channel.h>
 #include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/security/credentials.h>
 #include <gtest/gtest.h>
 
 #include "broker/server.h"
 #include "membroker/v1/admin.grpc.pb.h"
 #include "membroker/v1/agent.grpc.pb.h"
+#include "tests/util/in_process_broker.h"
 
 namespace membroker::broker {
 namespace {
 
+using ::membroker::testing::InProcessBroker;
+using ::membroker::testing::MetricValue;
+using ::membroker::testing::RoundNumberPolicy;
+
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
-
-std::string TempDir() {
-  std::random_device rd;
-  auto dir = std::filesystem::temp_directory_path() /
-             ("mb_broker_test_" + std::to_string(rd()) + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
 
 v1::VmSample Vm(const std::string& id, const std::string& name, uint64_t max, uint64_t actual,
                 uint64_t used) {
@@ -49,60 +42,16 @@ v1::VmSample Vm(const std::string& id, const std::string& name, uint64_t max, ui
   return s;
 }
 
-double MetricValue(BrokerMetrics& m, const std::string& name,
-                   const std::map<std::string, std::string>& labels = {}) {
-  for (const auto& family : m.Collect()) {
-    if (family.name != name) continue;
-    for (const auto& metric : family.metric) {
-      bool match = true;
-      for (const auto& [k, v] : labels) {
-        bool found = false;
-        for (const auto& l : metric.label) found |= l.name == k && l.value == v;
-        match &= found;
-      }
-      if (!match) continue;
-      if (family.type == prometheus::MetricType::Counter) return metric.counter.value;
-      if (family.type == prometheus::MetricType::Gauge) return metric.gauge.value;
-      if (family.type == prometheus::MetricType::Histogram) {
-        return static_cast<double>(metric.histogram.sample_count);
-      }
-    }
-  }
-  return -1;
-}
-
 class BrokerServiceTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    state_dir_ = TempDir();
-    StartBroker();
-  }
-  void TearDown() override {
-    broker_.reset();
-    std::filesystem::remove_all(state_dir_);
-  }
+  void SetUp() override { StartBroker(); }
+  void TearDown() override { server_.Stop(); }
   void StartBroker() {
     BrokerOptions o;
-    o.listen = "127.0.0.1:0";
-    o.metrics_listen = "127.0.0.1:0";
-    o.state_dir = state_dir_;
     // Round numbers: no buffer, no margin, big steps.
-    o.cluster_policy.set_buffer_percent(0);
-    o.cluster_policy.set_host_free_margin_bytes(0);
-    o.cluster_policy.set_reclaim_step_bytes(64 * kGiB);
-    o.cluster_policy.set_hysteresis_bytes(0);
-    o.cluster_policy.set_default_min_bytes(256 * kMiB);
-    o.cluster_policy.set_protect_margin_percent(0);
-    o.cluster_policy.set_idle_tax_percent(0);
-    o.cluster_policy.set_hysteresis_percent(0);
-    o.cluster_policy.set_protect_margin_max_bytes(0);
-    auto b = Broker::Start(o, RealClock::Get());
-    ASSERT_TRUE(b.ok()) << b.status();
-    broker_ = std::move(*b);
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(broker_->grpc_port()),
-                                   grpc::InsecureChannelCredentials());
-    admin_ = v1::AdminService::NewStub(channel_);
-    agent_ = v1::AgentService::NewStub(channel_);
+    o.cluster_policy = RoundNumberPolicy();
+    const absl::Status started = server_.Start(o);
+    ASSERT_TRUE(started.ok()) << started;
   }
 
   struct Stream {
@@ -113,7 +62,7 @@ class BrokerServiceTest : public ::testing::Test {
     Stream s;
     s.ctx = std::make_unique<grpc::ClientContext>();
     s.ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-    s.rw = agent_->Connect(s.ctx.get());
+    s.rw = server_.agent()->Connect(s.ctx.get());
     return s;
   }
   static v1::AgentMessage Hello(const std::string& host, uint64_t capacity) {
@@ -131,11 +80,7 @@ class BrokerServiceTest : public ::testing::Test {
     return m;
   }
 
-  std::string state_dir_;
-  std::unique_ptr<Broker> broker_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::AdminService::Stub> admin_;
-  std::unique_ptr<v1::AgentService::Stub> agent_;
+  InProcessBroker server_{"mb_broker_test"};
 };
 
 TEST_F(BrokerServiceTest, FirstMessageMustBeHello) {
@@ -158,7 +103,7 @@ TEST_F(BrokerServiceTest, BadHelloIsRejectedAndChangesNothing) {
   EXPECT_NE(st.error_message().find("host_id"), std::string::npos) << st.error_message();
   grpc::ClientContext ctx;
   v1::ListHostsResponse hosts;
-  ASSERT_TRUE(admin_->ListHosts(&ctx, {}, &hosts).ok());
+  ASSERT_TRUE(server_.admin()->ListHosts(&ctx, {}, &hosts).ok());
   EXPECT_EQ(hosts.hosts_size(), 0);
 }
 
@@ -200,7 +145,7 @@ TEST_F(BrokerServiceTest, ReportGetsTargetsAtOnceWithinCapacityAndFloors) {
     grpc::ClientContext ctx;
     v1::GetHostRequest req;
     req.set_host_id("h1");
-    ASSERT_TRUE(admin_->GetHost(&ctx, req, &host).ok());
+    ASSERT_TRUE(server_.admin()->GetHost(&ctx, req, &host).ok());
     if (host.acked_generation() == 1 && host.report_sequence() == 2) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
@@ -209,12 +154,12 @@ TEST_F(BrokerServiceTest, ReportGetsTargetsAtOnceWithinCapacityAndFloors) {
   EXPECT_EQ(host.acked_generation(), 1u);
   EXPECT_TRUE(host.connected());
   EXPECT_EQ(host.capacity_bytes(), 5 * kGiB);
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_reports_received_total", {{"host", "h1"}}), 2);
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_targets_pushed_total", {{"host", "h1"}}), 1);
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_connected_agents"), 1);
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_vm_target_bytes", {{"vm", "idle"}}),
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_reports_received_total", {{"host", "h1"}}), 2);
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_targets_pushed_total", {{"host", "h1"}}), 1);
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_connected_agents"), 1);
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_vm_target_bytes", {{"vm", "idle"}}),
             static_cast<double>(1792 * kMiB));
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_decision_latency_seconds"), 1);
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_decision_latency_seconds"), 1);
 
   // busy now has its 3.25 GiB and uses all of it, and swapped in 512 MiB
   // since the last report: demand = 3.25 + 0.5 + 0.125 (pressure step) =
@@ -253,10 +198,10 @@ TEST_F(BrokerServiceTest, MalformedReportIsRejectedAndStateIsUnchanged) {
   EXPECT_NE(st.error_message().find("report.vms[1].vm_id"), std::string::npos) << st.error_message();
   grpc::ClientContext ctx;
   v1::ListVmsResponse vms;
-  ASSERT_TRUE(admin_->ListVms(&ctx, {}, &vms).ok());
+  ASSERT_TRUE(server_.admin()->ListVms(&ctx, {}, &vms).ok());
   ASSERT_EQ(vms.vms_size(), 1);
   EXPECT_EQ(vms.vms(0).vm_id(), "a");
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_reports_rejected_total", {{"reason", "invalid"}}), 1);
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_reports_rejected_total", {{"reason", "invalid"}}), 1);
 }
 
 TEST_F(BrokerServiceTest, ImpossibleGuestStatsAreFlaggedNotUsed) {
@@ -274,7 +219,7 @@ TEST_F(BrokerServiceTest, ImpossibleGuestStatsAreFlaggedNotUsed) {
   v1::GetVmRequest req;
   req.set_vm("a");
   v1::Vm vm;
-  ASSERT_TRUE(admin_->GetVm(&ctx, req, &vm).ok());
+  ASSERT_TRUE(server_.admin()->GetVm(&ctx, req, &vm).ok());
   EXPECT_TRUE(vm.stats().untrusted());
   EXPECT_NE(vm.stats().untrusted_reason().find("available_bytes"), std::string::npos)
       << vm.stats().untrusted_reason();
@@ -287,14 +232,14 @@ TEST_F(BrokerServiceTest, AdminValidationAndNotFound) {
   v1::GetVmRequest get;
   get.set_vm("nope");
   v1::Vm vm;
-  EXPECT_EQ(admin_->GetVm(&c1, get, &vm).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(server_.admin()->GetVm(&c1, get, &vm).error_code(), grpc::StatusCode::NOT_FOUND);
 
   grpc::ClientContext c2;
   v1::SetVmPolicyRequest set;
   set.set_vm("123e4567-e89b-12d3-a456-426614174000");
   set.mutable_policy()->set_weight(0);
   v1::VmPolicy out;
-  grpc::Status st = admin_->SetVmPolicy(&c2, set, &out);
+  grpc::Status st = server_.admin()->SetVmPolicy(&c2, set, &out);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("policy.weight"), std::string::npos);
 
@@ -302,7 +247,7 @@ TEST_F(BrokerServiceTest, AdminValidationAndNotFound) {
   set.mutable_policy()->set_weight(100);
   set.mutable_policy()->set_min_bytes(8 * kGiB);
   set.mutable_policy()->set_max_bytes(4 * kGiB);
-  st = admin_->SetVmPolicy(&c3, set, &out);
+  st = server_.admin()->SetVmPolicy(&c3, set, &out);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("min_bytes"), std::string::npos);
 
@@ -310,27 +255,27 @@ TEST_F(BrokerServiceTest, AdminValidationAndNotFound) {
   v1::SetClusterPolicyRequest cp;
   cp.mutable_policy()->set_idle_tax_percent(100);
   v1::ClusterPolicy cpo;
-  st = admin_->SetClusterPolicy(&c4, cp, &cpo);
+  st = server_.admin()->SetClusterPolicy(&c4, cp, &cpo);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("idle_tax_percent"), std::string::npos);
   grpc::ClientContext c4b;
   cp.mutable_policy()->clear_idle_tax_percent();
   cp.mutable_policy()->set_surplus_percent(101);
-  st = admin_->SetClusterPolicy(&c4b, cp, &cpo);
+  st = server_.admin()->SetClusterPolicy(&c4b, cp, &cpo);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("surplus_percent"), std::string::npos);
   grpc::ClientContext c5;
-  ASSERT_TRUE(admin_->GetClusterPolicy(&c5, {}, &cpo).ok());
+  ASSERT_TRUE(server_.admin()->GetClusterPolicy(&c5, {}, &cpo).ok());
   EXPECT_EQ(cpo.surplus_percent(), 100);  // unchanged default
   EXPECT_EQ(cpo.idle_tax_percent(), 0);  // unchanged (the test's own setting)
 
   grpc::ClientContext c6;
   v1::ReserveRequest rr;
   v1::Reservation res;
-  st = admin_->Reserve(&c6, rr, &res);
+  st = server_.admin()->Reserve(&c6, rr, &res);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("host_id"), std::string::npos) << st.error_message();
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_admin_requests_total",
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_admin_requests_total",
                         {{"method", "GetVm"}, {"code", "NOT_FOUND"}}),
             1);
 }
@@ -355,7 +300,7 @@ TEST_F(BrokerServiceTest, VmPolicyRaisesTargetPushesAtOnceAndSurvivesRestart) {
   set.set_vm("alpha");
   set.mutable_policy()->set_min_bytes(3 * kGiB);
   v1::VmPolicy out;
-  ASSERT_TRUE(admin_->SetVmPolicy(&ctx, set, &out).ok());
+  ASSERT_TRUE(server_.admin()->SetVmPolicy(&ctx, set, &out).ok());
   EXPECT_EQ(out.min_bytes(), 3 * kGiB);
   ASSERT_TRUE(s.rw->Read(&m));
   ASSERT_TRUE(m.has_targets());
@@ -367,7 +312,7 @@ TEST_F(BrokerServiceTest, VmPolicyRaisesTargetPushesAtOnceAndSurvivesRestart) {
   v1::ExplainVmRequest ereq;
   ereq.set_vm("alpha");
   v1::Explanation e;
-  ASSERT_TRUE(admin_->ExplainVm(&ectx, ereq, &e).ok());
+  ASSERT_TRUE(server_.admin()->ExplainVm(&ectx, ereq, &e).ok());
   EXPECT_EQ(e.floor_bytes(), 3 * kGiB);
   EXPECT_EQ(e.min_bytes(), 3 * kGiB);
   EXPECT_EQ(e.target_bytes(), 3456 * kMiB);
@@ -379,16 +324,16 @@ TEST_F(BrokerServiceTest, VmPolicyRaisesTargetPushesAtOnceAndSurvivesRestart) {
   v1::SetClusterPolicyRequest cp;
   cp.mutable_policy()->set_buffer_percent(35);
   v1::ClusterPolicy cpo;
-  ASSERT_TRUE(admin_->SetClusterPolicy(&pctx, cp, &cpo).ok());
+  ASSERT_TRUE(server_.admin()->SetClusterPolicy(&pctx, cp, &cpo).ok());
   EXPECT_EQ(cpo.buffer_percent(), 35);
   EXPECT_EQ(cpo.default_min_bytes(), 256 * kMiB);  // others kept
 
   s.ctx->TryCancel();
   s.rw->Finish();
-  broker_.reset();
+  server_.Stop();
   StartBroker();  // same state dir
   grpc::ClientContext g1;
-  ASSERT_TRUE(admin_->GetClusterPolicy(&g1, {}, &cpo).ok());
+  ASSERT_TRUE(server_.admin()->GetClusterPolicy(&g1, {}, &cpo).ok());
   EXPECT_EQ(cpo.buffer_percent(), 35);
   // The VM policy is back too: a new stream's decision honours it.
   Stream s2 = Open();
@@ -411,7 +356,7 @@ TEST_F(BrokerServiceTest, FirstDecisionTakesMemoryBackInSteps) {
   cp.mutable_policy()->set_reclaim_step_bytes(kGiB);
   cp.mutable_policy()->set_surplus_percent(0);
   v1::ClusterPolicy cpo;
-  ASSERT_TRUE(admin_->SetClusterPolicy(&pctx, cp, &cpo).ok());
+  ASSERT_TRUE(server_.admin()->SetClusterPolicy(&pctx, cp, &cpo).ok());
   Stream s = Open();
   ASSERT_TRUE(s.rw->Write(Hello("h1", 8 * kGiB)));
   v1::BrokerMessage m;
@@ -442,9 +387,9 @@ TEST_F(BrokerServiceTest, VmMetricsAreLabelledUniquelyAndRemovedWithTheVm) {
   ASSERT_TRUE(s.rw->Write(Report(1, {Vm("id-1", "dup", 2 * kGiB, 2 * kGiB, kGiB),
                                      Vm("id-2", "dup", 2 * kGiB, 2 * kGiB, kGiB)})));
   ASSERT_TRUE(s.rw->Read(&m));
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_vm_actual_bytes", {{"vm", "dup"}}),
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_vm_actual_bytes", {{"vm", "dup"}}),
             static_cast<double>(2 * kGiB));
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_vm_actual_bytes", {{"vm", "id-2"}}),
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_vm_actual_bytes", {{"vm", "id-2"}}),
             static_cast<double>(2 * kGiB));
   // id-1 leaves: its series goes, id-2's stays.
   ASSERT_TRUE(s.rw->Write(Report(2, {Vm("id-2", "dup", 2 * kGiB, 2 * kGiB, kGiB)})));
@@ -455,12 +400,12 @@ TEST_F(BrokerServiceTest, VmMetricsAreLabelledUniquelyAndRemovedWithTheVm) {
     v1::GetHostRequest req;
     req.set_host_id("h1");
     v1::Host host;
-    ASSERT_TRUE(admin_->GetHost(&ctx, req, &host).ok());
+    ASSERT_TRUE(server_.admin()->GetHost(&ctx, req, &host).ok());
     if (host.report_sequence() == 2) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_vm_actual_bytes", {{"vm", "dup"}}), -1);
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_vm_actual_bytes", {{"vm", "id-2"}}),
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_vm_actual_bytes", {{"vm", "dup"}}), -1);
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_vm_actual_bytes", {{"vm", "id-2"}}),
             static_cast<double>(2 * kGiB));
   s.ctx->TryCancel();
   s.rw->Finish();
@@ -487,12 +432,12 @@ TEST_F(BrokerServiceTest, FreeInGuestsBackOnTheHostCountsOnlyReportingVmsWithRss
   off.set_host_rss_bytes(kGiB);
   ASSERT_TRUE(s.rw->Write(Report(1, {reporting, over, no_rss, off})));
   ASSERT_TRUE(s.rw->Read(&m));
-  EXPECT_EQ(MetricValue(broker_->metrics(), "membroker_host_guest_free_on_host_bytes",
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_host_guest_free_on_host_bytes",
                         {{"host", "h1"}}),
             static_cast<double>(512 * kMiB));
   grpc::ClientContext ctx;
   v1::ListVmsResponse listed;
-  ASSERT_TRUE(admin_->ListVms(&ctx, {}, &listed).ok());
+  ASSERT_TRUE(server_.admin()->ListVms(&ctx, {}, &listed).ok());
   std::map<std::string, v1::Vm> by_name;
   for (const v1::Vm& vm : listed.vms()) by_name[vm.name()] = vm;
   ASSERT_EQ(by_name.size(), 4u);
@@ -507,7 +452,7 @@ TEST_F(BrokerServiceTest, FreeInGuestsBackOnTheHostCountsOnlyReportingVmsWithRss
   v1::ExplainVmRequest req;
   req.set_vm("reporting");
   v1::Explanation e;
-  ASSERT_TRUE(admin_->ExplainVm(&ectx, req, &e).ok());
+  ASSERT_TRUE(server_.admin()->ExplainVm(&ectx, req, &e).ok());
   bool said = false;
   for (const std::string& step : e.steps()) {
     said |= step.find("free page reporting: on; 536870912 B") != std::string::npos;
@@ -536,7 +481,7 @@ TEST_F(BrokerServiceTest, NewerStreamReplacesOlder) {
 }
 
 TEST_F(BrokerServiceTest, HealthCheckingServes) {
-  grpc::GenericStub stub(channel_);
+  grpc::GenericStub stub(server_.channel());
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   grpc::Slice empty("", 0);  // HealthCheckRequest{service: ""} encodes as empty
@@ -570,14 +515,14 @@ TEST_F(BrokerServiceTest, WatchDecisionsStreamsEachNewGenerationOfTheWatchedHost
   h2_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
   v1::WatchDecisionsRequest all_req, h2_req;
   h2_req.set_host_id("h2");
-  auto all = admin_->WatchDecisions(&all_ctx, all_req);
-  auto h2_only = admin_->WatchDecisions(&h2_ctx, h2_req);
+  auto all = server_.admin()->WatchDecisions(&all_ctx, all_req);
+  auto h2_only = server_.admin()->WatchDecisions(&h2_ctx, h2_req);
   // A decision made before a watch is registered is not sent to it: wait
   // (bounded) until the broker holds both.
-  for (int i = 0; i < 500 && broker_->fleet().WatcherCount() < 2; ++i) {
+  for (int i = 0; i < 500 && server_.broker().fleet().WatcherCount() < 2; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  ASSERT_EQ(broker_->fleet().WatcherCount(), 2u);
+  ASSERT_EQ(server_.broker().fleet().WatcherCount(), 2u);
 
   Stream s1 = Open();
   ASSERT_TRUE(s1.rw->Write(Hello("h1", 8 * kGiB)));
@@ -617,10 +562,10 @@ TEST_F(BrokerServiceTest, WatchDecisionsStreamsEachNewGenerationOfTheWatchedHost
   while (h2_only->Read(&d)) {
   }
   h2_only->Finish();
-  for (int i = 0; i < 500 && broker_->fleet().WatcherCount() > 0; ++i) {
+  for (int i = 0; i < 500 && server_.broker().fleet().WatcherCount() > 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  EXPECT_EQ(broker_->fleet().WatcherCount(), 0u);
+  EXPECT_EQ(server_.broker().fleet().WatcherCount(), 0u);
   s1.rw->WritesDone();
   s2.rw->WritesDone();
   s1.rw->Finish();

@@ -1,23 +1,22 @@
 // Placement and the rebalance plan through the real AdminService,
 // in-process on 127.0.0.1:0: one short host and one with room.
 
-#include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <map>
 #include <memory>
-#include <random>
 
 #include "broker/server.h"
 #include "membroker/v1/admin.grpc.pb.h"
 #include "membroker/v1/agent.grpc.pb.h"
+#include "tests/util/in_process_broker.h"
 
 namespace membroker::broker {
 namespace {
 
-constexpr uint64_t kMiB = uint64_t{1} << 20;
+using ::membroker::testing::InProcessBroker;
+using ::membroker::testing::RoundNumberPolicy;
+
 constexpr uint64_t kGiB = uint64_t{1} << 30;
 
 v1::VmSample Vm(const std::string& id, uint64_t max, uint64_t used) {
@@ -46,37 +45,15 @@ double Gauge(BrokerMetrics& m, const std::string& name) {
 class PlanServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::random_device rd;
-    state_dir_ = (std::filesystem::temp_directory_path() /
-                  ("mb_plan_test_" + std::to_string(rd()) + std::to_string(::getpid())))
-                     .string();
-    std::filesystem::create_directories(state_dir_);
     BrokerOptions o;
-    o.listen = "127.0.0.1:0";
-    o.metrics_listen = "127.0.0.1:0";
-    o.state_dir = state_dir_;
     // Round numbers: no buffer, no margins; floors are what guests use.
-    o.cluster_policy.set_buffer_percent(0);
-    o.cluster_policy.set_host_free_margin_bytes(0);
-    o.cluster_policy.set_reclaim_step_bytes(64 * kGiB);
-    o.cluster_policy.set_hysteresis_bytes(0);
-    o.cluster_policy.set_hysteresis_percent(0);
-    o.cluster_policy.set_default_min_bytes(256 * kMiB);
-    o.cluster_policy.set_protect_margin_percent(0);
-    o.cluster_policy.set_protect_margin_max_bytes(0);
-    o.cluster_policy.set_idle_tax_percent(0);
-    auto b = Broker::Start(o, RealClock::Get());
-    ASSERT_TRUE(b.ok()) << b.status();
-    broker_ = std::move(*b);
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(broker_->grpc_port()),
-                                   grpc::InsecureChannelCredentials());
-    admin_ = v1::AdminService::NewStub(channel_);
-    agent_ = v1::AgentService::NewStub(channel_);
+    o.cluster_policy = RoundNumberPolicy();
+    const absl::Status started = server_.Start(o);
+    ASSERT_TRUE(started.ok()) << started;
   }
   void TearDown() override {
     streams_.clear();
-    broker_.reset();
-    std::filesystem::remove_all(state_dir_);
+    server_.Stop();
   }
 
   // Connects `host` and sends one report; returns once its targets came.
@@ -84,7 +61,7 @@ class PlanServiceTest : public ::testing::Test {
     Stream s;
     s.ctx = std::make_unique<grpc::ClientContext>();
     s.ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    s.rw = agent_->Connect(s.ctx.get());
+    s.rw = server_.agent()->Connect(s.ctx.get());
     v1::AgentMessage hello;
     hello.mutable_hello()->set_host_id(host);
     hello.mutable_hello()->set_capacity_bytes(capacity);
@@ -113,25 +90,21 @@ class PlanServiceTest : public ::testing::Test {
     Stream(Stream&&) = default;
   };
 
-  std::string state_dir_;
-  std::unique_ptr<Broker> broker_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::AdminService::Stub> admin_;
-  std::unique_ptr<v1::AgentService::Stub> agent_;
+  InProcessBroker server_{"mb_plan_test"};
   std::vector<Stream> streams_;
 };
 
 TEST_F(PlanServiceTest, EmptyFleetHasAnEmptyPlanAndNoPlace) {
   grpc::ClientContext c1;
   v1::Plan plan;
-  ASSERT_TRUE(admin_->GetPlan(&c1, {}, &plan).ok());
+  ASSERT_TRUE(server_.admin()->GetPlan(&c1, {}, &plan).ok());
   EXPECT_EQ(plan.moves_size(), 0);
   EXPECT_EQ(plan.hosts_short_before(), 0u);
   grpc::ClientContext c2;
   v1::PlaceRequest req;
   req.set_bytes(kGiB);
   v1::PlaceResponse resp;
-  ASSERT_TRUE(admin_->Place(&c2, req, &resp).ok());
+  ASSERT_TRUE(server_.admin()->Place(&c2, req, &resp).ok());
   EXPECT_EQ(resp.options_size(), 0);
   EXPECT_EQ(resp.assignments_size(), 0);
   EXPECT_EQ(resp.requested(), 1u);
@@ -146,7 +119,7 @@ TEST_F(PlanServiceTest, ShortHostGetsAMoveAndPlaceAvoidsIt) {
   // Both cover the 1 GiB: small costs 2 x 100, big 3 x 100: small moves.
   grpc::ClientContext c1;
   v1::Plan plan;
-  ASSERT_TRUE(admin_->GetPlan(&c1, {}, &plan).ok());
+  ASSERT_TRUE(server_.admin()->GetPlan(&c1, {}, &plan).ok());
   ASSERT_EQ(plan.moves_size(), 1) << plan.DebugString();
   EXPECT_EQ(plan.moves(0).vm_id(), "small");
   EXPECT_EQ(plan.moves(0).vm_name(), "small");
@@ -156,10 +129,10 @@ TEST_F(PlanServiceTest, ShortHostGetsAMoveAndPlaceAvoidsIt) {
   EXPECT_EQ(plan.hosts_short_before(), 1u);
   EXPECT_EQ(plan.hosts_short_after(), 0u);
   EXPECT_TRUE(plan.has_computed_at());
-  EXPECT_EQ(Gauge(broker_->metrics(), "membroker_plan_moves"), 1);
-  EXPECT_EQ(Gauge(broker_->metrics(), "membroker_plan_hosts_short"), 1);
-  EXPECT_EQ(Gauge(broker_->metrics(), "membroker_plan_hosts_short_after"), 0);
-  EXPECT_EQ(Gauge(broker_->metrics(), "membroker_plan_moved_bytes"), 2.0 * kGiB);
+  EXPECT_EQ(Gauge(server_.broker().metrics(), "membroker_plan_moves"), 1);
+  EXPECT_EQ(Gauge(server_.broker().metrics(), "membroker_plan_hosts_short"), 1);
+  EXPECT_EQ(Gauge(server_.broker().metrics(), "membroker_plan_hosts_short_after"), 0);
+  EXPECT_EQ(Gauge(server_.broker().metrics(), "membroker_plan_moved_bytes"), 2.0 * kGiB);
 
   // An operator weight of 10 makes big the cheaper move (3 x 10 < 2 x 100).
   grpc::ClientContext c2;
@@ -167,9 +140,9 @@ TEST_F(PlanServiceTest, ShortHostGetsAMoveAndPlaceAvoidsIt) {
   set.set_vm("big");
   set.mutable_policy()->set_weight(10);
   v1::VmPolicy stored;
-  ASSERT_TRUE(admin_->SetVmPolicy(&c2, set, &stored).ok());
+  ASSERT_TRUE(server_.admin()->SetVmPolicy(&c2, set, &stored).ok());
   grpc::ClientContext c3;
-  ASSERT_TRUE(admin_->GetPlan(&c3, {}, &plan).ok());
+  ASSERT_TRUE(server_.admin()->GetPlan(&c3, {}, &plan).ok());
   ASSERT_EQ(plan.moves_size(), 1);
   EXPECT_EQ(plan.moves(0).vm_id(), "big");
 
@@ -180,7 +153,7 @@ TEST_F(PlanServiceTest, ShortHostGetsAMoveAndPlaceAvoidsIt) {
   req.set_bytes(2 * kGiB);
   req.set_count(4);
   v1::PlaceResponse resp;
-  ASSERT_TRUE(admin_->Place(&c4, req, &resp).ok());
+  ASSERT_TRUE(server_.admin()->Place(&c4, req, &resp).ok());
   ASSERT_EQ(resp.options_size(), 1) << resp.DebugString();
   EXPECT_EQ(resp.options(0).host_id(), "roomy");
   EXPECT_EQ(resp.options(0).headroom_bytes(), static_cast<int64_t>(5 * kGiB));
@@ -191,14 +164,14 @@ TEST_F(PlanServiceTest, ShortHostGetsAMoveAndPlaceAvoidsIt) {
 TEST_F(PlanServiceTest, BadPlaceRequestsAreRefused) {
   v1::PlaceResponse resp;
   grpc::ClientContext c1;
-  grpc::Status st = admin_->Place(&c1, v1::PlaceRequest(), &resp);
+  grpc::Status st = server_.admin()->Place(&c1, v1::PlaceRequest(), &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("bytes"), std::string::npos) << st.error_message();
   grpc::ClientContext c2;
   v1::PlaceRequest req;
   req.set_bytes(kGiB);
   req.set_count(kMaxPlaceCount + 1);
-  st = admin_->Place(&c2, req, &resp);
+  st = server_.admin()->Place(&c2, req, &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(st.error_message().find("count"), std::string::npos) << st.error_message();
 }

@@ -5,22 +5,22 @@
 // expires, one handed to the VM it was made for, and one that survives a
 // broker restart. Waits are bounded by deadlines.
 
-#include <grpcpp/create_channel.h>
-#include <grpcpp/security/credentials.h>
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <future>
 #include <memory>
-#include <random>
 #include <thread>
 
 #include "broker/server.h"
 #include "membroker/v1/admin.grpc.pb.h"
 #include "membroker/v1/agent.grpc.pb.h"
+#include "tests/util/in_process_broker.h"
 
 namespace membroker::broker {
 namespace {
+
+using ::membroker::testing::InProcessBroker;
+using ::membroker::testing::RoundNumberPolicy;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
@@ -61,42 +61,19 @@ std::chrono::system_clock::time_point In(int seconds) {
 
 class ReservationServiceTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::random_device rd;
-    state_dir_ = (std::filesystem::temp_directory_path() /
-                  ("mb_reservation_test_" + std::to_string(rd()) + std::to_string(::getpid())))
-                     .string();
-    StartBroker();
-  }
+  void SetUp() override { StartBroker(); }
   void TearDown() override {
     if (stream_.rw) {
       stream_.ctx->TryCancel();
       stream_.rw->Finish().IgnoreError();
     }
-    broker_.reset();
-    std::filesystem::remove_all(state_dir_);
+    server_.Stop();
   }
   void StartBroker() {
     BrokerOptions o;
-    o.listen = "127.0.0.1:0";
-    o.metrics_listen = "127.0.0.1:0";
-    o.state_dir = state_dir_;
-    o.cluster_policy.set_buffer_percent(0);
-    o.cluster_policy.set_host_free_margin_bytes(0);
-    o.cluster_policy.set_reclaim_step_bytes(64 * kGiB);
-    o.cluster_policy.set_hysteresis_bytes(0);
-    o.cluster_policy.set_hysteresis_percent(0);
-    o.cluster_policy.set_default_min_bytes(256 * kMiB);
-    o.cluster_policy.set_protect_margin_percent(0);
-    o.cluster_policy.set_protect_margin_max_bytes(0);
-    o.cluster_policy.set_idle_tax_percent(0);
-    auto b = Broker::Start(o, RealClock::Get());
-    ASSERT_TRUE(b.ok()) << b.status();
-    broker_ = std::move(*b);
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(broker_->grpc_port()),
-                                   grpc::InsecureChannelCredentials());
-    admin_ = v1::AdminService::NewStub(channel_);
-    agent_ = v1::AgentService::NewStub(channel_);
+    o.cluster_policy = RoundNumberPolicy();
+    const absl::Status started = server_.Start(o);
+    ASSERT_TRUE(started.ok()) << started;
   }
 
   // Connects host `host` (capacity 8 GiB) and reports `vms` as sequence 1;
@@ -105,7 +82,7 @@ class ReservationServiceTest : public ::testing::Test {
                                           const std::vector<v1::VmSample>& vms) {
     stream_.ctx = std::make_unique<grpc::ClientContext>();
     stream_.ctx->set_deadline(In(30));
-    stream_.rw = agent_->Connect(stream_.ctx.get());
+    stream_.rw = server_.agent()->Connect(stream_.ctx.get());
     v1::AgentMessage hello;
     hello.mutable_hello()->set_host_id(host);
     hello.mutable_hello()->set_capacity_bytes(8 * kGiB);
@@ -134,12 +111,12 @@ class ReservationServiceTest : public ::testing::Test {
   grpc::Status Reserve(const v1::ReserveRequest& req, v1::Reservation* out) {
     grpc::ClientContext ctx;
     ctx.set_deadline(In(30));
-    return admin_->Reserve(&ctx, req, out);
+    return server_.admin()->Reserve(&ctx, req, out);
   }
   std::vector<v1::Reservation> List() {
     grpc::ClientContext ctx;
     v1::ListReservationsResponse resp;
-    EXPECT_TRUE(admin_->ListReservations(&ctx, {}, &resp).ok());
+    EXPECT_TRUE(server_.admin()->ListReservations(&ctx, {}, &resp).ok());
     return {resp.reservations().begin(), resp.reservations().end()};
   }
   v1::Host GetHost(const std::string& id) {
@@ -147,7 +124,7 @@ class ReservationServiceTest : public ::testing::Test {
     v1::GetHostRequest req;
     req.set_host_id(id);
     v1::Host h;
-    EXPECT_TRUE(admin_->GetHost(&ctx, req, &h).ok());
+    EXPECT_TRUE(server_.admin()->GetHost(&ctx, req, &h).ok());
     return h;
   }
   static v1::ReserveRequest Request(const std::string& host, uint64_t bytes, int wait_seconds) {
@@ -163,11 +140,7 @@ class ReservationServiceTest : public ::testing::Test {
     std::unique_ptr<grpc::ClientReaderWriter<v1::AgentMessage, v1::BrokerMessage>> rw;
   } stream_;
   uint64_t sequence_ = 0;
-  std::string state_dir_;
-  std::unique_ptr<Broker> broker_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::AdminService::Stub> admin_;
-  std::unique_ptr<v1::AgentService::Stub> agent_;
+  InProcessBroker server_{"mb_reservation_test"};
 };
 
 TEST_F(ReservationServiceTest, MetWhenTheReportShowsTheRoomFree) {
@@ -182,7 +155,7 @@ TEST_F(ReservationServiceTest, MetWhenTheReportShowsTheRoomFree) {
   });
   t = NextTargets();
   ASSERT_EQ(t["vm-web"], 4 * kGiB);
-  EXPECT_EQ(Gauge(broker_->metrics(), "membroker_host_reserved_bytes", "h1"),
+  EXPECT_EQ(Gauge(server_.broker().metrics(), "membroker_host_reserved_bytes", "h1"),
             static_cast<double>(4 * kGiB));
   // Only when the balloon has moved (8 - 4 = 4 GiB free) is the call met.
   SendReport({Vm("vm-web", "web-1", 6 * kGiB, 4 * kGiB, 1 * kGiB)});
@@ -199,11 +172,11 @@ TEST_F(ReservationServiceTest, MetWhenTheReportShowsTheRoomFree) {
   v1::ReleaseRequest rel;
   rel.set_id(reservation.id());
   v1::ReleaseResponse rr;
-  ASSERT_TRUE(admin_->Release(&ctx, rel, &rr).ok());
+  ASSERT_TRUE(server_.admin()->Release(&ctx, rel, &rr).ok());
   EXPECT_EQ(NextTargets()["vm-web"], 6 * kGiB);
   EXPECT_TRUE(List().empty());
   grpc::ClientContext again;
-  EXPECT_EQ(admin_->Release(&again, rel, &rr).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(server_.admin()->Release(&again, rel, &rr).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 TEST_F(ReservationServiceTest, CannotFitNamesTheFloors) {
@@ -214,7 +187,7 @@ TEST_F(ReservationServiceTest, CannotFitNamesTheFloors) {
   pol.set_vm("db-1");
   pol.mutable_policy()->set_min_bytes(5 * kGiB);
   v1::VmPolicy stored;
-  ASSERT_TRUE(admin_->SetVmPolicy(&pctx, pol, &stored).ok());
+  ASSERT_TRUE(server_.admin()->SetVmPolicy(&pctx, pol, &stored).ok());
   // Floors: db-1 5 GiB (operator min), web-1 1 GiB (used): 6 of 8 GiB;
   // 3 GiB more cannot fit.
   v1::Reservation r;
@@ -251,7 +224,7 @@ TEST_F(ReservationServiceTest, ACallerThatGoesAwayLeavesNoReservation) {
   grpc::ClientContext ctx;
   ctx.set_deadline(In(1));
   v1::Reservation r;
-  grpc::Status s = admin_->Reserve(&ctx, Request("h1", 4 * kGiB, 60), &r);
+  grpc::Status s = server_.admin()->Reserve(&ctx, Request("h1", 4 * kGiB, 60), &r);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
   // Bounded wait for the broker to end the wait and give the room back.
   const absl::Time bound = absl::Now() + absl::Seconds(30);
@@ -277,7 +250,7 @@ TEST_F(ReservationServiceTest, ExpiresAtItsTtl) {
   }
   EXPECT_TRUE(gone);
   EXPECT_EQ(GetHost("h1").reserved_bytes(), 0u);
-  EXPECT_EQ(Gauge(broker_->metrics(), "membroker_host_reserved_bytes", "h1"), 0);
+  EXPECT_EQ(Gauge(server_.broker().metrics(), "membroker_host_reserved_bytes", "h1"), 0);
 }
 
 TEST_F(ReservationServiceTest, HandedToTheVmThatStartsWithIt) {
@@ -299,7 +272,7 @@ TEST_F(ReservationServiceTest, HandedToTheVmThatStartsWithIt) {
   NextTargets();
   EXPECT_TRUE(List().empty());
   EXPECT_EQ(GetHost("h1").reserved_bytes(), 0u);
-  EXPECT_EQ(Gauge(broker_->metrics(), "membroker_host_reserved_bytes", "h1"), 0);
+  EXPECT_EQ(Gauge(server_.broker().metrics(), "membroker_host_reserved_bytes", "h1"), 0);
 }
 
 TEST_F(ReservationServiceTest, SurvivesABrokerRestart) {
@@ -309,7 +282,7 @@ TEST_F(ReservationServiceTest, SurvivesABrokerRestart) {
   stream_.ctx->TryCancel();
   stream_.rw->Finish().IgnoreError();
   stream_.rw.reset();
-  broker_.reset();
+  server_.Stop();
   StartBroker();
   auto list = List();
   ASSERT_EQ(list.size(), 1u);

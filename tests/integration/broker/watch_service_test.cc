@@ -8,11 +8,9 @@
 #include <grpcpp/security/credentials.h>
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <list>
 #include <map>
 #include <memory>
-#include <random>
 #include <set>
 #include <thread>
 
@@ -20,9 +18,12 @@
 #include "broker/server.h"
 #include "membroker/v1/admin.grpc.pb.h"
 #include "membroker/v1/agent.grpc.pb.h"
+#include "tests/util/in_process_broker.h"
 
 namespace membroker::broker {
 namespace {
+
+using ::membroker::testing::InProcessBroker;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
@@ -49,39 +50,24 @@ std::chrono::system_clock::time_point In(int seconds) {
 
 class WatchServiceTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::random_device rd;
-    state_dir_ = (std::filesystem::temp_directory_path() /
-                  ("mb_watch_test_" + std::to_string(rd()) + std::to_string(::getpid())))
-                     .string();
-  }
   void TearDown() override {
     for (auto& s : streams_) {
       s.ctx->TryCancel();
       s.rw->Finish().IgnoreError();
     }
     streams_.clear();
-    broker_.reset();
-    std::filesystem::remove_all(state_dir_);
+    server_.Stop();
   }
   void StartBroker(size_t max_queued, size_t batch, size_t max_queued_bytes = size_t{16} << 20,
                    size_t max_total_bytes = size_t{256} << 20) {
     BrokerOptions o;
-    o.listen = "127.0.0.1:0";
-    o.metrics_listen = "127.0.0.1:0";
-    o.state_dir = state_dir_;
     o.watch.period = absl::Hours(1);
     o.watch.max_queued = max_queued;
     o.watch.batch = batch;
     o.watch.max_queued_bytes = max_queued_bytes;
     o.watch.max_total_bytes = max_total_bytes;
-    auto b = Broker::Start(o, RealClock::Get());
-    ASSERT_TRUE(b.ok()) << b.status();
-    broker_ = std::move(*b);
-    target_ = "127.0.0.1:" + std::to_string(broker_->grpc_port());
-    channel_ = grpc::CreateChannel(target_, grpc::InsecureChannelCredentials());
-    admin_ = v1::AdminService::NewStub(channel_);
-    agent_ = v1::AgentService::NewStub(channel_);
+    const absl::Status started = server_.Start(o);
+    ASSERT_TRUE(started.ok()) << started;
   }
 
   struct Agent {
@@ -96,7 +82,7 @@ class WatchServiceTest : public ::testing::Test {
     a.host = host;
     a.ctx = std::make_unique<grpc::ClientContext>();
     a.ctx->set_deadline(In(60));
-    a.rw = agent_->Connect(a.ctx.get());
+    a.rw = server_.agent()->Connect(a.ctx.get());
     v1::AgentMessage hello;
     hello.mutable_hello()->set_host_id(host);
     hello.mutable_hello()->set_capacity_bytes(64 * kGiB);
@@ -118,7 +104,8 @@ class WatchServiceTest : public ::testing::Test {
       v1::GetHostRequest req;
       req.set_host_id(a->host);
       v1::Host h;
-      if (admin_->GetHost(&ctx, req, &h).ok() && h.report_sequence() == a->sequence) return;
+      if (server_.admin()->GetHost(&ctx, req, &h).ok() && h.report_sequence() == a->sequence)
+        return;
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     FAIL() << "report " << a->sequence << " of " << a->host << " not seen";
@@ -126,10 +113,10 @@ class WatchServiceTest : public ::testing::Test {
   // Waits until the hub knows `n` watchers.
   void AwaitWatchers(size_t n) {
     for (auto until = In(20); std::chrono::system_clock::now() < until;) {
-      if (broker_->watch_hub().WatcherCount() == n) return;
+      if (server_.broker().watch_hub().WatcherCount() == n) return;
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    FAIL() << "watchers: " << broker_->watch_hub().WatcherCount() << ", expected " << n;
+    FAIL() << "watchers: " << server_.broker().watch_hub().WatcherCount() << ", expected " << n;
   }
   // A channel whose watcher reads only when the test reads: no BDP probe
   // and a small stream window, so the broker cannot send far ahead.
@@ -138,7 +125,7 @@ class WatchServiceTest : public ::testing::Test {
     args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
     args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8192);
     small_window_channels_.push_back(
-        grpc::CreateCustomChannel(target_, grpc::InsecureChannelCredentials(), args));
+        grpc::CreateCustomChannel(server_.target(), grpc::InsecureChannelCredentials(), args));
     return v1::AdminService::NewStub(small_window_channels_.back());
   }
   // `n` VMs named "<host>-vm-<i>" with 200-character names (each about a
@@ -159,12 +146,7 @@ class WatchServiceTest : public ::testing::Test {
     return out;
   }
 
-  std::string state_dir_;
-  std::string target_;
-  std::unique_ptr<Broker> broker_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::AdminService::Stub> admin_;
-  std::unique_ptr<v1::AgentService::Stub> agent_;
+  InProcessBroker server_{"mb_watch_test"};
   std::list<Agent> streams_;
   std::vector<std::shared_ptr<grpc::Channel>> small_window_channels_;
 };
@@ -179,9 +161,9 @@ TEST_F(WatchServiceTest, VmsSnapshotThenChangesOnlyAndRemovals) {
   ctx.set_deadline(In(60));
   v1::WatchVmsRequest req;
   req.set_host_id("h1");
-  auto reader = admin_->WatchVms(&ctx, req);
+  auto reader = server_.admin()->WatchVms(&ctx, req);
   AwaitWatchers(1);
-  broker_->watch_hub().ScanNow();
+  server_.broker().watch_hub().ScanNow();
   v1::VmEvent e;
   ASSERT_TRUE(reader->Read(&e));
   EXPECT_EQ(e.type(), v1::VmEvent::TYPE_SNAPSHOT);
@@ -193,7 +175,7 @@ TEST_F(WatchServiceTest, VmsSnapshotThenChangesOnlyAndRemovals) {
   // watches; a's balloon moves: only a is sent. h2's change is filtered.
   Report(h1, {Vm("a", 3 * kGiB, kGiB), Vm("b", 4 * kGiB, kGiB, 2 * kGiB)});
   Report(h2, {Vm("c", 3 * kGiB, kGiB)});
-  broker_->watch_hub().ScanNow();
+  server_.broker().watch_hub().ScanNow();
   ASSERT_TRUE(reader->Read(&e));
   EXPECT_EQ(e.type(), v1::VmEvent::TYPE_CHANGES);
   ASSERT_EQ(Ids(e.vms()), (std::set<std::string>{"a"}));
@@ -201,9 +183,9 @@ TEST_F(WatchServiceTest, VmsSnapshotThenChangesOnlyAndRemovals) {
   EXPECT_EQ(e.removed_size(), 0);
 
   // A scan with nothing changed sends nothing: the next event is b's removal.
-  broker_->watch_hub().ScanNow();
+  server_.broker().watch_hub().ScanNow();
   Report(h1, {Vm("a", 3 * kGiB, kGiB)});
-  broker_->watch_hub().ScanNow();
+  server_.broker().watch_hub().ScanNow();
   ASSERT_TRUE(reader->Read(&e));
   EXPECT_EQ(e.type(), v1::VmEvent::TYPE_CHANGES);
   EXPECT_EQ(e.vms_size(), 0);
@@ -217,8 +199,8 @@ TEST_F(WatchServiceTest, VmsSnapshotThenChangesOnlyAndRemovals) {
   pol.set_vm("a");
   pol.mutable_policy()->set_weight(300);
   v1::VmPolicy stored;
-  ASSERT_TRUE(admin_->SetVmPolicy(&pctx, pol, &stored).ok());
-  broker_->watch_hub().ScanNow();
+  ASSERT_TRUE(server_.admin()->SetVmPolicy(&pctx, pol, &stored).ok());
+  server_.broker().watch_hub().ScanNow();
   ASSERT_TRUE(reader->Read(&e));
   ASSERT_EQ(Ids(e.vms()), (std::set<std::string>{"a"}));
   EXPECT_EQ(e.vms(0).policy().weight(), 300u);
@@ -230,9 +212,9 @@ TEST_F(WatchServiceTest, HostsSnapshotThenChanges) {
   Report(h1, {Vm("a", 4 * kGiB, kGiB)});
   grpc::ClientContext ctx;
   ctx.set_deadline(In(60));
-  auto reader = admin_->WatchHosts(&ctx, v1::WatchHostsRequest());
+  auto reader = server_.admin()->WatchHosts(&ctx, v1::WatchHostsRequest());
   AwaitWatchers(1);
-  broker_->watch_hub().ScanNow();
+  server_.broker().watch_hub().ScanNow();
   v1::HostEvent e;
   ASSERT_TRUE(reader->Read(&e));
   EXPECT_EQ(e.type(), v1::HostEvent::TYPE_SNAPSHOT);
@@ -245,7 +227,7 @@ TEST_F(WatchServiceTest, HostsSnapshotThenChanges) {
   Report(h1, {Vm("a", 4 * kGiB, kGiB)});
   Agent* h2 = Connect("h2");
   Report(h2, {Vm("c", 2 * kGiB, kGiB)});
-  broker_->watch_hub().ScanNow();
+  server_.broker().watch_hub().ScanNow();
   ASSERT_TRUE(reader->Read(&e));
   EXPECT_EQ(e.type(), v1::HostEvent::TYPE_CHANGES);
   ASSERT_EQ(e.hosts_size(), 1);
@@ -275,16 +257,17 @@ TEST_F(WatchServiceTest, SlowWatcherIsDroppedFastOneKeepsGoing) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8192);
-  auto slow_channel = grpc::CreateCustomChannel(target_, grpc::InsecureChannelCredentials(), args);
+  auto slow_channel =
+      grpc::CreateCustomChannel(server_.target(), grpc::InsecureChannelCredentials(), args);
   auto slow_stub = v1::AdminService::NewStub(slow_channel);
   grpc::ClientContext slow_ctx;
   slow_ctx.set_deadline(In(120));
   auto slow = slow_stub->WatchVms(&slow_ctx, v1::WatchVmsRequest());
   grpc::ClientContext fast_ctx;
   fast_ctx.set_deadline(In(120));
-  auto fast = admin_->WatchVms(&fast_ctx, v1::WatchVmsRequest());
+  auto fast = server_.admin()->WatchVms(&fast_ctx, v1::WatchVmsRequest());
   AwaitWatchers(2);
-  broker_->watch_hub().ScanNow();  // both snapshots: 20 events and the end
+  server_.broker().watch_hub().ScanNow();  // both snapshots: 20 events and the end
   v1::VmEvent e;
   while (fast->Read(&e) && e.type() != v1::VmEvent::TYPE_SNAPSHOT_END) {
   }
@@ -299,15 +282,15 @@ TEST_F(WatchServiceTest, SlowWatcherIsDroppedFastOneKeepsGoing) {
     return true;
   };
   int round = 1;
-  for (; round <= 300 && broker_->watch_hub().DroppedCount() == 0; ++round) {
+  for (; round <= 300 && server_.broker().watch_hub().DroppedCount() == 0; ++round) {
     Report(h1, vms(round));
-    broker_->watch_hub().ScanNow();
+    server_.broker().watch_hub().ScanNow();
     ASSERT_TRUE(read_round()) << "round " << round;
   }
-  ASSERT_EQ(broker_->watch_hub().DroppedCount(), 1u);
+  ASSERT_EQ(server_.broker().watch_hub().DroppedCount(), 1u);
   // The fast one keeps getting changes after the drop.
   Report(h1, vms(round));
-  broker_->watch_hub().ScanNow();
+  server_.broker().watch_hub().ScanNow();
   EXPECT_TRUE(read_round());
   // The slow one: what was sent, then RESOURCE_EXHAUSTED naming the limit.
   while (slow->Read(&e)) {
@@ -342,24 +325,24 @@ TEST_F(WatchServiceTest, BigSnapshotIsReadHostByHostAsTheWatcherDrains) {
   // is an hour: from here on only the watcher's reading drives it.
   AwaitWatchers(1);
   for (int i = 0; i < 20; ++i) {
-    EXPECT_LE(broker_->watch_hub().QueuedBytes(), kBudget);
+    EXPECT_LE(server_.broker().watch_hub().QueuedBytes(), kBudget);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  EXPECT_GT(broker_->watch_hub().QueuedBytes(), 0u);
-  EXPECT_EQ(broker_->watch_hub().DroppedCount(), 0u);
+  EXPECT_GT(server_.broker().watch_hub().QueuedBytes(), 0u);
+  EXPECT_EQ(server_.broker().watch_hub().DroppedCount(), 0u);
   // Reading drains it: every VM once, then SNAPSHOT_END.
   std::set<std::string> seen;
   v1::VmEvent e;
   while (reader->Read(&e) && e.type() == v1::VmEvent::TYPE_SNAPSHOT) {
     for (const auto& vm : e.vms()) EXPECT_TRUE(seen.insert(vm.vm_id()).second) << vm.vm_id();
-    EXPECT_LE(broker_->watch_hub().QueuedBytes(), kBudget);
+    EXPECT_LE(server_.broker().watch_hub().QueuedBytes(), kBudget);
   }
   ASSERT_EQ(e.type(), v1::VmEvent::TYPE_SNAPSHOT_END);
   EXPECT_EQ(seen.size(), static_cast<size_t>(kHosts * kVmsPerHost));
-  EXPECT_EQ(broker_->watch_hub().DroppedCount(), 0u);
+  EXPECT_EQ(server_.broker().watch_hub().DroppedCount(), 0u);
   // Then changes.
   Report(&*std::next(streams_.begin(), 3), BigVms("h03", 1, 2 * kGiB));
-  broker_->watch_hub().ScanNow();
+  server_.broker().watch_hub().ScanNow();
   // One VM changed and the others went, in events of at most 10.
   int changed = 0;
   int removed = 0;
@@ -393,11 +376,11 @@ TEST_F(WatchServiceTest, ChangesDuringASnapshotLeaveTheWatcherWithTheFleetsState
   // Wait until the snapshot has paused part-way (the watcher reads
   // nothing yet), then change hosts it has read and hosts it has not:
   // balloons move, VMs go, and a host that was not there arrives.
-  for (auto until = In(20);
-       broker_->watch_hub().QueuedBytes() == 0 && std::chrono::system_clock::now() < until;) {
+  for (auto until = In(20); server_.broker().watch_hub().QueuedBytes() == 0 &&
+                            std::chrono::system_clock::now() < until;) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  ASSERT_GT(broker_->watch_hub().QueuedBytes(), 0u);
+  ASSERT_GT(server_.broker().watch_hub().QueuedBytes(), 0u);
   auto host = [&](int h) { return &*std::next(streams_.begin(), h); };
   for (int h : {0, 1, 10, 19}) {
     std::vector<v1::VmSample> vms = BigVms(host(h)->host, 30, 3 * kGiB);
@@ -406,11 +389,11 @@ TEST_F(WatchServiceTest, ChangesDuringASnapshotLeaveTheWatcherWithTheFleetsState
   }
   Agent* late = Connect("h99");
   Report(late, BigVms("h99", 5, 2 * kGiB));
-  broker_->watch_hub().ScanNow();
+  server_.broker().watch_hub().ScanNow();
   // One more change after everything else, to know when the watcher has
   // caught up.
   Report(late, BigVms("h99", 6, 2 * kGiB));
-  broker_->watch_hub().ScanNow();
+  server_.broker().watch_hub().ScanNow();
 
   // The watcher's view: snapshot, then changes applied in order.
   std::map<std::string, uint64_t> view;  // vm_id -> actual_bytes
@@ -428,11 +411,11 @@ TEST_F(WatchServiceTest, ChangesDuringASnapshotLeaveTheWatcherWithTheFleetsState
     for (const auto& vm : e.removed()) view.erase(vm.vm_id());
   }
   ASSERT_TRUE(caught_up && snapshot_ended) << reader->Finish().error_message();
-  EXPECT_EQ(broker_->watch_hub().DroppedCount(), 0u);
+  EXPECT_EQ(server_.broker().watch_hub().DroppedCount(), 0u);
   grpc::ClientContext lctx;
   v1::ListVmsRequest lreq;
   v1::ListVmsResponse fleet;
-  ASSERT_TRUE(admin_->ListVms(&lctx, lreq, &fleet).ok());
+  ASSERT_TRUE(server_.admin()->ListVms(&lctx, lreq, &fleet).ok());
   std::map<std::string, uint64_t> truth;
   for (const auto& vm : fleet.vms()) truth[vm.vm_id()] = vm.actual_bytes();
   EXPECT_EQ(truth.size(), static_cast<size_t>(16 * 30 + 4 * 20 + 6));
@@ -456,13 +439,13 @@ TEST_F(WatchServiceTest, WatcherOverItsByteBudgetIsEndedNamingIt) {
   AwaitWatchers(1);
   // Every round moves every balloon: 20 one-VM events the watcher never
   // reads. It holds at most its budget, then is ended.
-  for (int round = 1; round <= 300 && broker_->watch_hub().DroppedCount() == 0; ++round) {
+  for (int round = 1; round <= 300 && server_.broker().watch_hub().DroppedCount() == 0; ++round) {
     Report(h1, BigVms("h1", 20, 4 * kGiB - (round % 2) * 64 * kMiB));
-    broker_->watch_hub().ScanNow();
-    EXPECT_LE(broker_->watch_hub().QueuedBytes(), kBudget);
+    server_.broker().watch_hub().ScanNow();
+    EXPECT_LE(server_.broker().watch_hub().QueuedBytes(), kBudget);
   }
-  ASSERT_EQ(broker_->watch_hub().DroppedCount(), 1u);
-  EXPECT_EQ(broker_->watch_hub().QueuedBytes(), 0u);
+  ASSERT_EQ(server_.broker().watch_hub().DroppedCount(), 1u);
+  EXPECT_EQ(server_.broker().watch_hub().QueuedBytes(), 0u);
   v1::VmEvent e;
   while (reader->Read(&e)) {
   }
