@@ -122,14 +122,9 @@ TEST_F(QemuHostSignalsTest, GuestWithoutStatisticsIsSizedFromItsHostWorkingSet) 
           .Start({MB_AGENT_PATH, absl::StrCat("--broker=127.0.0.1:", ports->grpc), "--host-id=h1",
                   "--backend=qmp", "--qmp-socket=" + guest.agent_socket(),
                   absl::StrCat("--host-capacity-bytes=", kGuestMib * kMiB),
-<<<<<<< HEAD
                   "--working-set-interval=2s", "--working-set-refault=all",
                   "--metrics-listen=127.0.0.1:0", "--insecure"},
-                 dir + "/agent.log")
-=======
-                  "--working-set-interval=2s", "--metrics-listen=127.0.0.1:0", "--insecure"},
                  dir_ + "/agent.log")
->>>>>>> fixtures
           .ok());
   auto stub = v1::AdminService::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", ports->grpc),
                                                             grpc::InsecureChannelCredentials()));
