@@ -41,8 +41,7 @@ absl::Status ValidateBrokerOptions(const BrokerOptions& o) {
   }
   RETURN_IF_ERROR(ValidateServerLimits(o.limits));
   if (o.watch.period <= absl::ZeroDuration() || o.watch.max_queued == 0 || o.watch.batch == 0) {
-    return absl::InvalidArgumentError(
-        "watch: period, max_queued and batch must be greater than 0");
+    return absl::InvalidArgumentError("watch: period, max_queued and batch must be greater than 0");
   }
   const auto& safety = o.safety;
   for (const auto* d : {&safety.stuck_timeout(), &safety.fail_static_grace()}) {
@@ -66,7 +65,9 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
   b->reservations_ = std::make_unique<Reservations>(clock, b->store_.get());
   RETURN_IF_ERROR(b->reservations_->Load());
   b->reservations_->Start(b->fleet_.get());
-  b->watch_hub_ = std::make_unique<WatchHub>(b->fleet_.get(), clock, options.watch);
+  b->watch_hub_ = std::make_unique<WatchHub>(
+      b->fleet_.get(), clock, options.watch,
+      [metrics = b->metrics_.get()] { metrics->ReportRejected("watch_fell_behind"); });
   b->watch_hub_->Start();
   ASSIGN_OR_RETURN(b->metrics_server_,
                    MetricsServer::Start(options.metrics_listen, b->metrics_->collectable()));

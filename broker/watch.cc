@@ -199,7 +199,7 @@ bool WatchReactor<Event>::BeginSnapshot(Fleet& fleet) {
 template <>
 WatchHub::SnapshotStep WatchReactor<v1::VmEvent>::AdvanceSnapshot(Fleet& fleet, size_t batch,
                                                                   size_t low_water) {
-  if (!begun_ && !BeginSnapshot(fleet)) return WatchHub::SnapshotStep::kEnded;
+  if (!begun_ && !BeginSnapshot(fleet)) return WatchHub::SnapshotStep::kRefused;
   while (!to_read_.empty()) {
     if (writer_.queued_bytes() >= low_water) return WatchHub::SnapshotStep::kMore;
     const std::string host = std::move(to_read_.back());
@@ -253,7 +253,7 @@ bool WatchReactor<v1::VmEvent>::SendChanges(const FleetChanges& changes, size_t 
 template <>
 WatchHub::SnapshotStep WatchReactor<v1::HostEvent>::AdvanceSnapshot(Fleet& fleet, size_t batch,
                                                                     size_t low_water) {
-  if (!begun_ && !BeginSnapshot(fleet)) return WatchHub::SnapshotStep::kEnded;
+  if (!begun_ && !BeginSnapshot(fleet)) return WatchHub::SnapshotStep::kRefused;
   v1::HostEvent e;
   e.set_type(v1::HostEvent::TYPE_SNAPSHOT);
   while (!to_read_.empty()) {
@@ -294,8 +294,13 @@ bool WatchReactor<v1::HostEvent>::SendChanges(const FleetChanges& changes, size_
 
 // --- The hub ---
 
-WatchHub::WatchHub(Fleet* fleet, Clock* clock, Options options)
-    : fleet_(fleet), clock_(clock), options_(options), budget_(options.max_total_bytes) {}
+WatchHub::WatchHub(Fleet* fleet, Clock* clock, Options options,
+                   std::function<void()> on_fell_behind)
+    : fleet_(fleet),
+      clock_(clock),
+      options_(options),
+      on_fell_behind_(std::move(on_fell_behind)),
+      budget_(options.max_total_bytes) {}
 
 WatchHub::~WatchHub() {
   {
@@ -367,7 +372,11 @@ void WatchHub::AdvanceSnapshots() {
         break;
       case SnapshotStep::kEnded:
         ++dropped_;
+        if (on_fell_behind_) on_fell_behind_();
         it = pending_.erase(it);  // its OnDone still runs Remove (a no-op then)
+        break;
+      case SnapshotStep::kRefused:
+        it = pending_.erase(it);
         break;
     }
   }
@@ -396,6 +405,7 @@ void WatchHub::ScanNow() {
           continue;
         }
         ++dropped_;
+        if (on_fell_behind_) on_fell_behind_();
         spdlog::warn(
             "a watcher fell behind (more than {} events or {} bytes unsent) and was "
             "dropped",

@@ -62,8 +62,12 @@ class WatchHub {
     size_t max_total_bytes = size_t{256} << 20;
   };
 
-  // `fleet` and `clock` are not owned and outlive the hub.
-  WatchHub(Fleet* fleet, Clock* clock, Options options);
+  // `fleet` and `clock` are not owned and outlive the hub. `on_fell_behind`
+  // (may be empty) runs, on the hub's thread, for each watch ended because
+  // it fell behind (the broker counts them in
+  // membroker_reports_rejected_total{reason="watch_fell_behind"}).
+  WatchHub(Fleet* fleet, Clock* clock, Options options,
+           std::function<void()> on_fell_behind = nullptr);
   // Stops the scanning thread. Open watches must have ended (the server
   // shut down) before.
   ~WatchHub();
@@ -84,16 +88,18 @@ class WatchHub {
 
   // Watches open now (snapshot sent or not).
   size_t WatcherCount() const;
-  // Watches ended because they fell behind, since start.
+  // Watches ended because they fell behind, since start (not those
+  // refused for an unknown host).
   uint64_t DroppedCount() const;
   // Memory held now by all watchers' unsent events.
   size_t QueuedBytes() const { return budget_.used(); }
 
   // What happened to a watch's snapshot in one step.
   enum class SnapshotStep {
-    kMore,   // paused: the watcher holds enough unsent; more hosts to read
-    kDone,   // SNAPSHOT_END sent: the watch gets changes only from now on
-    kEnded,  // the watch was ended (fell behind, or an unknown host)
+    kMore,     // paused: the watcher holds enough unsent; more hosts to read
+    kDone,     // SNAPSHOT_END sent: the watch gets changes only from now on
+    kEnded,    // the watch fell behind and was ended
+    kRefused,  // the watch was ended: it names a host that is not known
   };
 
   // A watch as the hub sees it (implemented by the reactors in watch.cc).
@@ -127,6 +133,7 @@ class WatchHub {
   Fleet* const fleet_;
   Clock* const clock_;
   const Options options_;
+  const std::function<void()> on_fell_behind_;
 
   absl::Mutex scan_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   WatchCursor cursor_ ABSL_GUARDED_BY(scan_mu_);

@@ -206,6 +206,28 @@ TEST_F(WatchServiceTest, VmsSnapshotThenChangesOnlyAndRemovals) {
   EXPECT_EQ(e.vms(0).policy().weight(), 300u);
 }
 
+TEST_F(WatchServiceTest, WatchOfAnUnknownHostIsNotFoundAndNotCountedAsBehind) {
+  StartBroker(/*max_queued=*/1024, /*batch=*/500);
+  Report(Connect("h1"), {Vm("a", 4 * kGiB, kGiB)});
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(60));
+  v1::WatchVmsRequest req;
+  req.set_host_id("nope");
+  auto reader = server_.admin()->WatchVms(&ctx, req);
+  v1::VmEvent e;
+  EXPECT_FALSE(reader->Read(&e));
+  grpc::Status s = reader->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << s.error_message();
+  EXPECT_NE(s.error_message().find("\"nope\" is not known"), std::string::npos)
+      << s.error_message();
+  AwaitWatchers(0);
+  EXPECT_EQ(server_.broker().watch_hub().DroppedCount(), 0u);
+  EXPECT_EQ(::membroker::testing::MetricValue(server_.broker().metrics(),
+                                              "membroker_reports_rejected_total",
+                                              {{"reason", "watch_fell_behind"}}),
+            -1);
+}
+
 TEST_F(WatchServiceTest, HostsSnapshotThenChanges) {
   StartBroker(1024, 500);
   Agent* h1 = Connect("h1");
@@ -446,6 +468,10 @@ TEST_F(WatchServiceTest, WatcherOverItsByteBudgetIsEndedNamingIt) {
   }
   ASSERT_EQ(server_.broker().watch_hub().DroppedCount(), 1u);
   EXPECT_EQ(server_.broker().watch_hub().QueuedBytes(), 0u);
+  EXPECT_EQ(::membroker::testing::MetricValue(server_.broker().metrics(),
+                                              "membroker_reports_rejected_total",
+                                              {{"reason", "watch_fell_behind"}}),
+            1);
   v1::VmEvent e;
   while (reader->Read(&e)) {
   }
