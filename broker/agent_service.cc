@@ -81,6 +81,10 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     }
     absl::Status status = Parse();
     if (status.ok()) status = Handle(*in_);
+    // Nothing keeps the parsed message once handled (the Fleet copies what
+    // it keeps): give the arena's blocks back now rather than holding the
+    // last report of every idle stream until its next one.
+    ReleaseParsed();
     if (!status.ok()) {
       uint64_t suppressed = 0;
       if (log_->Allow("agent_stream", &suppressed)) {
@@ -98,7 +102,12 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
   }
 
   // A failed write leaves the read side to see the broken stream and finish.
-  void OnWriteDone(bool ok) override { writer_.OnWriteDone(ok); }
+  void OnWriteDone(bool ok) override {
+    // The written bytes are gRPC's no longer; do not hold them until the
+    // next write.
+    out_buffer_.Clear();
+    writer_.OnWriteDone(ok);
+  }
 
   void OnCancel() override { writer_.FinishOnce(grpc::Status::CANCELLED); }
 
@@ -133,6 +142,11 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     }
     in_->DiscardUnknownFields();
     return absl::OkStatus();
+  }
+
+  void ReleaseParsed() {
+    in_ = nullptr;
+    arena_.Reset();
   }
 
   const grpc::ByteBuffer* Serialize(const v1::BrokerMessage& m) {
