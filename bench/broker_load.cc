@@ -396,8 +396,8 @@ double Percentile(std::vector<double>& v, double p) {
 // One run's figures.
 struct RunResult {
   bool ran = false;
-  double offered_per_second = 0;  // hosts / interval: what the schedule asks for
-  double reports_per_second = 0;  // reports whose write completed, per second
+  double offered_per_second = 0;   // hosts / interval: what the schedule asks for
+  double reports_per_second = 0;   // reports whose write completed, per second
   double answered_per_second = 0;  // TargetSets matched to a report, per second
   double answered_share = 0;
   double p50 = NAN, p99 = NAN, p999 = NAN;
@@ -733,10 +733,10 @@ void PrintRun(const char* what, const RunResult& r) {
       "  %-13s offered %6.0f, written %6.0f, answered %6.0f reports/s  p50 %7.2f  p99 %7.2f  "
       "p99.9 %7.2f ms  answered %3.0f%%  cpu %.3f ms/report  rss %.0f MiB (%.0f B/VM)  skipped "
       "%llu  failed %llu\n",
-      what, r.offered_per_second, r.reports_per_second, r.answered_per_second, r.p50, r.p99,
-      r.p999, r.answered_share * 100, r.cpu_per_report_ms,
-      static_cast<double>(r.rss_bytes) / kMiB, r.rss_per_vm_bytes,
-      static_cast<unsigned long long>(r.skipped), static_cast<unsigned long long>(r.failed));
+      what, r.offered_per_second, r.reports_per_second, r.answered_per_second, r.p50, r.p99, r.p999,
+      r.answered_share * 100, r.cpu_per_report_ms, static_cast<double>(r.rss_bytes) / kMiB,
+      r.rss_per_vm_bytes, static_cast<unsigned long long>(r.skipped),
+      static_cast<unsigned long long>(r.failed));
   if (!r.admin_note.empty()) std::printf("  %-13s %s\n", "", r.admin_note.c_str());
   std::fflush(stdout);
 }
@@ -838,7 +838,8 @@ int Main() {
               absl::FormatDuration(absl::GetFlag(FLAGS_duration)).c_str(),
               absl::FormatDuration(absl::GetFlag(FLAGS_warmup)).c_str());
   std::printf(
-      "| hosts x VMs | interval | offered rep/s | echo rep/s | broker rep/s | ratio | echo p50/p99/p99.9 ms | broker "
+      "| hosts x VMs | interval | offered rep/s | echo rep/s | broker rep/s | ratio | echo "
+      "p50/p99/p99.9 ms | broker "
       "p50/p99/p99.9 ms | echo / broker CPU ms/report | cpu ratio | broker B/VM | p99 with admin "
       "load |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -855,14 +856,14 @@ int Main() {
           absl::StrFormat("%.2f ms (%+.0f%%)", r.admin.p99, (r.admin.p99 / r.broker.p99 - 1) * 100);
     }
     std::printf(
-        "| %d x %d | %s | %.0f | %.0f | %.0f | %.2f | %.2f / %.2f / %.2f | %.2f / %.2f / %.2f | %.3f / %.3f | "
+        "| %d x %d | %s | %.0f | %.0f | %.0f | %.2f | %.2f / %.2f / %.2f | %.2f / %.2f / %.2f | "
+        "%.3f / %.3f | "
         "%.2f | %.0f | %s |\n",
         r.hosts, r.vms, absl::FormatDuration(absl::GetFlag(FLAGS_interval)).c_str(),
-        r.hosts / absl::ToDoubleSeconds(absl::GetFlag(FLAGS_interval)),
-        r.echo.reports_per_second, r.broker.reports_per_second, ratio, r.echo.p50,
-        r.echo.p99, r.echo.p999, r.broker.p50, r.broker.p99, r.broker.p999,
-        r.echo.cpu_per_report_ms, r.broker.cpu_per_report_ms, cpu_ratio, r.broker.rss_per_vm_bytes,
-        admin.c_str());
+        r.hosts / absl::ToDoubleSeconds(absl::GetFlag(FLAGS_interval)), r.echo.reports_per_second,
+        r.broker.reports_per_second, ratio, r.echo.p50, r.echo.p99, r.echo.p999, r.broker.p50,
+        r.broker.p99, r.broker.p999, r.echo.cpu_per_report_ms, r.broker.cpu_per_report_ms,
+        cpu_ratio, r.broker.rss_per_vm_bytes, admin.c_str());
   }
   return 0;
 }

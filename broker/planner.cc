@@ -1,7 +1,6 @@
 #include "broker/planner.h"
 
 #include <malloc.h>
-
 #include <prometheus/family.h>
 
 #include "absl/strings/str_cat.h"

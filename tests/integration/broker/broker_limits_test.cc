@@ -262,8 +262,8 @@ TEST_F(BrokerLimitsTest, UnknownFieldsAreNotStored) {
   vm->GetReflection()->MutableUnknownFields(vm)->AddLengthDelimited(999, std::string(1000, 'u'));
   // And one in its guest statistics, a message inside the sample.
   v1::GuestStats* stats = vm->mutable_stats();
-  stats->GetReflection()->MutableUnknownFields(stats)->AddLengthDelimited(
-      998, std::string(1000, 's'));
+  stats->GetReflection()->MutableUnknownFields(stats)->AddLengthDelimited(998,
+                                                                          std::string(1000, 's'));
   Stream s = Connected("h1");
   ASSERT_TRUE(s.rw->Write(report));
   v1::BrokerMessage m;
