@@ -20,8 +20,12 @@
 //     sequence (TargetSet.report_sequence) received; p50 / p99 / p99.9.
 //     A report whose decision changed no target gets no TargetSet; the
 //     share answered is printed;
-//   - reports/s sustained: reports whose write completed. A host whose
-//     previous report is still being written skips its turn (counted);
+//   - reports/s: offered (hosts / --interval, what the schedule asks
+//     for), written (reports whose write completed) and answered
+//     (TargetSets matched to a report). A host whose previous report is
+//     still being written skips its turn (counted). Every size line and
+//     the table name the interval: a row at a slower interval than 1 s
+//     holds more VMs at the same reports/s, not the fleet goal's rate;
 //   - the server's CPU seconds per report (/proc/PID/stat utime+stime),
 //     and its RSS per VM (VmRSS at the end minus VmRSS before any agent
 //     connected, over N x M).
@@ -392,7 +396,9 @@ double Percentile(std::vector<double>& v, double p) {
 // One run's figures.
 struct RunResult {
   bool ran = false;
-  double reports_per_second = 0;
+  double offered_per_second = 0;   // hosts / interval: what the schedule asks for
+  double reports_per_second = 0;   // reports whose write completed, per second
+  double answered_per_second = 0;  // TargetSets matched to a report, per second
   double answered_share = 0;
   double p50 = NAN, p99 = NAN, p999 = NAN;
   double cpu_per_report_ms = 0;
@@ -696,7 +702,9 @@ RunResult RunLoad(int port, int metrics_port, pid_t pid, int hosts, int vms, boo
   result.rss_per_vm_bytes =
       static_cast<double>(result.rss_bytes > idle_rss ? result.rss_bytes - idle_rss : 0) /
       (static_cast<double>(hosts) * vms);
+  result.offered_per_second = static_cast<double>(hosts) / absl::ToDoubleSeconds(interval);
   result.reports_per_second = static_cast<double>(stats.written.load()) / seconds;
+  result.answered_per_second = static_cast<double>(stats.answered.load()) / seconds;
   result.cpu_per_report_ms =
       stats.written.load() ? cpu * 1000.0 / static_cast<double>(stats.written.load()) : 0;
   result.answered_share =
@@ -722,11 +730,13 @@ RunResult RunLoad(int port, int metrics_port, pid_t pid, int hosts, int vms, boo
 
 void PrintRun(const char* what, const RunResult& r) {
   std::printf(
-      "  %-13s %8.0f reports/s  p50 %7.2f  p99 %7.2f  p99.9 %7.2f ms  answered %3.0f%%  "
-      "cpu %.3f ms/report  rss %.0f MiB (%.0f B/VM)  skipped %llu  failed %llu\n",
-      what, r.reports_per_second, r.p50, r.p99, r.p999, r.answered_share * 100, r.cpu_per_report_ms,
-      static_cast<double>(r.rss_bytes) / kMiB, r.rss_per_vm_bytes,
-      static_cast<unsigned long long>(r.skipped), static_cast<unsigned long long>(r.failed));
+      "  %-13s offered %6.0f, written %6.0f, answered %6.0f reports/s  p50 %7.2f  p99 %7.2f  "
+      "p99.9 %7.2f ms  answered %3.0f%%  cpu %.3f ms/report  rss %.0f MiB (%.0f B/VM)  skipped "
+      "%llu  failed %llu\n",
+      what, r.offered_per_second, r.reports_per_second, r.answered_per_second, r.p50, r.p99, r.p999,
+      r.answered_share * 100, r.cpu_per_report_ms, static_cast<double>(r.rss_bytes) / kMiB,
+      r.rss_per_vm_bytes, static_cast<unsigned long long>(r.skipped),
+      static_cast<unsigned long long>(r.failed));
   if (!r.admin_note.empty()) std::printf("  %-13s %s\n", "", r.admin_note.c_str());
   std::fflush(stdout);
 }
@@ -772,8 +782,13 @@ int Main() {
                    std::string(size).c_str());
       return 2;
     }
-    std::printf("== %d hosts x %d VMs, one report per host every %s\n", row.hosts, row.vms,
-                absl::FormatDuration(absl::GetFlag(FLAGS_interval)).c_str());
+    const absl::Duration interval = absl::GetFlag(FLAGS_interval);
+    std::printf("== %d hosts x %d VMs, one report per host every %s: %.0f reports/s offered%s\n",
+                row.hosts, row.vms, absl::FormatDuration(interval).c_str(),
+                row.hosts / absl::ToDoubleSeconds(interval),
+                interval == absl::Seconds(1)
+                    ? ""
+                    : " (NOT the fleet goal's one report per host per second)");
     std::fflush(stdout);
     const std::string tag = absl::StrCat(row.hosts, "x", row.vms);
     if (absl::GetFlag(FLAGS_echo)) {
@@ -823,10 +838,11 @@ int Main() {
               absl::FormatDuration(absl::GetFlag(FLAGS_duration)).c_str(),
               absl::FormatDuration(absl::GetFlag(FLAGS_warmup)).c_str());
   std::printf(
-      "| hosts x VMs | echo rep/s | broker rep/s | ratio | echo p50/p99/p99.9 ms | broker "
+      "| hosts x VMs | interval | offered rep/s | echo rep/s | broker rep/s | ratio | echo "
+      "p50/p99/p99.9 ms | broker "
       "p50/p99/p99.9 ms | echo / broker CPU ms/report | cpu ratio | broker B/VM | p99 with admin "
       "load |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows) {
     const double ratio = r.echo.reports_per_second > 0
                              ? r.broker.reports_per_second / r.echo.reports_per_second
@@ -840,12 +856,14 @@ int Main() {
           absl::StrFormat("%.2f ms (%+.0f%%)", r.admin.p99, (r.admin.p99 / r.broker.p99 - 1) * 100);
     }
     std::printf(
-        "| %d x %d | %.0f | %.0f | %.2f | %.2f / %.2f / %.2f | %.2f / %.2f / %.2f | %.3f / %.3f | "
+        "| %d x %d | %s | %.0f | %.0f | %.0f | %.2f | %.2f / %.2f / %.2f | %.2f / %.2f / %.2f | "
+        "%.3f / %.3f | "
         "%.2f | %.0f | %s |\n",
-        r.hosts, r.vms, r.echo.reports_per_second, r.broker.reports_per_second, ratio, r.echo.p50,
-        r.echo.p99, r.echo.p999, r.broker.p50, r.broker.p99, r.broker.p999,
-        r.echo.cpu_per_report_ms, r.broker.cpu_per_report_ms, cpu_ratio, r.broker.rss_per_vm_bytes,
-        admin.c_str());
+        r.hosts, r.vms, absl::FormatDuration(absl::GetFlag(FLAGS_interval)).c_str(),
+        r.hosts / absl::ToDoubleSeconds(absl::GetFlag(FLAGS_interval)), r.echo.reports_per_second,
+        r.broker.reports_per_second, ratio, r.echo.p50, r.echo.p99, r.echo.p999, r.broker.p50,
+        r.broker.p99, r.broker.p999, r.echo.cpu_per_report_ms, r.broker.cpu_per_report_ms,
+        cpu_ratio, r.broker.rss_per_vm_bytes, admin.c_str());
   }
   return 0;
 }

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "broker/peer_identity.h"
@@ -36,6 +37,32 @@ void ProtobufLogToSpdlog(google::protobuf::LogLevel level, const char* file, int
 // Unsent messages kept per agent stream. TargetSets supersede each other,
 // so the queue holds at most a Welcome and one TargetSet in practice.
 constexpr size_t kMaxQueuedPerAgent = 16;
+
+// Drops every unknown field of `m` and its submessages, like
+// Message::DiscardUnknownFields, but touches only the messages that have
+// some: DiscardUnknownFields gives every message an empty unknown-field
+// set, which each copy of the message then carries (the Fleet keeps a copy
+// of every VM's sample: one heap allocation per message, per VM).
+void DropUnknownFields(google::protobuf::Message* m) {
+  using google::protobuf::FieldDescriptor;
+  const google::protobuf::Reflection* r = m->GetReflection();
+  if (!r->GetUnknownFields(*m).empty()) r->MutableUnknownFields(m)->Clear();
+  std::vector<const FieldDescriptor*> fields;
+  r->ListFields(*m, &fields);
+  for (const FieldDescriptor* f : fields) {
+    if (f->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    if (f->is_map() &&
+        f->message_type()->map_value()->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE) {
+      continue;  // scalar keys and values: nothing unknown inside
+    }
+    if (f->is_repeated()) {
+      const int n = r->FieldSize(*m, f);
+      for (int i = 0; i < n; ++i) DropUnknownFields(r->MutableRepeatedMessage(m, f, i));
+    } else {
+      DropUnknownFields(r->MutableMessage(m, f));
+    }
+  }
+}
 
 class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
@@ -81,6 +108,10 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
     }
     absl::Status status = Parse();
     if (status.ok()) status = Handle(*in_);
+    // Nothing keeps the parsed message once handled (the Fleet copies what
+    // it keeps): give the arena's blocks back now rather than holding the
+    // last report of every idle stream until its next one.
+    ReleaseParsed();
     if (!status.ok()) {
       uint64_t suppressed = 0;
       if (log_->Allow("agent_stream", &suppressed)) {
@@ -98,7 +129,12 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
   }
 
   // A failed write leaves the read side to see the broken stream and finish.
-  void OnWriteDone(bool ok) override { writer_.OnWriteDone(ok); }
+  void OnWriteDone(bool ok) override {
+    // The written bytes are gRPC's no longer; do not hold them until the
+    // next write.
+    out_buffer_.Clear();
+    writer_.OnWriteDone(ok);
+  }
 
   void OnCancel() override { writer_.FinishOnce(grpc::Status::CANCELLED); }
 
@@ -131,8 +167,13 @@ class AgentStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
           "agent message: not a valid membroker.v1.AgentMessage (malformed protobuf, or a "
           "string field that is not UTF-8)");
     }
-    in_->DiscardUnknownFields();
+    DropUnknownFields(in_);
     return absl::OkStatus();
+  }
+
+  void ReleaseParsed() {
+    in_ = nullptr;
+    arena_.Reset();
   }
 
   const grpc::ByteBuffer* Serialize(const v1::BrokerMessage& m) {

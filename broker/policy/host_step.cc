@@ -96,13 +96,20 @@ bool DecideStep(const PolicySet& policies, HostStepState& state) {
   bool changed = false;
   size_t i = 0;
   for (auto& [id, vm] : state.vms) {
-    const VmDecision& d = decision.vms[i];
+    VmDecision& d = decision.vms[i];
     if (!vm.decided || vm.decision.target_bytes != d.target_bytes) changed = true;
     vm.input = std::move(input.vms[i]);
-    vm.decision = d;
+    vm.decision = std::move(d);
+    // The VM's id is its key: the kept input and decision do not repeat it
+    // (a heap string each, per VM, for as long as the VM lives).
+    std::string().swap(vm.input.vm_id);
+    std::string().swap(vm.decision.vm_id);
     vm.decided = true;
     ++i;
   }
+  // Each VM's decision now lives in state.vms: the host keeps its totals
+  // only, not a second copy of every VM's.
+  std::vector<VmDecision>().swap(decision.vms);
   state.decision = std::move(decision);
   state.params = policies.params;
   return changed;

@@ -75,8 +75,10 @@ struct VmStepState {
   bool balloon_healthy = true;
   bool decided = false;      // false until decided (and after a reconnect)
   uint64_t observed_in = 0;  // HostStepState::observations when last observed
-  VmInput input;             // last decision's input
-  VmDecision decision;       // last decision
+  // The last decision's input and result. Their vm_id is left empty: the
+  // VM's id is its key in HostStepState::vms.
+  VmInput input;
+  VmDecision decision;
 };
 
 // What the step keeps per host. Owned by the caller.
@@ -88,7 +90,9 @@ struct HostStepState {
   uint64_t host_available_bytes = 0;  // last reported (0: unknown)
   double host_psi_some_avg10_percent = 0;
   std::map<std::string, VmStepState> vms;  // by VM id
-  HostDecision decision;                   // last decision, VMs in id order
+  // The last decision's host-wide part; its `vms` is left empty (each VM's
+  // decision is in vms[id].decision).
+  HostDecision decision;
   PolicyParams params;                     // of the last decision
   uint64_t observations = 0;               // ObserveHost calls so far
 };

@@ -55,9 +55,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   state.capacity_bytes = 64ull << 30;
   policy::ObserveHost(obs, policies.demand, state);
   policy::DecideStep(policies, state);
-  for (const policy::VmDecision& d : state.decision.vms) {
-    const policy::VmStepState& vm = state.vms.at(d.vm_id);
-    FUZZ_CHECK(d.target_bytes <= vm.max_bytes, "target above max");
+  for (const auto& [id, vm] : state.vms) {
+    FUZZ_CHECK(vm.decided, "a VM left undecided");
+    FUZZ_CHECK(vm.decision.target_bytes <= vm.max_bytes, "target above max");
   }
   return 0;
 }

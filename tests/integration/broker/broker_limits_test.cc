@@ -218,6 +218,10 @@ TEST_F(BrokerLimitsTest, UnknownFieldsAreNotStored) {
   // An unknown field (number 999) of 1000 bytes inside the VM sample.
   v1::VmSample* vm = report.mutable_report()->mutable_vms(0);
   vm->GetReflection()->MutableUnknownFields(vm)->AddLengthDelimited(999, std::string(1000, 'u'));
+  // And one in its guest statistics, a message inside the sample.
+  v1::GuestStats* stats = vm->mutable_stats();
+  stats->GetReflection()->MutableUnknownFields(stats)->AddLengthDelimited(998,
+                                                                          std::string(1000, 's'));
   Stream s = Connected("h1");
   ASSERT_TRUE(s.rw->Write(report));
   v1::BrokerMessage m;
@@ -230,6 +234,8 @@ TEST_F(BrokerLimitsTest, UnknownFieldsAreNotStored) {
   std::string out;
   ASSERT_TRUE(vms.vms(0).SerializeToString(&out));
   EXPECT_EQ(out.find(std::string(1000, 'u')), std::string::npos) << "unknown field echoed";
+  EXPECT_EQ(out.find(std::string(1000, 's')), std::string::npos)
+      << "unknown field of the guest statistics echoed";
   s.ctx->TryCancel();
 }
 
