@@ -85,6 +85,27 @@ void CheckSame(const HostDecision& a, const HostDecision& b, const char* where) 
   }
 }
 
+// The step's last decision as DecideHost returns one, from what the step
+// keeps: the host-wide part, and each VM's input and decision (kept
+// without their id, which is the VM's key), in id order. Every VM the step
+// holds must have been decided.
+void StepDecision(const policy::HostStepState& state, HostInput* input, HostDecision* decision,
+                  const char* where) {
+  *decision = state.decision;
+  decision->vms.clear();
+  input->vms.clear();
+  input->capacity_bytes = state.capacity_bytes;
+  for (const auto& [id, vm] : state.vms) {
+    FUZZ_CHECK(vm.decided, "%s: VM %s left undecided", where, id.c_str());
+    FUZZ_CHECK(vm.input.vm_id.empty() && vm.decision.vm_id.empty(),
+               "%s: VM %s keeps a second copy of its id", where, id.c_str());
+    input->vms.push_back(vm.input);
+    input->vms.back().vm_id = id;
+    decision->vms.push_back(vm.decision);
+    decision->vms.back().vm_id = id;
+  }
+}
+
 v1::ClusterPolicy FuzzClusterPolicy(FuzzInput& in) {
   v1::ClusterPolicy p;
   if (in.Bool()) p.set_buffer_percent(in.Real(-10, 1100));
@@ -180,11 +201,14 @@ void FuzzSteps(FuzzInput& in, const v1::ClusterPolicy& cluster) {
     policy::HostStepState copy = state;
     policy::DecideStep(policies, state);
     HostInput input;
-    input.capacity_bytes = state.capacity_bytes;
-    for (const auto& [id, vm] : state.vms) input.vms.push_back(vm.input);
-    CheckDecision(input, state.decision, "DecideStep");
+    HostDecision decision;
+    StepDecision(state, &input, &decision, "DecideStep");
+    CheckDecision(input, decision, "DecideStep");
     policy::DecideStep(policies, copy);
-    CheckSame(state.decision, copy.decision, "DecideStep");
+    HostInput copy_input;
+    HostDecision copy_decision;
+    StepDecision(copy, &copy_input, &copy_decision, "DecideStep (again)");
+    CheckSame(decision, copy_decision, "DecideStep");
     if (in.Range(0, 7) == 0) policy::ForgetDecisions(state);
   }
 }
