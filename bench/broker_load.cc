@@ -7,8 +7,13 @@
 //   1. mb_echo_server (bench/echo_server.cc): answers every report with a
 //      TargetSet of the same shape and decides nothing: the ceiling;
 //   2. a real membroker (127.0.0.1 port 0, --insecure, a fresh state dir);
-//   3. with --admin_load, a second real membroker while a reader lists VMs
-//      (one host, and every VM), lists hosts and scrapes /metrics.
+//   3. with --admin_load, a second real membroker whose measured time is
+//      cut into --admin_segment slices, quiet and loaded in turn (quiet
+//      first): in the loaded ones a reader lists VMs (one host, and every
+//      VM), lists hosts and scrapes /metrics. The p99 of reports written in
+//      loaded slices is set beside that of the quiet slices of the same
+//      process, so the admin load's cost is read side by side, not across
+//      two broker runs minutes apart.
 // Each host sends a full report of its M VMs every --interval, the hosts'
 // sends spread evenly over the interval. The VMs move: about 40 % idle,
 // 30 % growing until they near their size and then dropping back (a job
@@ -84,6 +89,9 @@ ABSL_FLAG(bool, echo, true, "run the echo ceiling");
 ABSL_FLAG(bool, broker, true, "run the broker");
 ABSL_FLAG(bool, admin_load, true,
           "also run the broker while admin listings and /metrics scrapes run");
+ABSL_FLAG(absl::Duration, admin_segment, absl::Seconds(5),
+          "the broker+admin run alternates quiet and admin-load segments of this length "
+          "(quiet first); its p99s compare the two in one broker process");
 ABSL_FLAG(absl::Duration, admin_period, absl::Seconds(1),
           "admin load: ListVms of one host and GetHost this often");
 ABSL_FLAG(absl::Duration, full_list_period, absl::Seconds(5),
@@ -110,8 +118,16 @@ struct RunStats {
   std::atomic<uint64_t> answered{0};  // TargetSets matched to a report
   std::atomic<uint64_t> failed{0};    // streams that ended with an error
   std::atomic<bool> measuring{false};
+  // With --admin_load, the broker+admin run alternates segments of this
+  // length from measure_from: even ones quiet, odd ones under admin load.
+  // A report belongs to the segment it was written in.
+  absl::Duration segment = absl::ZeroDuration();
+  absl::Time measure_from;
   absl::Mutex mu;
   std::vector<double> latencies_ms ABSL_GUARDED_BY(mu);  // while measuring
+  // The same, split by segment (only when segment > 0).
+  std::vector<double> quiet_ms ABSL_GUARDED_BY(mu);
+  std::vector<double> admin_ms ABSL_GUARDED_BY(mu);
   // When each report slower than 100 ms was written (stalls vs. spread).
   std::vector<absl::Time> slow_sent ABSL_GUARDED_BY(mu);
   std::string first_error ABSL_GUARDED_BY(mu);
@@ -228,7 +244,12 @@ class HostStream final : public grpc::ClientBidiReactor<v1::AgentMessage, v1::Br
         if (stats_->measuring.load()) {
           stats_->answered.fetch_add(1);
           absl::MutexLock slock(&stats_->mu);
-          stats_->latencies_ms.push_back(absl::ToDoubleMilliseconds(now - it->second));
+          const double ms = absl::ToDoubleMilliseconds(now - it->second);
+          stats_->latencies_ms.push_back(ms);
+          if (stats_->segment > absl::ZeroDuration() && it->second >= stats_->measure_from) {
+            const int64_t k = (it->second - stats_->measure_from) / stats_->segment;
+            (k % 2 == 1 ? stats_->admin_ms : stats_->quiet_ms).push_back(ms);
+          }
           if (now - it->second > absl::Milliseconds(100)) stats_->slow_sent.push_back(it->second);
         }
         sent_.erase(sent_.begin(), it + 1);
@@ -407,6 +428,10 @@ struct RunResult {
   uint64_t skipped = 0;
   uint64_t failed = 0;
   std::string admin_note;
+  // Alternating segments (the broker+admin run): p99 of reports written in
+  // quiet segments and in segments under admin load, and how many.
+  double quiet_p99 = NAN, admin_p99 = NAN;
+  size_t quiet_n = 0, admin_n = 0;
 };
 
 // Admin readers for --admin_load: small reads every admin_period, full
@@ -662,6 +687,12 @@ RunResult RunLoad(int port, int metrics_port, pid_t pid, int hosts, int vms, boo
   const absl::Time measure_to = measure_from + absl::GetFlag(FLAGS_duration);
   std::atomic<uint64_t> late{0};
   std::unique_ptr<AdminLoad> admin;
+  std::vector<std::string> admin_notes;
+  const absl::Duration segment = absl::GetFlag(FLAGS_admin_segment);
+  if (admin_load) {
+    stats.segment = segment;
+    stats.measure_from = measure_from;
+  }
   double cpu_from = 0;
   std::thread pacer([&] {
     int64_t round = 0;
@@ -674,7 +705,17 @@ RunResult RunLoad(int port, int metrics_port, pid_t pid, int hosts, int vms, boo
         started_measuring = true;
         cpu_from = CpuSeconds(pid);
         stats.measuring = true;
-        if (admin_load) admin = std::make_unique<AdminLoad>(port, metrics_port, hosts);
+      }
+      if (admin_load && started_measuring) {
+        // Odd segments under admin load, even ones quiet.
+        const bool want = ((now - measure_from) / segment) % 2 == 1;
+        if (want && !admin) {
+          admin = std::make_unique<AdminLoad>(port, metrics_port, hosts);
+        } else if (!want && admin) {
+          admin->Stop();
+          admin_notes.push_back(admin->Summary());
+          admin.reset();
+        }
       }
       while (true) {
         const absl::Time due = start + interval * round + interval * next / hosts;
@@ -694,7 +735,11 @@ RunResult RunLoad(int port, int metrics_port, pid_t pid, int hosts, int vms, boo
   const double cpu = CpuSeconds(pid) - cpu_from;
   if (admin) {
     admin->Stop();
-    result.admin_note = admin->Summary();
+    admin_notes.push_back(admin->Summary());
+  }
+  for (const std::string& note : admin_notes) {
+    absl::StrAppend(&result.admin_note, result.admin_note.empty() ? "" : "\n                ",
+                    note);
   }
   const double seconds = absl::ToDoubleSeconds(absl::GetFlag(FLAGS_duration));
   result.ran = true;
@@ -716,6 +761,10 @@ RunResult RunLoad(int port, int metrics_port, pid_t pid, int hosts, int vms, boo
     result.p50 = Percentile(stats.latencies_ms, 50);
     result.p99 = Percentile(stats.latencies_ms, 99);
     result.p999 = Percentile(stats.latencies_ms, 99.9);
+    result.quiet_p99 = Percentile(stats.quiet_ms, 99);
+    result.admin_p99 = Percentile(stats.admin_ms, 99);
+    result.quiet_n = stats.quiet_ms.size();
+    result.admin_n = stats.admin_ms.size();
     if (!stats.first_error.empty())
       std::printf("  first stream error: %s\n", stats.first_error.c_str());
   }
@@ -852,18 +901,31 @@ int Main() {
                                  : NAN;
     std::string admin = "-";
     if (r.admin.ran) {
+      // Side by side in one broker process: reports written under admin
+      // load against those written in the quiet segments between.
       admin =
-          absl::StrFormat("%.2f ms (%+.0f%%)", r.admin.p99, (r.admin.p99 / r.broker.p99 - 1) * 100);
+          absl::StrFormat("%.2f vs %.2f ms quiet (%+.0f%%; %zu / %zu reports)", r.admin.admin_p99,
+                          r.admin.quiet_p99, (r.admin.admin_p99 / r.admin.quiet_p99 - 1) * 100,
+                          r.admin.admin_n, r.admin.quiet_n);
     }
+    // A run that did not happen (--echo=false) shows "-", not zeros.
+    auto f = [](bool ran, int decimals, double v) {
+      return ran ? absl::StrFormat("%.*f", decimals, v) : std::string("-");
+    };
+    const bool both = r.echo.ran && r.broker.ran;
     std::printf(
-        "| %d x %d | %s | %.0f | %.0f | %.0f | %.2f | %.2f / %.2f / %.2f | %.2f / %.2f / %.2f | "
-        "%.3f / %.3f | "
-        "%.2f | %.0f | %s |\n",
+        "| %d x %d | %s | %.0f | %s | %s | %s | %s / %s / %s | %s / %s / %s | %s / %s | "
+        "%s | %s | %s |\n",
         r.hosts, r.vms, absl::FormatDuration(absl::GetFlag(FLAGS_interval)).c_str(),
-        r.hosts / absl::ToDoubleSeconds(absl::GetFlag(FLAGS_interval)), r.echo.reports_per_second,
-        r.broker.reports_per_second, ratio, r.echo.p50, r.echo.p99, r.echo.p999, r.broker.p50,
-        r.broker.p99, r.broker.p999, r.echo.cpu_per_report_ms, r.broker.cpu_per_report_ms,
-        cpu_ratio, r.broker.rss_per_vm_bytes, admin.c_str());
+        r.hosts / absl::ToDoubleSeconds(absl::GetFlag(FLAGS_interval)),
+        f(r.echo.ran, 0, r.echo.reports_per_second).c_str(),
+        f(r.broker.ran, 0, r.broker.reports_per_second).c_str(), f(both, 2, ratio).c_str(),
+        f(r.echo.ran, 2, r.echo.p50).c_str(), f(r.echo.ran, 2, r.echo.p99).c_str(),
+        f(r.echo.ran, 2, r.echo.p999).c_str(), f(r.broker.ran, 2, r.broker.p50).c_str(),
+        f(r.broker.ran, 2, r.broker.p99).c_str(), f(r.broker.ran, 2, r.broker.p999).c_str(),
+        f(r.echo.ran, 3, r.echo.cpu_per_report_ms).c_str(),
+        f(r.broker.ran, 3, r.broker.cpu_per_report_ms).c_str(), f(both, 2, cpu_ratio).c_str(),
+        f(r.broker.ran, 0, r.broker.rss_per_vm_bytes).c_str(), admin.c_str());
   }
   return 0;
 }
