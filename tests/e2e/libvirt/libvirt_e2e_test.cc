@@ -344,6 +344,10 @@ TEST_F(LibvirtE2eTest, VirtioMemPlugsAndUnplugs) {
   EXPECT_EQ(vm->sizing.virtio_mem_max_bytes, 1024 * kMiB);
   EXPECT_EQ(vm->sizing.virtio_mem_block_bytes, 2 * kMiB);
   EXPECT_EQ(vm->sizing.virtio_mem_plugged_bytes, 0u);
+  // The guest prints its first MemTotal (MB-MEM) a moment after MB-READY.
+  EXPECT_TRUE(membroker::testing::WaitUntil([&] { return LastMemTotal(Console()) > 0; },
+                                            absl::Seconds(20), absl::Milliseconds(100)))
+      << Console();
   const uint64_t boot_total = LastMemTotal(Console());
 
   // Grow: 512 MiB above boot memory, through UpdateDeviceFlags.
