@@ -40,6 +40,9 @@ ABSL_FLAG(std::string, host_expiry, "",
 ABSL_FLAG(int, max_agent_streams, 0, "open agent streams allowed in total (default 20000)");
 ABSL_FLAG(int, max_streams_per_peer, 0,
           "open agent (or watch) streams allowed from one address (default 64)");
+ABSL_FLAG(std::string, vm_metrics, "",
+          "true|false: per-VM series (membroker_vm_*) on /metrics (default true; false keeps "
+          "the host and broker series, for fleets too large to scrape per VM)");
 
 namespace {
 
@@ -122,6 +125,13 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_max_streams_per_peer) != 0) {
     options.limits.max_streams_per_peer = absl::GetFlag(FLAGS_max_streams_per_peer);
+  }
+  if (config.has_vm_metrics()) options.vm_metrics = config.vm_metrics();
+  if (const std::string v = absl::GetFlag(FLAGS_vm_metrics); !v.empty()) {
+    if (v != "true" && v != "false") {
+      return Usage(absl::StrCat("--vm-metrics: must be true or false, not \"", v, "\""));
+    }
+    options.vm_metrics = v == "true";
   }
   if (auto s = membroker::broker::ValidateBrokerOptions(options); !s.ok()) {
     return Usage(std::string(s.message()));

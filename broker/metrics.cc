@@ -186,8 +186,17 @@ void BrokerMetrics::SetVmSeriesSource(VmSeriesSource source) {
   vm_source_ = std::move(source);
 }
 
+void BrokerMetrics::DisableVmSeries() {
+  absl::MutexLock lock(&source_mu_);
+  vm_series_ = false;
+}
+
 std::vector<prometheus::MetricFamily> BrokerMetrics::Collect() const {
   std::vector<prometheus::MetricFamily> out = registry_->Collect();
+  {
+    absl::ReaderMutexLock lock(&source_mu_);
+    if (!vm_series_) return out;
+  }
   const size_t first = out.size();
   for (const VmFamilyInfo& info : kVmFamilies) {
     prometheus::MetricFamily f;
@@ -301,9 +310,9 @@ void BrokerMetrics::UpdateHost(HostSeries& series, const v1::HostSample& sample,
 void BrokerMetrics::RemoveHost(const std::string& host) {
   absl::MutexLock lock(&mu_);
   const std::map<std::string, std::string> labels{{"host", host}};
-  for (auto* family : {&host_capacity_, &host_target_, &host_overcommitted_, &host_pressure_,
-                       &host_reclaimed_, &host_pressure_full_, &host_guest_free_on_host_,
-                       &host_reserved_}) {
+  for (auto* family :
+       {&host_capacity_, &host_target_, &host_overcommitted_, &host_pressure_, &host_reclaimed_,
+        &host_pressure_full_, &host_guest_free_on_host_, &host_reserved_}) {
     if (family->Has(labels)) family->Remove(&family->Add(labels));
   }
   for (auto* family : {&reports_received_, &targets_pushed_, &host_overcommit_episodes_}) {

@@ -58,6 +58,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const BrokerOptions& optio
   ASSIGN_OR_RETURN(b->store_, Store::Open(options.state_dir));
   auto registry = std::make_shared<prometheus::Registry>();
   b->metrics_ = std::make_unique<BrokerMetrics>(registry);
+  if (!options.vm_metrics) b->metrics_->DisableVmSeries();
   b->fleet_ = std::make_unique<Fleet>(clock, b->store_.get(), b->metrics_.get(),
                                       WithDefaults(options.safety));
   RETURN_IF_ERROR(b->fleet_->Load(options.cluster_policy));

@@ -15,9 +15,9 @@
 #include "broker/authz.h"
 #include "broker/fleet.h"
 #include "broker/metrics.h"
-#include "broker/server_limits.h"
 #include "broker/planner.h"
 #include "broker/reservations.h"
+#include "broker/server_limits.h"
 #include "broker/store.h"
 #include "broker/watch.h"
 #include "common/clock.h"
@@ -41,12 +41,15 @@ struct BrokerOptions {
   absl::Duration tls_reload_interval = kDefaultTlsReloadInterval;
   // Roles of client certificates (with TLS only).
   v1::SecurityConfig security;
-  ServerLimits limits;               // resource bounds (server_limits.h)
+  ServerLimits limits;  // resource bounds (server_limits.h)
   // How often the rebalance plan is recomputed for its metrics (0: never;
   // GetPlan always computes a fresh one).
   absl::Duration plan_interval = kDefaultPlanInterval;
   // WatchVms / WatchHosts: scan period, per-watcher queue limit, batch.
   WatchHub::Options watch;
+  // Per-VM series on /metrics (membroker_vm_*); false leaves them out
+  // (BrokerMetrics::DisableVmSeries).
+  bool vm_metrics = true;
 };
 
 // Checks options: addresses, state dir, policy. INVALID_ARGUMENT naming the
@@ -57,8 +60,7 @@ absl::Status ValidateBrokerOptions(const BrokerOptions& options);
 class Broker {
  public:
   // Opens the store, loads hard state, starts serving. Errors name the flag.
-  static absl::StatusOr<std::unique_ptr<Broker>> Start(const BrokerOptions& options,
-                                                       Clock* clock);
+  static absl::StatusOr<std::unique_ptr<Broker>> Start(const BrokerOptions& options, Clock* clock);
   ~Broker();
 
   int grpc_port() const { return grpc_port_; }

@@ -2,13 +2,13 @@
 // validation that changes no state, targets pushed on change, durable
 // policies, explain, health checking, and metrics.
 
-#include <memory>
-#include <thread>
-#include <condition_variable>
-#include <mutex>
-
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
 
 #include "broker/server.h"
 #include "membroker/v1/admin.grpc.pb.h"
@@ -154,8 +154,12 @@ TEST_F(BrokerServiceTest, ReportGetsTargetsAtOnceWithinCapacityAndFloors) {
   EXPECT_EQ(host.acked_generation(), 1u);
   EXPECT_TRUE(host.connected());
   EXPECT_EQ(host.capacity_bytes(), 5 * kGiB);
-  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_reports_received_total", {{"host", "h1"}}), 2);
-  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_targets_pushed_total", {{"host", "h1"}}), 1);
+  EXPECT_EQ(
+      MetricValue(server_.broker().metrics(), "membroker_reports_received_total", {{"host", "h1"}}),
+      2);
+  EXPECT_EQ(
+      MetricValue(server_.broker().metrics(), "membroker_targets_pushed_total", {{"host", "h1"}}),
+      1);
   EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_connected_agents"), 1);
   EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_vm_target_bytes", {{"vm", "idle"}}),
             static_cast<double>(1792 * kMiB));
@@ -168,8 +172,8 @@ TEST_F(BrokerServiceTest, ReportGetsTargetsAtOnceWithinCapacityAndFloors) {
   // -> busy 4 GiB, idle 1 GiB, pushed at once.
   v1::VmSample busy = Vm("vm-busy", "busy", 4 * kGiB, 3328 * kMiB, 3328 * kMiB);
   busy.mutable_stats()->set_swap_in_bytes_total(512 * kMiB);
-  ASSERT_TRUE(s.rw->Write(
-      Report(3, {Vm("vm-idle", "idle", 4 * kGiB, 1792 * kMiB, 512 * kMiB), busy})));
+  ASSERT_TRUE(
+      s.rw->Write(Report(3, {Vm("vm-idle", "idle", 4 * kGiB, 1792 * kMiB, 512 * kMiB), busy})));
   ASSERT_TRUE(s.rw->Read(&m));
   ASSERT_TRUE(m.has_targets());
   EXPECT_EQ(m.targets().generation(), 2u);
@@ -190,18 +194,21 @@ TEST_F(BrokerServiceTest, MalformedReportIsRejectedAndStateIsUnchanged) {
   ASSERT_TRUE(s.rw->Write(Report(1, {Vm("a", "a", 4 * kGiB, 4 * kGiB, kGiB)})));
   ASSERT_TRUE(s.rw->Read(&m));
   // Duplicate VM ids: INVALID_ARGUMENT naming the field; the stream ends.
-  ASSERT_TRUE(s.rw->Write(Report(2, {Vm("b", "b", 4 * kGiB, 4 * kGiB, kGiB),
-                                     Vm("b", "b", 4 * kGiB, 4 * kGiB, kGiB)})));
+  ASSERT_TRUE(s.rw->Write(
+      Report(2, {Vm("b", "b", 4 * kGiB, 4 * kGiB, kGiB), Vm("b", "b", 4 * kGiB, 4 * kGiB, kGiB)})));
   EXPECT_FALSE(s.rw->Read(&m));
   grpc::Status st = s.rw->Finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(st.error_message().find("report.vms[1].vm_id"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find("report.vms[1].vm_id"), std::string::npos)
+      << st.error_message();
   grpc::ClientContext ctx;
   v1::ListVmsResponse vms;
   ASSERT_TRUE(server_.admin()->ListVms(&ctx, {}, &vms).ok());
   ASSERT_EQ(vms.vms_size(), 1);
   EXPECT_EQ(vms.vms(0).vm_id(), "a");
-  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_reports_rejected_total", {{"reason", "invalid"}}), 1);
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_reports_rejected_total",
+                        {{"reason", "invalid"}}),
+            1);
 }
 
 TEST_F(BrokerServiceTest, ImpossibleGuestStatsAreFlaggedNotUsed) {
@@ -267,7 +274,7 @@ TEST_F(BrokerServiceTest, AdminValidationAndNotFound) {
   grpc::ClientContext c5;
   ASSERT_TRUE(server_.admin()->GetClusterPolicy(&c5, {}, &cpo).ok());
   EXPECT_EQ(cpo.surplus_percent(), 100);  // unchanged default
-  EXPECT_EQ(cpo.idle_tax_percent(), 0);  // unchanged (the test's own setting)
+  EXPECT_EQ(cpo.idle_tax_percent(), 0);   // unchanged (the test's own setting)
 
   grpc::ClientContext c6;
   v1::ReserveRequest rr;
@@ -404,9 +411,33 @@ TEST_F(BrokerServiceTest, VmMetricsAreLabelledUniquelyAndRemovedWithTheVm) {
     if (host.report_sequence() == 2) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_vm_actual_bytes", {{"vm", "dup"}}), -1);
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_vm_actual_bytes", {{"vm", "dup"}}),
+            -1);
   EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_vm_actual_bytes", {{"vm", "id-2"}}),
             static_cast<double>(2 * kGiB));
+  s.ctx->TryCancel();
+  s.rw->Finish();
+}
+
+TEST_F(BrokerServiceTest, VmMetricsCanBeLeftOffTheScrape) {
+  server_.Stop();
+  BrokerOptions o;
+  o.cluster_policy = RoundNumberPolicy();
+  o.vm_metrics = false;
+  const absl::Status started = server_.Start(o);
+  ASSERT_TRUE(started.ok()) << started;
+  Stream s = Open();
+  ASSERT_TRUE(s.rw->Write(Hello("h1", 8 * kGiB)));
+  v1::BrokerMessage m;
+  ASSERT_TRUE(s.rw->Read(&m));
+  ASSERT_TRUE(s.rw->Write(Report(1, {Vm("id-1", "web", 2 * kGiB, 2 * kGiB, kGiB)})));
+  ASSERT_TRUE(s.rw->Read(&m));
+  // The VM is known and decided; its series are not scraped, the host's are.
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_vm_actual_bytes"), -1);
+  EXPECT_EQ(MetricValue(server_.broker().metrics(), "membroker_vm_target_bytes"), -1);
+  EXPECT_EQ(
+      MetricValue(server_.broker().metrics(), "membroker_host_capacity_bytes", {{"host", "h1"}}),
+      static_cast<double>(8 * kGiB));
   s.ctx->TryCancel();
   s.rw->Finish();
 }
