@@ -311,6 +311,13 @@ TEST_F(FaultsE2eTest, BrokerKill9UnderLoadAndRestart) {
   StartProxy();
   std::vector<int> agent_ports = {StartAgent("h1", 1), StartAgent("h2", 2)};
   ASSERT_TRUE(WaitUntil([&] { return Connected() == 2; }, absl::Seconds(60)));
+  // Connected is the Hello; the VMs come with each host's first report.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        membroker::v1::ListVmsResponse vms;
+        return ListVms(&vms) && vms.vms_size() == 6;
+      },
+      absl::Seconds(60)));
   std::string out;
   ASSERT_EQ(RunToCompletion({MB_CTL_BIN, "--insecure", "--server=" + direct_, "set", "vm",
                              "h1-idle", "--min=1GiB"},
