@@ -9,7 +9,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "broker/stream_writer.h"
@@ -84,10 +83,11 @@ std::string BehindMessage(size_t limit) {
 // What a VM watch sends about `vm`: its host filter passes it, and during
 // a snapshot its host was read already (or was not known when the
 // snapshot began: such a host's VMs come as changes).
-bool Concerns(const std::string& host_filter, const absl::flat_hash_set<std::string>& unread,
+// `to_read` is the snapshot's hosts still to read, in descending id order.
+bool Concerns(const std::string& host_filter, const std::vector<std::string>& to_read,
               const std::string& host_id) {
   if (!host_filter.empty() && host_id != host_filter) return false;
-  return !unread.contains(host_id);
+  return !std::binary_search(to_read.begin(), to_read.end(), host_id, std::greater<>());
 }
 
 }  // namespace
@@ -158,7 +158,6 @@ class WatchReactor final : public grpc::ServerWriteReactor<Event>, public WatchH
   WatchHub::SnapshotStep EndSnapshot() {
     Event end;
     end.set_type(Event::TYPE_SNAPSHOT_END);
-    unread_.clear();
     to_read_.clear();
     snapshotting_.store(false, std::memory_order_release);
     return Send(std::move(end)) ? WatchHub::SnapshotStep::kDone : WatchHub::SnapshotStep::kEnded;
@@ -172,8 +171,9 @@ class WatchReactor final : public grpc::ServerWriteReactor<Event>, public WatchH
   // The snapshot's progress; only the hub's thread (under scan_mu_) uses
   // these, except snapshotting_, which OnWriteDone reads.
   bool begun_ = false;
-  std::vector<std::string> to_read_;         // hosts still to read, last first
-  absl::flat_hash_set<std::string> unread_;  // the same, to filter changes
+  // Hosts still to read, in descending id order (the next one last);
+  // Concerns searches it to filter changes.
+  std::vector<std::string> to_read_;
   std::atomic<bool> snapshotting_{true};
 };
 
@@ -192,7 +192,6 @@ bool WatchReactor<Event>::BeginSnapshot(Fleet& fleet) {
     to_read_ = fleet.HostIds();
     std::reverse(to_read_.begin(), to_read_.end());
   }
-  unread_.insert(to_read_.begin(), to_read_.end());
   return true;
 }
 
@@ -204,7 +203,6 @@ WatchHub::SnapshotStep WatchReactor<v1::VmEvent>::AdvanceSnapshot(Fleet& fleet, 
     if (writer_.queued_bytes() >= low_water) return WatchHub::SnapshotStep::kMore;
     const std::string host = std::move(to_read_.back());
     to_read_.pop_back();
-    unread_.erase(host);
     // A host gone since the snapshot began has nothing to show.
     absl::StatusOr<std::vector<v1::Vm>> vms = fleet.ListVms(host);
     if (!vms.ok()) continue;
@@ -229,7 +227,7 @@ bool WatchReactor<v1::VmEvent>::SendChanges(const FleetChanges& changes, size_t 
   e.set_type(v1::VmEvent::TYPE_CHANGES);
   auto full = [&] { return static_cast<size_t>(e.vms_size() + e.removed_size()) >= batch; };
   for (const v1::Vm& vm : changes.vms) {
-    if (!Concerns(host_filter_, unread_, vm.host_id())) continue;
+    if (!Concerns(host_filter_, to_read_, vm.host_id())) continue;
     *e.add_vms() = vm;
     if (full()) {
       if (!Send(e)) return false;
@@ -238,7 +236,7 @@ bool WatchReactor<v1::VmEvent>::SendChanges(const FleetChanges& changes, size_t 
     }
   }
   for (const v1::Vm& vm : changes.removed_vms) {
-    if (!Concerns(host_filter_, unread_, vm.host_id())) continue;
+    if (!Concerns(host_filter_, to_read_, vm.host_id())) continue;
     *e.add_removed() = vm;
     if (full()) {
       if (!Send(e)) return false;
@@ -262,7 +260,6 @@ WatchHub::SnapshotStep WatchReactor<v1::HostEvent>::AdvanceSnapshot(Fleet& fleet
     }
     const std::string host = std::move(to_read_.back());
     to_read_.pop_back();
-    unread_.erase(host);
     absl::StatusOr<v1::Host> h = fleet.GetHost(host);
     if (!h.ok()) continue;  // gone since the snapshot began
     *e.add_hosts() = *std::move(h);
@@ -281,7 +278,7 @@ bool WatchReactor<v1::HostEvent>::SendChanges(const FleetChanges& changes, size_
   v1::HostEvent e;
   e.set_type(v1::HostEvent::TYPE_CHANGES);
   for (const v1::Host& h : changes.hosts) {
-    if (!Concerns("", unread_, h.host_id())) continue;
+    if (!Concerns("", to_read_, h.host_id())) continue;
     *e.add_hosts() = h;
     if (static_cast<size_t>(e.hosts_size()) >= batch) {
       if (!Send(e)) return false;
