@@ -72,6 +72,15 @@ inline std::string SizingMechanism(const VmSizing& sizing) {
   return sizing.balloon ? "balloon" : "none";
 }
 
+// Marks a VM with neither a balloon nor virtio-mem excluded
+// (kNoSizingDeviceReason), unless it is excluded already: nothing can
+// move its memory, so the broker must not count on it.
+inline void ExcludeIfNothingSizes(VmSizing& sizing) {
+  if (!sizing.balloon && !sizing.virtio_mem && sizing.excluded_reason.empty()) {
+    sizing.excluded_reason = std::string(kNoSizingDeviceReason);
+  }
+}
+
 // One VM as a backend sees it.
 struct VmStatus {
   std::string vm_id;  // hypervisor UUID

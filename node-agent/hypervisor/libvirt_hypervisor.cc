@@ -396,9 +396,7 @@ absl::StatusOr<std::vector<VmStatus>> LibvirtHypervisor::ListVms() {
       vm.sizing.balloon_inflated_bytes = 0;
       vm.actual_bytes =
           std::min(vm.max_bytes, vm.sizing.boot_bytes + vm.sizing.virtio_mem_plugged_bytes);
-      if (!vm.sizing.virtio_mem && vm.sizing.excluded_reason.empty()) {
-        vm.sizing.excluded_reason = std::string(kNoSizingDeviceReason);
-      }
+      ExcludeIfNothingSizes(vm.sizing);
     }
 
     // A domain seen for the first time gets the stats period asked for.

@@ -619,9 +619,7 @@ absl::StatusOr<VmStatus> QmpHypervisor::ReadVm(Vm& vm) {
   }
   sizing.shortfall_reason = vm.shortfall_reason;
   sizing.excluded_reason = vm.excluded_reason;
-  if (!sizing.balloon && !sizing.virtio_mem && sizing.excluded_reason.empty()) {
-    sizing.excluded_reason = std::string(kNoSizingDeviceReason);
-  }
+  ExcludeIfNothingSizes(sizing);
 
   if (!vm.balloon_path.empty()) {
     if (vm.wanted_period.has_value() && vm.applied_period != vm.wanted_period) {
